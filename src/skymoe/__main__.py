@@ -1,0 +1,5 @@
+import sys
+
+from skymoe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ``skymoe`` command: a thin dispatcher over the layers below.
+
+Each sub-command lives in its own module under ``skymoe.cli`` and exposes
+``register(subparsers)``; the module adds its parser(s) and sets ``func`` to a
+callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+Heavy imports (torch, transformers) happen inside those callables so that
+``skymoe --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from skymoe import __version__
+from skymoe.data.schema import SkyMoEDataError
+
+# Order = order in `skymoe --help`.
+COMMAND_MODULES = [
+    "assets",
+    "data",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skymoe", description="Mixture-of-experts vision-language models for remote sensing.")
+    parser.add_argument("--version", action="version", version=f"skymoe {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"skymoe.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SkyMoEDataError as exc:  # bad user input: one clear line, no traceback
+        print(f"skymoe: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
