@@ -19,6 +19,9 @@ from skymoe.data.schema import SkyMoEDataError
 COMMAND_MODULES = [
     "assets",
     "data",
+    "train",
+    "model",
+    "eval",
 ]
 
 

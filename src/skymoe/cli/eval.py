@@ -1,0 +1,50 @@
+"""``skymoe eval`` (model + suite -> predictions, metrics, report) and ``skymoe score`` (re-score predictions)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _print_summary(metrics: dict, out_dir: str) -> None:
+    for task, o in metrics["model"]["overall"].items():
+        base = metrics["baseline"].get("overall", {}).get(task, {}).get("value")
+        baseline = f"  (baseline {base:.4f})" if isinstance(base, float) else ""
+        print(f"{task:15s} {o['metric']:18s} {o['value']:.4f}{baseline}  n={o['n']}")
+    print(f"report: {os.path.join(out_dir, 'report.html')}")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from skymoe.eval import evaluate
+
+    metrics = evaluate(args.model, args.suite, args.out, limit=args.limit, batch_size=args.batch_size)
+    _print_summary(metrics, args.out)
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from skymoe.eval import score
+
+    metrics = score(args.predictions, args.out, references=args.references)
+    _print_summary(metrics, args.out)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a saved model on a suite: predictions, metrics, report")
+    p.add_argument("--model", required=True, help="model directory (save_pretrained layout)")
+    p.add_argument("--suite", required=True, help="suite YAML, or the name of a packaged suite (e.g. embedded)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--limit", type=int, default=None, help="at most N samples per dataset split")
+    p.add_argument("--batch-size", type=int, default=None, help="generation batch size (default: the suite's)")
+    p.set_defaults(func=run_eval)
+
+    s = subparsers.add_parser("score", help="re-score saved predictions without a model")
+    s.add_argument("--predictions", required=True, help="predictions.jsonl written by `skymoe eval`")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument(
+        "--references",
+        default=None,
+        help="samples JSONL to score bare {id, prediction} lines against (e.g. another model's prediction dump)",
+    )
+    s.set_defaults(func=run_score)

@@ -1,0 +1,40 @@
+"""``skymoe train --config CONFIG.yaml [--output DIR] [--resume] [key=value ...]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train stage 1 or 2 from a YAML config",
+        description="Train a SkyMoE model (stage 1 foundation or stage 2 specialisation). "
+        "Multi-GPU / multi-node: run through `accelerate launch -m skymoe train ...` (see docs/TRAINING.md).",
+    )
+    parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    parser.add_argument("--output", default=None, help="output directory (default: out/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --output")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. optim.lr=3e-4")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from skymoe.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"skymoe train: error: {exc}", file=sys.stderr)
+        return 2
+    from skymoe.train import TrainingError, train
+
+    output = Path(args.output) if args.output else Path("out") / Path(args.config).stem
+    try:
+        train(cfg, output, resume=args.resume)
+    except TrainingError as exc:
+        print(f"skymoe train: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,146 @@
+"""Box text: one canonical form for our models, codecs for the field's formats, a tolerant parser.
+
+Every remote-sensing VLM invented its own box text (see the design notes §4).
+Inside SkyMoE boxes are pixel ``xyxy`` + image size (:class:`~skymoe.data.schema.Box`);
+text appears only at the edges:
+
+========== ==================================== ========
+style      text of one box                      range
+========== ==================================== ========
+canonical  ``[x1, y1, x2, y2]``                 0-100
+geochat    ``{<x1><y1><x2><y2>|<θ>}``           0-100
+teochat    ``[x1, y1, x2, y2]``                 0-100
+internvl   ``<box>[[x1, y1, x2, y2]]</box>``    0-1000
+pixel      ``[x1, y1, x2, y2]``                 pixels
+========== ==================================== ========
+
+Several boxes: ``; `` between bracketed boxes, GeoChat braces side by side,
+InternVL boxes inside one ``<box>[[...], [...]]</box>``. Scaled coordinates
+are integers: x on the image width, y on its height. A box thinner than one
+step is widened to one step so it stays non-empty (x1 < x2). GeoChat's angle
+θ is written as 0 and ignored when read (our boxes are axis-aligned).
+
+:func:`parse_boxes` never guesses: text with no box, a malformed box, a value
+out of range or an empty box gives ``failed=True`` and no boxes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from skymoe.data.schema import Box
+
+STYLES = ("canonical", "geochat", "teochat", "internvl", "pixel")
+_SCALE = {"canonical": 100, "geochat": 100, "teochat": 100, "internvl": 1000, "pixel": None}
+
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_FOUR_NUMBERS = re.compile(rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$")
+_BRACKETS = re.compile(r"\[([^\[\]]*\d[^\[\]]*)\]")  # [...] groups holding a digit (skips "[refer]")
+_GEOCHAT_GROUP = re.compile(r"\{([^{}]*\d[^{}]*)\}")
+_GEOCHAT_BOX = re.compile(r"^\s*<(\d+)><(\d+)><(\d+)><(\d+)>\s*(?:\|\s*<?\s*-?\d+(?:\.\d+)?\s*>?\s*)?$")
+_INTERNVL_GROUP = re.compile(r"<box>(.*?)</box>", re.DOTALL)
+
+
+@dataclass
+class ParsedBoxes:
+    boxes: list[Box] = field(default_factory=list)
+    failed: bool = False
+
+
+def _check_style(style: str) -> int | None:
+    if style not in _SCALE:
+        raise ValueError(f"unknown box style {style!r}; expected one of {STYLES}")
+    return _SCALE[style]
+
+
+def _quantise(box: Box, image_size: tuple[int, int], scale: int) -> tuple[int, int, int, int]:
+    w, h = image_size
+
+    def q(v: float, size: int) -> int:
+        return min(scale, max(0, round(v / size * scale)))
+
+    x1, y1, x2, y2 = q(box.x1, w), q(box.y1, h), q(box.x2, w), q(box.y2, h)
+    # keep thin boxes non-empty: widen by one step, inside the range
+    if x2 <= x1:
+        x1, x2 = (x1, x1 + 1) if x1 < scale else (x1 - 1, x1)
+    if y2 <= y1:
+        y1, y2 = (y1, y1 + 1) if y1 < scale else (y1 - 1, y1)
+    return x1, y1, x2, y2
+
+
+def _values(box: Box, image_size: tuple[int, int], style: str) -> tuple:
+    scale = _check_style(style)
+    if scale is None:
+        return tuple(round(v) for v in box.as_tuple())
+    return _quantise(box, image_size, scale)
+
+
+def format_box(box: Box, image_size: tuple[int, int], style: str = "canonical") -> str:
+    """Text of one box in ``style`` (image_size = (W, H) of the full image)."""
+    x1, y1, x2, y2 = _values(box, image_size, style)
+    if style == "geochat":
+        return f"{{<{x1}><{y1}><{x2}><{y2}>|<0>}}"
+    if style == "internvl":
+        return f"<box>[[{x1}, {y1}, {x2}, {y2}]]</box>"
+    return f"[{x1}, {y1}, {x2}, {y2}]"
+
+
+def format_boxes(boxes: Sequence[Box], image_size: tuple[int, int], style: str = "canonical") -> str:
+    """Text of several boxes in ``style``."""
+    if style == "internvl":
+        inner = ", ".join("[{}, {}, {}, {}]".format(*_values(b, image_size, style)) for b in boxes)
+        return f"<box>[{inner}]</box>"
+    separator = "" if style == "geochat" else "; "
+    return separator.join(format_box(b, image_size, style) for b in boxes)
+
+
+def _candidates(text: str, style: str) -> list[tuple[str, ...] | None]:
+    """Coordinate strings of every box-like group in ``text``; None marks a malformed group."""
+    if style == "geochat":
+        groups = [_GEOCHAT_BOX.match(g) for g in _GEOCHAT_GROUP.findall(text)]
+    else:
+        if style == "internvl":
+            inner = [g for block in _INTERNVL_GROUP.findall(text) for g in _BRACKETS.findall(block)]
+        else:
+            inner = _BRACKETS.findall(text)
+        groups = [_FOUR_NUMBERS.match(g) for g in inner]
+    return [m.groups()[:4] if m else None for m in groups]
+
+
+def parse_boxes(text: str, image_size: tuple[int, int], style: str = "canonical") -> ParsedBoxes:
+    """Boxes written in ``text`` (model output or dataset text) as pixel boxes of an image of ``image_size``."""
+    scale = _check_style(style)
+    w, h = image_size
+    found = _candidates(text if isinstance(text, str) else "", style)
+    if not found or any(c is None for c in found):
+        return ParsedBoxes(failed=True)
+    boxes = []
+    for coords in found:
+        x1, y1, x2, y2 = (float(v) for v in coords)
+        limit_x, limit_y = (w, h) if scale is None else (scale, scale)
+        if not (0 <= x1 < x2 <= limit_x and 0 <= y1 < y2 <= limit_y):
+            return ParsedBoxes(failed=True)
+        if scale is not None:
+            x1, x2, y1, y2 = x1 / scale * w, x2 / scale * w, y1 / scale * h, y2 / scale * h
+        boxes.append(Box(x1, y1, x2, y2))
+    return ParsedBoxes(boxes=boxes)
+
+
+def to_canonical_text(text: str, image_size: tuple[int, int], style: str) -> tuple[str, list[Box]]:
+    """Rewrite every box of ``style`` in ``text`` as canonical text; returns the text and the boxes.
+
+    Used by readers of datasets written in a peer's format (e.g. GeoChat), so
+    our models only ever see the canonical form. A malformed box raises ValueError.
+    """
+    pattern = {"geochat": _GEOCHAT_GROUP, "internvl": _INTERNVL_GROUP}.get(style, _BRACKETS)
+    boxes: list[Box] = []
+
+    def replace(match: re.Match) -> str:
+        parsed = parse_boxes(match.group(0), image_size, style)
+        if parsed.failed:
+            raise ValueError(f"malformed {style} box {match.group(0)!r}")
+        boxes.extend(parsed.boxes)
+        return format_boxes(parsed.boxes, image_size, "canonical")
+
+    return pattern.sub(replace, text), boxes

@@ -1,0 +1,218 @@
+"""SkyMoEProcessor: images -> pixel_values, the chat template, padding and label masking.
+
+Sequence layout (docs/ARCHITECTURE.md)::
+
+    <s> <route>xR <image>xN USER: {instruction}\\nASSISTANT: {answer}</s> [USER: ...\\nASSISTANT: ...</s>]
+
+Each piece is tokenised on its own and the ids are concatenated, so label and
+instruction masks fall exactly on token boundaries. Only assistant answers
+(and their ``</s>``) are supervised; everything else is -100 in ``labels``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from skymoe.data.schema import Sample, SkyMoEDataError, Turn
+from skymoe.data.tokenizer import special_token_ids
+
+PROCESSOR_CONFIG = "processor_config.json"
+IGNORE_INDEX = -100
+USER_PREFIX = "USER: "
+ASSISTANT_PREFIX = "\nASSISTANT:"
+
+
+@dataclass
+class ImageSettings:
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+
+class SkyMoEProcessor:
+    def __init__(
+        self,
+        tokenizer,
+        image_size: int = 224,
+        image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        image_std: Sequence[float] = (0.229, 0.224, 0.225),
+        num_image_tokens: int = 49,
+        num_route_tokens: int = 0,
+        max_length: int | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.image = ImageSettings(int(image_size), tuple(image_mean), tuple(image_std))
+        self.num_image_tokens = int(num_image_tokens)
+        self.num_route_tokens = int(num_route_tokens)
+        self.max_length = max_length
+        self.ids = special_token_ids(tokenizer)
+
+    @classmethod
+    def from_model_config(cls, config, tokenizer, max_length: int | None = None) -> "SkyMoEProcessor":
+        """The processor that matches a ``SkyMoEConfig`` (image size/normalisation, token counts)."""
+        return cls(
+            tokenizer,
+            image_size=config.image_size,
+            image_mean=config.image_mean,
+            image_std=config.image_std,
+            num_image_tokens=config.num_image_tokens,
+            num_route_tokens=config.num_route_tokens,
+            max_length=max_length,
+        )
+
+    # ---- images ---------------------------------------------------------------------------------
+    def preprocess_images(self, images) -> "torch.Tensor":
+        """PIL RGB images -> float tensor [B, 3, S, S], resized (bicubic) and normalised."""
+        import torch
+        from PIL import Image
+
+        size = self.image.image_size
+        mean = np.asarray(self.image.image_mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.image.image_std, dtype=np.float32)[:, None, None]
+        arrays = []
+        for image in images:
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"expected a PIL image, got {type(image).__name__}; load it with skymoe.data.imagery.load_image")
+            image = image.convert("RGB").resize((size, size), Image.BICUBIC)
+            array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+            arrays.append((array - mean) / std)
+        return torch.from_numpy(np.stack(arrays))
+
+    # ---- text -----------------------------------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _prefix(self) -> list[int]:
+        return [self.ids["bos"]] + [self.ids["route"]] * self.num_route_tokens + [self.ids["image"]] * self.num_image_tokens
+
+    def _user_turn(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids of one user turn and its instruction mask (1 on the instruction text)."""
+        head = self._ids(USER_PREFIX)
+        body = self._ids(text.replace("<image>", "").strip())
+        tail = self._ids(ASSISTANT_PREFIX)
+        return head + body + tail, [0] * len(head) + [1] * len(body) + [0] * len(tail)
+
+    def encode(self, sample: Sample) -> dict[str, list[int]]:
+        """Unpadded training features of one sample (lists of ints)."""
+        turns = sample.conversation
+        if not turns or turns[-1].role != "assistant":
+            raise SkyMoEDataError("conversation must end with an assistant answer", record=sample.id, field="conversation")
+        input_ids = self._prefix()
+        labels = [IGNORE_INDEX] * len(input_ids)
+        instruction = [0] * len(input_ids)
+        for i in range(0, len(turns), 2):
+            user_ids, user_mask = self._user_turn(turns[i].text)
+            answer_ids = self._ids(" " + turns[i + 1].text.strip()) + [self.ids["eos"]]
+            input_ids += user_ids + answer_ids
+            labels += [IGNORE_INDEX] * len(user_ids) + answer_ids
+            instruction += user_mask + [0] * len(answer_ids)
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            raise SkyMoEDataError(
+                f"{len(input_ids)} tokens exceed max_length={self.max_length}", record=sample.id, field="conversation"
+            )
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "instruction_mask": instruction,
+            "task_label": sample.task.index,
+            "granularity_label": sample.granularity.index,
+        }
+
+    def _encode_prompt(self, prompt) -> tuple[list[int], list[int]]:
+        """A generation prompt: a question, or a conversation (list of Turns) ending with a user turn."""
+        turns = [Turn("user", prompt)] if isinstance(prompt, str) else list(prompt)
+        if not turns or turns[-1].role != "user":
+            raise ValueError("a generation prompt must end with a user turn")
+        input_ids, instruction = self._prefix(), [0] * len(self._prefix())
+        for i in range(0, len(turns) - 1, 2):
+            user_ids, user_mask = self._user_turn(turns[i].text)
+            answer_ids = self._ids(" " + turns[i + 1].text.strip()) + [self.ids["eos"]]
+            input_ids += user_ids + answer_ids
+            instruction += user_mask + [0] * len(answer_ids)
+        user_ids, user_mask = self._user_turn(turns[-1].text)
+        return input_ids + user_ids, instruction + user_mask
+
+    # ---- batches --------------------------------------------------------------------------------
+    def pad(self, features: list[dict], pixel_values, *, padding_side: str = "right") -> dict:
+        """Pad encoded features into a batch dict of tensors."""
+        import torch
+
+        length = max(len(f["input_ids"]) for f in features)
+
+        def padded(key: str, value: int) -> torch.Tensor:
+            rows = []
+            for f in features:
+                fill = [value] * (length - len(f[key]))
+                rows.append(f[key] + fill if padding_side == "right" else fill + f[key])
+            return torch.tensor(rows, dtype=torch.long)
+
+        for f in features:
+            f["attention_mask"] = [1] * len(f["input_ids"])
+        batch = {
+            "input_ids": padded("input_ids", self.ids["pad"]),
+            "attention_mask": padded("attention_mask", 0),
+            "instruction_mask": padded("instruction_mask", 0),
+            "pixel_values": pixel_values,
+        }
+        if "labels" in features[0]:
+            batch["labels"] = padded("labels", IGNORE_INDEX)
+        for key in ("task_label", "granularity_label"):
+            if key in features[0]:
+                batch[key + "s"] = torch.tensor([f[key] for f in features], dtype=torch.long)
+        return batch
+
+    def collate(self, samples: list[Sample], images) -> dict:
+        """Training batch (right padding) for ``samples`` and their PIL ``images``."""
+        if len(samples) != len(images):
+            raise ValueError(f"{len(samples)} samples but {len(images)} images")
+        return self.pad([self.encode(s) for s in samples], self.preprocess_images(images))
+
+    def prepare_generation(self, images, prompts, tasks=None) -> dict:
+        """Generation inputs (left padding, no labels). ``tasks`` (Task or str) adds ``task_labels``."""
+        from skymoe.data.schema import Task
+
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        features = []
+        for i, prompt in enumerate(prompts):
+            input_ids, instruction = self._encode_prompt(prompt)
+            feature = {"input_ids": input_ids, "instruction_mask": instruction}
+            if tasks is not None:
+                feature["task_label"] = Task(tasks[i]).index
+            features.append(feature)
+        return self.pad(features, self.preprocess_images(images), padding_side="left")
+
+    def decode(self, token_ids) -> list[str]:
+        """Generated ids (the new tokens only, or whole sequences) -> stripped answer strings."""
+        texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self.image),
+            "num_image_tokens": self.num_image_tokens,
+            "num_route_tokens": self.num_route_tokens,
+            "max_length": self.max_length,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        (directory / PROCESSOR_CONFIG).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "SkyMoEProcessor":
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        config_path = directory / PROCESSOR_CONFIG
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found: not a SkyMoE model/processor directory")
+        settings = json.loads(config_path.read_text(encoding="utf-8"))
+        return cls(AutoTokenizer.from_pretrained(directory), **settings)

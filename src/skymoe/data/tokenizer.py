@@ -1,0 +1,85 @@
+"""Tokenizers for SkyMoE: train a small BPE on the training text, or extend an existing HF tokenizer.
+
+Both paths give a ``PreTrainedTokenizerFast`` that knows the SkyMoE special
+tokens (:data:`SPECIAL_TOKENS`): ``<image>`` placeholders are replaced by visual
+tokens and ``<route>`` placeholders by the router's routing instructions.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+SPECIAL_TOKENS = {
+    "pad": "<pad>",
+    "bos": "<s>",
+    "eos": "</s>",
+    "unk": "<unk>",
+    "image": "<image>",
+    "route": "<route>",
+}
+# Tokens that are not one of the tokenizer's standard roles (bos/eos/pad/unk).
+EXTRA_TOKENS = [SPECIAL_TOKENS["image"], SPECIAL_TOKENS["route"]]
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
+    """Train a byte-level BPE on ``texts``; lower-cased, every digit its own token.
+
+    Splitting digits keeps numbers and box coordinates (``[12, 40, 57, 88]``)
+    compositional instead of memorising each number as one token.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("build_tokenizer needs at least one non-empty training text")
+    special = [SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")] + EXTRA_TOKENS
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk"]))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        unk_token=SPECIAL_TOKENS["unk"],
+        pad_token=SPECIAL_TOKENS["pad"],
+        extra_special_tokens=EXTRA_TOKENS,
+    )
+
+
+def add_skymoe_tokens(tokenizer):
+    """Add what SkyMoE needs to an existing HF tokenizer (GPT-2, Llama, Qwen, ...), in place.
+
+    Keeps the tokenizer's own bos/eos (adding ours only where missing), adds a pad token where it has none and the
+    ``<image>``/``<route>`` placeholders. Returns the tokenizer; resize the LLM's
+    embeddings to ``len(tokenizer)`` afterwards (``build_model(config, tokenizer=...)`` does).
+    """
+    roles = {}
+    for role in ("bos", "eos", "pad"):  # the layout needs these; byte-level BPEs never need an unk
+        if getattr(tokenizer, f"{role}_token") is None:
+            roles[f"{role}_token"] = SPECIAL_TOKENS[role]
+    tokenizer.add_special_tokens(roles)
+    missing = [t for t in EXTRA_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return tokenizer
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Ids of the SkyMoE roles in ``tokenizer`` (``image``/``route`` included)."""
+    ids = {role: getattr(tokenizer, f"{role}_token_id") for role in ("pad", "bos", "eos", "unk")}
+    for role in ("image", "route"):
+        token_id = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[role])
+        if token_id is None or (token_id == tokenizer.unk_token_id and tokenizer.unk_token != SPECIAL_TOKENS[role]):
+            raise ValueError(f"tokenizer has no {SPECIAL_TOKENS[role]} token; call add_skymoe_tokens(tokenizer) first")
+        ids[role] = token_id
+    return ids

@@ -1,0 +1,99 @@
+"""``evaluate`` (model + suite -> predictions, metrics, report) and ``score`` (predictions -> metrics, report)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from skymoe.data.schema import SkyMoEDataError, read_jsonl
+from skymoe.eval.aggregate import compute_metrics, dumps_metrics
+from skymoe.eval.records import Prediction, prediction_text, read_predictions, write_predictions
+from skymoe.eval.suite import Suite, load_suite
+
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+RUN_INFO = "run.json"
+
+
+def collect_samples(suite: Suite, limit: int | None = None) -> list:
+    """The suite's evaluation samples; ``limit`` caps every dataset split (on top of the suite's own limit)."""
+    from skymoe.data.datasets import load_dataset
+
+    samples = []
+    for entry in suite.datasets:
+        caps = [c for c in (entry.limit, limit) if c is not None]
+        for split in entry.splits:
+            samples += load_dataset(entry.name, split)[: min(caps) if caps else None]
+    if not samples:
+        raise SkyMoEDataError(f"suite {suite.name!r} selects no samples")
+    return samples
+
+
+def fit_baseline(suite: Suite):
+    """The prior/nearest-neighbour baseline fitted on the suite's baseline split of every dataset that has it."""
+    from skymoe.data.datasets import dataset_splits, load_dataset
+    from skymoe.eval.baselines import Baseline
+
+    if suite.baseline_split is None:
+        return None
+    train = [s for e in suite.datasets if suite.baseline_split in dataset_splits(e.name) for s in load_dataset(e.name, suite.baseline_split)]
+    return Baseline(train)
+
+
+def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Path, *, limit: int | None = None, batch_size: int | None = None) -> dict:
+    """Generate predictions for a suite with a saved model, then score them (see :func:`score`)."""
+    from skymoe.eval.predict import generate_predictions, load_model
+
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    out_dir = Path(out_dir)
+    samples = collect_samples(suite, limit)
+    baseline = fit_baseline(suite)
+    model, processor = load_model(model_dir)
+    start = time.perf_counter()
+    predictions = generate_predictions(model, processor, samples, suite, batch_size)
+    seconds = time.perf_counter() - start
+    for sample, prediction in zip(samples, predictions):
+        prediction.baseline = baseline.predict(sample) if baseline else None
+    write_predictions(predictions, out_dir / PREDICTIONS)
+    run_info = {
+        "model": str(model_dir),
+        "suite": suite.name,
+        "samples": len(samples),
+        "seconds": seconds,
+        "samples_per_second": len(samples) / seconds if seconds > 0 else None,
+    }
+    (out_dir / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+    return score(out_dir / PREDICTIONS, out_dir)
+
+
+def join_references(predictions_path: str | Path, references_path: str | Path) -> list[Prediction]:
+    """Records from bare ``{"id", "prediction"}`` lines joined by id with reference samples (schema JSONL)."""
+    samples = {s.id: s for s in read_jsonl(references_path)}
+    answers = {}
+    with Path(predictions_path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    d = json.loads(line)
+                    answers[str(d["id"])] = d.get("prediction")
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise SkyMoEDataError('expected {"id": ..., "prediction": ...}', file=str(predictions_path), record=f"line {lineno}") from None
+    unknown, missing = sorted(set(answers) - set(samples)), sorted(set(samples) - set(answers))
+    if unknown or missing:
+        raise SkyMoEDataError(
+            f"ids do not match the references {references_path}: {len(unknown)} unknown (e.g. {unknown[:5]}), "
+            f"{len(missing)} without a prediction (e.g. {missing[:5]})", file=str(predictions_path), field="id")
+    return [Prediction.from_sample(s, prediction_text(answers[s.id])) for s in samples.values()]
+
+
+def score(predictions_path: str | Path, out_dir: str | Path, *, references: str | Path | None = None) -> dict:
+    """Score saved predictions: writes ``metrics.json``, ``report.md``, ``report.html`` (+ plots) to ``out_dir``."""
+    from skymoe.eval.report import write_report
+
+    predictions = join_references(predictions_path, references) if references else read_predictions(predictions_path)
+    metrics = compute_metrics(predictions)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS).write_text(dumps_metrics(metrics), encoding="utf-8")
+    write_report(metrics, predictions, out_dir)
+    return metrics

@@ -1,0 +1,142 @@
+"""Evaluation suites: which datasets/splits to run, prompts per task, generation settings, scorers.
+
+A suite is a YAML file (packaged ones live in ``skymoe/suites/``, addressable by
+name, e.g. ``embedded``)::
+
+    name: embedded
+    description: free text
+    generation: {max_new_tokens: 24, batch_size: 8}
+    prompts: {vqa: "{question}"}            # per task; {question} = the sample's instruction
+    scorers: {region_caption: caption}      # per task; defaults in skymoe.eval.scorers.DEFAULT_SCORER
+    baseline_split: train                   # split the prior baseline is fitted on (null: no baseline)
+    datasets:
+      - {name: rsvqa_lr, splits: [test], limit: 200}
+
+Every key is checked; an unknown key, dataset, split, task or scorer is an error
+that names it and lists the allowed values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from skymoe.data.schema import Sample, SkyMoEDataError, Task
+from skymoe.eval.scorers import DEFAULT_SCORER, SCORERS
+
+QUESTION = "{question}"
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 32
+    batch_size: int = 8
+
+
+@dataclass
+class SuiteDataset:
+    name: str
+    splits: list[str]
+    limit: int | None = None  # first N samples of each split (data order)
+
+
+@dataclass
+class Suite:
+    name: str
+    datasets: list[SuiteDataset]
+    description: str = ""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    prompts: dict[str, str] = field(default_factory=dict)
+    scorers: dict[str, str] = field(default_factory=dict)
+    baseline_split: str | None = "train"
+
+    def prompt_for(self, sample: Sample) -> str:
+        template = self.prompts.get(sample.task.value, QUESTION)
+        return template.replace(QUESTION, sample.question)
+
+    def scorer_for(self, task: str) -> str:
+        return self.scorers.get(task, DEFAULT_SCORER[task])
+
+
+def packaged_suites() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("skymoe.suites").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_suite(path_or_name: str | Path, *, check_data: bool = True) -> Suite:
+    """Read and validate a suite from a YAML path or a packaged suite name."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        if str(path_or_name) not in packaged_suites():
+            raise SkyMoEDataError(f"no suite file {path} and no packaged suite of that name; packaged: {packaged_suites()}")
+        path = Path(str(resources.files("skymoe.suites") / f"{path_or_name}.yaml"))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SkyMoEDataError(f"malformed YAML ({exc})", file=str(path)) from None
+    return parse_suite(raw, file=str(path), check_data=check_data)
+
+
+def _check_keys(raw, allowed: set[str], file: str, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise SkyMoEDataError(f"expected a mapping, got {type(raw).__name__}", file=file, field=where)
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise SkyMoEDataError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}", file=file, field=where)
+    return raw
+
+
+def _check_tasks(mapping: dict, file: str, where: str) -> dict[str, str]:
+    tasks = [t.value for t in Task]
+    for task, value in (mapping or {}).items():
+        if task not in tasks:
+            raise SkyMoEDataError(f"unknown task {task!r}; allowed: {tasks}", file=file, field=where)
+        if not isinstance(value, str):
+            raise SkyMoEDataError(f"expected a string for task {task!r}", file=file, field=where)
+    return dict(mapping or {})
+
+
+def parse_suite(raw, *, file: str = "<suite>", check_data: bool = True) -> Suite:
+    raw = _check_keys(raw, {"name", "description", "generation", "prompts", "scorers", "baseline_split", "datasets"}, file, "suite")
+    generation = GenerationSettings(**_check_keys(raw.get("generation") or {}, {"max_new_tokens", "batch_size"}, file, "generation"))
+    scorers = _check_tasks(raw.get("scorers"), file, "scorers")
+    for task, name in scorers.items():
+        if name not in SCORERS:
+            raise SkyMoEDataError(f"unknown scorer {name!r} for task {task!r}; allowed: {sorted(SCORERS)}", file=file, field="scorers")
+    entries = raw.get("datasets")
+    if not entries or not isinstance(entries, list):
+        raise SkyMoEDataError("expected a non-empty list of datasets", file=file, field="datasets")
+    datasets = [
+        SuiteDataset(**_check_keys(entry, {"name", "splits", "limit"}, file, f"datasets[{i}]")) for i, entry in enumerate(entries)
+    ]
+    suite = Suite(
+        name=str(raw.get("name") or Path(file).stem),
+        description=str(raw.get("description") or ""),
+        datasets=datasets,
+        generation=generation,
+        prompts=_check_tasks(raw.get("prompts"), file, "prompts"),
+        scorers=scorers,
+        baseline_split=raw.get("baseline_split", "train"),
+    )
+    if check_data:
+        check_datasets(suite, file)
+    return suite
+
+
+def check_datasets(suite: Suite, file: str) -> None:
+    """Every dataset and split the suite names exists in the data registry."""
+    from skymoe.data.datasets import dataset_splits, list_datasets
+
+    known = list_datasets()
+    for i, entry in enumerate(suite.datasets):
+        if entry.name not in known:
+            raise SkyMoEDataError(f"unknown dataset {entry.name!r}; allowed: {known}", file=file, field=f"datasets[{i}].name")
+        splits = dataset_splits(entry.name)
+        for split in entry.splits or []:
+            if split not in splits:
+                raise SkyMoEDataError(
+                    f"dataset {entry.name!r} has no split {split!r}; allowed: {splits}", file=file, field=f"datasets[{i}].splits"
+                )
+        if not entry.splits:
+            raise SkyMoEDataError("expected a non-empty list of splits", file=file, field=f"datasets[{i}].splits")

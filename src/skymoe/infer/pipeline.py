@@ -1,0 +1,236 @@
+"""Pipeline: a trained SkyMoE model behind one call per remote-sensing task.
+
+    pipe = Pipeline.from_pretrained("runs/demo/model")
+    pipe.caption("scene.tif").text
+    pipe.ground(image, "the storage tank").boxes        # pixel boxes in the input image
+    pipe.count([a, b, c], "buildings")                   # a list in, a list out (batched)
+
+Images are paths (PNG/JPEG/TIFF/GeoTIFF), PIL images, numpy arrays or open
+rasterio datasets (:func:`skymoe.data.imagery.load_image`). Every method takes
+one image or a list; lists run in batches of ``batch_size``. With
+``routing=True`` each answer carries the router's decision (task,
+granularity, expert weights per MoE layer).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from skymoe.data.boxes import format_box, parse_boxes
+from skymoe.data.schema import Box, Granularity, Sample, Task, Turn
+from skymoe.eval.records import Routing
+
+# Phrasings the embedded training data uses (skymoe.data.mgrs_mini.questions), so a trained model recognises the task.
+PROMPTS = {
+    Task.CAPTION: "Describe this image.",
+    Task.CLASSIFICATION: "What type of scene is this?",
+    Task.GROUNDING: "Where is {query}? Answer with a box.",
+    Task.REGION_CAPTION: "Describe the region {box}.",
+    Task.COUNTING: "How many {object} are there in the image?",
+}
+_INTEGER = re.compile(r"-?\d+")
+
+
+@dataclass
+class Answer:
+    text: str
+    task: str
+    image_size: tuple[int, int]  # (W, H) of the input image
+    boxes: list[Box] = field(default_factory=list)  # grounding: pixel xyxy in the input image
+    count: int | None = None  # counting: the first integer of the answer
+    routing: Routing | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["boxes"] = [b.to_dict() for b in self.boxes]
+        d["image_size"] = list(self.image_size)
+        return d
+
+
+def _as_list(value) -> tuple[list, bool]:
+    """(items, was_single): a lone image/string becomes a one-item list."""
+    if isinstance(value, (list, tuple)):
+        return list(value), False
+    return [value], True
+
+
+def _broadcast(value, n: int, what: str) -> list:
+    values, single = _as_list(value)
+    if single:
+        return values * n
+    if len(values) != n:
+        raise ValueError(f"{n} images but {len(values)} {what}")
+    return values
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantisation (CPU) of the LLM's linear layers, in place; returns the model.
+
+    The router gates stay in float: their top-k choice flips on small errors, and they are tiny.
+    """
+    import warnings
+
+    import torch
+    from torch import nn
+
+    names = {
+        name: torch.ao.quantization.default_dynamic_qconfig
+        for name, module in model.language_model.named_modules()
+        if isinstance(module, nn.Linear) and ".gate." not in f".{name}."
+    }
+    with warnings.catch_warnings():  # torch deprecates these kernels in favour of torchao, which is not installed here
+        warnings.simplefilter("ignore", UserWarning)
+        torch.ao.quantization.quantize_dynamic(model.language_model, names, dtype=torch.qint8, inplace=True)
+    return model
+
+
+class Pipeline:
+    def __init__(self, model, processor, *, batch_size: int = 8, max_new_tokens: int = 48):
+        self.model = model.eval()
+        self.processor = processor
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, quantize: str | None = None, **kwargs) -> "Pipeline":
+        """Model + processor from a ``save_pretrained`` directory; ``quantize="int8"`` for CPU dynamic int8."""
+        from skymoe.eval.predict import load_model
+
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize={quantize!r}; expected None or 'int8'")
+        model, processor = load_model(directory)
+        if quantize == "int8":
+            quantize_int8(model)
+        return cls(model, processor, **kwargs)
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.model.config, "_name_or_path", "") or "skymoe")
+
+    # ---- core -----------------------------------------------------------------------------------
+    def load(self, image):
+        from skymoe.data.imagery import load_image
+
+        return load_image(image)
+
+    def generate(self, images, prompts, *, task: Task | str = Task.VQA, routing: bool = False, max_new_tokens: int | None = None):
+        """Answers to ``prompts`` about ``images``: one prompt for all images or one per image.
+
+        A prompt is a question, or a conversation (list of Turns ending with a user turn).
+        """
+        images, single = _as_list(images)
+        conversation = isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], Turn)
+        prompts = [prompts] * len(images) if conversation else _broadcast(prompts, len(images), "prompts")
+        for prompt in prompts:
+            text = prompt[-1].text if isinstance(prompt, list) else prompt
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("empty prompt: give a question or instruction")
+        task = Task(task)
+        answers = []
+        for start in range(0, len(images), self.batch_size):
+            pil = [self.load(im) for im in images[start : start + self.batch_size]]
+            answers += self._generate_batch(pil, prompts[start : start + self.batch_size], task, routing, max_new_tokens)
+        return answers[0] if single else answers
+
+    def _routing(self, inputs) -> list[Routing | None]:
+        """The router's decision per sample, from one prefill pass over the prompt (None for a dense model)."""
+        import torch
+
+        from skymoe.eval.predict import routing_of
+
+        with torch.inference_mode():
+            output = self.model(**inputs)
+        return [routing_of(output, i) for i in range(inputs["input_ids"].shape[0])]
+
+    def _generate_batch(self, images, prompts, task: Task, routing: bool, max_new_tokens: int | None) -> list[Answer]:
+        import torch
+
+        inputs = self.processor.prepare_generation(images, prompts)
+        decisions = self._routing(inputs) if routing else [None] * len(images)
+        with torch.inference_mode():
+            generated = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.processor.ids["pad"],
+                eos_token_id=self.processor.ids["eos"],
+            )
+        texts = self.processor.decode(generated[:, inputs["input_ids"].shape[1] :])
+        return [self._answer(t, task, im.size, r) for t, im, r in zip(texts, images, decisions)]
+
+    @staticmethod
+    def _answer(text: str, task: Task, image_size: tuple[int, int], routing: Routing | None) -> Answer:
+        answer = Answer(text=text, task=task.value, image_size=tuple(image_size), routing=routing)
+        if task == Task.GROUNDING:
+            answer.boxes = parse_boxes(text, image_size).boxes
+        elif task == Task.COUNTING:
+            match = _INTEGER.search(text)
+            answer.count = int(match.group()) if match else None
+        return answer
+
+    # ---- tasks ----------------------------------------------------------------------------------
+    def ask(self, images, question, **kwargs):
+        return self.generate(images, question, task=Task.VQA, **kwargs)
+
+    def caption(self, images, **kwargs):
+        return self.generate(images, PROMPTS[Task.CAPTION], task=Task.CAPTION, **kwargs)
+
+    def _templated(self, images, task: Task, key: str, values, **kwargs):
+        """Run ``PROMPTS[task]`` filled with ``values`` (one for all images, or one per image)."""
+        items, single = _as_list(images)
+        prompts = [PROMPTS[task].format(**{key: v}) for v in _broadcast(values, len(items), key)]
+        return self.generate(items[0] if single else items, prompts[0] if single else prompts, task=task, **kwargs)
+
+    def ground(self, images, query, **kwargs):
+        """Boxes of ``query`` (a referring expression); ``Answer.boxes`` in pixels of each image."""
+        return self._templated(images, Task.GROUNDING, "query", query, **kwargs)
+
+    def count(self, images, object_name, **kwargs):
+        """How many ``object_name`` (plural noun) there are; ``Answer.count`` holds the number."""
+        return self._templated(images, Task.COUNTING, "object", object_name, **kwargs)
+
+    def describe_region(self, image, box: Box | Sequence[float], **kwargs) -> Answer:
+        """Description of the pixel box ``box`` (xyxy) of one image."""
+        pil = self.load(image)
+        box = box if isinstance(box, Box) else Box(*map(float, box))
+        prompt = PROMPTS[Task.REGION_CAPTION].format(box=format_box(box.validate(pil.size), pil.size))
+        return self.generate(pil, prompt, task=Task.REGION_CAPTION, **kwargs)
+
+    def classify(self, images, labels: Sequence[str] | None = None, **kwargs):
+        """Scene class: free generation, or with ``labels`` the most likely label (mean log-likelihood per token)."""
+        if not labels:
+            return self.generate(images, PROMPTS[Task.CLASSIFICATION], task=Task.CLASSIFICATION, **kwargs)
+        items, single = _as_list(images)
+        answers = []
+        for start in range(0, len(items), self.batch_size):
+            pil = [self.load(im) for im in items[start : start + self.batch_size]]
+            decisions = [None] * len(pil)
+            if kwargs.get("routing"):
+                decisions = self._routing(self.processor.prepare_generation(pil, [PROMPTS[Task.CLASSIFICATION]] * len(pil)))
+            for image, decision in zip(pil, decisions):
+                scores = self.label_scores(image, labels)
+                answers.append(Answer(max(scores, key=scores.get), Task.CLASSIFICATION.value, image.size, routing=decision))
+        return answers[0] if single else answers
+
+    def label_scores(self, image, labels: Sequence[str]) -> dict[str, float]:
+        """Mean per-token log-likelihood of each label as the classification answer for one image."""
+        import torch
+
+        pil = self.load(image)
+        samples = [
+            Sample(id=str(i), image="-", task=Task.CLASSIFICATION, granularity=Granularity.IMAGE,
+                   conversation=[Turn("user", PROMPTS[Task.CLASSIFICATION]), Turn("assistant", label)])
+            for i, label in enumerate(labels)
+        ]
+        batch = self.processor.collate(samples, [pil] * len(samples))
+        targets = batch.pop("labels")[:, 1:]
+        for key in ("task_labels", "granularity_labels"):
+            batch.pop(key, None)
+        with torch.inference_mode():
+            logits = self.model(**batch).logits[:, :-1].float()
+        mask = targets != -100
+        logprobs = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        means = (logprobs * mask).sum(1) / mask.sum(1)
+        return {label: float(v) for label, v in zip(labels, means)}

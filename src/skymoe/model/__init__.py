@@ -1,0 +1,10 @@
+"""The SkyMoE model: config, vision towers, projectors, router, experts and the HF model class.
+
+Importing this package registers ``skymoe`` with transformers' Auto classes.
+"""
+from skymoe.model.configuration import EfficientNetLiteConfig, SkyMoEConfig
+from skymoe.model.modeling import SkyMoEForConditionalGeneration, SkyMoEOutput, register_auto_classes
+
+register_auto_classes()
+
+__all__ = ["EfficientNetLiteConfig", "SkyMoEConfig", "SkyMoEForConditionalGeneration", "SkyMoEOutput"]

@@ -1,0 +1,251 @@
+"""LoRA and FFN experts with grouped (sorted) dispatch, installed into any HF decoder by module replacement.
+
+Why hand-written: peft cannot express token-routed LoRA experts (a different
+adapter mix per token chosen by a gate), and transformers' MoE blocks are tied
+to their model families. The same :class:`LoRAExperts` with one expert and no
+gate is the dense stage-1 adapter, which makes upcycling an exact copy.
+
+Dispatch: the k assignments of every token are sorted by expert, so each
+expert sees one contiguous slice; the work is two grouped matmuls over
+``tokens*k`` rows, whatever the number of experts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from skymoe.model.router import ExpertGate, RoutingContext
+
+
+@dataclass
+class DispatchPlan:
+    """Token->expert assignments sorted by expert (row i of every sorted tensor is one assignment)."""
+
+    token_index: torch.Tensor  # [N*k] source token of each sorted assignment
+    expert_index: torch.Tensor  # [N*k] expert of each sorted assignment (non-decreasing)
+    weight: torch.Tensor  # [N*k, 1] gate weight
+    offsets: torch.Tensor  # [E] int32 end offset of each expert's slice
+    num_tokens: int
+
+    @classmethod
+    def from_topk(cls, index: torch.Tensor, weight: torch.Tensor, num_experts: int) -> "DispatchPlan":
+        num_tokens, top_k = index.shape
+        flat = index.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=num_experts)
+        return cls(
+            token_index=order // top_k,
+            expert_index=flat[order],
+            weight=weight.reshape(-1, 1)[order],
+            offsets=torch.cumsum(counts, 0).to(torch.int32),
+            num_tokens=num_tokens,
+        )
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.num_tokens, -1)[self.token_index]
+
+    def combine(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Weighted sum of the expert outputs back onto their tokens -> ``shape``."""
+        out = rows.new_zeros(self.num_tokens, rows.shape[-1]).index_add_(0, self.token_index, rows * self.weight)
+        return out.reshape(*shape[:-1], rows.shape[-1])
+
+
+def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows ``offsets[e-1]:offsets[e]`` of ``x`` times ``weight[e]``: [N, I] x [E, I, O] -> [N, O]."""
+    if x.device.type != "cpu":
+        return F.grouped_mm(x, weight, offs=offsets)
+    # On CPU one GEMM per non-empty contiguous slice measured faster than torch's grouped_mm kernel.
+    ends = offsets.tolist()
+    starts = [0] + ends[:-1]
+    parts = [x[s:e] @ weight[i] for i, (s, e) in enumerate(zip(starts, ends)) if e > s]
+    return torch.cat(parts) if parts else x.new_zeros(0, weight.shape[-1])
+
+
+class LayerDispatch:
+    """Holder for the current plan of one decoder layer, shared by its expert modules (not a Module)."""
+
+    plan: DispatchPlan | None = None
+
+
+def linear_features(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):  # GPT-2 style: weight [in, out]
+        return module.weight.shape[0], module.weight.shape[1]
+    raise TypeError(f"LoRA experts need nn.Linear or Conv1D, got {type(module).__name__}")
+
+
+class LoRAExperts(nn.Module):
+    """``base(x) + sum_e w_e * (x A_e B_e) * alpha/r`` with the frozen base linear; E=1 without a gate = dense LoRA."""
+
+    def __init__(self, base: nn.Module, num_experts: int, rank: int, alpha: float, dispatch: LayerDispatch):
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        in_features, out_features = linear_features(base)
+        self.num_experts, self.rank, self.scale = num_experts, rank, alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(num_experts, in_features, rank))
+        self.lora_B = nn.Parameter(torch.zeros(num_experts, rank, out_features))
+        self.dispatch = dispatch
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # peft's default: A ~ kaiming-uniform, B = 0, so a fresh adapter is the identity.
+        bound = 1.0 / math.sqrt(self.lora_A.shape[1])
+        with torch.no_grad():
+            self.lora_A.uniform_(-bound, bound)
+            self.lora_B.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        plan = self.dispatch.plan
+        if plan is None:  # dense adapter
+            return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
+        rows = grouped_matmul(plan.gather(x), self.lora_A, plan.offsets)
+        rows = grouped_matmul(rows, self.lora_B, plan.offsets) * self.scale
+        return out + plan.combine(rows, out.shape)
+
+    @torch.no_grad()
+    def merged_base(self) -> nn.Module:
+        """The base linear with the (single, dense) adapter folded in."""
+        if self.num_experts != 1:
+            raise ValueError("only a dense (1-expert) LoRA can be merged")
+        delta = (self.lora_A[0] @ self.lora_B[0]) * self.scale  # [in, out]
+        if isinstance(self.base, nn.Linear):
+            self.base.weight += delta.T.to(self.base.weight.dtype)
+        else:
+            self.base.weight += delta.to(self.base.weight.dtype)
+        return self.base
+
+
+class FFNExperts(nn.Module):
+    """E copies of a decoder MLP, stacked for grouped matmuls.
+
+    Understands the gated layout (``gate_proj``/``up_proj``/``down_proj`` + ``act_fn``:
+    Llama, Qwen2, Gemma 3, Mistral) and the plain one (``c_fc``/``c_proj`` + ``act``: GPT-2).
+    """
+
+    def __init__(self, mlp: nn.Module, num_experts: int, dispatch: LayerDispatch):
+        super().__init__()
+        self.dispatch = dispatch
+        if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            self.gated, self.act = True, mlp.act_fn
+            ins, out = [mlp.gate_proj, mlp.up_proj], mlp.down_proj
+        elif all(hasattr(mlp, n) for n in ("c_fc", "c_proj")):
+            self.gated, self.act = False, mlp.act
+            ins, out = [mlp.c_fc], mlp.c_proj
+        else:
+            raise TypeError(f"FFN experts do not know the MLP layout of {type(mlp).__name__}")
+        w_in = torch.cat([_as_in_out(m) for m in ins], dim=1)
+        self.w_in = nn.Parameter(w_in.unsqueeze(0).repeat(num_experts, 1, 1).clone())
+        self.w_out = nn.Parameter(_as_in_out(out).unsqueeze(0).repeat(num_experts, 1, 1).clone())
+        b_in = [m.bias for m in ins]
+        self.b_in = nn.Parameter(torch.cat(b_in).repeat(num_experts, 1)) if all(b is not None for b in b_in) else None
+        self.b_out = nn.Parameter(out.bias.detach().repeat(num_experts, 1)) if out.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self.dispatch.plan
+        hidden = grouped_matmul(plan.gather(x), self.w_in, plan.offsets)
+        if self.b_in is not None:
+            hidden = hidden + self.b_in[plan.expert_index]
+        if self.gated:
+            gate, up = hidden.chunk(2, dim=-1)
+            hidden = self.act(gate) * up
+        else:
+            hidden = self.act(hidden)
+        rows = grouped_matmul(hidden, self.w_out, plan.offsets)
+        if self.b_out is not None:
+            rows = rows + self.b_out[plan.expert_index]
+        return plan.combine(rows, x.shape)
+
+
+def _as_in_out(module: nn.Module) -> torch.Tensor:
+    """Weight of a Linear/Conv1D as [in, out] (detached copy)."""
+    weight = module.weight.detach()
+    return weight.T.clone() if isinstance(module, nn.Linear) else weight.clone()
+
+
+class MoEDecoderLayer(nn.Module):
+    """Wraps one HF decoder layer: computes the routing plan, then runs the layer whose linears are experts.
+
+    Attribute lookups the host model does on its layers (e.g. ``attention_type``) fall through to the
+    wrapped layer, so the wrapper works for any decoder family.
+    """
+
+    def __init__(self, layer: nn.Module, gate: ExpertGate | None, context: RoutingContext, dispatch: LayerDispatch):
+        super().__init__()
+        self.layer = layer
+        self.gate = gate
+        self.context = context
+        self.dispatch = dispatch
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("layer"), name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.gate is not None:
+            index, weight = self.gate(hidden_states, self.context)
+            self.dispatch.plan = DispatchPlan.from_topk(index, weight, self.gate.num_experts)
+        return self.layer(hidden_states, *args, **kwargs)
+
+
+def find_decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The ModuleList of decoder layers (``model.layers`` for Llama/Qwen2/Gemma, ``transformer.h`` for GPT-2)."""
+    for module in language_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise TypeError(f"no ModuleList of {num_layers} decoder layers found in {type(language_model).__name__}")
+
+
+def resolve_lora_targets(layer: nn.Module, targets: list[str]) -> list[str]:
+    """Dotted names (relative to the layer) of the linears to adapt; ``"mlp"`` = every linear of the FFN."""
+    names = []
+    for target in targets:
+        if target == "mlp":
+            names += [f"mlp.{n}" for n, m in layer.mlp.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+        else:
+            module = layer.get_submodule(target)
+            linear_features(module)
+            names.append(target)
+    if not names:
+        raise ValueError(f"lora_targets {targets} matched no linear layer in {type(layer).__name__}")
+    return names
+
+
+def install_experts(language_model: nn.Module, config, context: RoutingContext) -> None:
+    """Replace the chosen decoder layers by MoE layers (or dense-LoRA layers when num_experts == 0)."""
+    moe = config.moe_settings
+    if moe.num_experts == 0 and not moe.dense_lora:
+        return
+    layers = find_decoder_layers(language_model, config.text_config.num_hidden_layers)
+    for index in config.moe_layer_indices:
+        layer = layers[index]
+        dispatch = LayerDispatch()
+        gate = None
+        if moe.num_experts:
+            gate = ExpertGate(
+                config.text_config.hidden_size,
+                config.router_settings.hidden_size,
+                moe.num_experts,
+                moe.top_k,
+                moe.routing,
+                config.router_settings.jitter_noise,
+            )
+        if moe.num_experts and moe.expert_type == "ffn":
+            layer.mlp = FFNExperts(layer.mlp, moe.num_experts, dispatch)
+        else:
+            for name in resolve_lora_targets(layer, moe.lora_targets):
+                parent_name, _, child = name.rpartition(".")
+                parent = layer.get_submodule(parent_name) if parent_name else layer
+                lora = LoRAExperts(getattr(parent, child), max(moe.num_experts, 1), moe.lora_rank, moe.lora_alpha, dispatch)
+                setattr(parent, child, lora)
+        layers[index] = MoEDecoderLayer(layer, gate, context, dispatch)

@@ -1,0 +1,267 @@
+"""SkyMoEForConditionalGeneration: vision tower + projector + router + an HF causal LM with MoE layers.
+
+Forward: the LLM's input embeddings get the projected visual tokens at the
+``<image>`` positions and the router's routing instructions at the ``<route>``
+positions (masked_scatter, as LLaVA does); the MoE layers read the routing
+embedding from a shared :class:`RoutingContext`. In cached generation the
+routing embedding computed at prefill is carried in the model kwargs, so
+routing is decided once per sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from skymoe.model import router as routing
+from skymoe.model.configuration import SkyMoEConfig
+from skymoe.model.experts import FFNExperts, LoRAExperts, MoEDecoderLayer, install_experts
+from skymoe.model.projector import build_projector
+from skymoe.model.router import Router, RoutingContext
+from skymoe.model.vision import build_vision_tower
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SkyMoEOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    lm_loss: torch.FloatTensor | None = None
+    aux_losses: dict | None = None
+    task_logits: torch.FloatTensor | None = None
+    granularity_logits: torch.FloatTensor | None = None
+    routing_embedding: torch.FloatTensor | None = None
+    expert_load: torch.FloatTensor | None = None
+    sample_expert_weights: torch.FloatTensor | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+class SkyMoEPreTrainedModel(PreTrainedModel):
+    config_class = SkyMoEConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        if isinstance(module, (LoRAExperts, Router)):
+            # Their own init encodes meaning (B = 0: a fresh adapter is the identity).
+            if isinstance(module, LoRAExperts):
+                module.reset_parameters()
+            else:
+                for name in ("prompt_base", "task_prompts", "granularity_prompts"):
+                    if hasattr(module, name):
+                        nn.init.normal_(getattr(module, name), std=0.02)
+            return
+        if isinstance(module, FFNExperts):
+            return  # built as copies of the (initialised) dense MLP
+        super()._init_weights(module)
+
+
+class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
+    def __init__(self, config: SkyMoEConfig):
+        super().__init__(config)
+        self.vision_tower = build_vision_tower(config.vision_config, config.vision_feature_layer, config.image_size)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        config.text_config = self.language_model.config  # one object, so resizing updates the saved config
+        text_size = config.text_config.hidden_size
+        self.projector = build_projector(config.projector_settings, self.vision_tower.hidden_size, text_size)
+        self.router = Router(text_size, config.router_settings.hidden_size, config.num_route_tokens) if config.has_router else None
+        # Shared with the MoE layers; holds no parameters (see RoutingContext).
+        self.routing_context = RoutingContext()
+        install_experts(self.language_model, config, self.routing_context)
+        if config.freeze_vision:
+            self.vision_tower.requires_grad_(False)
+        self.post_init()
+        if self.generation_config is not None:
+            # A generated placeholder would have no image/routing content to fill it.
+            self.generation_config.suppress_tokens = [config.image_token_id, config.route_token_id]
+
+    # ---- HF plumbing ----------------------------------------------------------------------------
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_vision:  # frozen BatchNorm/dropout stay in inference mode
+            self.vision_tower.eval()
+        return self
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.moe["num_experts"]
+
+    def moe_layers(self) -> list[MoEDecoderLayer]:
+        return [m for m in self.modules() if isinstance(m, MoEDecoderLayer)]
+
+    def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """Parameters by module group, for per-group learning rates and freezing.
+
+        ``vision``, ``projector``, ``router`` (router + per-layer gates), ``experts`` (LoRA A/B,
+        FFN expert weights; the dense adapter too) and ``lm`` (everything else in the LLM).
+        """
+        groups: dict[str, dict[str, nn.Parameter]] = {k: {} for k in ("vision", "projector", "router", "experts", "lm")}
+        expert_names = set()
+        for module_name, module in self.named_modules():
+            if isinstance(module, (LoRAExperts, FFNExperts)):
+                expert_names |= {f"{module_name}.{n}" for n, _ in module.named_parameters(recurse=False)}
+        for name, param in self.named_parameters():
+            if name.startswith("vision_tower."):
+                group = "vision"
+            elif name.startswith("projector."):
+                group = "projector"
+            elif name.startswith("router.") or ".gate." in name:
+                group = "router"
+            elif name in expert_names:
+                group = "experts"
+            else:
+                group = "lm"
+            groups[group][name] = param
+        return groups
+
+    # ---- pieces of the forward ------------------------------------------------------------------
+    def get_image_features(self, pixel_values, instruction_embeds=None, instruction_mask=None) -> torch.Tensor:
+        features = self.vision_tower(pixel_values.to(self.dtype))
+        return self.projector(features, instruction_embeds, instruction_mask)
+
+    def _scatter(self, embeds, input_ids, token_id, values, what: str):
+        mask = input_ids == token_id
+        expected = int(mask.sum())
+        if expected != values.shape[0] * values.shape[1]:
+            raise ValueError(
+                f"{what}: the input has {expected} placeholder tokens but the model made "
+                f"{values.shape[0]} x {values.shape[1]}; build the processor with SkyMoEProcessor.from_model_config"
+            )
+        return embeds.masked_scatter(mask.unsqueeze(-1), values.to(embeds.dtype))
+
+    def _instruction_mask(self, input_ids, attention_mask, instruction_mask):
+        if instruction_mask is None:  # fall back to every real text token
+            instruction_mask = (input_ids != self.config.image_token_id) & (input_ids != self.config.route_token_id)
+            if attention_mask is not None:
+                instruction_mask &= attention_mask.bool()
+        elif instruction_mask.shape[1] < input_ids.shape[1]:  # uncached generation appends tokens on the right
+            instruction_mask = F.pad(instruction_mask, (0, input_ids.shape[1] - instruction_mask.shape[1]))
+        return instruction_mask[:, -input_ids.shape[1] :]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+        task_labels: torch.LongTensor | None = None,
+        granularity_labels: torch.LongTensor | None = None,
+        routing_embedding: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> SkyMoEOutput:
+        embeds = self.get_input_embeddings()(input_ids)
+        instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
+        image_tokens = None
+        if pixel_values is not None and (input_ids == self.config.image_token_id).any():
+            image_tokens = self.get_image_features(pixel_values, embeds, instruction_mask)
+            embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
+
+        router_out = None
+        has_prompt = image_tokens is not None or (input_ids == self.config.route_token_id).any()
+        if self.router is not None and (routing_embedding is None or has_prompt):
+            router_out = self.router(embeds, instruction_mask, image_tokens)
+            routing_embedding = router_out.routing_embedding
+            if router_out.prompts is not None:
+                embeds = self._scatter(embeds, input_ids, self.config.route_token_id, router_out.prompts, "route tokens")
+
+        context = self.routing_context
+        context.routing_embedding = routing_embedding
+        context.token_mask = attention_mask if attention_mask is not None and attention_mask.shape == input_ids.shape else None
+        context.records = []
+        outputs = self.language_model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        records, context.records = context.records, []
+        return self._output(outputs, labels, router_out, routing_embedding, records, task_labels, granularity_labels, input_ids.shape[0])
+
+    def _output(self, outputs, labels, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size):
+        logits = outputs.logits
+        aux: dict[str, torch.Tensor] = {}
+        weights = {
+            "load_balance": self.config.load_balance_weight,
+            "router_z": self.config.router_z_weight,
+            "router_task_ce": self.config.router_ce_weight,
+            "router_granularity_ce": self.config.router_ce_weight,
+        }
+        if records:
+            aux["load_balance"] = routing.load_balance_loss(records, self.num_experts)
+            aux["router_z"] = routing.router_z_loss(records)
+        if router_out is not None:
+            for name, logits_, targets in (
+                ("router_task_ce", router_out.task_logits, task_labels),
+                ("router_granularity_ce", router_out.granularity_logits, granularity_labels),
+            ):
+                if targets is not None and bool((targets != IGNORE_INDEX).any()):
+                    aux[name] = F.cross_entropy(logits_.float(), targets, ignore_index=IGNORE_INDEX)
+        lm_loss = loss = None
+        if labels is not None:
+            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+            lm_loss = F.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+            loss = lm_loss + sum(weights[name] * value for name, value in aux.items())
+        return SkyMoEOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            lm_loss=lm_loss,
+            aux_losses=aux,
+            task_logits=router_out.task_logits if router_out is not None else None,
+            granularity_logits=router_out.granularity_logits if router_out is not None else None,
+            routing_embedding=routing_embedding,
+            expert_load=routing.expert_load(records, self.num_experts) if records else None,
+            sample_expert_weights=routing.sample_expert_weights(records, self.num_experts, batch_size) if records else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    # ---- generation -----------------------------------------------------------------------------
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
+        if outputs.routing_embedding is not None:  # decided at prefill, reused for every new token
+            model_kwargs["routing_embedding"] = outputs.routing_embedding
+        return model_kwargs
+
+    # ---- upcycling ------------------------------------------------------------------------------
+    @classmethod
+    def upcycle(cls, dense_model: "SkyMoEForConditionalGeneration", num_experts: int, **moe_kwargs):
+        from skymoe.model.upcycle import upcycle
+
+        return upcycle(cls, dense_model, num_experts, **moe_kwargs)
+
+
+def register_auto_classes() -> None:
+    from transformers import AutoModel, AutoModelForImageTextToText
+
+    for auto in (AutoModel, AutoModelForImageTextToText):
+        auto.register(SkyMoEConfig, SkyMoEForConditionalGeneration, exist_ok=True)

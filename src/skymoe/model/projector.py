@@ -1,0 +1,85 @@
+"""Projectors from vision features to LLM-sized visual tokens: LLaVA's mlp2x_gelu and a Q-Former-style resampler."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from skymoe.model.configuration import ProjectorSettings
+
+
+class MLPProjector(nn.Module):
+    """LLaVA-1.5 ``mlp2x_gelu``: one visual token per patch."""
+
+    def __init__(self, vision_size: int, text_size: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(vision_size, text_size), nn.GELU(), nn.Linear(text_size, text_size))
+
+    def forward(self, features: torch.Tensor, instruction=None, instruction_mask=None) -> torch.Tensor:
+        return self.net(features)
+
+
+class ResamplerBlock(nn.Module):
+    """Self-attention over [queries; instruction], cross-attention to the image, FFN (pre-norm)."""
+
+    def __init__(self, size: int, num_heads: int):
+        super().__init__()
+        self.norm_self = nn.LayerNorm(size)
+        self.self_attn = nn.MultiheadAttention(size, num_heads, batch_first=True)
+        self.norm_cross = nn.LayerNorm(size)
+        self.cross_attn = nn.MultiheadAttention(size, num_heads, batch_first=True)
+        self.norm_ffn = nn.LayerNorm(size)
+        self.ffn = nn.Sequential(nn.Linear(size, 4 * size), nn.GELU(), nn.Linear(4 * size, size))
+
+    def forward(self, queries, image, context=None, context_padding=None):
+        num_queries = queries.shape[1]
+        tokens = queries if context is None else torch.cat([queries, context], dim=1)
+        padding = None
+        if context is not None:
+            query_padding = context_padding.new_zeros(queries.shape[:2])
+            padding = torch.cat([query_padding, context_padding], dim=1)
+        normed = self.norm_self(tokens)
+        attended, _ = self.self_attn(normed, normed, normed, key_padding_mask=padding, need_weights=False)
+        queries = queries + attended[:, :num_queries]
+        normed = self.norm_cross(queries)
+        attended, _ = self.cross_attn(normed, image, image, need_weights=False)
+        queries = queries + attended
+        return queries + self.ffn(self.norm_ffn(queries))
+
+
+class ResamplerProjector(nn.Module):
+    """N learned queries read the image by cross-attention (Q-Former / InstructBLIP style).
+
+    With ``instruction_aware`` the queries also self-attend to the instruction's
+    LLM input embeddings, so what they extract depends on the question.
+    """
+
+    def __init__(self, vision_size: int, text_size: int, settings: ProjectorSettings):
+        super().__init__()
+        self.instruction_aware = settings.instruction_aware
+        self.queries = nn.Parameter(torch.randn(settings.num_queries, text_size) * 0.02)
+        self.image_in = nn.Linear(vision_size, text_size)
+        self.blocks = nn.ModuleList(ResamplerBlock(text_size, settings.num_heads) for _ in range(settings.num_layers))
+        self.norm_out = nn.LayerNorm(text_size)
+        self.out = nn.Linear(text_size, text_size)
+
+    def forward(self, features, instruction=None, instruction_mask=None) -> torch.Tensor:
+        image = self.image_in(features)
+        queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
+        context = padding = None
+        if self.instruction_aware:
+            if instruction is None:
+                raise ValueError("an instruction-aware resampler needs the instruction embeddings")
+            context, padding = instruction, ~instruction_mask.bool()
+        for block in self.blocks:
+            queries = block(queries, image, context, padding)
+        return self.out(self.norm_out(queries))
+
+
+def build_projector(settings: ProjectorSettings, vision_size: int, text_size: int) -> nn.Module:
+    if settings.type == "mlp2x_gelu":
+        return MLPProjector(vision_size, text_size)
+    return ResamplerProjector(vision_size, text_size, settings)
+
+
+def count_visual_tokens(settings: ProjectorSettings, num_patches: int) -> int:
+    return num_patches if settings.type == "mlp2x_gelu" else settings.num_queries

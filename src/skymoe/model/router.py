@@ -1,0 +1,165 @@
+"""Task/granularity-aware router, routing instructions, per-layer expert gates and router losses.
+
+The :class:`Router` runs once per sample: it pools the instruction's LLM input
+embeddings and the visual tokens into a routing embedding ``r``, predicts the
+task and granularity, and mixes learned soft-prompt tokens ("routing
+instructions", RS-MoE's per-expert prompts) that are placed at the ``<route>``
+positions. Each MoE layer has an :class:`ExpertGate` conditioned on ``r``:
+per token (``routing="token"``) or once per sample (``routing="sequence"``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skymoe.data.schema import GRANULARITIES, TASKS
+
+
+@dataclass
+class RouterOutput:
+    routing_embedding: torch.Tensor  # [B, H]
+    task_logits: torch.Tensor  # [B, T]
+    granularity_logits: torch.Tensor  # [B, G]
+    prompts: torch.Tensor | None  # [B, R, D] routing instructions
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over dim 1 of [B, S, D] where mask [B, S] is 1; zeros for rows with an empty mask."""
+    if mask is None:
+        return values.mean(dim=1)
+    mask = mask.to(values.dtype).unsqueeze(-1)
+    return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class Router(nn.Module):
+    def __init__(self, text_size: int, hidden_size: int, num_route_tokens: int):
+        super().__init__()
+        self.instruction_proj = nn.Linear(text_size, hidden_size)
+        self.visual_proj = nn.Linear(text_size, hidden_size)
+        self.mix = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.LayerNorm(hidden_size))
+        self.task_head = nn.Linear(hidden_size, len(TASKS))
+        self.granularity_head = nn.Linear(hidden_size, len(GRANULARITIES))
+        self.num_route_tokens = num_route_tokens
+        if num_route_tokens:
+            self.prompt_base = nn.Parameter(torch.randn(num_route_tokens, text_size) * 0.02)
+            self.task_prompts = nn.Parameter(torch.randn(len(TASKS), num_route_tokens, text_size) * 0.02)
+            self.granularity_prompts = nn.Parameter(torch.randn(len(GRANULARITIES), num_route_tokens, text_size) * 0.02)
+
+    def forward(self, instruction_embeds, instruction_mask, visual_tokens=None) -> RouterOutput:
+        pooled = self.instruction_proj(masked_mean(instruction_embeds, instruction_mask))
+        if visual_tokens is not None:
+            pooled = pooled + self.visual_proj(visual_tokens.mean(dim=1))
+        routing = self.mix(pooled)
+        task_logits, granularity_logits = self.task_head(routing), self.granularity_head(routing)
+        prompts = None
+        if self.num_route_tokens:
+            # Routing instructions are a soft mix by the predicted task/granularity, so they stay
+            # differentiable and behave the same in training and inference.
+            prompts = (
+                self.prompt_base
+                + torch.einsum("bt,trd->brd", task_logits.softmax(-1), self.task_prompts)
+                + torch.einsum("bg,grd->brd", granularity_logits.softmax(-1), self.granularity_prompts)
+            )
+        return RouterOutput(routing, task_logits, granularity_logits, prompts)
+
+
+@dataclass
+class GateRecord:
+    """What one MoE layer decided, kept for losses and analysis."""
+
+    logits: torch.Tensor  # [rows, E]; rows = tokens (token routing) or samples (sequence routing)
+    topk_index: torch.Tensor  # [rows, k]
+    topk_weight: torch.Tensor  # [rows, k]
+    row_mask: torch.Tensor  # [rows] bool: real tokens (padding excluded)
+    row_sample: torch.Tensor  # [rows] sample index of each row
+
+
+@dataclass
+class RoutingContext:
+    """Per-forward state shared by the top model and its MoE layers (set before the LLM runs)."""
+
+    routing_embedding: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None  # [B, S] attention mask of the current forward, if it covers it
+    records: list[GateRecord] = field(default_factory=list)
+
+
+class ExpertGate(nn.Module):
+    """Top-k softmax gate with renormalised weights; dropless (every token gets k experts)."""
+
+    def __init__(self, hidden_size: int, routing_size: int, num_experts: int, top_k: int, routing: str, jitter: float):
+        super().__init__()
+        self.num_experts, self.top_k, self.routing, self.jitter = num_experts, top_k, routing, jitter
+        self.routing_proj = nn.Linear(routing_size, num_experts)
+        self.token_proj = nn.Linear(hidden_size, num_experts, bias=False) if routing == "token" else None
+
+    def forward(self, hidden_states: torch.Tensor, context: RoutingContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns top-k expert index and weight per token, each [B*S, k]; records the decision."""
+        if context.routing_embedding is None:
+            raise RuntimeError("MoE layer called without a routing embedding: run the full SkyMoE model, not its LLM")
+        batch, seq = hidden_states.shape[:2]
+        routing_logits = self.routing_proj(context.routing_embedding)  # [B, E]
+        if self.routing == "token":
+            x = hidden_states
+            if self.training and self.jitter:
+                x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+            logits = (self.token_proj(x) + routing_logits.unsqueeze(1)).reshape(batch * seq, -1)
+            row_sample = torch.arange(batch, device=x.device).repeat_interleave(seq)
+            mask = context.token_mask
+            row_mask = mask.reshape(-1).bool() if mask is not None and mask.shape == (batch, seq) else None
+        else:
+            logits = routing_logits
+            row_sample = torch.arange(batch, device=logits.device)
+            row_mask = None
+        if row_mask is None:
+            row_mask = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+        probs = logits.float().softmax(dim=-1)
+        weight, index = probs.topk(self.top_k, dim=-1)
+        weight = (weight / weight.sum(dim=-1, keepdim=True)).to(hidden_states.dtype)
+        context.records.append(GateRecord(logits, index, weight, row_mask, row_sample))
+        if self.routing == "sequence":  # one decision per sample, shared by all its tokens
+            index, weight = index.repeat_interleave(seq, dim=0), weight.repeat_interleave(seq, dim=0)
+        return index, weight
+
+
+# ---- losses and statistics over the recorded gate decisions --------------------------------------
+
+
+def load_balance_loss(records: list[GateRecord], num_experts: int) -> torch.Tensor:
+    """Switch Transformer loss E * sum_e f_e * P_e (f: routed fraction, P: mean prob), averaged over layers."""
+    losses = []
+    for r in records:
+        probs = r.logits.float().softmax(-1)[r.row_mask]
+        counts = F.one_hot(r.topk_index[r.row_mask], num_experts).sum(dim=(0, 1)).float()
+        fraction = counts / counts.sum().clamp(min=1.0)
+        losses.append(num_experts * (fraction * probs.mean(dim=0)).sum())
+    return torch.stack(losses).mean()
+
+
+def router_z_loss(records: list[GateRecord]) -> torch.Tensor:
+    """ST-MoE z-loss: mean squared log-partition of the gate logits."""
+    return torch.stack([torch.logsumexp(r.logits.float()[r.row_mask], dim=-1).pow(2).mean() for r in records]).mean()
+
+
+def expert_load(records: list[GateRecord], num_experts: int) -> torch.Tensor:
+    """[L, E] fraction of routed assignments per layer (padding excluded)."""
+    rows = []
+    for r in records:
+        counts = torch.bincount(r.topk_index[r.row_mask].reshape(-1), minlength=num_experts).float()
+        rows.append(counts / counts.sum().clamp(min=1.0))
+    return torch.stack(rows).detach()
+
+
+def sample_expert_weights(records: list[GateRecord], num_experts: int, batch_size: int) -> torch.Tensor:
+    """[B, L, E] mean gate weight per sample (over its real tokens) and layer."""
+    per_layer = []
+    for r in records:
+        dense = torch.zeros(r.logits.shape[0], num_experts, device=r.logits.device)
+        dense.scatter_(1, r.topk_index, r.topk_weight.float())
+        dense = dense * r.row_mask.unsqueeze(1)
+        sums = torch.zeros(batch_size, num_experts, device=dense.device).index_add_(0, r.row_sample, dense)
+        counts = torch.zeros(batch_size, device=dense.device).index_add_(0, r.row_sample, r.row_mask.float())
+        per_layer.append(sums / counts.clamp(min=1.0).unsqueeze(1))
+    return torch.stack(per_layer, dim=1).detach()

@@ -1,0 +1,101 @@
+"""Parameter and FLOP summary: total, trainable and active-per-token parameters, FLOPs per token, per module.
+
+Definitions (written down so the numbers can be checked):
+* active per token = parameters a text token's forward touches: every LLM weight except the
+  input embedding table (a lookup), with routed experts counted at ``top_k / num_experts``.
+* FLOPs per token = 2 x active matmul weights + attention scores/values at ``context`` tokens
+  (4 x context x hidden per layer). The vision tower and projector run once per image: their
+  FLOPs are measured with ``torch.utils.flop_counter`` on a meta-device forward and reported per image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+GROUP_ORDER = ("vision", "projector", "router", "experts", "lm")
+
+
+def load_for_summary(config_or_path):
+    """A model with meta-device weights (nothing allocated) for a config, a config.json, or a model directory."""
+    from skymoe.model.configuration import SkyMoEConfig
+    from skymoe.model.modeling import SkyMoEForConditionalGeneration
+
+    config = config_or_path
+    if not isinstance(config, SkyMoEConfig):
+        path = Path(config_or_path)
+        if not (path / "config.json").is_file() and not path.is_file():
+            raise FileNotFoundError(f"{path}: expected a SkyMoE model directory or its config.json")
+        config = SkyMoEConfig.from_json_file(str(path)) if path.is_file() else SkyMoEConfig.from_pretrained(path)
+    with torch.device("meta"):
+        return SkyMoEForConditionalGeneration(config)
+
+
+def _vision_flops(model) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = model.config.image_size
+    pixels = torch.empty(1, 3, size, size, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.get_image_features(pixels)
+    return int(counter.get_total_flops())
+
+
+def summarize(config_or_model, context: int = 512) -> dict:
+    """Per-group dict of ``total``, ``trainable``, ``active_per_token``, ``flops_per_token`` (+ per-image vision FLOPs)."""
+    from skymoe.model.modeling import SkyMoEForConditionalGeneration
+
+    model = config_or_model if isinstance(config_or_model, SkyMoEForConditionalGeneration) else load_for_summary(config_or_model)
+    config = model.config
+    moe = config.moe
+    expert_share = moe["top_k"] / moe["num_experts"] if moe["num_experts"] else 1.0
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embedding
+
+    rows = {}
+    for group, params in model.parameter_groups().items():
+        total = sum(p.numel() for p in params.values())
+        trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+        if group in ("vision", "projector"):
+            active = 0
+        elif group == "experts" and moe["num_experts"]:
+            active = int(total * expert_share)
+        elif group == "router":
+            active = sum(p.numel() for n, p in params.items() if ".gate." in n)  # the per-sample router runs once
+        else:
+            active = total - sum(p.numel() for p in params.values() if p is embedding)
+            if tied:
+                active += embedding.numel()  # the tied output head is a real matmul
+        rows[group] = {"total": total, "trainable": trainable, "active_per_token": active, "flops_per_token": 2 * active}
+    text = config.text_config
+    rows["lm"]["flops_per_token"] += 4 * context * text.hidden_size * text.num_hidden_layers
+    vision_flops = _vision_flops(model)
+    summary = {
+        "groups": rows,
+        "total": sum(r["total"] for r in rows.values()),
+        "trainable": sum(r["trainable"] for r in rows.values()),
+        "active_per_token": sum(r["active_per_token"] for r in rows.values()),
+        "flops_per_token": sum(r["flops_per_token"] for r in rows.values()),
+        "vision_flops_per_image": vision_flops,
+        "context": context,
+        "num_image_tokens": config.num_image_tokens,
+        "num_experts": moe["num_experts"],
+        "top_k": moe["top_k"] if moe["num_experts"] else 0,
+    }
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'module':<10} {'total':>14} {'trainable':>14} {'active/token':>14} {'FLOPs/token':>14}"]
+    for group in GROUP_ORDER:
+        r = summary["groups"][group]
+        lines.append(f"{group:<10} {r['total']:>14,} {r['trainable']:>14,} {r['active_per_token']:>14,} {r['flops_per_token']:>14,}")
+    lines.append(
+        f"{'all':<10} {summary['total']:>14,} {summary['trainable']:>14,} {summary['active_per_token']:>14,} {summary['flops_per_token']:>14,}"
+    )
+    lines.append(
+        f"experts: {summary['num_experts']} (top-{summary['top_k']}); image: {summary['num_image_tokens']} visual tokens, "
+        f"{summary['vision_flops_per_image']:,} FLOPs (vision tower + projector); attention FLOPs at context {summary['context']}"
+    )
+    return "\n".join(lines)

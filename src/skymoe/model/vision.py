@@ -1,0 +1,116 @@
+"""Vision towers: any transformers vision model, or EfficientNet-Lite0 with its ImageNet weights.
+
+Every tower maps pixel_values [B, 3, S, S] to patch features [B, N, C].
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from skymoe.model.configuration import EfficientNetLiteConfig
+
+EFFICIENTNET_ASSET = "efficientnet-lite0"
+EFFICIENTNET_WEIGHTS = "efficientnet-lite0-57934424.pth"
+
+
+class HFVisionTower(nn.Module):
+    """A transformers vision model (CLIP/SigLIP vision, ViT, DINOv2, ...) returning patch tokens.
+
+    ``feature_layer`` indexes ``hidden_states`` (-1 = last, -2 = LLaVA's choice).
+    Prefix tokens (CLS, registers) are dropped; position embeddings are
+    interpolated when the input is larger than the model's native size.
+    """
+
+    def __init__(self, config, feature_layer: int = -1):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.model = AutoModel.from_config(config)
+        self.feature_layer = feature_layer
+        self.patch_size = config.patch_size
+        self.hidden_size = config.hidden_size
+        self._interpolate = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
+        outputs = self.model(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
+        features = outputs.hidden_states[self.feature_layer]
+        num_patches = (pixel_values.shape[-2] // self.patch_size) * (pixel_values.shape[-1] // self.patch_size)
+        return features[:, features.shape[1] - num_patches :]
+
+    def load_pretrained(self, directory: str) -> None:
+        """Weights from a local HF directory: the vision model itself or a dual encoder (CLIP/SigLIP) holding it."""
+        from transformers import AutoModel
+
+        pretrained = AutoModel.from_pretrained(directory).state_dict()
+        own = self.model.state_dict()
+        missing = sorted(k for k in own if k not in pretrained)
+        if missing:
+            raise ValueError(f"{directory}: weights missing for the vision tower, e.g. {missing[:3]}")
+        self.model.load_state_dict({k: pretrained[k] for k in own})
+
+
+class EfficientNetLiteTower(nn.Module):
+    """EfficientNet-Lite feature map [B, C, H/32, W/32] flattened to tokens [B, H*W/1024, C].
+
+    ``feature_layer`` -1 takes the 1280-channel head convolution, -2 the last MBConv block (320 ch).
+    """
+
+    def __init__(self, config: EfficientNetLiteConfig, feature_layer: int = -1, image_size: int = 224):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:
+            raise ImportError(
+                "the EfficientNet-Lite tower needs `pip install --no-deps efficientnet-lite-pytorch==0.1.0`"
+            ) from exc
+        if feature_layer not in (-1, -2):
+            raise ValueError(f"EfficientNet-Lite feature_layer must be -1 (head) or -2 (last block), got {feature_layer}")
+        # The package pads convolutions statically for one input size ("same" padding), so pass ours.
+        self.model = EfficientNet.from_name(config.variant, image_size=image_size)
+        # Classifier and pooling are never used for features; drop them so every parameter is a feature parameter.
+        del self.model._fc
+        self.feature_layer = feature_layer
+        self.patch_size = config.patch_size
+        head = self.model._conv_head
+        self.hidden_size = head.out_channels if feature_layer == -1 else head.in_channels
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(pixel_values)))
+        for index, block in enumerate(m._blocks):
+            rate = m._global_params.drop_connect_rate
+            x = block(x, drop_connect_rate=rate * index / len(m._blocks) if rate else None)
+        if self.feature_layer == -1:
+            x = m._swish(m._bn1(m._conv_head(x)))
+        return x.flatten(2).transpose(1, 2)
+
+    def load_pretrained(self, path: str) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        self.model.load_state_dict(state)
+
+
+def build_vision_tower(config, feature_layer: int = -1, image_size: int = 224) -> nn.Module:
+    if isinstance(config, EfficientNetLiteConfig):
+        return EfficientNetLiteTower(config, feature_layer, image_size)
+    return HFVisionTower(config, feature_layer)
+
+
+def count_patch_tokens(vision_config, image_size: int) -> int:
+    """Visual tokens a tower yields for a square ``image_size`` input (before the projector)."""
+    return (image_size // vision_config.patch_size) ** 2
+
+
+def efficientnet_weights_path() -> str:
+    """Path of the real ImageNet EfficientNet-Lite0 weights from the assets registry."""
+    from skymoe.assets import get_asset
+
+    asset = get_asset(EFFICIENTNET_ASSET)
+    path = getattr(asset, "path", asset)
+    from pathlib import Path
+
+    path = Path(path)
+    return str(path / EFFICIENTNET_WEIGHTS if path.is_dir() else path)

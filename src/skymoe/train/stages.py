@@ -1,0 +1,232 @@
+"""What differs between the stages: how the model is made, what trains, at which learning rate.
+
+Stage 1 (foundation) builds the dense model (tokenizer trained on the mix's
+text for a from-scratch LLM) and trains projector + router + a dense LoRA
+adapter (or the whole small LLM). Stage 2 (specialisation) loads a stage-1
+output directory, upcycles it into E identical experts — checked to reproduce
+the dense model's outputs — and trains router + experts (+ projector).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from skymoe.config import TrainConfig
+from skymoe.data.schema import SkyMoEDataError
+from skymoe.train.data import MixPart
+from skymoe.train.errors import StageError
+
+logger = logging.getLogger(__name__)
+
+# what trains in each stage (the LLM group "lm" is everything not matched above)
+TRAINABLE = {
+    1: {"lora": {"projector", "router", "adapter"}, "full": {"projector", "router", "adapter", "lm"}},
+    2: {"lora": {"router", "experts"}, "full": {"router", "experts"}},
+}
+UPCYCLE_TOLERANCE = 1e-4
+
+
+def module_groups(model) -> dict[str, str]:
+    """Parameter name -> group (vision, projector, router, experts, adapter, lm), decided by module type."""
+    from skymoe.model.experts import FFNExperts, LoRAExperts
+    from skymoe.model.router import ExpertGate, Router
+
+    owners = [
+        (FFNExperts, "experts"),
+        (LoRAExperts, "experts" if model.num_experts else "adapter"),  # one dense LoRA before upcycling
+        (ExpertGate, "router"),
+        (Router, "router"),
+    ]
+    groups = {name: "lm" for name, _ in model.named_parameters()}
+    for module_name, module in model.named_modules():
+        for cls, group in owners:
+            if isinstance(module, cls):
+                for name, _ in module.named_parameters(recurse=False):
+                    groups[f"{module_name}.{name}"] = group
+    for prefix, group in (("vision_tower.", "vision"), ("projector.", "projector")):
+        for name in groups:
+            if name.startswith(prefix):
+                groups[name] = group
+    return groups
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Freeze per stage and return AdamW groups with per-module learning rates (no decay on biases/norms)."""
+    trainable = set(TRAINABLE[cfg.stage][cfg.model.adapter])
+    if cfg.stage == 2 and cfg.optim.train_projector:
+        trainable.add("projector")
+    lrs = {
+        "projector": cfg.optim.projector_lr,
+        "router": cfg.optim.router_lr,
+        "experts": cfg.optim.experts_lr,
+        "adapter": cfg.optim.lm_lr,
+        "lm": cfg.optim.lm_lr,
+    }
+    buckets: dict[tuple[str, bool], list] = {}
+    groups = module_groups(model)
+    for name, param in model.named_parameters():
+        group = groups[name]
+        param.requires_grad_(group in trainable)
+        if param.requires_grad:
+            decay = param.ndim >= 2 and cfg.optim.weight_decay > 0
+            buckets.setdefault((group, decay), []).append(param)
+    if not buckets:
+        raise StageError(f"stage {cfg.stage} found no trainable parameters in groups {sorted(trainable)}")
+    return [
+        {
+            "name": f"{group}" + ("" if decay else "_no_decay") * (cfg.optim.weight_decay > 0),
+            "params": params,
+            "lr": lrs[group] if lrs.get(group) is not None else cfg.optim.lr,
+            "weight_decay": cfg.optim.weight_decay if decay else 0.0,
+        }
+        for (group, decay), params in sorted(buckets.items())
+    ]
+
+
+def training_texts(parts: list[MixPart]) -> list[str]:
+    return [turn.text for part in parts for sample in part.samples for turn in sample.conversation]
+
+
+def build(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | None):
+    """(model, processor) for the stage; stage 2 returns the dense model (see :func:`upcycle_checked`)."""
+    if cfg.stage == 1:
+        return _build_stage1(cfg, parts, resume_from)
+    return load_stage1_output(cfg.model.init_from)
+
+
+def _build_stage1(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | None):
+    from transformers import AutoTokenizer
+
+    from skymoe.data.processor import SkyMoEProcessor
+    from skymoe.data.tokenizer import add_skymoe_tokens, build_tokenizer
+    from skymoe.model.build import build_model
+
+    if resume_from is not None and (resume_from / "processor").is_dir():
+        # the tokenizer of the interrupted run, not a fresh one: token ids must not change under the weights
+        tokenizer = SkyMoEProcessor.from_pretrained(resume_from / "processor").tokenizer
+    elif cfg.model.llm is None:
+        tokenizer = build_tokenizer(training_texts(parts), vocab_size=cfg.model.vocab_size)
+    else:
+        tokenizer = add_skymoe_tokens(AutoTokenizer.from_pretrained(cfg.model.llm))
+    model = build_model(model_config(cfg, tokenizer), tokenizer=tokenizer)
+    processor = SkyMoEProcessor.from_model_config(model.config, tokenizer, max_length=cfg.data.max_length)
+    return model, processor
+
+
+def model_config(cfg: TrainConfig, tokenizer):
+    """The dense stage-1 SkyMoEConfig named by the ``model`` section (the config decides classes)."""
+    from transformers import AutoConfig
+
+    from skymoe.data.tokenizer import special_token_ids
+    from skymoe.model.build import make_config, vision_config_for
+    from skymoe.model.configuration import EfficientNetLiteConfig
+    from skymoe.model.vision import EFFICIENTNET_ASSET
+
+    m = cfg.model
+    if m.vision is None:
+        vision = vision_config_for(
+            m.vision_type,
+            m.image_size,
+            hidden_size=m.vision_hidden_size,
+            intermediate_size=2 * m.vision_hidden_size,
+            num_hidden_layers=m.vision_layers,
+            num_attention_heads=m.vision_heads,
+            patch_size=m.patch_size,
+        )
+    elif m.vision == EFFICIENTNET_ASSET:
+        vision = EfficientNetLiteConfig()
+    else:
+        vision = AutoConfig.from_pretrained(m.vision)
+    if m.llm is None:
+        text = AutoConfig.for_model(
+            m.llm_type,
+            hidden_size=m.hidden_size,
+            intermediate_size=m.intermediate_size,
+            num_hidden_layers=m.num_layers,
+            num_attention_heads=m.num_heads,
+            num_key_value_heads=m.num_kv_heads,
+        )
+    else:
+        text = AutoConfig.from_pretrained(m.llm)
+    return make_config(
+        vision,
+        text,
+        image_size=m.image_size,
+        vocab_size=len(tokenizer),
+        special_ids=special_token_ids(tokenizer),
+        projector={"type": m.projector},
+        router={"hidden_size": m.router_hidden_size},
+        num_route_tokens=m.num_route_tokens,
+        moe={"num_experts": 0, "lora_rank": m.lora_rank, "lora_targets": m.lora_targets, "dense_lora": m.adapter == "lora"},
+        vision_pretrained=m.vision,
+        text_pretrained=m.llm,
+        **m.extra,
+    )
+
+
+def load_stage1_output(init_from: str | None):
+    """Dense model + processor from a stage-1 output dir, or a StageError that says what is wrong."""
+    from skymoe.data.processor import SkyMoEProcessor
+    from skymoe.model import SkyMoEForConditionalGeneration
+
+    model_dir = Path(init_from or "") / "model"
+    if not init_from or not (model_dir / "config.json").is_file():
+        raise StageError(
+            f"stage 2 needs a finished stage-1 output directory: {model_dir}/config.json not found "
+            "(run stage 1 first and set model.init_from to its --output)"
+        )
+    try:
+        processor = SkyMoEProcessor.from_pretrained(model_dir)
+        model = SkyMoEForConditionalGeneration.from_pretrained(model_dir)
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        raise StageError(f"cannot load the stage-1 model from {model_dir}: {exc}") from exc
+    if model.config.moe["num_experts"]:
+        raise StageError(
+            f"{model_dir} already has {model.config.moe['num_experts']} experts; stage 2 starts from a dense stage-1 model"
+        )
+    return model, processor
+
+
+def upcycle_checked(dense, cfg: TrainConfig, batch: dict):
+    """Upcycle to ``cfg.model.num_experts`` identical experts and assert the MoE reproduces the dense logits."""
+    from skymoe.model import SkyMoEForConditionalGeneration
+
+    batch = {k: v for k, v in batch.items() if k != "cda_view"}
+    m = cfg.model
+    dense.eval()
+    with torch.no_grad():
+        reference = dense(**batch).logits
+    moe = SkyMoEForConditionalGeneration.upcycle(
+        dense, num_experts=m.num_experts, top_k=m.top_k, expert_type=m.expert_type, routing=m.routing, moe_layers=m.moe_layers
+    )
+    moe.eval()
+    with torch.no_grad():
+        upcycled = moe(**batch).logits
+    moe.train()
+    diff = (upcycled - reference).abs().max().item()
+    if diff > UPCYCLE_TOLERANCE:
+        raise StageError(f"upcycling changed the model: max |logit difference| = {diff:.3g} > {UPCYCLE_TOLERANCE}")
+    logger.info("upcycled to %d experts; identical-expert logits match the dense model (max diff %.2e)", m.num_experts, diff)
+    return moe
+
+
+def check_samples(parts: list[MixPart], processor, on_error: str, image_loader) -> list[MixPart]:
+    """Encode every sample and open every image once, before training, so no epoch dies on bad data.
+
+    ``on_error="raise"``: the first bad sample raises SkyMoEDataError naming it.
+    ``"skip"``: bad samples are dropped, counted and reported.
+    """
+    from skymoe.data.torch_dataset import SampleDataset
+
+    checked = []
+    for part in parts:
+        dataset = SampleDataset(part.samples, processor, on_error=on_error, image_loader=image_loader)
+        good = [s for i, s in enumerate(part.samples) if dataset[i] is not None]
+        if dataset.skipped:
+            logger.warning("%s: skipped %d of %d samples\n%s", part.label, len(dataset.skipped), len(part.samples), dataset.report())
+        if not good:
+            raise SkyMoEDataError(f"dataset mix entry {part.label}: every sample was skipped", field="data.mix")
+        checked.append(MixPart(part.label, good, part.weight))
+    return checked

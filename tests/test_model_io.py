@@ -1,0 +1,194 @@
+"""Save/load through the Auto classes, generation with KV cache, vision towers, local checkpoints, summary."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _model_helpers import make_batch, randomize_adapters, tiny_model
+from skymoe.model import SkyMoEForConditionalGeneration
+from skymoe.model.build import build_model, pretrained_config, tiny_config
+
+
+def generation_inputs(config, batch_size=2, seed=0):
+    batch = make_batch(config, batch_size=batch_size, seed=seed)
+    batch["attention_mask"][0, :3] = 0  # left padding on the first prompt
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "instruction_mask")}
+
+
+@pytest.mark.parametrize(
+    "text_model_type,moe",
+    [("llama", {"num_experts": 4}), ("gpt2", {"num_experts": 4, "expert_type": "ffn"}), ("qwen2", {"num_experts": 0})],
+)
+def test_save_and_reload_through_the_auto_class_is_bit_exact(tmp_path, text_model_type, moe):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    model = tiny_model(text_model_type=text_model_type, moe=moe).eval()
+    randomize_adapters(model)
+    model.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "skymoe"
+    assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "SkyMoEConfig"
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SkyMoEForConditionalGeneration
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    assert all(torch.equal(original[k], reloaded[k]) for k in original)
+    batch = make_batch(model.config)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+    assert loaded.config.moe == model.config.moe
+
+
+@pytest.mark.parametrize("moe", [{"num_experts": 4}, {"num_experts": 4, "routing": "sequence", "expert_type": "ffn"}, {}])
+@pytest.mark.parametrize("text_model_type", ["llama", "gpt2"])
+def test_cached_and_uncached_greedy_generation_agree(text_model_type, moe):
+    model = tiny_model(text_model_type=text_model_type, moe=moe).eval()
+    randomize_adapters(model, std=0.2)
+    inputs = generation_inputs(model.config)
+    cached = model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=True)
+    uncached = model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert cached.shape == (2, inputs["input_ids"].shape[1] + 8)
+    assert torch.equal(cached, uncached)
+
+
+def test_routing_is_computed_once_per_sequence_in_cached_generation():
+    model = tiny_model(moe={"num_experts": 4, "routing": "sequence"}).eval()
+    calls = []
+    model.router.register_forward_hook(lambda *_: calls.append(1))
+    decisions = []
+    gate = model.moe_layers()[0].gate
+    gate.register_forward_hook(lambda module, args, out: decisions.append(out[0].view(2, -1, 2)[:, 0]))
+    model.generate(**generation_inputs(model.config), max_new_tokens=5, do_sample=False)
+    assert len(calls) == 1
+    assert len(decisions) == 5 and all(torch.equal(d, decisions[0]) for d in decisions)
+
+
+def test_generation_end_to_end_with_tokenizer_and_processor(tmp_path):
+    from PIL import Image
+
+    from skymoe.data.processor import SkyMoEProcessor
+    from skymoe.data.schema import Sample, Turn
+    from skymoe.data.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(["is there a road?", "yes", "no", "how many buildings? 12"] * 3, vocab_size=200)
+    config = tiny_config(vocab_size=64, moe={"num_experts": 2, "top_k": 1})
+    model = build_model(config, tokenizer=tokenizer)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    processor = SkyMoEProcessor.from_model_config(model.config, tokenizer)
+    images = [Image.new("RGB", (40, 40), (20, 90, 30)), Image.new("RGB", (30, 50), (200, 10, 10))]
+    sample = Sample("s", "x.png", "vqa", "image", [Turn("user", "is there a road?"), Turn("assistant", "yes")])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    batch = processor.collate([sample, sample], images)
+    for _ in range(15):  # learn to answer "yes"
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    inputs = processor.prepare_generation(images, ["is there a road?", "is there a road?"], tasks=["vqa", "vqa"])
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert processor.decode(out[:, inputs["input_ids"].shape[1] :]) == ["yes", "yes"]
+    processor.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    reloaded = SkyMoEForConditionalGeneration.from_pretrained(tmp_path).eval()
+    again = reloaded.generate(**SkyMoEProcessor.from_pretrained(tmp_path).prepare_generation(images, ["is there a road?"] * 2), max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, again)
+
+
+@pytest.mark.parametrize("vision_model_type", ["vit", "clip_vision_model", "siglip_vision_model", "dinov2"])
+def test_hf_vision_towers_interpolate_to_larger_inputs(vision_model_type):
+    native = tiny_model(vision_model_type=vision_model_type, image_size=32)
+    larger = tiny_config(vision_model_type=vision_model_type, image_size=48)
+    larger.vision_config = native.config.vision_config  # same tower, native size 32
+    model = build_model(larger)
+    assert model.config.num_image_tokens == 36  # (48 / 8)^2 patches
+    out = model(**make_batch(model.config))
+    assert torch.isfinite(out.loss)
+    features = model.vision_tower(torch.randn(1, 3, 48, 48))
+    assert features.shape == (1, 36, 32)
+
+
+def test_feature_layer_selects_a_hidden_state():
+    model = tiny_model(vision_model_type="vit", vision_feature_layer=0)
+    pixels = torch.randn(1, 3, 32, 32)
+    embeddings = model.vision_tower.model.embeddings(pixels, interpolate_pos_encoding=True)
+    assert torch.equal(model.vision_tower(pixels), embeddings[:, 1:])
+
+
+def test_instruction_aware_resampler_depends_on_the_instruction():
+    model = tiny_model(projector={"type": "resampler", "num_queries": 3, "instruction_aware": True}).eval()
+    assert model.config.num_image_tokens == 3
+    a = make_batch(model.config, seed=0)
+    b = dict(a, input_ids=a["input_ids"].clone())
+    b["input_ids"][:, -5:-3] = 9  # change instruction text only
+    embeds_a = model.get_input_embeddings()(a["input_ids"])
+    embeds_b = model.get_input_embeddings()(b["input_ids"])
+    with torch.no_grad():
+        tokens_a = model.get_image_features(a["pixel_values"], embeds_a, a["instruction_mask"])
+        tokens_b = model.get_image_features(a["pixel_values"], embeds_b, a["instruction_mask"])
+    assert tokens_a.shape == (2, 3, 64) and not torch.allclose(tokens_a, tokens_b)
+
+
+def test_models_from_local_checkpoint_directories(tmp_path):
+    from transformers import AutoModelForCausalLM, CLIPConfig, CLIPModel, LlamaConfig
+
+    torch.manual_seed(0)
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+            projection_dim=16,
+        )
+    )
+    clip.save_pretrained(tmp_path / "clip")
+    llama = AutoModelForCausalLM.from_config(
+        LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    )
+    llama.save_pretrained(tmp_path / "llama")
+    config = pretrained_config(tmp_path / "clip", tmp_path / "llama", image_size=48, moe={"num_experts": 2})
+    model = build_model(config)
+    assert config.num_image_tokens == 36
+    assert torch.equal(
+        model.vision_tower.model.vision_model.encoder.layers[0].mlp.fc1.weight, clip.vision_model.encoder.layers[0].mlp.fc1.weight
+    )
+    lm_layer = model.language_model.model.layers[1]
+    assert torch.equal(lm_layer.mlp.up_proj.base.weight, llama.model.layers[1].mlp.up_proj.weight)
+    assert torch.equal(lm_layer.self_attn.q_proj.weight, llama.model.layers[1].self_attn.q_proj.weight)
+    assert torch.isfinite(model(**make_batch(model.config)).loss)
+
+
+def test_efficientnet_tower_shapes_and_token_count():
+    model = tiny_model(vision_model_type="skymoe_efficientnet_lite", image_size=96)
+    assert model.config.num_image_tokens == 9  # 96 / 32 = 3x3 feature map
+    assert model.vision_tower(torch.randn(1, 3, 96, 96)).shape == (1, 9, 1280)
+    head = tiny_model(vision_model_type="skymoe_efficientnet_lite", image_size=64, vision_feature_layer=-2)
+    assert head.vision_tower(torch.randn(1, 3, 64, 64)).shape == (1, 4, 320)
+
+
+def test_summary_counts_parameters_and_active_experts(tmp_path, capsys):
+    import argparse
+
+    from skymoe.cli import model as model_cli
+    from skymoe.model.summary import summarize
+
+    model = tiny_model(moe={"num_experts": 4, "top_k": 2})
+    model.save_pretrained(tmp_path)
+    summary = summarize(tmp_path)
+    groups = summary["groups"]
+    assert summary["total"] == sum(p.numel() for p in model.parameters())
+    assert summary["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert groups["experts"]["active_per_token"] * 2 == groups["experts"]["total"]  # top-2 of 4
+    assert groups["vision"]["trainable"] == 0 and summary["vision_flops_per_image"] > 0
+    dense = summarize(tiny_config(moe={"num_experts": 0}))
+    assert dense["groups"]["experts"]["active_per_token"] == dense["groups"]["experts"]["total"]
+
+    parser = argparse.ArgumentParser()
+    model_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["model", "summary", str(tmp_path), "--json"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == summary["total"]
+    args = parser.parse_args(["model", "summary", str(tmp_path / "nope")])
+    assert args.func(args) == 2
+    assert "expected a SkyMoE model directory" in capsys.readouterr().err

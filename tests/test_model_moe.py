@@ -1,0 +1,187 @@
+"""Experts and gates: grouped dispatch against a naive per-token reference, top-k invariants, upcycling."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from _model_helpers import make_batch, randomize_adapters, tiny_model
+from skymoe.model import SkyMoEForConditionalGeneration
+from skymoe.model.experts import DispatchPlan, FFNExperts, LayerDispatch, LoRAExperts
+from skymoe.model.router import ExpertGate, RoutingContext
+
+TOKENS, EXPERTS, TOP_K = 13, 5, 2
+
+
+def random_routing(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(TOKENS, EXPERTS, generator=g)
+    weight, index = logits.softmax(-1).topk(TOP_K, dim=-1)
+    return index, weight / weight.sum(-1, keepdim=True)
+
+
+def naive_lora(module: LoRAExperts, x, index, weight):
+    """Reference: loop over tokens and their k experts."""
+    flat = x.reshape(TOKENS, -1)
+    out = module.base(flat).clone()
+    for t in range(TOKENS):
+        for j in range(TOP_K):
+            e = index[t, j]
+            out[t] += weight[t, j] * (flat[t] @ module.lora_A[e] @ module.lora_B[e]) * module.scale
+    return out.reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("base", [nn.Linear(12, 7), Conv1D(7, 12)], ids=["linear", "gpt2-conv1d"])
+def test_lora_experts_grouped_dispatch_matches_naive_reference(base):
+    torch.manual_seed(0)
+    dispatch = LayerDispatch()
+    module = LoRAExperts(base, EXPERTS, rank=3, alpha=6.0, dispatch=dispatch)
+    nn.init.normal_(module.lora_B)
+    x = torch.randn(1, TOKENS, 12)
+    index, weight = random_routing()
+    dispatch.plan = DispatchPlan.from_topk(index, weight, EXPERTS)
+    assert torch.allclose(module(x), naive_lora(module, x, index, weight), atol=1e-5)
+    module(x).sum().backward()
+    used = set(index.unique().tolist())
+    for e in range(EXPERTS):  # only the experts that got tokens get gradient
+        assert (module.lora_A.grad[e].abs().sum() > 0) == (e in used)
+
+
+def test_dispatch_plan_sorts_assignments_by_expert():
+    index, weight = random_routing(1)
+    plan = DispatchPlan.from_topk(index, weight, EXPERTS)
+    assert torch.equal(plan.expert_index, plan.expert_index.sort().values)
+    counts = torch.bincount(index.reshape(-1), minlength=EXPERTS)
+    assert plan.offsets.tolist() == torch.cumsum(counts, 0).tolist()
+    for row in range(TOKENS * TOP_K):  # each sorted row points at a real (token, expert, weight)
+        t, e = plan.token_index[row], plan.expert_index[row]
+        slot = (index[t] == e).nonzero().item()
+        assert torch.isclose(plan.weight[row, 0], weight[t, slot])
+
+
+@pytest.mark.parametrize("text_model_type", ["llama", "gpt2"])
+def test_ffn_experts_grouped_dispatch_matches_naive_reference(text_model_type):
+    model = tiny_model(text_model_type=text_model_type, moe={"dense_lora": False})
+    mlp = model.language_model.base_model.h[0].mlp if text_model_type == "gpt2" else model.language_model.model.layers[0].mlp
+    mlp.eval()
+    dispatch = LayerDispatch()
+    experts = FFNExperts(mlp, EXPERTS, dispatch)
+    with torch.no_grad():
+        for p in experts.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # make the experts different
+    hidden = model.config.text_config.hidden_size
+    x = torch.randn(1, TOKENS, hidden)
+    index, weight = random_routing(2)
+    dispatch.plan = DispatchPlan.from_topk(index, weight, EXPERTS)
+    fast = experts(x)
+
+    reference = torch.zeros(TOKENS, hidden)
+    for t in range(TOKENS):
+        for j in range(TOP_K):
+            e = index[t, j]
+            h = x[0, t] @ experts.w_in[e] + (experts.b_in[e] if experts.b_in is not None else 0)
+            if experts.gated:
+                gate, up = h.chunk(2)
+                h = experts.act(gate) * up
+            else:
+                h = experts.act(h)
+            y = h @ experts.w_out[e] + (experts.b_out[e] if experts.b_out is not None else 0)
+            reference[t] += weight[t, j] * y
+    assert torch.allclose(fast[0], reference, atol=1e-5)
+
+
+def test_identical_ffn_experts_equal_the_dense_mlp():
+    model = tiny_model(text_model_type="gpt2", moe={"dense_lora": False})
+    mlp = model.language_model.base_model.h[1].mlp.eval()
+    dispatch = LayerDispatch()
+    experts = FFNExperts(mlp, EXPERTS, dispatch)
+    x = torch.randn(2, 7, model.config.text_config.hidden_size)
+    g = torch.Generator().manual_seed(0)
+    index = torch.stack([torch.randperm(EXPERTS, generator=g)[:TOP_K] for _ in range(14)])
+    weight = torch.rand(14, TOP_K, generator=g)
+    dispatch.plan = DispatchPlan.from_topk(index, weight / weight.sum(-1, keepdim=True), EXPERTS)
+    assert torch.allclose(experts(x), mlp(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("routing", ["token", "sequence"])
+def test_gate_picks_k_distinct_experts_with_weights_summing_to_one(routing):
+    torch.manual_seed(0)
+    gate = ExpertGate(16, 8, EXPERTS, TOP_K, routing, jitter=0.0)
+    context = RoutingContext(routing_embedding=torch.randn(3, 8))
+    index, weight = gate(torch.randn(3, 4, 16), context)
+    assert index.shape == weight.shape == (12, TOP_K)
+    assert torch.allclose(weight.sum(-1), torch.ones(12))
+    assert all(len(set(row.tolist())) == TOP_K for row in index)
+    record = context.records[-1]
+    expected = record.logits.softmax(-1).topk(TOP_K).indices
+    if routing == "sequence":  # one decision per sample, shared by its tokens
+        assert record.logits.shape == (3, EXPERTS)
+        assert torch.equal(index.view(3, 4, TOP_K), expected.unsqueeze(1).expand(3, 4, TOP_K))
+    else:
+        assert torch.equal(index, expected)
+
+
+def test_gate_without_routing_embedding_is_a_clear_error():
+    gate = ExpertGate(16, 8, EXPERTS, TOP_K, "token", jitter=0.0)
+    with pytest.raises(RuntimeError, match="routing embedding"):
+        gate(torch.randn(1, 2, 16), RoutingContext())
+
+
+MOE_VARIANTS = {
+    "lora": {},
+    "ffn": {"expert_type": "ffn"},
+    "sequence": {"routing": "sequence", "top_k": 1},
+    "lora-one-layer": {"moe_layers": [1]},
+    "ffn-other-layer": {"expert_type": "ffn", "moe_layers": [0]},
+}
+
+
+@pytest.mark.parametrize("text_model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("variant", sorted(MOE_VARIANTS))
+def test_upcycled_model_with_identical_experts_reproduces_dense_logits(text_model_type, variant):
+    dense = tiny_model(text_model_type=text_model_type).eval()
+    randomize_adapters(dense)
+    batch = make_batch(dense.config)
+    with torch.no_grad():
+        dense_logits = dense(**batch).logits
+        moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=4, **MOE_VARIANTS[variant]).eval()
+        out = moe(**batch)
+    assert moe.config.moe["num_experts"] == 4 and out.expert_load is not None
+    assert (out.logits - dense_logits).abs().max() < 1e-5
+    # the dense model is untouched by upcycling
+    with torch.no_grad():
+        assert torch.equal(dense(**batch).logits, dense_logits)
+
+
+def test_upcycled_lora_experts_are_exact_copies_of_the_dense_adapter():
+    dense = tiny_model()
+    randomize_adapters(dense)
+    moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=3)
+    dense_loras = {n: m for n, m in dense.named_modules() if isinstance(m, LoRAExperts)}
+    moe_loras = {n: m for n, m in moe.named_modules() if isinstance(m, LoRAExperts)}
+    assert dense_loras.keys() == moe_loras.keys()
+    for name, lora in moe_loras.items():
+        for e in range(3):
+            assert torch.equal(lora.lora_A[e], dense_loras[name].lora_A[0])
+            assert torch.equal(lora.lora_B[e], dense_loras[name].lora_B[0])
+
+
+def test_perturbation_lets_experts_diverge_and_training_moves_them_apart():
+    dense = tiny_model()
+    randomize_adapters(dense)
+    moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=4, perturb=1e-3, seed=3)
+    lora = next(m for m in moe.modules() if isinstance(m, LoRAExperts))
+    assert not torch.equal(lora.lora_B[0], lora.lora_B[1])
+    assert (lora.lora_B[0] - lora.lora_B[1]).abs().max() < 1e-2
+
+
+def test_upcycle_rejects_bad_requests():
+    dense = tiny_model()
+    moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2)
+    with pytest.raises(ValueError, match="dense model"):
+        SkyMoEForConditionalGeneration.upcycle(moe, num_experts=4)
+    with pytest.raises(ValueError, match="top_k"):
+        SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2, top_k=3)
+    with pytest.raises(ValueError, match="unknown moe setting"):
+        SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2, experts_per_token=1)

@@ -1,0 +1,128 @@
+"""Two-stage training end to end on CPU with tiny models, and every bad-input path."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _train_data import write_config, write_toy_dataset
+from skymoe.config import load_config
+from skymoe.data.schema import SkyMoEDataError
+from skymoe.train import StageError, TrainingDivergedError, TrainingError, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("stage1")
+    cfg = load_config(write_config(root / "s1.yaml", data), ["max_steps=40", "log_every=10", "checkpoint_every=20", "optim.lr=1e-2"])
+    return train(cfg, root / "out")
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stage1_learns_and_writes_the_output_layout(stage1):
+    from pathlib import Path
+
+    out = Path(stage1.output_dir)
+    assert (out / "model" / "config.json").is_file() and (out / "model" / "processor_config.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000020", "step-00000040"]
+    assert any((out / "tb").iterdir())
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [10, 20, 30, 40]
+    assert stage1.final_loss < stage1.first_loss  # the loss falls
+    assert {"loss/lm", "loss/total", "samples_per_s", "router/task_accuracy", "router/granularity_accuracy"} <= set(metrics[0])
+    assert stage1.steps == 40 and stage1.samples_seen == 40 * 4 and stage1.samples_per_second > 0
+    # stage 1 (adapter: full) trains projector, router and the small LLM; the vision tower stays frozen
+    assert {k for k in metrics[0] if k.startswith("lr/")} == {"lr/projector", "lr/router", "lr/lm"}
+
+
+def test_stage2_upcycles_and_trains_router_experts_with_aux_and_cda_losses(stage1, data, tmp_path):
+    cfg = load_config(
+        write_config(tmp_path / "s2.yaml", data, stage=2),
+        [f"model.init_from={stage1.output_dir}", "max_steps=40", "log_every=10", "optim.lr=1e-2", "optim.router_lr=3e-2"],
+    )
+    result = train(cfg, tmp_path / "out")
+    metrics = read_metrics(tmp_path / "out")
+    terms = {"loss/lm", "loss/load_balance", "loss/router_z", "loss/router_task_ce", "loss/router_granularity_ce", "loss/cda"}
+    assert terms <= set(metrics[-1])
+    assert metrics[-1]["lr/router"] == pytest.approx(3 * metrics[-1]["lr/experts"])  # per-module learning rates
+    assert 0 < metrics[-1]["expert_entropy/layer0"] <= metrics[-1]["expert_entropy/max"] + 1e-6
+    assert sum(metrics[-1][f"expert_load/layer0/expert{e}"] for e in range(4)) == pytest.approx(1.0)
+    assert metrics[-1]["loss/lm"] < metrics[0]["loss/lm"]
+    assert result.model.num_experts == 4
+    # the stage-1 tokenizer is reused, unchanged
+    from pathlib import Path
+
+    tok1 = json.loads((Path(stage1.model_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+    tok2 = json.loads((tmp_path / "out" / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert tok1 == tok2
+
+
+def test_empty_mix_fails_before_training(data, tmp_path):
+    cfg = load_config(write_config(tmp_path / "c.yaml", data), ["data.mix=[]"])
+    with pytest.raises(SkyMoEDataError, match="mix is empty"):
+        train(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_stage2_without_a_stage1_output_fails_before_training(data, tmp_path):
+    cfg = load_config(write_config(tmp_path / "c.yaml", data, stage=2), [f"model.init_from={tmp_path / 'missing'}"])
+    with pytest.raises(StageError, match="config.json not found"):
+        train(cfg, tmp_path / "out")
+
+
+def test_stage2_refuses_a_model_that_already_has_experts(stage1, data, tmp_path):
+    cfg = load_config(write_config(tmp_path / "c.yaml", data, stage=2), [f"model.init_from={stage1.output_dir}", "max_steps=1"])
+    train(cfg, tmp_path / "moe")
+    again = load_config(write_config(tmp_path / "c.yaml", data, stage=2), [f"model.init_from={tmp_path / 'moe'}"])
+    with pytest.raises(StageError, match="already has 4 experts"):
+        train(again, tmp_path / "out")
+
+
+def test_existing_run_needs_resume(stage1, data, tmp_path):
+    cfg = load_config(write_config(tmp_path / "again.yaml", data))
+    with pytest.raises(TrainingError, match="--resume"):
+        train(cfg, stage1.output_dir)
+
+
+def test_nan_loss_stops_names_the_term_and_keeps_the_last_checkpoint(stage1, data, tmp_path, monkeypatch):
+    import skymoe.train.trainer as trainer
+
+    real = trainer.granularity_info_nce
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] > 5 else value
+
+    monkeypatch.setattr(trainer, "granularity_info_nce", poisoned)
+    cfg = load_config(
+        write_config(tmp_path / "c.yaml", data, stage=2),
+        [f"model.init_from={stage1.output_dir}", "checkpoint_every=2", "cda.pair_prob=1.0"],
+    )
+    with pytest.raises(TrainingDivergedError, match=r"'cda'.*step 6"):
+        train(cfg, tmp_path / "out")
+    kept = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert kept == ["step-00000002", "step-00000004"]
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_bf16_grad_accumulation_and_a_dense_lora_adapter(data, tmp_path):
+    cfg = load_config(
+        write_config(tmp_path / "c.yaml", data),
+        ["precision=bf16", "grad_accum=2", "max_steps=2", "log_every=1", "model.adapter=lora", "optim.lm_lr=1e-2"],
+    )
+    result = train(cfg, tmp_path / "out")
+    assert result.steps == 2 and result.samples_seen == 2 * 2 * 4
+    metrics = read_metrics(tmp_path / "out")
+    assert {k for k in metrics[0] if k.startswith("lr/")} == {"lr/projector", "lr/router", "lr/adapter"}
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())

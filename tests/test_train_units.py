@@ -1,0 +1,98 @@
+"""Trainer building blocks: mix sampler, InfoNCE, checkpoint verification, metrics."""
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+
+from skymoe.train.checkpoint import CheckpointWarning, latest_good_checkpoint, save_checkpoint, verify_checkpoint
+from skymoe.train.data import MixSampler
+from skymoe.train.losses import granularity_info_nce
+from skymoe.train.metrics import expert_load_stats, router_accuracy, truncate_metrics
+
+
+def test_mix_sampler_draws_each_part_by_weight_and_is_fixed_by_seed_and_epoch():
+    sampler = MixSampler([10, 4], [0.5, 2.5], seed=1)
+    sampler.set_epoch(3)
+    draws = list(sampler)
+    assert len(draws) == len(sampler) == 5 + 10
+    counts = Counter(index for _, _, index in draws)
+    assert sum(counts[i] for i in range(10)) == 5 and max(counts[i] for i in range(10)) == 1
+    assert sum(counts[i] for i in range(10, 14)) == 10 and all(counts[i] in (2, 3) for i in range(10, 14))
+    assert [d[1] for d in draws] == list(range(15)) and {d[0] for d in draws} == {3}
+    again = MixSampler([10, 4], [0.5, 2.5], seed=1)
+    again.set_epoch(3)
+    assert list(again) == draws
+    again.set_epoch(4)
+    assert [d[2] for d in again] != [d[2] for d in draws]
+
+
+def test_info_nce_is_low_when_levels_separate_and_high_when_mixed():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, -100])
+    separated = torch.eye(3).repeat_interleave(2, dim=0)
+    separated = torch.cat([separated, torch.ones(1, 3)])
+    mixed = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    low = granularity_info_nce(separated, labels, temperature=0.1)
+    high = granularity_info_nce(mixed, labels, temperature=0.1)
+    assert low.item() < 0.01 and high.item() > 1.0
+    emb = torch.randn(7, 3, requires_grad=True)
+    granularity_info_nce(emb, labels, 0.1).backward()
+    assert emb.grad[-1].abs().sum() == 0 and emb.grad[:-1].abs().sum() > 0  # unknown label: no gradient
+    assert granularity_info_nce(emb, torch.tensor([0, 1, 2, -100, -100, -100, -100]), 0.1).item() == 0.0
+
+
+class _OneProcess:
+    """The part of accelerate.Accelerator that save_checkpoint uses, for a unit test without a model."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        from pathlib import Path
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"weights" * 100)
+
+
+def test_checkpoints_keep_last_n_and_a_corrupt_newest_falls_back_with_a_warning(tmp_path):
+    acc = _OneProcess()
+    for step in (1, 2, 3, 4):
+        save_checkpoint(acc, tmp_path, step, keep_last=3)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["step-00000002", "step-00000003", "step-00000004"]
+    assert all(verify_checkpoint(tmp_path / n) is None for n in names)
+    # corrupt the newest, delete the manifest of the one before (a write that never finished)
+    (tmp_path / "step-00000004" / "model.safetensors").write_bytes(b"garbage")
+    (tmp_path / "step-00000003" / "manifest.json").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        good = latest_good_checkpoint(tmp_path)
+    assert good == tmp_path / "step-00000002"
+    messages = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
+    assert any("step-00000004" in m and "checksum" in m for m in messages)
+    assert any("step-00000003" in m and "manifest" in m for m in messages)
+
+
+def test_router_accuracy_ignores_unknown_labels():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    assert router_accuracy(logits, torch.tensor([0, 0, -100])) == 0.5
+    assert router_accuracy(logits, torch.tensor([-100, -100, -100])) is None
+
+
+def test_expert_load_entropy_is_max_when_balanced():
+    stats = expert_load_stats(torch.tensor([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]]))
+    assert stats["expert_entropy/layer0"] == pytest.approx(stats["expert_entropy/max"])
+    assert stats["expert_entropy/layer1"] == pytest.approx(0.0, abs=1e-6)
+    assert stats["expert_load/layer1/expert0"] == 1.0
+
+
+def test_truncate_metrics_drops_later_and_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
+    truncate_metrics(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
