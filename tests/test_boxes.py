@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skymoe.data.boxes import STYLES, format_box, format_boxes, parse_boxes, to_canonical_text
+from skymoe.data.boxes import STYLES, convert_box_text, format_box, format_boxes, parse_boxes
 from skymoe.data.schema import Box
 
 SIZE = (800, 600)
@@ -74,12 +74,15 @@ def test_geochat_angle_forms():
         assert parse_boxes(text, SIZE, "geochat").boxes[0].as_tuple() == (80, 120, 240, 240)
 
 
-def test_to_canonical_text_rewrites_geochat():
-    text, boxes = to_canonical_text("a plane {<10><20><30><40>|<0>} and {<50><50><60><60>|<90>}", SIZE, "geochat")
+def test_convert_box_text_both_ways():
+    text, boxes = convert_box_text("a plane {<10><20><30><40>|<0>} and {<50><50><60><60>|<90>}", SIZE, "geochat")
     assert text == "a plane [10, 20, 30, 40] and [50, 50, 60, 60]"
     assert len(boxes) == 2
+    back, _ = convert_box_text(text, SIZE, "canonical", "geochat")
+    assert back == "a plane {<10><20><30><40>|<0>} and {<50><50><60><60>|<0>}"
+    assert convert_box_text("[refer] at [10, 20, 30, 40]", SIZE, "canonical", "internvl")[0] == "[refer] at <box>[[100, 200, 300, 400]]</box>"
     with pytest.raises(ValueError, match="malformed geochat box"):
-        to_canonical_text("bad {<10><20><300><40>|<0>}", SIZE, "geochat")
+        convert_box_text("bad {<10><20><300><40>|<0>}", SIZE, "geochat")
 
 
 def test_unknown_style():

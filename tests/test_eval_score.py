@@ -17,7 +17,7 @@ def records() -> list[Prediction]:
         [
             ("vqa", "presence", "yes", "yes", "no"),
             ("vqa", "presence", "no", "yes", "no"),
-            ("vqa", "comp", "no", "no", "yes"),
+            ("vqa", "comp", "no", "no", "no"),
             ("counting", "count", "12", "12", "3"),
             ("counting", "count", "seven", "5", "3"),
             ("multilabel", None, "Arable land, pastures", "arable land|pastures", "pastures"),
@@ -46,7 +46,7 @@ def test_score_cli_reproduces_metrics_bit_exactly(tmp_path):
     qa = metrics["model"]["question_answering"]["rsvqa_lr/test"]
     assert qa["overall_accuracy"] == pytest.approx(3 / 5)  # count questions included although task=counting
     assert qa["average_accuracy"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
-    assert metrics["baseline"]["question_answering"]["rsvqa_lr/test"]["overall_accuracy"] == pytest.approx(2 / 5)
+    assert metrics["baseline"]["question_answering"]["rsvqa_lr/test"]["overall_accuracy"] == pytest.approx(1 / 5)
     assert metrics["model"]["overall"]["counting"] == {"n": 2, "scorer": "counting", "metric": "exact_accuracy", "value": 0.5}
     assert set(metrics["model"]["by_dataset"]) == {"rsvqa_lr/test", "bigearthnet/test"}
     assert metrics["model"]["by_question_type"]["rsvqa_lr/test"]["vqa"]["presence"]["value"] == 0.5

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from PIL import Image
-from rasterio.transform import from_origin
 
 from skymoe.data.imagery import image_size, load_image, raster_info, read_window, scene_limits, to_uint8
 from skymoe.data.schema import SkyMoEDataError
@@ -19,7 +19,7 @@ def scene(real_assets):
 def write_geotiff(path, data, nodata=None):
     count, h, w = data.shape
     with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=count, dtype=data.dtype,
-                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10), nodata=nodata) as ds:  # fmt: skip
+                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4000000), nodata=nodata) as ds:  # fmt: skip
         ds.write(data)
     return path
 
@@ -123,9 +123,13 @@ def test_scene_limits_give_tiles_one_stretch(tmp_path):
     assert scene_limits(tmp_path / "ramp.tif") == limits
 
 
-def test_to_uint8_constant_band_does_not_divide_by_zero():
+def test_to_uint8_constant_and_nan_bands():
     out = to_uint8(np.full((1, 4, 4), 7.0))
-    assert out.dtype == np.uint8 and out.shape == (1, 4, 4)
+    assert out.dtype == np.uint8 and (out == 0).all()  # no division by zero, no NaN cast
+    data = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    data[0, 0, 0] = np.nan
+    out = to_uint8(data, stretch=None)
+    assert out[0, 0, 0] == 0 and out[0, 0, 1] == 0 and out[0, 3, 3] == 255
 
 
 def test_image_size_reads_headers(scene, tmp_path):

@@ -72,28 +72,44 @@ def test_generation_end_to_end_with_tokenizer_and_processor(tmp_path):
     from skymoe.data.schema import Sample, Turn
     from skymoe.data.tokenizer import build_tokenizer
 
-    tokenizer = build_tokenizer(["is there a road?", "yes", "no", "how many buildings? 12"] * 3, vocab_size=200)
+    tokenizer = build_tokenizer(["is there a road?", "yes", "no", "how many buildings are there? 12"] * 3, vocab_size=200)
     config = tiny_config(vocab_size=64, moe={"num_experts": 2, "top_k": 1})
+    torch.manual_seed(0)
     model = build_model(config, tokenizer=tokenizer)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
     processor = SkyMoEProcessor.from_model_config(model.config, tokenizer)
     images = [Image.new("RGB", (40, 40), (20, 90, 30)), Image.new("RGB", (30, 50), (200, 10, 10))]
-    sample = Sample("s", "x.png", "vqa", "image", [Turn("user", "is there a road?"), Turn("assistant", "yes")])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-    batch = processor.collate([sample, sample], images)
-    for _ in range(15):  # learn to answer "yes"
-        loss = model(**batch).loss
+    samples = [
+        Sample("a", "x.png", "vqa", "image", [Turn("user", "is there a road?"), Turn("assistant", "yes")]),
+        Sample("b", "y.png", "counting", "image", [Turn("user", "how many buildings are there?"), Turn("assistant", "12")]),
+    ]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = processor.collate(samples, images)
+    losses = []
+    for _ in range(8):
+        out = model(**batch)
+        losses.append(out.lm_loss.item())
         optimizer.zero_grad()
-        loss.backward()
+        out.loss.backward()
         optimizer.step()
+    assert losses[-1] < losses[0] / 2
     model.eval()
-    inputs = processor.prepare_generation(images, ["is there a road?", "is there a road?"], tasks=["vqa", "vqa"])
+    prompts = [s.question for s in samples]
+    inputs = processor.prepare_generation(images, prompts, tasks=["vqa", "counting"])
+    assert inputs["attention_mask"][0].sum() < inputs["attention_mask"][1].sum()  # prompt 0 is left-padded
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert processor.decode(out[:, inputs["input_ids"].shape[1] :]) == ["yes", "yes"]
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+    for i in range(2):  # left padding changes nothing: each prompt alone gives the same continuation
+        alone = processor.prepare_generation(images[i : i + 1], prompts[i : i + 1])
+        single = model.generate(**alone, max_new_tokens=4, do_sample=False)[:, alone["input_ids"].shape[1] :]
+        assert torch.equal(single[0], new_tokens[i])
+    answers = processor.decode(new_tokens)
+    assert answers == [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new_tokens]
+
     processor.save_pretrained(tmp_path)
     model.save_pretrained(tmp_path)
     reloaded = SkyMoEForConditionalGeneration.from_pretrained(tmp_path).eval()
-    again = reloaded.generate(**SkyMoEProcessor.from_pretrained(tmp_path).prepare_generation(images, ["is there a road?"] * 2), max_new_tokens=4, do_sample=False)
+    again = reloaded.generate(**SkyMoEProcessor.from_pretrained(tmp_path).prepare_generation(images, prompts), max_new_tokens=4, do_sample=False)
     assert torch.equal(out, again)
 
 
@@ -150,9 +166,9 @@ def test_models_from_local_checkpoint_directories(tmp_path):
     config = pretrained_config(tmp_path / "clip", tmp_path / "llama", image_size=48, moe={"num_experts": 2})
     model = build_model(config)
     assert config.num_image_tokens == 36
-    assert torch.equal(
-        model.vision_tower.model.vision_model.encoder.layers[0].mlp.fc1.weight, clip.vision_model.encoder.layers[0].mlp.fc1.weight
-    )
+    tower = model.vision_tower.model.state_dict()
+    assert torch.equal(tower["encoder.layers.0.mlp.fc1.weight"], clip.vision_model.encoder.layers[0].mlp.fc1.weight)
+    assert torch.equal(tower["embeddings.patch_embedding.weight"], clip.vision_model.embeddings.patch_embedding.weight)
     lm_layer = model.language_model.model.layers[1]
     assert torch.equal(lm_layer.mlp.up_proj.base.weight, llama.model.layers[1].mlp.up_proj.weight)
     assert torch.equal(lm_layer.self_attn.q_proj.weight, llama.model.layers[1].self_attn.q_proj.weight)

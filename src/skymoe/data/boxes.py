@@ -26,8 +26,8 @@ out of range or an empty box gives ``failed=True`` and no boxes.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from skymoe.data.schema import Box
 
@@ -127,20 +127,21 @@ def parse_boxes(text: str, image_size: tuple[int, int], style: str = "canonical"
     return ParsedBoxes(boxes=boxes)
 
 
-def to_canonical_text(text: str, image_size: tuple[int, int], style: str) -> tuple[str, list[Box]]:
-    """Rewrite every box of ``style`` in ``text`` as canonical text; returns the text and the boxes.
+def convert_box_text(text: str, image_size: tuple[int, int], source: str, target: str = "canonical") -> tuple[str, list[Box]]:
+    """Rewrite every ``source``-style box in ``text`` in the ``target`` style; returns the text and the boxes.
 
-    Used by readers of datasets written in a peer's format (e.g. GeoChat), so
-    our models only ever see the canonical form. A malformed box raises ValueError.
+    Readers use it to bring a peer's dataset text (e.g. GeoChat) to the
+    canonical form our models read; writers use it the other way. A malformed
+    box raises ValueError.
     """
-    pattern = {"geochat": _GEOCHAT_GROUP, "internvl": _INTERNVL_GROUP}.get(style, _BRACKETS)
+    pattern = {"geochat": _GEOCHAT_GROUP, "internvl": _INTERNVL_GROUP}.get(source, _BRACKETS)
     boxes: list[Box] = []
 
     def replace(match: re.Match) -> str:
-        parsed = parse_boxes(match.group(0), image_size, style)
+        parsed = parse_boxes(match.group(0), image_size, source)
         if parsed.failed:
-            raise ValueError(f"malformed {style} box {match.group(0)!r}")
+            raise ValueError(f"malformed {source} box {match.group(0)!r}")
         boxes.extend(parsed.boxes)
-        return format_boxes(parsed.boxes, image_size, "canonical")
+        return format_boxes(parsed.boxes, image_size, target)
 
     return pattern.sub(replace, text), boxes

@@ -86,6 +86,6 @@ def load_dataset(name: str, split: str = "train", on_error: str = "raise") -> Sa
     return loader(get_asset(info.asset), split, on_error=on_error, **info.kwargs)
 
 
-def iter_all(name: str, on_error: str = "raise") -> dict[str, list[Sample]]:
+def load_all_splits(name: str, on_error: str = "raise") -> dict[str, list[Sample]]:
     """Every split of ``name``: {split: samples}."""
     return {split: load_dataset(name, split, on_error) for split in dataset_splits(name)}

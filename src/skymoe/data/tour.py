@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -19,18 +19,17 @@ _COLOURS = ("#ff3b30", "#ffcc00", "#34c759", "#00c7ff", "#af52de")
 
 
 def pick_samples(samples: Sequence[Sample], n: int) -> list[Sample]:
-    """Up to ``n`` samples, preferring distinct images, then distinct tasks/question types."""
-    chosen, images, kinds = [], set(), set()
-    for strict in (True, False):
+    """Up to ``n`` samples showing the variety: new task and image first, then new question type, then any."""
+    chosen: list[Sample] = []
+    for kind in (lambda s: s.task, lambda s: (s.task, s.question_type), None):
         for s in samples:
             if len(chosen) == n:
                 return chosen
-            kind = (s.task, s.question_type)
-            if s in chosen or (strict and (s.image in images or kind in kinds)):
+            if s in chosen:
+                continue
+            if kind is not None and (any(s.image == c.image or kind(s) == kind(c) for c in chosen)):
                 continue
             chosen.append(s)
-            images.add(s.image)
-            kinds.add(kind)
     return chosen
 
 

@@ -1,7 +1,8 @@
 """The floor every model number is shown beside, scored by the same code as the model.
 
 * **Prior baseline** (VQA, classification, multi-label, counting): the most frequent
-  training answer for the sample's (dataset, task, question type); ties go to the
+  training answer for the sample's (dataset, task, question type), or for its
+  (dataset, task) when that question type never occurs in training; ties go to the
   alphabetically first answer so the baseline is deterministic.
 * **Nearest-neighbour caption** (caption, region caption): the caption of the
   training image closest to the test image (L2 on a 16x16 RGB thumbnail of the
@@ -28,8 +29,9 @@ def _thumbnail(sample: Sample) -> np.ndarray:
     return np.asarray(image, dtype=np.float32).ravel() / 255.0
 
 
-def _prior_key(sample: Sample) -> tuple:
-    return (sample.dataset, sample.task.value, sample.question_type)
+def _prior_keys(sample: Sample) -> list[tuple]:
+    """Most specific first: (dataset, task, question type), then (dataset, task)."""
+    return [(sample.dataset, sample.task.value, sample.question_type), (sample.dataset, sample.task.value)]
 
 
 class Baseline:
@@ -48,7 +50,8 @@ class Baseline:
                     w, h = s.image_size
                     relative_boxes[s.dataset] += [(b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h) for b in s.boxes]
             else:
-                answers[_prior_key(s)][s.answer] += 1
+                for key in _prior_keys(s):
+                    answers[key][s.answer] += 1
         self._prior = {key: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for key, c in answers.items()}
         self._mean_box = {d: tuple(np.mean(boxes, axis=0)) for d, boxes in relative_boxes.items()}
         for key, samples in captioned.items():
@@ -59,7 +62,7 @@ class Baseline:
             return self._nearest_caption(sample)
         if sample.task == Task.GROUNDING:
             return self._mean_box_text(sample)
-        return self._prior.get(_prior_key(sample))
+        return next((self._prior[k] for k in _prior_keys(sample) if k in self._prior), None)
 
     def _nearest_caption(self, sample: Sample) -> str | None:
         entry = self._captions.get((sample.dataset, sample.task.value))

@@ -39,6 +39,21 @@ def routing_of(output, index: int) -> Routing | None:
     )
 
 
+def greedy_generate(model, processor, inputs: dict, max_new_tokens: int) -> list[str]:
+    """Greedy answers (new tokens only) for ``processor.prepare_generation`` inputs."""
+    import torch
+
+    with torch.no_grad():
+        generated = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=processor.ids["pad"],
+            eos_token_id=processor.ids["eos"],
+        )
+    return processor.decode(generated[:, inputs["input_ids"].shape[1] :])
+
+
 def generate_batch(model, processor, samples: list[Sample], suite: Suite) -> list[Prediction]:
     import torch
 
@@ -47,16 +62,8 @@ def generate_batch(model, processor, samples: list[Sample], suite: Suite) -> lis
     images = [load_image(s.image) for s in samples]
     inputs = processor.prepare_generation(images, [build_prompt(s, suite) for s in samples])
     with torch.no_grad():
-        # One prefill pass for the routing decision (what the router saw: the prompt).
-        routed = model(**inputs)
-        generated = model.generate(
-            **inputs,
-            max_new_tokens=suite.generation.max_new_tokens,
-            do_sample=False,
-            pad_token_id=processor.ids["pad"],
-            eos_token_id=processor.ids["eos"],
-        )
-    texts = processor.decode(generated[:, inputs["input_ids"].shape[1] :])
+        routed = model(**inputs)  # one prefill pass for the routing decision (what the router saw: the prompt)
+    texts = greedy_generate(model, processor, inputs, suite.generation.max_new_tokens)
     return [
         Prediction.from_sample(s, text, scorer=suite.scorer_for(s.task.value), routing=routing_of(routed, i))
         for i, (s, text) in enumerate(zip(samples, texts))

@@ -42,14 +42,9 @@ class HFVisionTower(nn.Module):
 
     def load_pretrained(self, directory: str) -> None:
         """Weights from a local HF directory: the vision model itself or a dual encoder (CLIP/SigLIP) holding it."""
-        from transformers import AutoModel
-
-        pretrained = AutoModel.from_pretrained(directory).state_dict()
-        own = self.model.state_dict()
-        missing = sorted(k for k in own if k not in pretrained)
-        if missing:
-            raise ValueError(f"{directory}: weights missing for the vision tower, e.g. {missing[:3]}")
-        self.model.load_state_dict({k: pretrained[k] for k in own})
+        # The tower's own class knows how to pick its weights out of a dual-encoder checkpoint.
+        pretrained = type(self.model).from_pretrained(directory, config=self.model.config)
+        self.model.load_state_dict(pretrained.state_dict())
 
 
 class EfficientNetLiteTower(nn.Module):

@@ -49,7 +49,8 @@ class _PatchUnpickler(pickle.Unpickler):
     patch classes, so a tampered LMDB cannot run code.
     """
 
-    _NUMPY = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+    _NUMPY = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                        ("numpy", "ndarray"), ("numpy", "dtype")})  # fmt: skip
 
     def find_class(self, module: str, name: str):
         if module.startswith("bigearthnet_patch_interface."):
@@ -123,7 +124,10 @@ def read_bigearthnet(
     names = read_split_names(root / f"{split}.csv")
     derived = Path(derived_dir) if derived_dir else _derived_dir()
     out = Collector(root / f"{split}.csv", on_error)
-    env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False)
+    try:
+        env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False)
+    except lmdb.Error as exc:
+        raise SkyMoEDataError(f"cannot open the LMDB ({exc})", file=str(lmdb_path)) from None
 
     def build(name: str) -> Sample:
         with env.begin() as txn:

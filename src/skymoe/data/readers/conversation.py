@@ -18,13 +18,17 @@ The ``<image>`` placeholder and the task token are removed (our processor
 places image tokens itself); GeoChat boxes ``{<x1><y1><x2><y2>|<θ>}`` are
 rewritten as canonical box text and collected in ``Sample.boxes`` (pixels,
 using the image size read from the image header).
+
+:func:`to_llava_record` / :func:`write_conversations` give the inverse view:
+samples as GeoChat/LLaVA records (task token, ``<image>`` placeholder, boxes
+in the chosen style), e.g. to train a peer model on our data.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from skymoe.data.boxes import to_canonical_text
+from skymoe.data.boxes import convert_box_text
 from skymoe.data.imagery import image_size
 from skymoe.data.readers import Collector, SampleList, load_json, require
 from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
@@ -36,6 +40,7 @@ TASK_TOKENS = {
     "[vqa]": (Task.VQA, Granularity.IMAGE),
     "[caption]": (Task.CAPTION, Granularity.IMAGE),
 }
+TOKEN_OF = {v: k for k, v in TASK_TOKENS.items()}
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -99,7 +104,7 @@ def read_conversations(
             if role is None or not isinstance(t.get("value"), str):
                 raise SkyMoEDataError(f"turn {i} needs 'from' in {sorted(ROLES)} and a string 'value'", file=file, record=record, field="conversations")
             try:
-                text, found = to_canonical_text(t["value"], size, box_style)
+                text, found = convert_box_text(t["value"], size, box_style)
             except ValueError as exc:
                 raise SkyMoEDataError(f"turn {i}: {exc}", file=file, record=record, field="conversations") from None
             turns.append(Turn(role, text))
@@ -122,3 +127,36 @@ def read_conversations(
     for record, r in _records(path):
         out.add(lambda record=record, r=r: build(record, r), record=record)
     return out.result()
+
+
+def to_llava_record(sample: Sample, *, box_style: str = "geochat", image_root: str | Path | None = None) -> dict:
+    """The GeoChat/LLaVA record of ``sample`` (image path relative to ``image_root`` when given)."""
+    if sample.image_size is None and sample.boxes:
+        raise SkyMoEDataError("image_size is needed to write boxes", record=sample.id, field="image_size")
+    size = sample.image_size or (1, 1)
+    conversations = []
+    for i, turn in enumerate(sample.conversation):
+        text = convert_box_text(turn.text, size, "canonical", box_style)[0] if sample.image_size else turn.text
+        if i == 0:
+            token = TOKEN_OF.get((sample.task, sample.granularity))
+            text = f"{IMAGE_PLACEHOLDER}\n" + (f"{token} " if token else "") + text
+        conversations.append({"from": "human" if turn.role == "user" else "gpt", "value": text})
+    image = Path(sample.image)
+    if image_root is not None:
+        image = image.relative_to(image_root)
+    return {"id": sample.id, "image": str(image), "conversations": conversations}
+
+
+def write_conversations(samples, path: str | Path, *, box_style: str = "geochat", image_root: str | Path | None = None) -> int:
+    """Write samples as a GeoChat/LLaVA JSON list (``.json``) or JSONL (``.jsonl``); returns the count."""
+    path = Path(path)
+    records = [to_llava_record(s, box_style=box_style, image_root=image_root) for s in samples]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        if path.suffix.lower() == ".jsonl":
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        else:
+            json.dump(records, f, ensure_ascii=False, indent=1)
+    tmp.replace(path)
+    return len(records)

@@ -7,8 +7,8 @@ underscores (``dense_residential`` -> ``dense residential``).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from skymoe.data.imagery import image_size
 from skymoe.data.readers import Collector, SampleList

