@@ -54,11 +54,11 @@ ROWS: tuple[Row, ...] = (
     Row("moe-e8-ffn", "MoE E=8, FFN experts (upcycled)", 2, {"num_experts": 8, "top_k": 2, "expert_type": "ffn"}),
 )
 
-# the tiny model every row shares (sizes chosen so one run is about a minute on 2 CPU cores)
+# the tiny model every row shares (sizes chosen so one run takes minutes on 2 CPU cores)
 MODEL = {
     "image_size": 64, "patch_size": 16, "vision_hidden_size": 64, "vision_layers": 2, "vision_heads": 2,
-    "hidden_size": 96, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 256,
-    "vocab_size": 1200, "router_hidden_size": 64, "num_route_tokens": 2, "adapter": "full", "lora_rank": LORA_RANK,
+    "hidden_size": 64, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 192,
+    "vocab_size": 1000, "router_hidden_size": 64, "num_route_tokens": 2, "adapter": "full", "lora_rank": LORA_RANK,
 }
 
 TASKS = ("classification", "caption", "vqa", "grounding", "region_caption", "counting")
@@ -67,15 +67,30 @@ HEADLINE = {"overall": "overall", **{t: t for t in TASKS}, "spec_task": "expert-
             "spec_granularity": "expert-granularity MI (norm.)"}
 
 
-def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | None, batch_size: int):
-    from skymoe.config import from_dict, TrainConfig
+def share_one_meteor_process() -> None:
+    """Score every run with one METEOR Java process.
+
+    The caption scorer starts a fresh METEOR JVM for every group it scores (per task, granularity,
+    dataset, question type, for model and baseline): ~20 starts of ~10 s each per evaluation here,
+    which would dominate the study's cost. METEOR's scores do not depend on the process, so sharing
+    one changes no number.
+    """
+    from pycocoevalcap.meteor import meteor
+
+    shared = meteor.Meteor()
+    meteor.Meteor = lambda: shared
+
+
+def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | None, args):
+    from skymoe.config import TrainConfig, from_dict
 
     model = {**MODEL, **row.model}
     if init_from is not None:
         model["init_from"] = str(init_from)
     cfg = {
-        "stage": row.stage, "seed": seed, "model": model, "max_steps": steps, "batch_size": batch_size,
-        "data": {"mix": [{"path": str(data)}], "max_length": 96},
+        "stage": row.stage, "seed": seed, "model": model, "max_steps": steps, "batch_size": args.batch_size,
+        # the first scenes' samples (all tasks): enough for the step budget, and set-up stays short
+        "data": {"mix": [{"path": str(data), "limit": args.train_limit}], "max_length": 96},
         "optim": {"lr": 2e-3, "warmup_steps": max(1, steps // 20)},
         "cda": {"enabled": row.cda},
         "checkpoint_every": 10_000, "log_every": 25,
@@ -138,7 +153,7 @@ def run_one(row: Row, seed: int, args, data: Path, suite: Path, stage1: Path | N
         return json.loads((out / "result.json").read_text())
     start = time.perf_counter()
     steps = args.stage1_steps + args.stage2_steps if row.stage == 1 else args.stage2_steps
-    result = train(train_config(row, seed, steps, data, stage1 if row.stage == 2 else None, args.batch_size), out / "train")
+    result = train(train_config(row, seed, steps, data, stage1 if row.stage == 2 else None, args), out / "train")
     train_s = time.perf_counter() - start
     metrics = evaluate(result.model_dir, str(suite), out / "eval")
     record = {"row": row.name, "seed": seed, "steps": result.steps, "samples": result.samples_seen,
@@ -157,7 +172,7 @@ def stage1_model(seed: int, args, data: Path) -> tuple[Path, float]:
     out = args.work / f"seed{seed}" / "stage1"
     done = out / "stage1.json"
     if not done.exists():
-        result = train(train_config(ROWS[0], seed, args.stage1_steps, data, None, args.batch_size), out)
+        result = train(train_config(ROWS[0], seed, args.stage1_steps, data, None, args), out)
         done.write_text(json.dumps({"seconds": round(result.seconds, 1), "steps": result.steps}))
     return out, json.loads(done.read_text())["seconds"]
 
@@ -314,6 +329,7 @@ def main() -> None:
     parser.add_argument("--stage1-steps", type=int, default=150)
     parser.add_argument("--stage2-steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--train-limit", type=int, default=6000, help="training samples used (first scenes first)")
     parser.add_argument("--eval-limit", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
@@ -324,18 +340,20 @@ def main() -> None:
     from skymoe.data.mgrs_mini import ensure_generated
 
     torch.set_num_threads(args.threads)
+    share_one_meteor_process()
     args.work.mkdir(parents=True, exist_ok=True)
     data = ensure_generated(workers=args.threads) / "train.jsonl"  # the default benchmark, as the suite reads it
     suite = write_suite(args.work / "suite.yaml", args.eval_limit)
     rows = [r for r in ROWS if r.name in args.rows]
-    records, stage1_seconds = [], 0.0
-    for seed in args.seeds:
-        stage1 = None
-        if any(r.stage == 2 for r in rows):
-            stage1, seconds = stage1_model(seed, args, data)
+    stage1, stage1_seconds = {}, 0.0
+    if any(r.stage == 2 for r in rows):
+        for seed in args.seeds:
+            stage1[seed], seconds = stage1_model(seed, args, data)
             stage1_seconds += seconds
-        for row in rows:
-            records.append(run_one(row, seed, args, data, suite, stage1))
+    records = []
+    for row in rows:  # row by row, all seeds each: a stopped study still has complete rows
+        for seed in args.seeds:
+            records.append(run_one(row, seed, args, data, suite, stage1.get(seed)))
             print(json.dumps({k: records[-1][k] for k in ("row", "seed", "train_seconds", "eval_seconds", "metrics")}), flush=True)
             write_report(records, rows, args, stage1_seconds)  # a usable table after every run
     print(f"wrote {RESULTS / 'ablation.md'}")

@@ -33,13 +33,28 @@ def save_tiny_model(directory: Path, num_experts: int = 4, seed: int = 0) -> Pat
 def write_geotiff(path: Path, width: int, height: int, bands: int = 3, georeferenced: bool = True, dtype="uint8", seed: int = 0) -> Path:
     """A random GeoTIFF; georeferenced ones are in EPSG:32613 (UTM 13N) at 10 m pixels."""
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 255 if dtype == "uint8" else 4000, size=(bands, height, width)).astype(dtype)
     profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=dtype)
     if georeferenced:
-        profile.update(crs="EPSG:32613", transform=from_origin(450000.0, 4450000.0, 10.0, 10.0))
+        profile.update(crs="EPSG:32613", transform=Affine(10.0, 0.0, 450000.0, 0.0, -10.0, 4450000.0))
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
+
+
+def script_answers(pipeline, text: str) -> None:
+    """Make ``pipeline``'s model "generate" ``text`` for every prompt (the real processor decodes it).
+
+    A randomly initialised tiny model writes no parsable boxes; this lets box handling be checked end to end.
+    """
+    import torch
+
+    ids = pipeline.processor.tokenizer(" " + text, add_special_tokens=False)["input_ids"] + [pipeline.processor.ids["eos"]]
+
+    def generate(input_ids, max_new_tokens=None, **kwargs):
+        return torch.cat([input_ids, torch.tensor([ids] * input_ids.shape[0])], dim=1)
+
+    pipeline.model.generate = generate

@@ -75,3 +75,23 @@ def test_saved_config_loads_back_identical(config_file, tmp_path):
     cfg = load_config(config_file, ["cda.enabled=true"])
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_every_shipped_training_config_loads():
+    from pathlib import Path
+
+    configs = [p for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml") if "accelerate" not in p.parts]
+    assert len(configs) >= 6
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.data.mix, path
+
+
+def test_extra_refines_model_settings_without_replacing_them(tmp_path):
+    from skymoe.data.tokenizer import build_tokenizer
+    from skymoe.train.stages import model_config
+
+    cfg = load_config(None, ["model.projector=resampler", "model.extra={projector: {num_queries: 8}, vision_feature_layer: -2}"])
+    config = model_config(cfg, build_tokenizer(["a small test text"], vocab_size=300))
+    assert config.projector["type"] == "resampler" and config.projector["num_queries"] == 8
+    assert config.vision_feature_layer == -2 and config.num_image_tokens == 8

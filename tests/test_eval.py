@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _eval_helpers import save_tiny_model
+
 from skymoe.cli import main
 from skymoe.data.schema import SkyMoEDataError
 from skymoe.eval.suite import load_suite, parse_suite
@@ -60,6 +60,8 @@ def test_packaged_suites_are_valid():
         ({"datasets": [{"name": "rsvqa_lr", "splits": ["test"]}], "prompts": {"vqaa": "{question}"}}, r"unknown task 'vqaa'"),
         ({"datasets": [{"name": "rsvqa_lr", "splits": ["test"]}], "generate": {}}, r"unknown key\(s\) \['generate'\]"),
         ({"datasets": []}, "non-empty list of datasets"),
+        ({"datasets": [{"name": "rsvqa_lr", "splits": "test"}]}, r"datasets\[0\].splits'.*non-empty list of split names"),
+        ({"datasets": [{"name": "rsvqa_lr", "splits": ["test"]}], "generation": {"batch_size": 0}}, r"generation.batch_size"),
     ],
 )
 def test_bad_suites_name_the_key_and_allowed_values(raw, message):

@@ -290,3 +290,14 @@ def test_cli_writes_the_benchmark(tmp_path, capsys):
     assert len(list((tmp_path / "images").glob("*.png"))) == 6
     assert json.loads(capsys.readouterr().out)["splits"] == manifest["splits"]
     assert main(["data", "make-mgrs-mini", "--n", "0", "--out", str(tmp_path / "bad")]) == 2  # a clear error, no traceback
+
+
+def test_packaged_suite_scores_every_task_of_the_benchmark(samples):
+    from skymoe.eval.suite import load_suite
+
+    suite = load_suite("mgrs_mini")
+    assert [(d.name, d.splits) for d in suite.datasets] == [("mgrs_mini", ["test"])]
+    assert {s.task.value for s in samples} <= set(suite.scorers)
+    # samples are stored scene by scene, so the suite's first-N cut still covers every task and granularity
+    first = samples[: suite.datasets[0].limit]
+    assert {(s.task.value, s.granularity.value) for s in first} == EXPECTED

@@ -208,3 +208,27 @@ def test_summary_counts_parameters_and_active_experts(tmp_path, capsys):
     args = parser.parse_args(["model", "summary", str(tmp_path / "nope")])
     assert args.func(args) == 2
     assert "expected a SkyMoE model directory" in capsys.readouterr().err
+
+
+def test_efficientnet_tower_loads_the_real_imagenet_weights():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from skymoe.data.datasets import load_dataset
+    from skymoe.data.imagery import load_image
+    from skymoe.data.processor import SkyMoEProcessor
+    from skymoe.data.tokenizer import build_tokenizer
+    from skymoe.model.vision import efficientnet_weights_path
+
+    config = tiny_config(vision_model_type="skymoe_efficientnet_lite", image_size=224, vision_pretrained="efficientnet-lite0")
+    model = build_model(config).eval()
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=224).eval()
+    reference.load_state_dict(torch.load(efficientnet_weights_path(), weights_only=True))
+    processor = SkyMoEProcessor.from_model_config(config, build_tokenizer(["a road"], 60))
+    pixels = processor.preprocess_images([load_image(load_dataset("rsvqa_lr", "train")[0].image)])
+    with torch.no_grad():
+        ours = model.vision_tower(pixels)
+        theirs = reference.extract_features(pixels).flatten(2).transpose(1, 2)
+        # ImageNet weights, not random ones: a real image gives a confident class distribution
+        probs = reference._fc(theirs.mean(1)).softmax(-1)
+    assert ours.shape == (1, 49, 1280) and torch.equal(ours, theirs)
+    assert probs.max() > 0.05  # uniform over 1000 classes would be 0.001

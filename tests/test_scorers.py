@@ -1,6 +1,7 @@
 """Scorers on hand-checked values, normalisation rules, bad input (no model, no Java)."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -13,11 +14,12 @@ from skymoe.eval.routing import analyse_routing
 from skymoe.eval.scorers import classification, counting, vqa
 from skymoe.eval.scorers.text import answers_match, normalize_answer, parse_number
 
+_ids = itertools.count()
 
-def rec(pred, refs, task="vqa", qtype=None, i=[0], **kw) -> Prediction:
-    i[0] += 1
+
+def rec(pred, refs, task="vqa", qtype=None, **kw) -> Prediction:
     return Prediction(
-        id=str(i[0]), dataset="d", split="test", task=task, granularity="image", question="q",
+        id=str(next(_ids)), dataset="d", split="test", task=task, granularity="image", question="q",
         prediction=pred, references=refs if isinstance(refs, list) else [refs], question_type=qtype, **kw,
     )
 

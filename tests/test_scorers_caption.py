@@ -84,3 +84,32 @@ def test_empty_and_garbage_captions_score_zero_without_crashing():
     assert m["empty_predictions"] == 1
     for metric in ("BLEU-1", "METEOR", "ROUGE-L", "CIDEr"):
         assert m[metric] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_caption_and_grounding_records_aggregate_with_baseline_and_spice_status(tmp_path):
+    from skymoe.eval import score
+    from skymoe.eval.records import write_predictions
+
+    def record(i, task, granularity, prediction, references, baseline, **kw):
+        return Prediction(id=str(i), dataset="mgrs_mini", split="test", task=task, granularity=granularity, question="q",
+                          prediction=prediction, references=references, question_type=task, baseline=baseline, **kw)
+
+    records = [
+        record(0, "caption", "image", "a parking lot with six vehicles", ["a parking lot containing six vehicles and a ship"], "a park"),
+        record(1, "caption", "image", "", ["an industrial area with four storage tanks"], "an industrial area"),
+        record(2, "region_caption", "object", "a purple vehicle", ["a purple vehicle"], "two vehicles", gt_boxes=[[1, 1, 9, 9]]),
+        record(3, "grounding", "object", "[12, 9, 19, 16]", [""], "[46, 45, 55, 55]", image_size=[100, 100], gt_boxes=[[12, 9, 19, 16]]),
+        record(4, "grounding", "object", "{<12><9><19><16>|0}", [""], "[46, 45, 55, 55]", image_size=[100, 100], gt_boxes=[[12, 9, 19, 16]]),
+    ]
+    path = tmp_path / "predictions.jsonl"
+    write_predictions(records, path)
+    metrics = score(path, tmp_path / "out")
+    model = metrics["model"]
+    assert set(model["by_granularity"]) == {"image", "object"}
+    assert model["by_task"]["caption"]["empty_predictions"] == 1
+    assert model["by_task"]["caption"]["SPICE"]["status"] in ("unavailable", "ok")
+    assert model["by_task"]["region_caption"]["BLEU-1"] == pytest.approx(1.0)  # exact copy of the reference
+    grounding = model["by_task"]["grounding"]
+    assert grounding["acc@0.5"] == 0.5 and grounding["parse_failures"] == 1  # GeoChat style is not canonical text
+    assert metrics["baseline"]["by_task"]["grounding"]["acc@0.5"] == 0.0
+    assert metrics["baseline"]["by_task"]["region_caption"]["BLEU-1"] < 1.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import socket
 import threading
@@ -45,15 +46,13 @@ def pipeline(tmp_path_factory):
     return Pipeline.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("model")), max_new_tokens=6)
 
 
-@pytest.fixture(scope="module")
-def server(pipeline):
+@contextlib.contextmanager
+def running(app):
+    """``app`` served by uvicorn on a free 127.0.0.1 port in a background thread; yields the base URL."""
     import uvicorn
 
-    from skymoe.serve.api import ServerLimits, create_app
-
-    limits = ServerLimits(max_body_bytes=200_000, max_image_pixels=128 * 128, max_tokens=16, max_batch=2, max_queue=2)
     port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(pipeline, api_key=API_KEY, limits=limits, model_name="tiny"), host="127.0.0.1", port=port, log_level="warning"))
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -63,9 +62,20 @@ def server(pipeline):
                 break
         except httpx.TransportError:
             time.sleep(0.05)
-    yield base
-    uv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield base
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(pipeline):
+    from skymoe.serve.api import ServerLimits, create_app
+
+    limits = ServerLimits(max_body_bytes=200_000, max_image_pixels=128 * 128, max_tokens=16, max_batch=2, max_queue=2)
+    with running(create_app(pipeline, api_key=API_KEY, limits=limits, model_name="tiny")) as base:
+        yield base
 
 
 @pytest.fixture
@@ -164,22 +174,35 @@ def test_single_band_geotiff_is_accepted(client, tmp_path):
     assert client.chat.completions.create(model="tiny", messages=user_message("What is this?", data_url(tif.read_bytes(), "image/tiff")), max_tokens=3).choices
 
 
-def test_full_queue_answers_429(pipeline):
-    import asyncio
+def test_full_queue_answers_429_and_the_held_requests_still_finish(pipeline):
+    import concurrent.futures
 
-    from skymoe.serve.queue import BatchQueue, Job, QueueFull
+    from skymoe.serve.api import ServerLimits, create_app
 
-    async def scenario():
-        queue = BatchQueue(pipeline, max_batch=1, max_queue=1)
-        queue.start()
-        image = Image.new("RGB", (32, 32))
-        first = asyncio.ensure_future(queue.submit(Job(image, "What is this?", "vqa", 3, False)))
-        second = asyncio.ensure_future(queue.submit(Job(image, "What is this?", "vqa", 3, False)))
-        await asyncio.sleep(0)
-        with pytest.raises(QueueFull):
-            await queue.submit(Job(image, "What is this?", "vqa", 3, False))
-        answers = await asyncio.gather(first, second)
-        await queue.stop()
-        return answers
+    release = threading.Event()
 
-    assert all(a.text == pipeline.ask(Image.new("RGB", (32, 32)), "What is this?", max_new_tokens=3).text for a in asyncio.run(scenario()))
+    class HeldPipeline:
+        """The real pipeline, held at generate until released, so the queue fills deterministically."""
+
+        max_new_tokens, processor, model_name = pipeline.max_new_tokens, pipeline.processor, "held"
+
+        def generate(self, *args, **kwargs):
+            release.wait(60)
+            return pipeline.generate(*args, **kwargs)
+
+    app = create_app(HeldPipeline(), limits=ServerLimits(max_batch=1, max_queue=1, max_tokens=4))
+    with running(app) as base, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        ask = lambda: client.chat.completions.create(model="held", messages=user_message("What is this?", data_url(png_bytes())), max_tokens=3)
+        held = [pool.submit(ask)]
+        while httpx.get(f"{base}/health").json()["pending"] < 1:
+            time.sleep(0.02)
+        held.append(pool.submit(ask))
+        while httpx.get(f"{base}/health").json()["pending"] < 2:
+            time.sleep(0.02)
+        with pytest.raises(openai.RateLimitError, match="server busy"):
+            ask()
+        release.set()
+        answers = [f.result(timeout=60).choices[0].message.content for f in held]
+    expected = pipeline.ask(Image.open(io.BytesIO(png_bytes())).convert("RGB"), "What is this?", max_new_tokens=3).text
+    assert answers == [expected, expected]

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from _train_data import write_config, write_toy_dataset
+from _train_data import one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
 from skymoe.config import load_config
 from skymoe.data.schema import SkyMoEDataError
 from skymoe.train import StageError, TrainingDivergedError, TrainingError, train
@@ -126,3 +126,45 @@ def test_bf16_grad_accumulation_and_a_dense_lora_adapter(data, tmp_path):
     metrics = read_metrics(tmp_path / "out")
     assert {k for k in metrics[0] if k.startswith("lr/")} == {"lr/projector", "lr/router", "lr/adapter"}
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_cli_reports_a_bad_override_with_the_allowed_keys(data, tmp_path, capsys):
+    from skymoe.cli import main
+
+    config = write_config(tmp_path / "c.yaml", data)
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "out"), "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "projector_lr" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_upcycling_that_changes_the_model_is_caught_before_training(stage1, data, tmp_path, monkeypatch):
+    from skymoe.model import SkyMoEForConditionalGeneration
+
+    real = SkyMoEForConditionalGeneration.upcycle.__func__
+
+    def perturbed(cls, dense, num_experts, **kwargs):
+        return real(cls, dense, num_experts, perturb=0.05, **kwargs)  # experts no longer exact copies
+
+    monkeypatch.setattr(SkyMoEForConditionalGeneration, "upcycle", classmethod(perturbed))
+    cfg = load_config(
+        write_config(tmp_path / "c.yaml", data, stage=2), [f"model.init_from={stage1.output_dir}", "model.expert_type=ffn"]
+    )
+    with pytest.raises(StageError, match="upcycling changed the model"):
+        train(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_missing_image_fails_before_training_or_is_skipped_and_counted(data, tmp_path):
+    from skymoe.data.schema import read_jsonl, write_jsonl
+
+    samples = list(read_jsonl(data))
+    samples[3].image = str(tmp_path / "gone.png")
+    broken = tmp_path / "broken.jsonl"
+    write_jsonl(samples, broken)
+    config = write_config(tmp_path / "c.yaml", broken, max_steps=1)
+    with pytest.raises(SkyMoEDataError, match="gone.png"):
+        train(load_config(config), tmp_path / "raise")
+    assert not (tmp_path / "raise" / "checkpoints").exists()
+    result = train(load_config(config, ["data.on_error=skip"]), tmp_path / "skip")
+    assert result.steps == 1

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import pytest
 
-from _train_data import write_config, write_toy_dataset
+from _train_data import SUBPROCESS_ENV, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
 
 # Runs on every rank: train stage 1 then stage 2, and record what this rank ended with.
 RANK_SCRIPT = '''
@@ -55,7 +55,7 @@ def test_two_gloo_processes_agree_on_the_weights(tmp_path):
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(script), str(config1), str(config2), str(tmp_path / "out"),
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1))

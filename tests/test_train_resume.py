@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _train_data import write_config, write_toy_dataset
+from _train_data import SUBPROCESS_ENV, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
 from skymoe.config import load_config
 from skymoe.train import train
 from skymoe.train.checkpoint import CheckpointWarning
 
-STEPS = 120
+STEPS = 60
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 
 
 def skymoe_train(*args) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, **SUBPROCESS_ENV}
     return subprocess.Popen([sys.executable, "-m", "skymoe", "train", *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -45,9 +45,9 @@ def test_sigkill_mid_training_then_resume_is_bit_identical(data, tmp_path):
     )
     full = skymoe_train("--config", config, "--output", tmp_path / "full")
     killed = skymoe_train("--config", config, "--output", tmp_path / "killed")
-    second = tmp_path / "killed" / "checkpoints" / "step-00000020"
+    first = tmp_path / "killed" / "checkpoints" / "step-00000010"
     deadline = time.monotonic() + 300
-    while not second.exists() and killed.poll() is None and time.monotonic() < deadline:
+    while not first.exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL, killed.stdout.read()

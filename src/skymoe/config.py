@@ -114,7 +114,7 @@ class CDASection:
     cutout_prob: float = 0.3
     max_cutout: int = 2
     attribute_prob: float = 0.3
-    temperature: float = 0.1
+    temperature: float = 0.3
 
 
 @dataclass
@@ -122,7 +122,7 @@ class LossSection:
     load_balance: float = 0.01
     router_z: float = 0.001
     router_ce: float = 0.1
-    cda: float = 0.1
+    cda: float = 0.05
 
 
 @dataclass

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "train",
     "model",
     "eval",
+    "predict", "scene", "serve",  # inference (skymoe.cli.predict: predict + chat; serve: serve + demo-ui)
 ]
 
 

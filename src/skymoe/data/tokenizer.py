@@ -74,6 +74,17 @@ def add_skymoe_tokens(tokenizer):
     return tokenizer
 
 
+def gpt2_tokenizer():
+    """The real GPT-2 BPE (from the assets registry) with the SkyMoE tokens added."""
+    from transformers import GPT2TokenizerFast
+
+    from skymoe.assets import get_asset
+
+    folder = get_asset("gpt2-bpe")
+    tokenizer = GPT2TokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
+    return add_skymoe_tokens(tokenizer)
+
+
 def special_token_ids(tokenizer) -> dict[str, int]:
     """Ids of the SkyMoE roles in ``tokenizer`` (``image``/``route`` included)."""
     ids = {role: getattr(tokenizer, f"{role}_token_id") for role in ("pad", "bos", "eos", "unk")}

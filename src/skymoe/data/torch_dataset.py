@@ -53,8 +53,10 @@ class SampleDataset(Dataset):
     def _load(self, sample: Sample):
         try:
             return self.image_loader(sample.image)
-        except SkyMoEDataError:
-            raise
+        except SkyMoEDataError as exc:
+            if exc.record is not None:
+                raise
+            raise SkyMoEDataError(str(exc), record=sample.id, field=exc.field or "image") from exc
         except (OSError, ValueError) as exc:  # missing/corrupt files surface as typed data errors
             raise SkyMoEDataError(f"cannot read image ({exc})", file=sample.image, record=sample.id, field="image") from exc
 

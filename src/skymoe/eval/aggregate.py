@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from skymoe.data.schema import SkyMoEDataError, Task
 from skymoe.eval.records import Prediction

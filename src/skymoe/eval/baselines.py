@@ -5,13 +5,15 @@
   (dataset, task) when that question type never occurs in training; ties go to the
   alphabetically first answer so the baseline is deterministic.
 * **Nearest-neighbour caption** (caption, region caption): the caption of the
-  training image closest to the test image (L2 on a 16x16 RGB thumbnail of the
-  whole image), the standard "copy a caption" floor of captioning papers.
+  training sample whose view is closest to the test sample's (L2 on a 16x16 RGB
+  thumbnail of the whole image, or of the described box for region captions), the
+  standard "copy a caption" floor of captioning papers.
 * **Mean box** (grounding): the mean training box (in image-relative coordinates)
   scaled to the test image - the answer a model that ignores the query would give.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -22,11 +24,18 @@ THUMBNAIL = 16
 CAPTION_TASKS = {Task.CAPTION, Task.REGION_CAPTION}
 
 
-def _thumbnail(sample: Sample) -> np.ndarray:
+@functools.lru_cache(maxsize=16)  # samples of one image come together (one scene, many questions)
+def _load(path: str):
     from skymoe.data.imagery import load_image
 
-    image = load_image(sample.image).resize((THUMBNAIL, THUMBNAIL))
-    return np.asarray(image, dtype=np.float32).ravel() / 255.0
+    return load_image(path)
+
+
+def _thumbnail(sample: Sample) -> np.ndarray:
+    image = _load(sample.image)
+    if sample.task == Task.REGION_CAPTION and sample.boxes:
+        image = image.crop(tuple(round(v) for v in sample.boxes[0].as_tuple()))
+    return np.asarray(image.resize((THUMBNAIL, THUMBNAIL)), dtype=np.float32).ravel() / 255.0
 
 
 def _prior_keys(sample: Sample) -> list[tuple]:

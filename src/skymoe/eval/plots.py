@@ -42,7 +42,7 @@ def question_type_bars(metrics: dict, path: Path) -> None:
     for group, tasks in metrics["model"]["by_question_type"].items():
         for task, types in tasks.items():
             for qt, v in types.items():
-                labels.append(f"{group}\n{qt}")
+                labels.append(f"{group}\n{task}: {qt}")
                 model.append(v["value"])
                 base = base_root.get(group, {}).get(task, {}).get(qt)
                 baseline.append(base["value"] if base else np.nan)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class Prediction:
         return asdict(self)
 
     @classmethod
-    def from_sample(cls, sample: Sample, prediction: str, **extra) -> "Prediction":
+    def from_sample(cls, sample: Sample, prediction: str, **extra) -> Prediction:
         references = sample.meta.get("references") or [sample.answer]
         if sample.task == Task.MULTILABEL:
             references = list(sample.meta.get("labels") or references)
@@ -71,7 +72,7 @@ class Prediction:
         )
 
     @classmethod
-    def from_dict(cls, d: dict, *, file: str | None = None) -> "Prediction":
+    def from_dict(cls, d: dict, *, file: str | None = None) -> Prediction:
         record = d.get("id", "?")
         for key in ("id", "dataset", "split", "task", "granularity", "references"):
             if key not in d:
@@ -135,12 +136,11 @@ def write_predictions(predictions: list[Prediction], path: str | Path) -> None:
     tmp.replace(path)
 
 
-def read_predictions(path: str | Path) -> list[Prediction]:
-    """Read and validate ``predictions.jsonl``; duplicate ids are an error."""
+def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON-lines file; malformed lines are errors."""
     path = Path(path)
     if not path.is_file():
-        raise SkyMoEDataError("predictions file not found", file=str(path))
-    predictions, seen = [], set()
+        raise SkyMoEDataError("file not found", file=str(path))
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -151,12 +151,18 @@ def read_predictions(path: str | Path) -> list[Prediction]:
                 raise SkyMoEDataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}") from None
             if not isinstance(d, dict):
                 raise SkyMoEDataError("expected a JSON object", file=str(path), record=f"line {lineno}")
-            p = Prediction.from_dict(d, file=str(path))
-            key = (p.group, p.id)
-            if key in seen:
-                raise SkyMoEDataError("duplicate id", file=str(path), record=p.id, field="id")
-            seen.add(key)
-            predictions.append(p)
+            yield lineno, d
+
+
+def read_predictions(path: str | Path) -> list[Prediction]:
+    """Read and validate ``predictions.jsonl``; duplicate ids are an error."""
+    predictions, seen = [], set()
+    for _, d in iter_json_objects(path):
+        p = Prediction.from_dict(d, file=str(path))
+        if (p.group, p.id) in seen:
+            raise SkyMoEDataError("duplicate id", file=str(path), record=p.id, field="id")
+        seen.add((p.group, p.id))
+        predictions.append(p)
     if not predictions:
         raise SkyMoEDataError("no predictions", file=str(path))
     return predictions

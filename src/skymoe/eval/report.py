@@ -41,6 +41,13 @@ def _baseline_value(metrics: dict, path: list[str]):
     return node
 
 
+def _is_reported_value(name: str, value) -> bool:
+    """Scalar metrics and status records (SPICE) go into the per-dataset table; n, tables and lists do not."""
+    if isinstance(value, dict):
+        return "status" in value
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and name != "n"
+
+
 def summary_sections(metrics: dict) -> list[Section]:
     model = metrics["model"]
     overall = Section("Overall (primary metric per task)", ["task", "scorer", "metric", "n", "model", "baseline"])
@@ -50,7 +57,7 @@ def summary_sections(metrics: dict) -> list[Section]:
     for group, tasks in model["by_dataset"].items():
         for task, values in tasks.items():
             for name, value in values.items():
-                if isinstance(value, (int, float)) and name != "n" or (isinstance(value, dict) and "status" in value):
+                if _is_reported_value(name, value):
                     details.rows.append([group, task, name, value, _baseline_value(metrics, ["by_dataset", group, task, name])])
     granularity = Section("Per granularity (primary metric)", ["granularity", "task", "n", "model"])
     for gran, tasks in model["by_granularity"].items():
@@ -127,8 +134,10 @@ def to_markdown(sections: list[Section]) -> str:
 def to_html(sections: list[Section], out_dir: Path) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>SkyMoE evaluation report</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}</style>",
+        (
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}</style>"
+        ),
         "</head><body><h1>SkyMoE evaluation report</h1>",
     ]
     for s in sections:

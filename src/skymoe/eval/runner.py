@@ -7,7 +7,7 @@ from pathlib import Path
 
 from skymoe.data.schema import SkyMoEDataError, read_jsonl
 from skymoe.eval.aggregate import compute_metrics, dumps_metrics
-from skymoe.eval.records import Prediction, prediction_text, read_predictions, write_predictions
+from skymoe.eval.records import Prediction, iter_json_objects, prediction_text, read_predictions, write_predictions
 from skymoe.eval.suite import Suite, load_suite
 
 PREDICTIONS = "predictions.jsonl"
@@ -70,14 +70,10 @@ def join_references(predictions_path: str | Path, references_path: str | Path) -
     """Records from bare ``{"id", "prediction"}`` lines joined by id with reference samples (schema JSONL)."""
     samples = {s.id: s for s in read_jsonl(references_path)}
     answers = {}
-    with Path(predictions_path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    d = json.loads(line)
-                    answers[str(d["id"])] = d.get("prediction")
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise SkyMoEDataError('expected {"id": ..., "prediction": ...}', file=str(predictions_path), record=f"line {lineno}") from None
+    for lineno, d in iter_json_objects(predictions_path):
+        if "id" not in d:
+            raise SkyMoEDataError('expected {"id": ..., "prediction": ...}', file=str(predictions_path), record=f"line {lineno}", field="id")
+        answers[str(d["id"])] = d.get("prediction")
     unknown, missing = sorted(set(answers) - set(samples)), sorted(set(samples) - set(answers))
     if unknown or missing:
         raise SkyMoEDataError(

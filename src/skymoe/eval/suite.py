@@ -110,6 +110,15 @@ def parse_suite(raw, *, file: str = "<suite>", check_data: bool = True) -> Suite
     datasets = [
         SuiteDataset(**_check_keys(entry, {"name", "splits", "limit"}, file, f"datasets[{i}]")) for i, entry in enumerate(entries)
     ]
+    for i, entry in enumerate(datasets):
+        if not isinstance(entry.splits, list) or not all(isinstance(x, str) for x in entry.splits) or not entry.splits:
+            raise SkyMoEDataError(f"expected a non-empty list of split names, got {entry.splits!r}", file=file, field=f"datasets[{i}].splits")
+        if entry.limit is not None and (not isinstance(entry.limit, int) or entry.limit < 1):
+            raise SkyMoEDataError(f"expected a positive integer, got {entry.limit!r}", file=file, field=f"datasets[{i}].limit")
+    for key in ("max_new_tokens", "batch_size"):
+        value = getattr(generation, key)
+        if not isinstance(value, int) or value < 1:
+            raise SkyMoEDataError(f"expected a positive integer, got {value!r}", file=file, field=f"generation.{key}")
     suite = Suite(
         name=str(raw.get("name") or Path(file).stem),
         description=str(raw.get("description") or ""),
@@ -133,10 +142,8 @@ def check_datasets(suite: Suite, file: str) -> None:
         if entry.name not in known:
             raise SkyMoEDataError(f"unknown dataset {entry.name!r}; allowed: {known}", file=file, field=f"datasets[{i}].name")
         splits = dataset_splits(entry.name)
-        for split in entry.splits or []:
+        for split in entry.splits:
             if split not in splits:
                 raise SkyMoEDataError(
                     f"dataset {entry.name!r} has no split {split!r}; allowed: {splits}", file=file, field=f"datasets[{i}].splits"
                 )
-        if not entry.splits:
-            raise SkyMoEDataError("expected a non-empty list of splits", file=file, field=f"datasets[{i}].splits")

@@ -82,6 +82,7 @@ def quantize_int8(model):
     }
     with warnings.catch_warnings():  # torch deprecates these kernels in favour of torchao, which is not installed here
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.ao.quantization.quantize_dynamic(model.language_model, names, dtype=torch.qint8, inplace=True)
     return model
 
@@ -171,6 +172,30 @@ class Pipeline:
         return answer
 
     # ---- tasks ----------------------------------------------------------------------------------
+    def run(self, images, task: Task | str, prompt: str | None = None, *, labels: Sequence[str] | None = None,
+            box: Sequence[float] | None = None, **kwargs):
+        """One entry point for every task (CLI, server, UI): ``prompt`` is the question (vqa),
+        the referring expression (grounding) or the object name (counting); ``box`` the region (region_caption)."""
+        task = Task(task)
+        if task in (Task.VQA, Task.GROUNDING, Task.COUNTING) and not (prompt or "").strip():
+            what = {Task.VQA: "a question", Task.GROUNDING: "what to locate", Task.COUNTING: "what to count"}[task]
+            raise ValueError(f"empty prompt: task {task.value} needs {what}")
+        if task == Task.VQA:
+            return self.ask(images, prompt, **kwargs)
+        if task == Task.CAPTION:
+            return self.caption(images, **kwargs)
+        if task in (Task.CLASSIFICATION, Task.MULTILABEL):
+            return self.classify(images, labels, **kwargs)
+        if task == Task.GROUNDING:
+            return self.ground(images, prompt, **kwargs)
+        if task == Task.COUNTING:
+            return self.count(images, prompt, **kwargs)
+        if box is None:
+            raise ValueError("task region_caption needs a box (x1, y1, x2, y2 in pixels)")
+        items, single = _as_list(images)
+        answers = [self.describe_region(image, box, **kwargs) for image in items]
+        return answers[0] if single else answers
+
     def ask(self, images, question, **kwargs):
         return self.generate(images, question, task=Task.VQA, **kwargs)
 

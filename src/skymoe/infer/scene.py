@@ -195,16 +195,6 @@ def _source_tile(info, tile_size: int, gsd: float | None, scene: str) -> int:
     return max(1, round(tile_size * gsd / pixel))
 
 
-def _tile_answers(pipeline, images, task: Task, query: str | None, labels: Sequence[str] | None):
-    if task == Task.CAPTION:
-        return pipeline.caption(images)
-    if task == Task.CLASSIFICATION:
-        return pipeline.classify(images, labels)
-    if not query:
-        raise ValueError(f"task {task.value} needs a query (what to find or count)")
-    return pipeline.ground(images, query) if task == Task.GROUNDING else pipeline.count(images, query)
-
-
 def _tile_feature(tile: Tile, answer, georef: GeoReference) -> dict:
     properties = {"layer": "tiles", "tile": tile.index, "row": tile.row, "col": tile.col, "answer": answer.text,
                   "window": [tile.x, tile.y, tile.width, tile.height]}
@@ -259,7 +249,7 @@ def run_scene(
                 scale = tile_size / source_tile
                 if scale != 1:
                     images = [im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale)))) for im in images]
-                for tile, answer in zip(batch, _tile_answers(pipeline, images, task, query, labels)):
+                for tile, answer in zip(batch, pipeline.run(images, task, query, labels=labels)):
                     output.tiles.append(_tile_feature(tile, answer, georef))
                     for b in answer.boxes:
                         box = Box(tile.x + b.x1 / scale, tile.y + b.y1 / scale, tile.x + b.x2 / scale, tile.y + b.y2 / scale, query)

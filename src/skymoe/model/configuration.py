@@ -24,8 +24,7 @@ class ProjectorSettings:
 
 @dataclass
 class RouterSettings:
-    hidden_size: int = 128  # size of the routing embedding r
-    instruction_encoder: str = "embeddings"  # pooled LLM input embeddings of the instruction
+    hidden_size: int = 128  # size of the routing embedding r (from pooled instruction embeddings + visual tokens)
     jitter_noise: float = 0.0  # multiplicative gate-input noise in training (Switch)
 
 

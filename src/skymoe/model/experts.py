@@ -12,11 +12,13 @@ expert sees one contiguous slice; the work is two grouped matmuls over
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.pytorch_utils import Conv1D
 
 from skymoe.model.router import ExpertGate, RoutingContext
@@ -54,16 +56,21 @@ class DispatchPlan:
         out = rows.new_zeros(self.num_tokens, rows.shape[-1]).index_add_(0, self.token_index, rows * self.weight)
         return out.reshape(*shape[:-1], rows.shape[-1])
 
+    def accumulate(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``out`` (a fresh layer output) plus the already-weighted rows of each token, added in place."""
+        out.view(self.num_tokens, -1).index_add_(0, self.token_index, rows)
+        return out
+
 
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Rows ``offsets[e-1]:offsets[e]`` of ``x`` times ``weight[e]``: [N, I] x [E, I, O] -> [N, O]."""
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or os.environ.get("SKYMOE_GROUPED_MM") == "1":
         return F.grouped_mm(x, weight, offs=offsets)
-    # On CPU one GEMM per non-empty contiguous slice measured faster than torch's grouped_mm kernel.
-    ends = offsets.tolist()
-    starts = [0] + ends[:-1]
-    parts = [x[s:e] @ weight[i] for i, (s, e) in enumerate(zip(starts, ends)) if e > s]
-    return torch.cat(parts) if parts else x.new_zeros(0, weight.shape[-1])
+    # On CPU one GEMM per expert slice measured faster than torch's grouped_mm kernel. split/unbind
+    # (not x[s:e] / weight[e]) so that backward assembles each gradient once instead of E full-size
+    # zero tensors.
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).tolist()
+    return torch.cat([part @ w for part, w in zip(x.split(counts), weight.unbind(0))])
 
 
 class LayerDispatch:
@@ -97,19 +104,21 @@ class LoRAExperts(nn.Module):
 
     def reset_parameters(self) -> None:
         # peft's default: A ~ kaiming-uniform, B = 0, so a fresh adapter is the identity.
+        # transformers' init functions leave weights loaded from a checkpoint alone.
         bound = 1.0 / math.sqrt(self.lora_A.shape[1])
-        with torch.no_grad():
-            self.lora_A.uniform_(-bound, bound)
-            self.lora_B.zero_()
+        init.uniform_(self.lora_A, -bound, bound)
+        init.zeros_(self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         plan = self.dispatch.plan
         if plan is None:  # dense adapter
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
-        rows = grouped_matmul(plan.gather(x), self.lora_A, plan.offsets)
-        rows = grouped_matmul(rows, self.lora_B, plan.offsets) * self.scale
-        return out + plan.combine(rows, out.shape)
+        # Gate weight and LoRA scale are applied in rank space (r columns) rather than on the output
+        # rows, and the rows are added straight into the base output: the [tokens*k, out] traffic
+        # is what costs on CPU, not the rank-r matmuls.
+        low_rank = grouped_matmul(plan.gather(x), self.lora_A, plan.offsets) * (plan.weight * self.scale)
+        return plan.accumulate(out, grouped_matmul(low_rank, self.lora_B, plan.offsets))
 
     @torch.no_grad()
     def merged_base(self) -> nn.Module:

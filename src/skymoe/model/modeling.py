@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from skymoe.model import router as routing
@@ -54,18 +55,14 @@ class SkyMoEPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module):
-        if isinstance(module, (LoRAExperts, Router)):
-            # Their own init encodes meaning (B = 0: a fresh adapter is the identity).
-            if isinstance(module, LoRAExperts):
-                module.reset_parameters()
-            else:
-                for name in ("prompt_base", "task_prompts", "granularity_prompts"):
-                    if hasattr(module, name):
-                        nn.init.normal_(getattr(module, name), std=0.02)
-            return
-        if isinstance(module, FFNExperts):
-            return  # built as copies of the (initialised) dense MLP
-        super()._init_weights(module)
+        # transformers' init functions skip weights already loaded from a checkpoint.
+        if isinstance(module, LoRAExperts):
+            module.reset_parameters()
+        elif isinstance(module, Router) and module.num_route_tokens:
+            for prompts in (module.prompt_base, module.task_prompts, module.granularity_prompts):
+                init.normal_(prompts, std=0.02)
+        elif not isinstance(module, FFNExperts):  # FFN experts are built as copies of the initialised MLP
+            super()._init_weights(module)
 
 
 class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):

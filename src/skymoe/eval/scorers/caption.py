@@ -16,6 +16,7 @@ prediction is kept (it scores 0 on every metric).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from skymoe.eval.records import Prediction
@@ -45,29 +46,43 @@ def spice(references: dict[str, list[str]], candidates: dict[str, str]) -> dict:
     return {"status": "ok", "value": float(value)}
 
 
+# PTB tokenisation is line by line, so a caption's tokens never depend on the other captions:
+# they are cached, and one scoring run starts the tokenizer's JVM once per batch of new captions
+# instead of once per subset (per task, granularity, dataset, question type).
+_TOKENS: dict[str, str] = {}
+
+
 def tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     """PTB-tokenise {id: [caption, ...]}. Empty captions never reach the tokenizer (a blank
-    line there would shift every later caption), they come back as empty strings."""
+    line there would shift every later caption); they come back as empty strings."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    non_empty = {k: [{"caption": c} for c in v if c.strip()] for k, v in captions.items()}
-    tokenized = PTBTokenizer().tokenize({k: v for k, v in non_empty.items() if v})
-    return {k: tokenized.get(k, []) + [""] * (len(v) - len(non_empty[k])) for k, v in captions.items()}
+    new = sorted({c for v in captions.values() for c in v if c.strip() and c not in _TOKENS})
+    if new:
+        tokenized = PTBTokenizer().tokenize({str(i): [{"caption": c}] for i, c in enumerate(new)})
+        _TOKENS.update((c, tokenized[str(i)][0]) for i, c in enumerate(new))
+    return {k: [_TOKENS[c] if c.strip() else "" for c in v] for k, v in captions.items()}
+
+
+@functools.cache
+def _meteor():
+    """One METEOR 1.5 JVM per process (it takes seconds to start); its __del__ stops it at exit."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
 
 
 def coco_scores(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr for tokenised {id: refs} and {id: candidate}."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
     res = {k: [c] for k, c in candidates.items()}
     scores: dict[str, float] = {}
     bleu, _ = Bleu(4).compute_score(references, res, verbose=0)
     scores.update({f"BLEU-{i + 1}": float(b) for i, b in enumerate(bleu)})
-    # The temporary Meteor object's __del__ stops its Java process right after use.
-    scores["METEOR"] = float(Meteor().compute_score(references, res)[0])
+    scores["METEOR"] = float(_meteor().compute_score(references, res)[0])
     scores["ROUGE-L"] = float(Rouge().compute_score(references, res)[0])
     scores["CIDEr"] = float(Cider().compute_score(references, res)[0])
     return scores

@@ -20,7 +20,6 @@ reused, so "mixed forest" does not also count as "forest").
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from skymoe.eval.records import Prediction

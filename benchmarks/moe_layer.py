@@ -1,0 +1,153 @@
+"""MoE layer cost on CPU: forward+backward, fp32, hidden 1024, FFN 2816, 2,048 tokens, E=8, top-2.
+
+(a) LoRA experts (r=16 on gate/up/down, frozen base) / the same FFN with one dense LoRA r=16 (target <= 1.15x)
+(b) FFN experts / twice the dense FFN (4,096 token-rows: what top-2 costs at least) (target <= 1.2x),
+    beside transformers' own MixtralSparseMoeBlock at the same shapes ("eager" and "grouped_mm" experts).
+
+    python benchmarks/moe_layer.py [--repeats 5] [--out benchmarks/results/moe_layer.md]
+
+Times are medians over ``--repeats`` timed iterations after one warm-up. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, MixtralConfig
+from transformers.models.llama.modeling_llama import LlamaMLP
+from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+from skymoe.model.experts import FFNExperts, LayerDispatch, LoRAExperts, MoEDecoderLayer
+from skymoe.model.router import ExpertGate, RoutingContext
+
+ROUTING_SIZE = 128
+SAMPLES = 8  # 2,048 tokens = 8 samples x 256 tokens (the gate is conditioned on a per-sample routing embedding)
+
+
+def mlp(hidden: int, ffn: int) -> LlamaMLP:
+    module = LlamaMLP(LlamaConfig(hidden_size=hidden, intermediate_size=ffn, hidden_act="silu"))
+    for linear in (module.gate_proj, module.up_proj, module.down_proj):
+        nn.init.normal_(linear.weight, std=0.02)
+    return module
+
+
+def with_lora(module: LlamaMLP, experts: int, rank: int, dispatch: LayerDispatch) -> LlamaMLP:
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        lora = LoRAExperts(getattr(module, name), experts, rank, 2.0 * rank, dispatch)
+        nn.init.normal_(lora.lora_B, std=0.02)
+        setattr(module, name, lora)
+    return module
+
+
+def moe_layer(inner: nn.Module, hidden: int, experts: int, top_k: int, dispatch: LayerDispatch) -> MoEDecoderLayer:
+    context = RoutingContext(routing_embedding=torch.randn(SAMPLES, ROUTING_SIZE))
+    gate = ExpertGate(hidden, ROUTING_SIZE, experts, top_k, "token", jitter=0.0)
+    return MoEDecoderLayer(inner, gate, context, dispatch)
+
+
+def mixtral(hidden: int, ffn: int, experts: int, top_k: int, implementation: str) -> MixtralSparseMoeBlock:
+    config = MixtralConfig(
+        hidden_size=hidden, intermediate_size=ffn, num_local_experts=experts, num_experts_per_tok=top_k,
+        experts_implementation=implementation,
+    )
+    block = MixtralSparseMoeBlock(config)
+    for param in block.parameters():
+        nn.init.normal_(param, std=0.02)
+    return block
+
+
+def time_fwd_bwd(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """Median seconds of one forward + backward (input gradient included, as inside a network)."""
+    times = []
+    for i in range(repeats + 1):
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        start = time.perf_counter()
+        module(x).float().pow(2).mean().backward()
+        if i:  # the first iteration warms up allocator and kernels
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        model = fields.get("Model name", "?").strip()
+        cpus = fields.get("CPU(s)", "?").strip()
+    except (OSError, subprocess.CalledProcessError):
+        model, cpus = platform.processor() or "?", "?"
+    return f"{model}, {cpus} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def run(hidden: int, ffn: int, tokens: int, experts: int, top_k: int, rank: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    x = torch.randn(SAMPLES, tokens // SAMPLES, hidden, requires_grad=True)
+    x2 = torch.randn(2 * SAMPLES, tokens // SAMPLES, hidden, requires_grad=True)
+    dense_dispatch = LayerDispatch()  # plan stays None: the dense adapter path
+    results = {
+        "dense FFN + dense LoRA (frozen base)": time_fwd_bwd(with_lora(mlp(hidden, ffn), 1, rank, dense_dispatch), x, repeats)
+    }
+    dispatch = LayerDispatch()
+    lora_moe = moe_layer(with_lora(mlp(hidden, ffn), experts, rank, dispatch), hidden, experts, top_k, dispatch)
+    results["LoRA experts (frozen base)"] = time_fwd_bwd(lora_moe, x, repeats)
+    results["dense FFN x2 (2 x tokens rows)"] = time_fwd_bwd(mlp(hidden, ffn), x2, repeats)
+    dispatch = LayerDispatch()
+    ffn_moe = moe_layer(FFNExperts(mlp(hidden, ffn), experts, dispatch), hidden, experts, top_k, dispatch)
+    results["FFN experts"] = time_fwd_bwd(ffn_moe, x, repeats)
+    # Mixtral's "batched_mm" implementation gathers a weight copy per token-row
+    # ([tokens*k, hidden, 2*ffn], ~94 GB here), so only the two that fit in memory are timed.
+    for implementation in ("eager", "grouped_mm"):
+        block = mixtral(hidden, ffn, experts, top_k, implementation)
+        results[f"transformers Mixtral block ({implementation})"] = time_fwd_bwd(block, x, repeats)
+    return results
+
+
+def report(results: dict[str, float], args) -> str:
+    lora_ratio = results["LoRA experts (frozen base)"] / results["dense FFN + dense LoRA (frozen base)"]
+    ffn_ratio = results["FFN experts"] / results["dense FFN x2 (2 x tokens rows)"]
+    mixtral_best = min(v for k, v in results.items() if k.startswith("transformers Mixtral"))
+    lines = [
+        f"Shapes: hidden {args.hidden}, FFN {args.ffn}, {args.tokens} tokens, E={args.experts}, top-{args.top_k}, "
+        f"LoRA r={args.rank}; fp32, forward+backward, median of {args.repeats} after 1 warm-up.",
+        f"Machine: {machine()}",
+        "",
+        "| layer | ms / fwd+bwd |",
+        "| --- | ---: |",
+        *(f"| {name} | {seconds * 1000:.1f} |" for name, seconds in results.items()),
+        "",
+        f"(a) LoRA experts / dense LoRA = {lora_ratio:.3f}x (target <= 1.15x)",
+        f"(b) FFN experts / dense FFN x2 = {ffn_ratio:.3f}x (target <= 1.2x)",
+        f"    FFN experts / fastest transformers Mixtral block = {results['FFN experts'] / mixtral_best:.3f}x (target <= 1.0x)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--ffn", type=int, default=2816)
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, help="also write the report (Markdown) here")
+    args = parser.parse_args()
+    text = report(run(args.hidden, args.ffn, args.tokens, args.experts, args.top_k, args.rank, args.repeats), args)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        command = " ".join(["python benchmarks/moe_layer.py", *sys.argv[1:]])
+        args.out.write_text(f"# MoE layer benchmark\n\n`{command}`\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()

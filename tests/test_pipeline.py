@@ -1,0 +1,197 @@
+"""The Python inference API: every image kind, batching, routing, box parsing, labels, int8."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _infer_helpers import save_tiny_model, script_answers, write_geotiff
+from skymoe.data.schema import TASKS, GRANULARITIES, Box, SkyMoEDataError
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_dir):
+    from skymoe.infer import Pipeline
+
+    return Pipeline.from_pretrained(model_dir, max_new_tokens=6, batch_size=3)
+
+
+@pytest.fixture
+def pixels():
+    return np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+
+
+def test_every_image_kind_gives_the_same_answer(pipeline, pixels, tmp_path):
+    import rasterio
+
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    tif = tmp_path / "a.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=56, height=40, count=3, dtype="uint8") as dst:
+        dst.write(pixels.transpose(2, 0, 1))
+    expected = pipeline.caption(Image.fromarray(pixels)).text
+    assert pipeline.caption(pixels).text == expected
+    assert pipeline.caption(str(tmp_path / "a.png")).text == expected
+    assert pipeline.caption(tif).text == expected
+    with rasterio.open(tif) as dataset:
+        assert pipeline.caption(dataset).text == expected
+
+
+def test_batched_answers_equal_one_by_one_answers(pipeline):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(5)]  # 2 batches of 3
+    questions = ["Is there a ship?", "How many buildings are there in the image?", "What is it?", "Is it a port?", "Describe this image."]
+    batched = pipeline.ask(images, questions)
+    assert [a.text for a in batched] == [pipeline.ask(im, q).text for im, q in zip(images, questions)]
+
+
+def test_routing_decision_is_a_distribution_per_moe_layer(pipeline, pixels):
+    answer = pipeline.count(pixels, "buildings", routing=True)
+    weights = np.array(answer.routing.expert_weights)
+    assert weights.shape == (2, 4) and np.allclose(weights.sum(1), 1.0, atol=1e-4) and (weights >= 0).all()
+    assert answer.routing.task in {t.value for t in TASKS} and answer.routing.granularity in {g.value for g in GRANULARITIES}
+    assert pipeline.count(pixels, "buildings").routing is None
+
+
+def test_grounding_answer_becomes_pixel_boxes(model_dir, pixels):
+    from skymoe.infer import Pipeline
+
+    pipe = Pipeline.from_pretrained(model_dir)
+    script_answers(pipe, "[25, 50, 75, 100]; [0, 0, 10, 10]")
+    (first, second) = pipe.ground([pixels, pixels[:20]], ["the tank", "the ship"])
+    assert [b.as_tuple() for b in first.boxes] == [(14.0, 20.0, 42.0, 40.0), pytest.approx((0.0, 0.0, 5.6, 4.0))]
+    assert second.image_size == (56, 20) and second.boxes[0] == Box(14.0, 10.0, 42.0, 20.0)
+    script_answers(pipe, "there are 7 buildings")
+    assert pipe.count(pixels, "buildings").count == 7
+    script_answers(pipe, "no box here")
+    assert pipe.ground(pixels, "the tank").boxes == []
+
+
+def test_describe_region_puts_the_box_in_canonical_text(model_dir, pixels):
+    from skymoe.infer import Pipeline
+
+    pipe = Pipeline.from_pretrained(model_dir)
+    seen = []
+    original = pipe.processor.prepare_generation
+    pipe.processor.prepare_generation = lambda images, prompts: seen.extend(prompts) or original(images, prompts)
+    pipe.describe_region(pixels, (14, 10, 42, 40))
+    assert seen == ["Describe the region [25, 25, 75, 100]."]
+    with pytest.raises(SkyMoEDataError, match="outside the image"):
+        pipe.describe_region(pixels, (0, 0, 100, 10))
+
+
+def test_classify_with_labels_picks_the_most_likely_label(pipeline, pixels):
+    labels = ["forest", "river", "harbour"]
+    scores = pipeline.label_scores(pixels, labels)
+    answer = pipeline.classify(pixels, labels, routing=True)
+    assert answer.text == max(scores, key=scores.get) and answer.routing is not None
+    assert all(s < 0 for s in scores.values()) and len(set(scores.values())) == 3
+
+
+def test_bad_inputs_are_clear_errors(pipeline, pixels, tmp_path):
+    with pytest.raises(ValueError, match="empty prompt"):
+        pipeline.ask(pixels, "   ")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(SkyMoEDataError, match="0 bytes"):
+        pipeline.caption(tmp_path / "empty.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(SkyMoEDataError, match="text.png"):
+        pipeline.caption(tmp_path / "text.png")
+    with pytest.raises(ValueError, match="2 images but 3"):
+        pipeline.ask([pixels, pixels], ["a?", "b?", "c?"])
+
+
+def test_multiband_geotiffs(pipeline, tmp_path):
+    assert pipeline.caption(write_geotiff(tmp_path / "s2.tif", 30, 30, bands=13, dtype="uint16")).text is not None
+    assert pipeline.caption(write_geotiff(tmp_path / "dem.tif", 30, 30, bands=1, dtype="float32")).image_size == (30, 30)
+
+
+def test_int8_quantises_llm_linears_keeps_gates_float_and_stays_close(model_dir, pixels):
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    from skymoe.infer import Pipeline
+
+    float_pipe = Pipeline.from_pretrained(model_dir)
+    int8_pipe = Pipeline.from_pretrained(model_dir, quantize="int8")
+    modules = dict(int8_pipe.model.language_model.named_modules())
+    assert isinstance(modules["lm_head"], DynamicLinear)
+    assert all(isinstance(m, torch.nn.Linear) and not isinstance(m, DynamicLinear) for n, m in modules.items() if n.endswith("gate.routing_proj"))
+    inputs = float_pipe.processor.prepare_generation([Image.fromarray(pixels)], ["Describe this image."])
+    with torch.inference_mode():
+        a, b = float_pipe.model(**inputs).logits[0, -1], int8_pipe.model(**inputs).logits[0, -1]
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.98 and not torch.equal(a, b)
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+def test_cli_predict_single_json(model_dir, pixels, tmp_path, capsys):
+    import json
+
+    from skymoe.cli import main
+
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    assert main(["predict", "--model", str(model_dir), "--image", str(tmp_path / "a.png"), "--task", "counting", "--prompt", "cars",
+                 "--json", "--routing", "--max-new-tokens", "4"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["task"] == "counting" and record["image_size"] == [56, 40] and len(record["routing"]["expert_weights"]) == 2
+
+
+def test_cli_batch_predict_is_resumable_and_reports_bad_files(model_dir, tmp_path, capsys):
+    import json
+
+    from skymoe.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "empty.png").write_bytes(b"")
+    out = tmp_path / "preds.jsonl"
+    args = ["predict", "--model", str(model_dir), "--images", str(folder), "--task", "caption", "--out", str(out), "--batch-size", "2", "--max-new-tokens", "3"]
+    assert main(args) == 1  # the empty file is skipped and reported
+    assert "skipped empty.png" in capsys.readouterr().err
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in first) == ["0.png", "1.png", "2.png"]
+    # simulate a crash mid-write: one record lost, the last line cut in half
+    out.write_text(json.dumps(first[0]) + "\n" + json.dumps(first[1])[:10])
+    (folder / "empty.png").unlink()
+    assert main(args) == 0
+    assert "3 images, 1 already in" in capsys.readouterr().err
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in again) == ["0.png", "1.png", "2.png"]
+    assert {r["id"]: r["text"] for r in again} == {r["id"]: r["text"] for r in first}
+
+
+def test_cli_chat_keeps_the_conversation(model_dir, pixels, tmp_path, monkeypatch, capsys):
+    from skymoe.cli import main
+
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    lines = iter(["Is there a ship?", "", "And a port?", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--model", str(model_dir), "--image", str(tmp_path / "a.png"), "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.count("skymoe> ") == 2
+
+
+def test_cli_scene_writes_geojson(model_dir, tmp_path, capsys):
+    import json
+
+    from skymoe.cli import main
+
+    scene = write_geotiff(tmp_path / "s.tif", 150, 100)
+    out = tmp_path / "s.geojson"
+    assert main(["scene", "--model", str(model_dir), str(scene), "--task", "caption", "--out", str(out), "--tile-size", "64",
+                 "--overlap", "8", "--max-new-tokens", "3"]) == 0
+    collection = json.loads(out.read_text())
+    assert collection["skymoe"]["complete"] and len(collection["features"]) == collection["skymoe"]["tiles"] == 6
+
+
+def test_cli_bad_model_dir_is_one_clear_line(tmp_path, capsys):
+    from skymoe.cli import main
+
+    assert main(["predict", "--model", str(tmp_path), "--image", "x.png", "--prompt", "hi"]) == 2
+    assert "not a SkyMoE model directory" in capsys.readouterr().err
