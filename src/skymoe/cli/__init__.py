@@ -17,12 +17,15 @@ from skymoe.data.schema import SkyMoEDataError
 
 # Order = order in `skymoe --help`.
 COMMAND_MODULES = [
+    "demo",
     "assets",
     "data",
-    "train",
     "model",
-    "eval",
-    "predict", "scene", "serve",  # inference (skymoe.cli.predict: predict + chat; serve: serve + demo-ui)
+    "train",
+    "eval",  # eval + score
+    "predict",  # predict + chat
+    "scene",
+    "serve",  # serve + demo-ui
 ]
 
 

@@ -22,8 +22,11 @@ def collect_samples(suite: Suite, limit: int | None = None) -> list:
     samples = []
     for entry in suite.datasets:
         caps = [c for c in (entry.limit, limit) if c is not None]
+        cap = min(caps) if caps else None
+        if entry.path is not None:
+            samples += list(read_jsonl(entry.path))[:cap]
         for split in entry.splits:
-            samples += load_dataset(entry.name, split)[: min(caps) if caps else None]
+            samples += load_dataset(entry.name, split)[:cap]
     if not samples:
         raise SkyMoEDataError(f"suite {suite.name!r} selects no samples")
     return samples
@@ -34,9 +37,16 @@ def fit_baseline(suite: Suite):
     from skymoe.data.datasets import dataset_splits, load_dataset
     from skymoe.eval.baselines import Baseline
 
+    if suite.baseline_path is not None:
+        return Baseline(list(read_jsonl(suite.baseline_path)))
     if suite.baseline_split is None:
         return None
-    train = [s for e in suite.datasets if suite.baseline_split in dataset_splits(e.name) for s in load_dataset(e.name, suite.baseline_split)]
+    train = [
+        s
+        for e in suite.datasets
+        if e.name is not None and suite.baseline_split in dataset_splits(e.name)
+        for s in load_dataset(e.name, suite.baseline_split)
+    ]
     return Baseline(train)
 
 

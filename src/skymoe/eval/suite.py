@@ -9,8 +9,12 @@ name, e.g. ``embedded``)::
     prompts: {vqa: "{question}"}            # per task; {question} = the sample's instruction
     scorers: {region_caption: caption}      # per task; defaults in skymoe.eval.scorers.DEFAULT_SCORER
     baseline_split: train                   # split the prior baseline is fitted on (null: no baseline)
+    baseline_path: train.jsonl              # or: fit the baseline on these samples (overrides baseline_split)
     datasets:
       - {name: rsvqa_lr, splits: [test], limit: 200}
+      - {path: heldout.jsonl}               # samples in the project's JSONL schema
+
+Relative paths are relative to the suite file.
 
 Every key is checked; an unknown key, dataset, split, task or scorer is an error
 that names it and lists the allowed values.
@@ -37,9 +41,14 @@ class GenerationSettings:
 
 @dataclass
 class SuiteDataset:
-    name: str
-    splits: list[str]
-    limit: int | None = None  # first N samples of each split (data order)
+    name: str | None = None  # an embedded dataset (skymoe data list) ...
+    splits: list[str] = field(default_factory=list)
+    path: str | None = None  # ... or a JSONL file of samples
+    limit: int | None = None  # first N samples of each split / of the file (data order)
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.path)
 
 
 @dataclass
@@ -51,6 +60,7 @@ class Suite:
     prompts: dict[str, str] = field(default_factory=dict)
     scorers: dict[str, str] = field(default_factory=dict)
     baseline_split: str | None = "train"
+    baseline_path: str | None = None
 
     def prompt_for(self, sample: Sample) -> str:
         template = self.prompts.get(sample.task.value, QUESTION)
@@ -98,7 +108,8 @@ def _check_tasks(mapping: dict, file: str, where: str) -> dict[str, str]:
 
 
 def parse_suite(raw, *, file: str = "<suite>", check_data: bool = True) -> Suite:
-    raw = _check_keys(raw, {"name", "description", "generation", "prompts", "scorers", "baseline_split", "datasets"}, file, "suite")
+    keys = {"name", "description", "generation", "prompts", "scorers", "baseline_split", "baseline_path", "datasets"}
+    raw = _check_keys(raw, keys, file, "suite")
     generation = GenerationSettings(**_check_keys(raw.get("generation") or {}, {"max_new_tokens", "batch_size"}, file, "generation"))
     scorers = _check_tasks(raw.get("scorers"), file, "scorers")
     for task, name in scorers.items():
@@ -108,8 +119,10 @@ def parse_suite(raw, *, file: str = "<suite>", check_data: bool = True) -> Suite
     if not entries or not isinstance(entries, list):
         raise SkyMoEDataError("expected a non-empty list of datasets", file=file, field="datasets")
     datasets = [
-        SuiteDataset(**_check_keys(entry, {"name", "splits", "limit"}, file, f"datasets[{i}]")) for i, entry in enumerate(entries)
+        SuiteDataset(**_check_keys(entry, {"name", "splits", "path", "limit"}, file, f"datasets[{i}]")) for i, entry in enumerate(entries)
     ]
+    for entry in datasets:
+        entry.path = _resolve(entry.path, file)
     for i, entry in enumerate(datasets):
         if not isinstance(entry.splits, list) or not all(isinstance(x, str) for x in entry.splits) or not entry.splits:
             raise SkyMoEDataError(f"expected a non-empty list of split names, got {entry.splits!r}", file=file, field=f"datasets[{i}].splits")
@@ -127,18 +140,32 @@ def parse_suite(raw, *, file: str = "<suite>", check_data: bool = True) -> Suite
         prompts=_check_tasks(raw.get("prompts"), file, "prompts"),
         scorers=scorers,
         baseline_split=raw.get("baseline_split", "train"),
+        baseline_path=_resolve(raw.get("baseline_path"), file),
     )
     if check_data:
         check_datasets(suite, file)
     return suite
 
 
+def _resolve(path: str | None, suite_file: str) -> str | None:
+    if path is None or Path(path).is_absolute() or suite_file.startswith("<"):
+        return path
+    return str(Path(suite_file).parent / path)
+
+
 def check_datasets(suite: Suite, file: str) -> None:
-    """Every dataset and split the suite names exists in the data registry."""
+    """Every dataset and split the suite names exists in the data registry; every JSONL file exists."""
     from skymoe.data.datasets import dataset_splits, list_datasets
 
     known = list_datasets()
+    for path, where in [(e.path, f"datasets[{i}].path") for i, e in enumerate(suite.datasets)] + [(suite.baseline_path, "baseline_path")]:
+        if path is not None and not Path(path).is_file():
+            raise SkyMoEDataError(f"no such JSONL file {path}", file=file, field=where)
     for i, entry in enumerate(suite.datasets):
+        if (entry.name is None) == (entry.path is None):
+            raise SkyMoEDataError("expected exactly one of 'name' (embedded dataset) or 'path' (JSONL file)", file=file, field=f"datasets[{i}]")
+        if entry.path is not None:
+            continue
         if entry.name not in known:
             raise SkyMoEDataError(f"unknown dataset {entry.name!r}; allowed: {known}", file=file, field=f"datasets[{i}].name")
         splits = dataset_splits(entry.name)

@@ -108,7 +108,8 @@ class Pipeline:
 
     @property
     def model_name(self) -> str:
-        return str(getattr(self.model.config, "_name_or_path", "") or "skymoe")
+        """The model folder's name (not its path: the server shows it to clients)."""
+        return Path(str(getattr(self.model.config, "_name_or_path", "") or "skymoe")).name
 
     # ---- core -----------------------------------------------------------------------------------
     def load(self, image):

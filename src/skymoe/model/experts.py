@@ -12,8 +12,7 @@ expert sees one contiguous slice; the work is two grouped matmuls over
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,7 @@ class DispatchPlan:
     weight: torch.Tensor  # [N*k, 1] gate weight
     offsets: torch.Tensor  # [E] int32 end offset of each expert's slice
     num_tokens: int
+    _gathered: tuple | None = field(default=None, repr=False)  # (input, its sorted rows)
 
     @classmethod
     def from_topk(cls, index: torch.Tensor, weight: torch.Tensor, num_experts: int) -> "DispatchPlan":
@@ -49,7 +49,12 @@ class DispatchPlan:
         )
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(self.num_tokens, -1)[self.token_index]
+        """Rows of ``x`` in sorted-assignment order; reused when linears share an input (gate_proj/up_proj)."""
+        if self._gathered is not None and self._gathered[0] is x:
+            return self._gathered[1]
+        rows = x.reshape(self.num_tokens, -1)[self.token_index]
+        self._gathered = (x, rows)
+        return rows
 
     def combine(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Weighted sum of the expert outputs back onto their tokens -> ``shape``."""
@@ -64,7 +69,7 @@ class DispatchPlan:
 
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Rows ``offsets[e-1]:offsets[e]`` of ``x`` times ``weight[e]``: [N, I] x [E, I, O] -> [N, O]."""
-    if x.device.type != "cpu" or os.environ.get("SKYMOE_GROUPED_MM") == "1":
+    if x.device.type != "cpu":
         return F.grouped_mm(x, weight, offs=offsets)
     # On CPU one GEMM per expert slice measured faster than torch's grouped_mm kernel. split/unbind
     # (not x[s:e] / weight[e]) so that backward assembles each gradient once instead of E full-size

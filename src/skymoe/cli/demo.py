@@ -1,0 +1,25 @@
+"""`skymoe demo`: train, evaluate and report a SkyMoE on the embedded real data."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="train + evaluate + report on the embedded real data (minutes on a CPU)")
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    p.add_argument("--minutes", type=float, default=8.0, help="time budget; more minutes = more training steps (default: 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="a few steps of everything (seconds), to check the pipeline")
+    p.add_argument("--llm", choices=["tiny", "gemma3-270m"], default="tiny",
+                   help="tiny: a small Llama trained from scratch; gemma3-270m: the pretrained Gemma-3-270M GGUF "
+                   "(Gemma Terms of Use; 253 MB, ~2 s per step) as the frozen base of LoRA experts")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from skymoe.demo.run import run_demo
+
+    report = run_demo(args.out, minutes=args.minutes, seed=args.seed, smoke=args.smoke, llm=args.llm)
+    model = report.parent / "stage2" / "model"
+    print(f"\nreport: {report}\n(also {report.with_suffix('.md')})")
+    print(f"chat with the model:  skymoe chat --model {model} --image IMAGE.tif")
+    print(f"serve it (OpenAI API): skymoe serve --model {model}")
+    return 0
