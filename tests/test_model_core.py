@@ -113,6 +113,7 @@ def test_parameter_groups_partition_the_parameters():
     groups = model.parameter_groups()
     names = [n for g in groups.values() for n in g]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
-    assert all("lora_" in n for n in groups["experts"])
+    assert all("lora_" in n for n in groups["experts"]) and not groups["adapter"]
+    assert all("lora_" in n for n in tiny_model().parameter_groups()["adapter"])
     assert any(".gate." in n for n in groups["router"]) and any(n.startswith("router.") for n in groups["router"])
     assert isinstance(model, SkyMoEForConditionalGeneration)

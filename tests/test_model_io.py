@@ -198,7 +198,8 @@ def test_summary_counts_parameters_and_active_experts(tmp_path, capsys):
     assert groups["experts"]["active_per_token"] * 2 == groups["experts"]["total"]  # top-2 of 4
     assert groups["vision"]["trainable"] == 0 and summary["vision_flops_per_image"] > 0
     dense = summarize(tiny_config(moe={"num_experts": 0}))
-    assert dense["groups"]["experts"]["active_per_token"] == dense["groups"]["experts"]["total"]
+    assert dense["groups"]["experts"]["total"] == 0
+    assert dense["groups"]["adapter"]["active_per_token"] == dense["groups"]["adapter"]["total"] > 0
 
     parser = argparse.ArgumentParser()
     model_cli.register(parser.add_subparsers())

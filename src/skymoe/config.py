@@ -110,7 +110,7 @@ class CDASection:
 
     enabled: bool = False
     # probability that a sample contributes a local view (crop) paired with its global view
-    pair_prob: float = 0.5
+    pair_prob: float = 0.125
     cutout_prob: float = 0.3
     max_cutout: int = 2
     attribute_prob: float = 0.3

@@ -8,6 +8,7 @@ metrics.json), never typed.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +18,8 @@ import yaml
 
 from skymoe.demo.splits import DemoSplits, build_demo_splits
 
+# What a demo run writes under its --out folder; a new run replaces them.
+RUN_FOLDERS = ("data", "stage1", "stage2", "eval_stage1", "eval_stage2")
 DEMO_ASSETS = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "efficientnet-lite0"]
 GEMMA_ASSET = "gemma3-270m"
 
@@ -103,6 +106,8 @@ def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: in
     from skymoe.train import train
 
     out_dir = Path(out_dir)
+    for folder in RUN_FOLDERS:
+        shutil.rmtree(out_dir / folder, ignore_errors=True)
     data_dir = out_dir / "data"
     budget = Budget.smoke() if smoke else Budget.for_minutes(minutes)
     start = time.perf_counter()

@@ -124,7 +124,9 @@ def parse_suite(raw, *, file: str = "<suite>", check_data: bool = True) -> Suite
     for entry in datasets:
         entry.path = _resolve(entry.path, file)
     for i, entry in enumerate(datasets):
-        if not isinstance(entry.splits, list) or not all(isinstance(x, str) for x in entry.splits) or not entry.splits:
+        if (entry.name is None) == (entry.path is None):
+            raise SkyMoEDataError("expected exactly one of 'name' (embedded dataset) or 'path' (JSONL file)", file=file, field=f"datasets[{i}]")
+        if entry.name is not None and (not isinstance(entry.splits, list) or not all(isinstance(x, str) for x in entry.splits) or not entry.splits):
             raise SkyMoEDataError(f"expected a non-empty list of split names, got {entry.splits!r}", file=file, field=f"datasets[{i}].splits")
         if entry.limit is not None and (not isinstance(entry.limit, int) or entry.limit < 1):
             raise SkyMoEDataError(f"expected a positive integer, got {entry.limit!r}", file=file, field=f"datasets[{i}].limit")
@@ -162,8 +164,6 @@ def check_datasets(suite: Suite, file: str) -> None:
         if path is not None and not Path(path).is_file():
             raise SkyMoEDataError(f"no such JSONL file {path}", file=file, field=where)
     for i, entry in enumerate(suite.datasets):
-        if (entry.name is None) == (entry.path is None):
-            raise SkyMoEDataError("expected exactly one of 'name' (embedded dataset) or 'path' (JSONL file)", file=file, field=f"datasets[{i}]")
         if entry.path is not None:
             continue
         if entry.name not in known:

@@ -111,9 +111,10 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         """Parameters by module group, for per-group learning rates and freezing.
 
         ``vision``, ``projector``, ``router`` (router + per-layer gates), ``experts`` (LoRA A/B,
-        FFN expert weights; the dense adapter too) and ``lm`` (everything else in the LLM).
+        FFN expert weights), ``adapter`` (the dense model's LoRA) and ``lm`` (everything else in the LLM).
         """
-        groups: dict[str, dict[str, nn.Parameter]] = {k: {} for k in ("vision", "projector", "router", "experts", "lm")}
+        names = ("vision", "projector", "router", "experts", "adapter", "lm")
+        groups: dict[str, dict[str, nn.Parameter]] = {k: {} for k in names}
         expert_names = set()
         for module_name, module in self.named_modules():
             if isinstance(module, (LoRAExperts, FFNExperts)):
@@ -126,7 +127,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             elif name.startswith("router.") or ".gate." in name:
                 group = "router"
             elif name in expert_names:
-                group = "experts"
+                group = "experts" if self.num_experts else "adapter"
             else:
                 group = "lm"
             groups[group][name] = param

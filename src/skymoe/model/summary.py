@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-GROUP_ORDER = ("vision", "projector", "router", "experts", "lm")
+GROUP_ORDER = ("vision", "projector", "router", "experts", "adapter", "lm")
 
 
 def load_for_summary(config_or_path):
@@ -59,7 +59,7 @@ def summarize(config_or_model, context: int = 512) -> dict:
         trainable = sum(p.numel() for p in params.values() if p.requires_grad)
         if group in ("vision", "projector"):
             active = 0
-        elif group == "experts" and moe["num_experts"]:
+        elif group == "experts":
             active = int(total * expert_share)
         elif group == "router":
             active = sum(p.numel() for n, p in params.items() if ".gate." in n)  # the per-sample router runs once

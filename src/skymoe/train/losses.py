@@ -13,6 +13,7 @@ AUX_WEIGHT_FIELDS = {
     "router_task_ce": "router_ce",
     "router_granularity_ce": "router_ce",
 }
+KNOWN_TERMS = ["lm", *AUX_WEIGHT_FIELDS, "cda"]
 
 
 def granularity_info_nce(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from skymoe.config import TrainConfig, save_config
 from skymoe.train import checkpoint as ckpt
 from skymoe.train.errors import TrainingDivergedError, TrainingError
-from skymoe.train.losses import granularity_info_nce, loss_terms, total_loss
+from skymoe.train.losses import KNOWN_TERMS, granularity_info_nce, loss_terms, total_loss
 from skymoe.train.metrics import MetricsLogger, expert_load_stats, peak_memory_mb, router_accuracy, truncate_metrics
 
 
@@ -270,11 +270,19 @@ def _forward(model, batch: dict, cfg: TrainConfig):
 
 
 def _check_finite(accelerator, terms: dict, position: TrainingPosition) -> dict[str, float]:
-    """Mean of every term over processes; a non-finite term stops the run on every process at once."""
-    names = list(terms)
-    stacked = torch.stack([value.detach().float().reshape(()) for value, _ in terms.values()])
-    reduced = accelerator.reduce(stacked, reduction="mean").cpu().tolist()
-    values = dict(zip(names, reduced))
+    """Mean of every term over processes; a non-finite term stops the run on every process at once.
+
+    The reduced vector has one slot per known term (with a presence count), so
+    processes whose batches yield different sets of terms still agree on its shape.
+    """
+    device = next(iter(terms.values()))[0].device
+    sums = torch.zeros(len(KNOWN_TERMS), device=device)
+    counts = torch.zeros(len(KNOWN_TERMS), device=device)
+    for name, (value, _) in terms.items():
+        sums[KNOWN_TERMS.index(name)] = value.detach().float()
+        counts[KNOWN_TERMS.index(name)] = 1.0
+    sums, counts = accelerator.reduce(torch.stack([sums, counts]), reduction="sum").cpu()
+    values = {name: (sums[i] / counts[i]).item() for i, name in enumerate(KNOWN_TERMS) if counts[i] > 0}
     bad = [name for name, value in values.items() if not math.isfinite(value)]
     if bad:
         raise TrainingDivergedError(

@@ -1,0 +1,57 @@
+"""`skymoe demo`: honest splits, and a smoke run of the whole pipeline (seconds of training)."""
+import json
+
+import pytest
+
+from skymoe.demo.splits import build_demo_splits
+
+
+@pytest.fixture(scope="module")
+def splits(real_assets):
+    return build_demo_splits(seed=0, mgrs_train=50, eval_limit=None)
+
+
+def test_unseen_images_never_train(splits):
+    train_images = {s.image for s in splits.train}
+    assert splits.unseen_images
+    assert not train_images & {s.image for s in splits.unseen_images}
+
+
+def test_unseen_questions_are_of_seen_images_and_withheld(splits):
+    train_ids = {(s.dataset, s.id) for s in splits.train}
+    held = splits.unseen_questions
+    assert {s.dataset for s in held} == {"rsvqa_lr", "rsvqa_hr"}
+    assert not train_ids & {(s.dataset, s.id) for s in held}
+    train_images = {s.image for s in splits.train}
+    assert all(s.image in train_images for s in held)
+    # a seeded 15% of each multi-question image
+    n_seen_lr = sum(1 for s in splits.train if s.dataset == "rsvqa_lr") + sum(1 for s in held if s.dataset == "rsvqa_lr")
+    assert n_seen_lr == 800  # RSVQA-LR train + val questions
+    assert abs(sum(1 for s in held if s.dataset == "rsvqa_lr") / n_seen_lr - 0.15) < 0.01
+
+
+def test_splits_are_deterministic(real_assets):
+    a = build_demo_splits(seed=3, mgrs_train=20, eval_limit=10)
+    b = build_demo_splits(seed=3, mgrs_train=20, eval_limit=10)
+    c = build_demo_splits(seed=4, mgrs_train=20, eval_limit=10)
+    ids = lambda s: [x.id for x in s.train + s.unseen_questions + s.unseen_images]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+
+
+@pytest.mark.slow
+def test_demo_smoke_writes_full_report(tmp_path, real_assets):
+    from skymoe.cli import main
+
+    assert main(["demo", "--smoke", "--out", str(tmp_path)]) == 0
+    run = json.loads((tmp_path / "demo_run.json").read_text())
+    assert run["stage1"]["steps"] == 3 and run["stage2"]["steps"] == 3
+    html = (tmp_path / "report.html").read_text()
+    for heading in ("Held-out question answering", "Per task and question type", "Loss curves", "Expert load", "Gallery", "Cost"):
+        assert heading in html
+    assert html.count("data:image/png;base64,") == 3  # loss curves, routing heatmap, gallery
+    moe = json.loads((tmp_path / "eval_stage2" / "metrics.json").read_text())
+    assert moe["routing"]["status"] == "ok"
+    groups = set(moe["model"]["by_dataset"])
+    assert {"rsvqa_lr/unseen-images", "rsvqa_lr/unseen-questions"} <= groups
+    assert (tmp_path / "report.md").read_text().startswith("# SkyMoE demo report")
