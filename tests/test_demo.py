@@ -49,7 +49,7 @@ def test_demo_smoke_writes_full_report(tmp_path, real_assets):
     html = (tmp_path / "report.html").read_text()
     for heading in ("Held-out question answering", "Per task and question type", "Loss curves", "Expert load", "Gallery", "Cost"):
         assert heading in html
-    assert html.count("data:image/png;base64,") == 3  # loss curves, routing heatmap, gallery
+    assert html.count("data:image/png;base64,") == 4  # headline bars, loss curves, routing heatmap, gallery
     moe = json.loads((tmp_path / "eval_stage2" / "metrics.json").read_text())
     assert moe["routing"]["status"] == "ok"
     groups = set(moe["model"]["by_dataset"])

@@ -49,6 +49,31 @@ def loss_curves(out_dir: Path, path: Path) -> None:
     plt.close(fig)
 
 
+def headline_bars(moe: dict, dense: dict, path: Path) -> None:
+    """Overall accuracy per held-out set: MoE, dense and the prior baseline side by side."""
+    import numpy as np
+
+    plt = _pyplot()
+    groups = list(moe["model"]["question_answering"])
+    series = {
+        "MoE (stage 2)": [moe["model"]["question_answering"][g]["overall_accuracy"] for g in groups],
+        "dense (stage 1)": [_dig(dense["model"], "question_answering", g, "overall_accuracy") for g in groups],
+        "prior baseline": [_dig(moe.get("baseline", {}), "question_answering", g, "overall_accuracy") for g in groups],
+    }
+    x = np.arange(len(groups))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(groups)), 3.6))
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(x + (i - 1) * 0.27, [np.nan if v is None else v for v in values], 0.27, label=label)
+    ax.set_xticks(x, groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("overall accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Held-out question answering")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _primary(node: dict | None) -> float | None:
     return None if not node else node.get("value")
 
@@ -124,7 +149,7 @@ def cost_section(out_dir: Path, run: dict) -> Section:
 
     section = Section("Cost", ["what", "value"])
     for name, seconds in run["timings_s"].items():
-        section.rows.append([f"wall time: {name} (s)", round(seconds, 1)])
+        section.rows.append([f"wall time: {name} (s)", f"{seconds:.1f}"])
     for stage in ("stage1", "stage2"):
         s = run[stage]
         section.rows.append([f"{stage}: steps / samples/s / peak memory (MiB)", f"{s['steps']} / {s['samples_per_second']:.2f} / {s['peak_memory_mb']:.0f}"])
@@ -150,6 +175,7 @@ def write_demo_report(out_dir: Path, run: dict) -> Path:
     moe = json.loads((out_dir / "eval_stage2" / "metrics.json").read_text(encoding="utf-8"))
     dense = json.loads((out_dir / "eval_stage1" / "metrics.json").read_text(encoding="utf-8"))
     loss_curves(out_dir, out_dir / "loss_curves.png")
+    headline_bars(moe, dense, out_dir / "headline.png")
     gallery(read_predictions(out_dir / "eval_stage2" / "predictions.jsonl"), out_dir / "gallery.png")
     routing = routing_sections(moe, out_dir / "eval_stage2")
     for section in routing:  # the heatmap was drawn into the eval folder; the report folder must hold it
@@ -157,6 +183,7 @@ def write_demo_report(out_dir: Path, run: dict) -> Path:
             shutil.copy(out_dir / "eval_stage2" / section.image, out_dir / section.image)
     sections = [
         data_section(run),
+        Section("Held-out question answering at a glance", image="headline.png"),
         *comparison_sections(moe, dense),
         Section("Loss curves", image="loss_curves.png"),
         *routing,
