@@ -16,7 +16,7 @@ Rows (all from the same tiny model, same data, same batch size):
 Every MoE row starts from the same stage-1 model of its seed (trained for stage1 steps), so rows differ only
 in what the ablation changes. Each row is trained and evaluated for every seed; the table reports mean ± std
 over seeds of the suite's headline metrics, and the wall time of everything. Writes
-``benchmarks/results/ablation.md``, ``ablation.json`` and plots next to them.
+``benchmarks/results/ablation.md`` (``--report``), ``ablation.json`` and ``ablation.png`` next to it.
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | 
         "stage": row.stage, "seed": seed, "model": model, "max_steps": steps, "batch_size": args.batch_size,
         # the first scenes' samples (all tasks): enough for the step budget, and set-up stays short
         "data": {"mix": [{"path": str(data), "limit": args.train_limit}], "max_length": 96},
-        "optim": {"lr": 2e-3, "warmup_steps": max(1, steps // 20)},
+        # stage 2 adapts a trained model: half the from-scratch learning rate
+        "optim": {"lr": 2e-3 if row.stage == 1 else 1e-3, "warmup_steps": max(1, steps // 20)},
         "cda": {"enabled": row.cda},
         "checkpoint_every": 10_000, "log_every": 25,
     }
@@ -216,10 +217,10 @@ def claims(table: dict[str, dict[str, list[float]]]) -> list[str]:
             return
         (ma, sa), (mb, sb) = _stats(a), _stats(b)
         delta = ma - mb
-        if delta > 0:
-            verdict = "held" if delta > max(sa, sb) else "held only within the seed spread (inconclusive)"
+        if abs(delta) <= max(sa, sb):
+            verdict = "inconclusive (difference within the seed spread)"
         else:
-            verdict = "did NOT hold"
+            verdict = "held" if delta > 0 else "did NOT hold (reversed)"
         lines.append(f"* {label}: **{verdict}** — {better} {ma:.3f} ± {sa:.3f} vs {worse} {mb:.3f} ± {sb:.3f} "
                      f"(`{key}`, Δ {delta:+.3f}).")
 
@@ -242,18 +243,26 @@ def claims(table: dict[str, dict[str, list[float]]]) -> list[str]:
     return lines
 
 
-def plot(table, rows: list[Row], titles: dict[str, str], path: Path) -> None:
+def plot(table, floor: dict[str, list[float]], rows: list[Row], titles: dict[str, str], path: Path) -> None:
+    """One bar chart per metric (mean ± std over seeds), the prior baseline as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = [k for k in HEADLINE if any(table.get(r.name, {}).get(k) for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.8 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    ncols = min(5, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
         names = [r.name for r in rows if table.get(r.name, {}).get(key)]
         stats = [_stats(table[n][key]) for n in names]
         ax.bar(range(len(names)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="#4c72b0")
+        if floor.get(key):
+            ax.axhline(floor[key][0], color="#c44e52", linestyle="--", linewidth=1, label="prior baseline")
+            ax.legend(fontsize=7)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(titles[key], fontsize=9)
     fig.tight_layout()
@@ -266,11 +275,12 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def write_report(records: list[dict], rows: list[Row], args, stage1_seconds: float) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
     table, floor = collect(records), collect(records, "baseline")
     primary = {t: m for rec in records for t, m in rec["primary"].items()}
     titles = {k: f"{v} ({primary[k]})" if k in primary else v for k, v in HEADLINE.items()}
-    plot(table, rows, titles, RESULTS / "ablation.png")
+    baseline_row = next(iter(floor.values()), {})
+    plot(table, baseline_row, rows, titles, args.report.with_suffix(".png"))
     keys = [k for k in HEADLINE if any(table.get(r.name, {}).get(k) for r in rows)]
     params = {rec["row"]: rec["params"] for rec in records}
     train_min = (sum(r["train_seconds"] for r in records) + stage1_seconds) / 60
@@ -281,7 +291,6 @@ def write_report(records: list[dict], rows: list[Row], args, stage1_seconds: flo
         n = sum(rec["row"] == r.name for rec in records)
         body.append([f"{r.name}: {r.description}", *(_fmt(table.get(r.name, {}).get(k, [])) for k in keys),
                      f"{p['total']:,} / {p['active']:,}" if p else "–", str(n)])
-    baseline_row = next(iter(floor.values()), {})
     body.append(["prior baseline (most frequent training answer; nearest-neighbour caption)",
                  *(_fmt(baseline_row.get(k, [])[:1]) for k in keys), "–", "–"])
     gran_keys = sorted({k for t in table.values() for k in t if "/" in k})
@@ -313,13 +322,12 @@ def write_report(records: list[dict], rows: list[Row], args, stage1_seconds: flo
         "",
         "Caveat: tiny models trained for minutes on CPU; differences smaller than the seed spread are noise.",
         "",
-        "![ablation](ablation.png)",
+        f"![ablation]({args.report.with_suffix('.png').name})",
         "",
     ]
-    path = RESULTS / "ablation.md"
-    path.write_text("\n".join(lines))
-    (RESULTS / "ablation.json").write_text(json.dumps(records, indent=2))
-    return path
+    args.report.write_text("\n".join(lines))
+    args.report.with_suffix(".json").write_text(json.dumps(records, indent=2))
+    return args.report
 
 
 def main() -> None:
@@ -333,6 +341,7 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--report", type=Path, default=RESULTS / "ablation.md", help="also writes .json and .png beside it")
     args = parser.parse_args()
 
     import torch
@@ -356,7 +365,7 @@ def main() -> None:
             records.append(run_one(row, seed, args, data, suite, stage1.get(seed)))
             print(json.dumps({k: records[-1][k] for k in ("row", "seed", "train_seconds", "eval_seconds", "metrics")}), flush=True)
             write_report(records, rows, args, stage1_seconds)  # a usable table after every run
-    print(f"wrote {RESULTS / 'ablation.md'}")
+    print(f"wrote {args.report}")
 
 
 if __name__ == "__main__":

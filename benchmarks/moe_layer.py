@@ -6,11 +6,13 @@
 
     python benchmarks/moe_layer.py [--repeats 5] [--out benchmarks/results/moe_layer.md]
 
-Times are medians over ``--repeats`` timed iterations after one warm-up. Not a test.
+Times are medians over ``--repeats`` rounds after one warm-up; in each round every layer runs once
+(round-robin), so changing load from other processes affects all layers alike. Not a test.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -63,17 +65,24 @@ def mixtral(hidden: int, ffn: int, experts: int, top_k: int, implementation: str
     return block
 
 
-def time_fwd_bwd(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one forward + backward (input gradient included, as inside a network)."""
-    times = []
-    for i in range(repeats + 1):
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        start = time.perf_counter()
-        module(x).float().pow(2).mean().backward()
-        if i:  # the first iteration warms up allocator and kernels
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def fwd_bwd_seconds(module: nn.Module, x: torch.Tensor) -> float:
+    """Seconds of one forward + backward (input gradient included, as inside a network)."""
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    start = time.perf_counter()
+    module(x).float().pow(2).mean().backward()
+    return time.perf_counter() - start
+
+
+def time_round_robin(layers: dict[str, tuple[nn.Module, torch.Tensor]], repeats: int) -> dict[str, float]:
+    """Median seconds per layer; layers take turns each round so a shared machine's load hits all alike."""
+    for module, x in layers.values():  # warm-up
+        fwd_bwd_seconds(module, x)
+    times = {name: [] for name in layers}
+    for _ in range(repeats):
+        for name, (module, x) in layers.items():
+            times[name].append(fwd_bwd_seconds(module, x))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def machine() -> str:
@@ -87,36 +96,42 @@ def machine() -> str:
     return f"{model}, {cpus} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads"
 
 
+def load_average() -> str:
+    """1-minute load average: other processes sharing the CPUs slow every layer (round-robin keeps ratios fair)."""
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
+
+
 def run(hidden: int, ffn: int, tokens: int, experts: int, top_k: int, rank: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     x = torch.randn(SAMPLES, tokens // SAMPLES, hidden, requires_grad=True)
     x2 = torch.randn(2 * SAMPLES, tokens // SAMPLES, hidden, requires_grad=True)
-    dense_dispatch = LayerDispatch()  # plan stays None: the dense adapter path
-    results = {
-        "dense FFN + dense LoRA (frozen base)": time_fwd_bwd(with_lora(mlp(hidden, ffn), 1, rank, dense_dispatch), x, repeats)
-    }
+    dense_lora = with_lora(mlp(hidden, ffn), 1, rank, LayerDispatch())  # plan stays None: the dense adapter path
     dispatch = LayerDispatch()
     lora_moe = moe_layer(with_lora(mlp(hidden, ffn), experts, rank, dispatch), hidden, experts, top_k, dispatch)
-    results["LoRA experts (frozen base)"] = time_fwd_bwd(lora_moe, x, repeats)
-    results["dense FFN x2 (2 x tokens rows)"] = time_fwd_bwd(mlp(hidden, ffn), x2, repeats)
+    form = "rank-space" if lora_moe.layer.gate_proj.rank_space else "grouped"
     dispatch = LayerDispatch()
     ffn_moe = moe_layer(FFNExperts(mlp(hidden, ffn), experts, dispatch), hidden, experts, top_k, dispatch)
-    results["FFN experts"] = time_fwd_bwd(ffn_moe, x, repeats)
+    layers = {
+        "dense FFN + dense LoRA (frozen base)": (dense_lora, x),
+        f"LoRA experts (frozen base, {form} form)": (lora_moe, x),
+        "dense FFN x2 (2 x tokens rows)": (mlp(hidden, ffn), x2),
+        "FFN experts": (ffn_moe, x),
+    }
     # Mixtral's "batched_mm" implementation gathers a weight copy per token-row
     # ([tokens*k, hidden, 2*ffn], ~94 GB here), so only the two that fit in memory are timed.
     for implementation in ("eager", "grouped_mm"):
-        block = mixtral(hidden, ffn, experts, top_k, implementation)
-        results[f"transformers Mixtral block ({implementation})"] = time_fwd_bwd(block, x, repeats)
-    return results
+        layers[f"transformers Mixtral block ({implementation})"] = (mixtral(hidden, ffn, experts, top_k, implementation), x)
+    return time_round_robin(layers, repeats)
 
 
 def report(results: dict[str, float], args) -> str:
-    lora_ratio = results["LoRA experts (frozen base)"] / results["dense FFN + dense LoRA (frozen base)"]
+    lora_moe = next(v for k, v in results.items() if k.startswith("LoRA experts"))
+    lora_ratio = lora_moe / results["dense FFN + dense LoRA (frozen base)"]
     ffn_ratio = results["FFN experts"] / results["dense FFN x2 (2 x tokens rows)"]
     mixtral_best = min(v for k, v in results.items() if k.startswith("transformers Mixtral"))
     lines = [
         f"Shapes: hidden {args.hidden}, FFN {args.ffn}, {args.tokens} tokens, E={args.experts}, top-{args.top_k}, "
-        f"LoRA r={args.rank}; fp32, forward+backward, median of {args.repeats} after 1 warm-up.",
+        f"LoRA r={args.rank}; fp32, forward+backward, median of {args.repeats} round-robin rounds after 1 warm-up.",
         f"Machine: {machine()}",
         "",
         "| layer | ms / fwd+bwd |",
@@ -141,7 +156,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     args = parser.parse_args()
-    text = report(run(args.hidden, args.ffn, args.tokens, args.experts, args.top_k, args.rank, args.repeats), args)
+    load_before = load_average()
+    results = run(args.hidden, args.ffn, args.tokens, args.experts, args.top_k, args.rank, args.repeats)
+    text = report(results, args) + f"\nLoad average (1 min) before / after the run: {load_before} / {load_average()}"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

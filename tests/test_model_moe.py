@@ -8,6 +8,7 @@ from transformers.pytorch_utils import Conv1D
 
 from _model_helpers import make_batch, randomize_adapters, tiny_model
 from skymoe.model import SkyMoEForConditionalGeneration
+from skymoe.model import experts as experts_module
 from skymoe.model.experts import DispatchPlan, FFNExperts, LayerDispatch, LoRAExperts
 from skymoe.model.router import ExpertGate, RoutingContext
 
@@ -32,11 +33,14 @@ def naive_lora(module: LoRAExperts, x, index, weight):
     return out.reshape(*x.shape[:-1], -1)
 
 
+@pytest.mark.parametrize("form", ["grouped", "rank-space"])
 @pytest.mark.parametrize("base", [nn.Linear(12, 7), Conv1D(7, 12)], ids=["linear", "gpt2-conv1d"])
-def test_lora_experts_grouped_dispatch_matches_naive_reference(base):
+def test_lora_experts_dispatch_matches_naive_reference(base, form, monkeypatch):
+    monkeypatch.setattr(experts_module, "RANK_SPACE_RATIO", 0 if form == "rank-space" else 10**6)
     torch.manual_seed(0)
     dispatch = LayerDispatch()
     module = LoRAExperts(base, EXPERTS, rank=3, alpha=6.0, dispatch=dispatch)
+    assert module.rank_space == (form == "rank-space")
     nn.init.normal_(module.lora_B)
     x = torch.randn(1, TOKENS, 12)
     index, weight = random_routing()
@@ -45,7 +49,7 @@ def test_lora_experts_grouped_dispatch_matches_naive_reference(base):
     module(x).sum().backward()
     used = set(index.unique().tolist())
     for e in range(EXPERTS):  # only the experts that got tokens get gradient
-        assert (module.lora_A.grad[e].abs().sum() > 0) == (e in used)
+        assert bool(module.lora_A.grad[e].abs().sum() > 0) == (e in used)
 
 
 def test_dispatch_plan_sorts_assignments_by_expert():
@@ -185,3 +189,23 @@ def test_upcycle_rejects_bad_requests():
         SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2, top_k=3)
     with pytest.raises(ValueError, match="unknown moe setting"):
         SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2, experts_per_token=1)
+
+
+@pytest.mark.parametrize(
+    "width,out", [(16, 132), (128, 132), (128, 130)], ids=["per-slice-gemms", "grouped-mm-kernel", "unaligned-fallback"]
+)
+def test_grouped_matmul_matches_per_expert_products_and_gradients(width, out):
+    from skymoe.model.experts import grouped_matmul
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(11, width, generator=g, requires_grad=True)
+    weight = torch.randn(4, width, out, generator=g, requires_grad=True)
+    offsets = torch.tensor([3, 3, 9, 11], dtype=torch.int32)  # expert 1 gets no rows
+    out = grouped_matmul(x, weight, offsets)
+    reference = torch.cat([x[0:3] @ weight[0], x[3:9] @ weight[2], x[9:11] @ weight[3]])
+    assert torch.allclose(out, reference, atol=1e-4)
+    upstream = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (x, weight), upstream)
+    expected = torch.autograd.grad(reference, (x, weight), upstream)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected))
+    assert grads[1][1].abs().sum() == 0

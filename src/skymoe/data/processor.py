@@ -96,28 +96,33 @@ class SkyMoEProcessor:
         tail = self._ids(ASSISTANT_PREFIX)
         return head + body + tail, [0] * len(head) + [1] * len(body) + [0] * len(tail)
 
-    def encode(self, sample: Sample) -> dict[str, list[int]]:
-        """Unpadded training features of one sample (lists of ints)."""
-        turns = sample.conversation
-        if not turns or turns[-1].role != "assistant":
-            raise SkyMoEDataError("conversation must end with an assistant answer", record=sample.id, field="conversation")
-        input_ids = self._prefix()
-        labels = [IGNORE_INDEX] * len(input_ids)
-        instruction = [0] * len(input_ids)
-        for i in range(0, len(turns), 2):
+    def _answered_turns(self, turns) -> tuple[list[int], list[int], list[int]]:
+        """Ids, labels and instruction mask of complete user/assistant pairs (answers + </s> supervised)."""
+        input_ids, labels, instruction = [], [], []
+        for i in range(0, len(turns) - 1, 2):
             user_ids, user_mask = self._user_turn(turns[i].text)
             answer_ids = self._ids(" " + turns[i + 1].text.strip()) + [self.ids["eos"]]
             input_ids += user_ids + answer_ids
             labels += [IGNORE_INDEX] * len(user_ids) + answer_ids
             instruction += user_mask + [0] * len(answer_ids)
+        return input_ids, labels, instruction
+
+    def encode(self, sample: Sample) -> dict[str, list[int]]:
+        """Unpadded training features of one sample (lists of ints)."""
+        turns = sample.conversation
+        if not turns or turns[-1].role != "assistant":
+            raise SkyMoEDataError("conversation must end with an assistant answer", record=sample.id, field="conversation")
+        prefix = self._prefix()
+        input_ids, labels, instruction = self._answered_turns(turns)
+        input_ids = prefix + input_ids
         if self.max_length is not None and len(input_ids) > self.max_length:
             raise SkyMoEDataError(
                 f"{len(input_ids)} tokens exceed max_length={self.max_length}", record=sample.id, field="conversation"
             )
         return {
             "input_ids": input_ids,
-            "labels": labels,
-            "instruction_mask": instruction,
+            "labels": [IGNORE_INDEX] * len(prefix) + labels,
+            "instruction_mask": [0] * len(prefix) + instruction,
             "task_label": sample.task.index,
             "granularity_label": sample.granularity.index,
         }
@@ -127,14 +132,10 @@ class SkyMoEProcessor:
         turns = [Turn("user", prompt)] if isinstance(prompt, str) else list(prompt)
         if not turns or turns[-1].role != "user":
             raise ValueError("a generation prompt must end with a user turn")
-        input_ids, instruction = self._prefix(), [0] * len(self._prefix())
-        for i in range(0, len(turns) - 1, 2):
-            user_ids, user_mask = self._user_turn(turns[i].text)
-            answer_ids = self._ids(" " + turns[i + 1].text.strip()) + [self.ids["eos"]]
-            input_ids += user_ids + answer_ids
-            instruction += user_mask + [0] * len(answer_ids)
+        prefix = self._prefix()
+        history_ids, _, history_mask = self._answered_turns(turns[:-1])
         user_ids, user_mask = self._user_turn(turns[-1].text)
-        return input_ids + user_ids, instruction + user_mask
+        return prefix + history_ids + user_ids, [0] * len(prefix) + history_mask + user_mask
 
     # ---- batches --------------------------------------------------------------------------------
     def pad(self, features: list[dict], pixel_values, *, padding_side: str = "right") -> dict:

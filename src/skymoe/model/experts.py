@@ -32,6 +32,7 @@ class DispatchPlan:
     weight: torch.Tensor  # [N*k, 1] gate weight
     offsets: torch.Tensor  # [E] int32 end offset of each expert's slice
     num_tokens: int
+    dense_weight: torch.Tensor  # [N, E] gate weight of every expert per token (0 where not chosen)
     _gathered: tuple | None = field(default=None, repr=False)  # (input, its sorted rows)
 
     @classmethod
@@ -46,6 +47,7 @@ class DispatchPlan:
             weight=weight.reshape(-1, 1)[order],
             offsets=torch.cumsum(counts, 0).to(torch.int32),
             num_tokens=num_tokens,
+            dense_weight=weight.new_zeros(num_tokens, num_experts).scatter(1, index, weight),
         )
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,13 +71,18 @@ class DispatchPlan:
 
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Rows ``offsets[e-1]:offsets[e]`` of ``x`` times ``weight[e]``: [N, I] x [E, I, O] -> [N, O]."""
-    if x.device.type != "cpu":
+    aligned = all(t.shape[-1] * t.element_size() % 16 == 0 for t in (x, weight))  # the kernel's stride rule
+    if aligned and (x.device.type != "cpu" or min(weight.shape[1:]) >= 128):
         return F.grouped_mm(x, weight, offs=offsets)
-    # On CPU one GEMM per expert slice measured faster than torch's grouped_mm kernel. split/unbind
-    # (not x[s:e] / weight[e]) so that backward assembles each gradient once instead of E full-size
-    # zero tensors.
+    # torch's CPU grouped_mm kernel is slow for narrow (LoRA-rank) matrices; there one GEMM per expert
+    # slice is faster. split/unbind (not x[s:e] / weight[e]) so that backward assembles each gradient
+    # once instead of E full-size zero tensors.
     counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).tolist()
     return torch.cat([part @ w for part, w in zip(x.split(counts), weight.unbind(0))])
+
+
+# LoRA experts use the rank-space form while E * r * RANK_SPACE_RATIO <= min(in, out) (see LoRAExperts.rank_space).
+RANK_SPACE_RATIO = 8
 
 
 class LayerDispatch:
@@ -119,11 +126,31 @@ class LoRAExperts(nn.Module):
         plan = self.dispatch.plan
         if plan is None:  # dense adapter
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
+        if self.rank_space:
+            return out + self._rank_space_delta(x, plan).view(out.shape)
         # Gate weight and LoRA scale are applied in rank space (r columns) rather than on the output
         # rows, and the rows are added straight into the base output: the [tokens*k, out] traffic
         # is what costs on CPU, not the rank-r matmuls.
         low_rank = grouped_matmul(plan.gather(x), self.lora_A, plan.offsets) * (plan.weight * self.scale)
         return plan.accumulate(out, grouped_matmul(low_rank, self.lora_B, plan.offsets))
+
+    @property
+    def rank_space(self) -> bool:
+        """Use the all-experts rank-space form when E*r is small next to the layer width.
+
+        Then two dense GEMMs through the E*r-wide rank space (unchosen experts weighted 0) beat
+        sorting rows: the grouped form moves [tokens*k, width] rows through a gather and a scatter
+        and runs 2E narrow GEMMs per linear, which cost more than the E*r columns on CPU
+        (benchmarks/moe_layer.py). Above the threshold the grouped form keeps cost growing with k.
+        """
+        in_features, out_features = self.lora_A.shape[1], self.lora_B.shape[2]
+        return self.num_experts * self.rank * RANK_SPACE_RATIO <= min(in_features, out_features)
+
+    def _rank_space_delta(self, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
+        experts, in_features, rank = self.lora_A.shape
+        low_rank = x.reshape(-1, in_features) @ self.lora_A.permute(1, 0, 2).reshape(in_features, experts * rank)
+        low_rank = low_rank.view(-1, experts, rank) * (plan.dense_weight * self.scale).unsqueeze(-1)
+        return low_rank.reshape(-1, experts * rank) @ self.lora_B.reshape(experts * rank, -1)
 
     @torch.no_grad()
     def merged_base(self) -> nn.Module:
