@@ -67,20 +67,6 @@ HEADLINE = {"overall": "overall", **{t: t for t in TASKS}, "spec_task": "expert-
             "spec_granularity": "expert-granularity MI (norm.)"}
 
 
-def share_one_meteor_process() -> None:
-    """Score every run with one METEOR Java process.
-
-    The caption scorer starts a fresh METEOR JVM for every group it scores (per task, granularity,
-    dataset, question type, for model and baseline): ~20 starts of ~10 s each per evaluation here,
-    which would dominate the study's cost. METEOR's scores do not depend on the process, so sharing
-    one changes no number.
-    """
-    from pycocoevalcap.meteor import meteor
-
-    shared = meteor.Meteor()
-    meteor.Meteor = lambda: shared
-
-
 def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | None, args):
     from skymoe.config import TrainConfig, from_dict
 
@@ -349,7 +335,6 @@ def main() -> None:
     from skymoe.data.mgrs_mini import ensure_generated
 
     torch.set_num_threads(args.threads)
-    share_one_meteor_process()
     args.work.mkdir(parents=True, exist_ok=True)
     data = ensure_generated(workers=args.threads) / "train.jsonl"  # the default benchmark, as the suite reads it
     suite = write_suite(args.work / "suite.yaml", args.eval_limit)

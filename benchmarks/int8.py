@@ -38,10 +38,11 @@ def speed_rows(new_tokens: int, repeats: int, batch_sizes: list[int]) -> list[st
 
 def score_rows(model_dir: str, suite_name: str, limit: int) -> list[str]:
     from skymoe.eval.aggregate import score_predictions
-    from skymoe.eval.predict import generate_predictions, load_model
+    from skymoe.eval.predict import generate_predictions
     from skymoe.eval.runner import collect_samples
     from skymoe.eval.suite import load_suite
     from skymoe.infer.pipeline import quantize_int8
+    from skymoe.model.inference import load_model
 
     suite = load_suite(suite_name)
     samples = collect_samples(suite, limit)

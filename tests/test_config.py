@@ -95,3 +95,17 @@ def test_extra_refines_model_settings_without_replacing_them(tmp_path):
     config = model_config(cfg, build_tokenizer(["a small test text"], vocab_size=300))
     assert config.projector["type"] == "resampler" and config.projector["num_queries"] == 8
     assert config.vision_feature_layer == -2 and config.num_image_tokens == 8
+
+
+def test_model_section_takes_the_vision_part_of_a_dual_encoder_checkpoint(tmp_path):
+    from transformers import CLIPConfig
+
+    from skymoe.data.tokenizer import build_tokenizer
+    from skymoe.train.stages import model_config
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    CLIPConfig(vision_config=vision, text_config=dict(hidden_size=32, intermediate_size=64), projection_dim=16).save_pretrained(tmp_path)
+    cfg = load_config(None, [f"model.vision={tmp_path}", "model.image_size=32"])
+    config = model_config(cfg, build_tokenizer(["a small test text"], vocab_size=300))
+    assert config.vision_config.model_type == "clip_vision_model" and config.vision_config.hidden_size == 32
+    assert config.num_image_tokens == 16 and config.vision_pretrained == str(tmp_path)

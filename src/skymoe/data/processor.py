@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from skymoe.data.schema import Sample, SkyMoEDataError, Turn
 from skymoe.data.tokenizer import special_token_ids
+
+if TYPE_CHECKING:  # torch is imported lazily: building a processor must not load it
+    import torch
 
 PROCESSOR_CONFIG = "processor_config.json"
 IGNORE_INDEX = -100
@@ -65,7 +68,7 @@ class SkyMoEProcessor:
         )
 
     # ---- images ---------------------------------------------------------------------------------
-    def preprocess_images(self, images) -> "torch.Tensor":
+    def preprocess_images(self, images) -> torch.Tensor:
         """PIL RGB images -> float tensor [B, 3, S, S], resized (bicubic) and normalised."""
         import torch
         from PIL import Image

@@ -62,6 +62,18 @@ TASKS: list[Task] = list(Task)
 GRANULARITIES: list[Granularity] = list(Granularity)
 
 
+@dataclass
+class Routing:
+    """What the router decided for one sample (absent for a dense model).
+
+    Defined here, torch-free, because predictions (eval), answers (infer) and responses (serve) all carry it.
+    """
+
+    task: str  # predicted task (argmax of the router's task head)
+    granularity: str  # predicted granularity
+    expert_weights: list[list[float]]  # [moe layer][expert]: mean gate weight over the sample's tokens
+
+
 @dataclass(frozen=True)
 class Box:
     """Axis-aligned box in pixel coordinates of the full image (x1 < x2, y1 < y2)."""
@@ -242,9 +254,11 @@ def write_jsonl(samples: Iterable[Sample], path: str | Path) -> int:
     return n
 
 
-def read_jsonl(path: str | Path) -> Iterator[Sample]:
-    """Read samples; relative image paths are resolved against the file's folder."""
+def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON-lines file; malformed lines are errors."""
     path = Path(path)
+    if not path.is_file():
+        raise SkyMoEDataError("file not found", file=str(path))
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -253,7 +267,16 @@ def read_jsonl(path: str | Path) -> Iterator[Sample]:
                 d = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise SkyMoEDataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}") from None
-            sample = Sample.from_dict(d, file=str(path))
-            if not Path(sample.image).is_absolute():
-                sample.image = str((path.parent / sample.image).resolve())
-            yield sample
+            if not isinstance(d, dict):
+                raise SkyMoEDataError("expected a JSON object", file=str(path), record=f"line {lineno}")
+            yield lineno, d
+
+
+def read_jsonl(path: str | Path) -> Iterator[Sample]:
+    """Read samples; relative image paths are resolved against the file's folder."""
+    path = Path(path)
+    for _, d in iter_json_objects(path):
+        sample = Sample.from_dict(d, file=str(path))
+        if not Path(sample.image).is_absolute():
+            sample.image = str((path.parent / sample.image).resolve())
+        yield sample

@@ -7,20 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task
-
-
-@dataclass
-class Routing:
-    """What the router decided for one sample (absent for a dense model)."""
-
-    task: str  # predicted task (argmax of the router's task head)
-    granularity: str  # predicted granularity
-    expert_weights: list[list[float]]  # [moe layer][expert]: mean gate weight over the sample's tokens
+from skymoe.data.schema import Granularity, Routing, Sample, SkyMoEDataError, Task, iter_json_objects
 
 
 @dataclass
@@ -134,24 +124,6 @@ def write_predictions(predictions: list[Prediction], path: str | Path) -> None:
         for p in predictions:
             f.write(json.dumps(p.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
     tmp.replace(path)
-
-
-def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line of a JSON-lines file; malformed lines are errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise SkyMoEDataError("file not found", file=str(path))
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SkyMoEDataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}") from None
-            if not isinstance(d, dict):
-                raise SkyMoEDataError("expected a JSON object", file=str(path), record=f"line {lineno}")
-            yield lineno, d
 
 
 def read_predictions(path: str | Path) -> list[Prediction]:

@@ -5,9 +5,9 @@ import json
 import time
 from pathlib import Path
 
-from skymoe.data.schema import SkyMoEDataError, read_jsonl
+from skymoe.data.schema import SkyMoEDataError, iter_json_objects, read_jsonl
 from skymoe.eval.aggregate import compute_metrics, dumps_metrics
-from skymoe.eval.records import Prediction, iter_json_objects, prediction_text, read_predictions, write_predictions
+from skymoe.eval.records import Prediction, prediction_text, read_predictions, write_predictions
 from skymoe.eval.suite import Suite, load_suite
 
 PREDICTIONS = "predictions.jsonl"
@@ -52,7 +52,8 @@ def fit_baseline(suite: Suite):
 
 def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Path, *, limit: int | None = None, batch_size: int | None = None) -> dict:
     """Generate predictions for a suite with a saved model, then score them (see :func:`score`)."""
-    from skymoe.eval.predict import generate_predictions, load_model
+    from skymoe.eval.predict import generate_predictions
+    from skymoe.model.inference import load_model
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     out_dir = Path(out_dir)

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from skymoe.data.boxes import format_box, parse_boxes
-from skymoe.data.schema import Box, Granularity, Sample, Task, Turn
-from skymoe.eval.records import Routing
+from skymoe.data.schema import Box, Granularity, Routing, Sample, Task, Turn
 
 # Phrasings the embedded training data uses (skymoe.data.mgrs_mini.questions), so a trained model recognises the task.
 PROMPTS = {
@@ -97,7 +96,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, quantize: str | None = None, **kwargs) -> "Pipeline":
         """Model + processor from a ``save_pretrained`` directory; ``quantize="int8"`` for CPU dynamic int8."""
-        from skymoe.eval.predict import load_model
+        from skymoe.model.inference import load_model
 
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize={quantize!r}; expected None or 'int8'")
@@ -136,30 +135,12 @@ class Pipeline:
             answers += self._generate_batch(pil, prompts[start : start + self.batch_size], task, routing, max_new_tokens)
         return answers[0] if single else answers
 
-    def _routing(self, inputs) -> list[Routing | None]:
-        """The router's decision per sample, from one prefill pass over the prompt (None for a dense model)."""
-        import torch
-
-        from skymoe.eval.predict import routing_of
-
-        with torch.inference_mode():
-            output = self.model(**inputs)
-        return [routing_of(output, i) for i in range(inputs["input_ids"].shape[0])]
-
     def _generate_batch(self, images, prompts, task: Task, routing: bool, max_new_tokens: int | None) -> list[Answer]:
-        import torch
+        from skymoe.model.inference import greedy_generate, routing_decisions
 
         inputs = self.processor.prepare_generation(images, prompts)
-        decisions = self._routing(inputs) if routing else [None] * len(images)
-        with torch.inference_mode():
-            generated = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.processor.ids["pad"],
-                eos_token_id=self.processor.ids["eos"],
-            )
-        texts = self.processor.decode(generated[:, inputs["input_ids"].shape[1] :])
+        decisions = routing_decisions(self.model, inputs) if routing else [None] * len(images)
+        texts = greedy_generate(self.model, self.processor, inputs, max_new_tokens or self.max_new_tokens)
         return [self._answer(t, task, im.size, r) for t, im, r in zip(texts, images, decisions)]
 
     @staticmethod
@@ -228,13 +209,16 @@ class Pipeline:
         """Scene class: free generation, or with ``labels`` the most likely label (mean log-likelihood per token)."""
         if not labels:
             return self.generate(images, PROMPTS[Task.CLASSIFICATION], task=Task.CLASSIFICATION, **kwargs)
+        from skymoe.model.inference import routing_decisions
+
         items, single = _as_list(images)
         answers = []
         for start in range(0, len(items), self.batch_size):
             pil = [self.load(im) for im in items[start : start + self.batch_size]]
             decisions = [None] * len(pil)
             if kwargs.get("routing"):
-                decisions = self._routing(self.processor.prepare_generation(pil, [PROMPTS[Task.CLASSIFICATION]] * len(pil)))
+                inputs = self.processor.prepare_generation(pil, [PROMPTS[Task.CLASSIFICATION]] * len(pil))
+                decisions = routing_decisions(self.model, inputs)
             for image, decision in zip(pil, decisions):
                 scores = self.label_scores(image, labels)
                 answers.append(Answer(max(scores, key=scores.get), Task.CLASSIFICATION.value, image.size, routing=decision))

@@ -42,6 +42,12 @@ def vision_config_for(model_type: str, image_size: int, **kwargs):
     return AutoConfig.for_model(model_type, image_size=image_size, **kwargs)
 
 
+def vision_config_from(vision_dir: str):
+    """The vision config of a local checkpoint: a vision model's own, or a dual encoder's (CLIP/SigLIP) vision part."""
+    config = AutoConfig.from_pretrained(vision_dir)
+    return getattr(config, "vision_config", config)
+
+
 def make_config(
     vision_config,
     text_config,
@@ -81,8 +87,7 @@ def pretrained_config(vision_dir: str, text_dir: str, image_size: int | None = N
     ``vision_dir`` may hold a vision model or a dual encoder (CLIP/SigLIP: its vision part is used).
     ``image_size`` larger than the tower's native size interpolates its position embeddings.
     """
-    vision_config = AutoConfig.from_pretrained(vision_dir)
-    vision_config = getattr(vision_config, "vision_config", vision_config)
+    vision_config = vision_config_from(vision_dir)
     text_config = AutoConfig.from_pretrained(text_dir)
     return make_config(
         vision_config,

@@ -12,7 +12,7 @@ expert sees one contiguous slice; the work is two grouped matmuls over
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -23,38 +23,67 @@ from transformers.pytorch_utils import Conv1D
 from skymoe.model.router import ExpertGate, RoutingContext
 
 
-@dataclass
 class DispatchPlan:
-    """Token->expert assignments sorted by expert (row i of every sorted tensor is one assignment)."""
+    """Top-k assignments of N tokens, with views sorted by expert (row i of every sorted tensor is one assignment).
 
-    token_index: torch.Tensor  # [N*k] source token of each sorted assignment
-    expert_index: torch.Tensor  # [N*k] expert of each sorted assignment (non-decreasing)
-    weight: torch.Tensor  # [N*k, 1] gate weight
-    offsets: torch.Tensor  # [E] int32 end offset of each expert's slice
-    num_tokens: int
-    dense_weight: torch.Tensor  # [N, E] gate weight of every expert per token (0 where not chosen)
-    _gathered: tuple | None = field(default=None, repr=False)  # (input, its sorted rows)
+    The sorted views are built on first use: the rank-space LoRA form (used for decode steps) needs
+    only ``dense_weight``, so a decode step skips the sort, bincount and cumsum.
+    """
+
+    def __init__(self, index: torch.Tensor, weight: torch.Tensor, num_experts: int):
+        self.topk_index, self.topk_weight, self.num_experts = index, weight, num_experts
+        self.num_tokens, self.top_k = index.shape
+        self._gathered: tuple | None = None  # (input, its sorted rows)
+        self._rank_weights: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_topk(cls, index: torch.Tensor, weight: torch.Tensor, num_experts: int) -> "DispatchPlan":
-        num_tokens, top_k = index.shape
-        flat = index.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=num_experts)
-        return cls(
-            token_index=order // top_k,
-            expert_index=flat[order],
-            weight=weight.reshape(-1, 1)[order],
-            offsets=torch.cumsum(counts, 0).to(torch.int32),
-            num_tokens=num_tokens,
-            dense_weight=weight.new_zeros(num_tokens, num_experts).scatter(1, index, weight),
-        )
+        return cls(index, weight, num_experts)
+
+    @cached_property
+    def order(self) -> torch.Tensor:
+        """[N*k] position in the flat (token, slot) assignments of each sorted assignment."""
+        return torch.argsort(self.topk_index.reshape(-1), stable=True)
+
+    @cached_property
+    def token_index(self) -> torch.Tensor:
+        """[N*k] source token of each sorted assignment."""
+        return self.order // self.top_k
+
+    @cached_property
+    def expert_index(self) -> torch.Tensor:
+        """[N*k] expert of each sorted assignment (non-decreasing)."""
+        return self.topk_index.reshape(-1)[self.order]
+
+    @cached_property
+    def weight(self) -> torch.Tensor:
+        """[N*k, 1] gate weight of each sorted assignment."""
+        return self.topk_weight.reshape(-1, 1)[self.order]
+
+    @cached_property
+    def offsets(self) -> torch.Tensor:
+        """[E] int32 end offset of each expert's slice."""
+        return torch.cumsum(torch.bincount(self.topk_index.reshape(-1), minlength=self.num_experts), 0).to(torch.int32)
+
+    def rank_weight(self, rank: int) -> torch.Tensor:
+        """[N, E*rank] ``dense_weight`` repeated over each expert's rank columns (shared by a layer's linears)."""
+        if rank not in self._rank_weights:
+            self._rank_weights[rank] = self.dense_weight.repeat_interleave(rank, dim=1)
+        return self._rank_weights[rank]
+
+    @cached_property
+    def dense_weight(self) -> torch.Tensor:
+        """[N, E] gate weight of every expert per token (0 where not chosen)."""
+        zeros = self.topk_weight.new_zeros(self.num_tokens, self.num_experts)
+        return zeros.scatter(1, self.topk_index, self.topk_weight)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of ``x`` in sorted-assignment order; reused when linears share an input (gate_proj/up_proj)."""
         if self._gathered is not None and self._gathered[0] is x:
             return self._gathered[1]
-        rows = x.reshape(self.num_tokens, -1)[self.token_index]
+        # index_select, not x[index]: its backward is an index_add_, several times faster than
+        # the accumulating index_put_ that advanced indexing uses.
+        rows = x.reshape(self.num_tokens, -1).index_select(0, self.token_index)
         self._gathered = (x, rows)
         return rows
 
@@ -81,8 +110,10 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
     return torch.cat([part @ w for part, w in zip(x.split(counts), weight.unbind(0))])
 
 
-# LoRA experts use the rank-space form while E * r * RANK_SPACE_RATIO <= min(in, out) (see LoRAExperts.rank_space).
-RANK_SPACE_RATIO = 8
+# LoRA experts use the rank-space form while E * r * RANK_SPACE_RATIO <= min(in, out) (see LoRAExperts.rank_space);
+# and so does a forward with at most FEW_TOKENS tokens (a decode step), whatever the width.
+RANK_SPACE_RATIO = 4
+FEW_TOKENS = 64
 
 
 class LayerDispatch:
@@ -112,6 +143,7 @@ class LoRAExperts(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(num_experts, in_features, rank))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, rank, out_features))
         self.dispatch = dispatch
+        self._columns_cache: tuple | None = None  # see _lora_A_columns
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -126,8 +158,10 @@ class LoRAExperts(nn.Module):
         plan = self.dispatch.plan
         if plan is None:  # dense adapter
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
-        if self.rank_space:
-            return out + self._rank_space_delta(x, plan).view(out.shape)
+        # A decode step (few tokens) takes the rank-space form whatever the width: the grouped form's
+        # sort, gather/scatter and 2E near-empty GEMMs per linear are pure overhead there.
+        if self.rank_space or plan.num_tokens <= FEW_TOKENS:
+            return out.add_(self._rank_space_delta(x, plan).view(out.shape), alpha=self.scale)
         # Gate weight and LoRA scale are applied in rank space (r columns) rather than on the output
         # rows, and the rows are added straight into the base output: the [tokens*k, out] traffic
         # is what costs on CPU, not the rank-r matmuls.
@@ -147,10 +181,25 @@ class LoRAExperts(nn.Module):
         return self.num_experts * self.rank * RANK_SPACE_RATIO <= min(in_features, out_features)
 
     def _rank_space_delta(self, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
+        """Unscaled LoRA delta [N, out] through all E*r rank columns (unchosen experts weighted 0)."""
+        low_rank = x.reshape(-1, self.lora_A.shape[1]) @ self._lora_A_columns()
+        return (low_rank * plan.rank_weight(self.rank)) @ self.lora_B.reshape(-1, self.lora_B.shape[-1])
+
+    def _lora_A_columns(self) -> torch.Tensor:
+        """``lora_A`` laid out as [in, E*r].
+
+        The layout is a strided copy that costs more than a decode step's product, so without autograd
+        it is kept between forwards until A changes (in-place updates bump its version; inference
+        tensors have no version, so they are not cached).
+        """
         experts, in_features, rank = self.lora_A.shape
-        low_rank = x.reshape(-1, in_features) @ self.lora_A.permute(1, 0, 2).reshape(in_features, experts * rank)
-        low_rank = low_rank.view(-1, experts, rank) * (plan.dense_weight * self.scale).unsqueeze(-1)
-        return low_rank.reshape(-1, experts * rank) @ self.lora_B.reshape(experts * rank, -1)
+        if (torch.is_grad_enabled() and self.lora_A.requires_grad) or self.lora_A.is_inference():
+            return self.lora_A.permute(1, 0, 2).reshape(in_features, experts * rank)
+        key = (self.lora_A.data_ptr(), self.lora_A.dtype, self.lora_A._version)
+        if self._columns_cache is None or self._columns_cache[0] != key:
+            with torch.no_grad():
+                self._columns_cache = (key, self.lora_A.permute(1, 0, 2).reshape(in_features, experts * rank))
+        return self._columns_cache[1]
 
     @torch.no_grad()
     def merged_base(self) -> nn.Module:

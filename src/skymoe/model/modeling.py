@@ -171,6 +171,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
+        output_router_stats: bool = True,
         **kwargs,
     ) -> SkyMoEOutput:
         embeds = self.get_input_embeddings()(input_ids)
@@ -192,6 +193,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         context.routing_embedding = routing_embedding
         context.token_mask = attention_mask if attention_mask is not None and attention_mask.shape == input_ids.shape else None
         context.records = []
+        context.record = output_router_stats
         outputs = self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -244,6 +246,12 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         )
 
     # ---- generation -----------------------------------------------------------------------------
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        # generate() returns only tokens: the per-step router losses and load statistics would be thrown away.
+        model_inputs["output_router_stats"] = False
+        return model_inputs
+
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
         if outputs.routing_embedding is not None:  # decided at prefill, reused for every new token

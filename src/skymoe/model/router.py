@@ -84,6 +84,7 @@ class RoutingContext:
     routing_embedding: torch.Tensor | None = None
     token_mask: torch.Tensor | None = None  # [B, S] attention mask of the current forward, if it covers it
     records: list[GateRecord] = field(default_factory=list)
+    record: bool = True  # False: the gates keep no records (nothing will read them, e.g. in generate())
 
 
 class ExpertGate(nn.Module):
@@ -106,22 +107,28 @@ class ExpertGate(nn.Module):
             if self.training and self.jitter:
                 x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
             logits = (self.token_proj(x) + routing_logits.unsqueeze(1)).reshape(batch * seq, -1)
-            row_sample = torch.arange(batch, device=x.device).repeat_interleave(seq)
-            mask = context.token_mask
-            row_mask = mask.reshape(-1).bool() if mask is not None and mask.shape == (batch, seq) else None
         else:
             logits = routing_logits
-            row_sample = torch.arange(batch, device=logits.device)
-            row_mask = None
-        if row_mask is None:
-            row_mask = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-        probs = logits.float().softmax(dim=-1)
-        weight, index = probs.topk(self.top_k, dim=-1)
-        weight = (weight / weight.sum(dim=-1, keepdim=True)).to(hidden_states.dtype)
-        context.records.append(GateRecord(logits, index, weight, row_mask, row_sample))
+        # Renormalised top-k softmax probabilities == softmax over the k largest logits (fewer ops per step).
+        top_logits, index = logits.float().topk(self.top_k, dim=-1)
+        weight = top_logits.softmax(dim=-1).to(hidden_states.dtype)
+        if context.record:
+            context.records.append(self._record(logits, index, weight, context, batch, seq))
         if self.routing == "sequence":  # one decision per sample, shared by all its tokens
             index, weight = index.repeat_interleave(seq, dim=0), weight.repeat_interleave(seq, dim=0)
         return index, weight
+
+    def _record(self, logits, index, weight, context: RoutingContext, batch: int, seq: int) -> GateRecord:
+        row_mask = None
+        if self.routing == "token":
+            row_sample = torch.arange(batch, device=logits.device).repeat_interleave(seq)
+            mask = context.token_mask
+            row_mask = mask.reshape(-1).bool() if mask is not None and mask.shape == (batch, seq) else None
+        else:
+            row_sample = torch.arange(batch, device=logits.device)
+        if row_mask is None:
+            row_mask = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+        return GateRecord(logits, index, weight, row_mask, row_sample)
 
 
 # ---- losses and statistics over the recorded gate decisions --------------------------------------

@@ -92,10 +92,6 @@ def latest_good_checkpoint(checkpoints_dir: Path) -> Path | None:
     return None
 
 
-def checkpoint_step(folder: Path) -> int:
-    return int(json.loads((Path(folder) / MANIFEST).read_text())["step"])
-
-
 def prune_checkpoints(checkpoints_dir: Path, keep_last: int) -> None:
     for folder in list_checkpoints(checkpoints_dir)[:-keep_last]:
         shutil.rmtree(folder, ignore_errors=True)

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset, Sampler
 
 from skymoe.config import CDASection, DataSection
 from skymoe.data.cda import CDAugmenter, view_sample
-from skymoe.data.schema import Sample, SkyMoEDataError
+from skymoe.data.schema import Sample, SkyMoEDataError, read_jsonl
 
 
 @dataclass
@@ -21,8 +21,6 @@ class MixPart:
 
 def load_mix(data: DataSection) -> list[MixPart]:
     """Load every entry of the mix; an empty mix or an empty entry is an error before training."""
-    from skymoe.data.schema import read_jsonl
-
     if not data.mix:
         raise SkyMoEDataError("the dataset mix is empty: set data.mix to at least one embedded dataset or JSONL file")
     parts = []

@@ -20,35 +20,11 @@ from skymoe.train.errors import StageError
 
 logger = logging.getLogger(__name__)
 
-# Module groups that train (see module_groups): stage 1 by model.adapter, stage 2 always router + experts
-# (+ projector with optim.train_projector). The vision tower never trains.
+# Groups of SkyMoEForConditionalGeneration.parameter_groups() that train: stage 1 by model.adapter,
+# stage 2 always router + experts (+ projector with optim.train_projector). The vision tower never trains.
 STAGE1_TRAINABLE = {"lora": {"projector", "router", "adapter"}, "full": {"projector", "router", "lm"}}
 STAGE2_TRAINABLE = {"router", "experts"}
 UPCYCLE_TOLERANCE = 1e-4
-
-
-def module_groups(model) -> dict[str, str]:
-    """Parameter name -> group (vision, projector, router, experts, adapter, lm), decided by module type."""
-    from skymoe.model.experts import FFNExperts, LoRAExperts
-    from skymoe.model.router import ExpertGate, Router
-
-    owners = [
-        (FFNExperts, "experts"),
-        (LoRAExperts, "experts" if model.num_experts else "adapter"),  # one dense LoRA before upcycling
-        (ExpertGate, "router"),
-        (Router, "router"),
-    ]
-    groups = {name: "lm" for name, _ in model.named_parameters()}
-    for module_name, module in model.named_modules():
-        for cls, group in owners:
-            if isinstance(module, cls):
-                for name, _ in module.named_parameters(recurse=False):
-                    groups[f"{module_name}.{name}"] = group
-    for prefix, group in (("vision_tower.", "vision"), ("projector.", "projector")):
-        for name in groups:
-            if name.startswith(prefix):
-                groups[name] = group
-    return groups
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -65,13 +41,12 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         "lm": cfg.optim.lm_lr,
     }
     buckets: dict[tuple[str, bool], list] = {}
-    groups = module_groups(model)
-    for name, param in model.named_parameters():
-        group = groups[name]
-        param.requires_grad_(group in trainable)
-        if param.requires_grad:
-            decay = param.ndim >= 2 and cfg.optim.weight_decay > 0
-            buckets.setdefault((group, decay), []).append(param)
+    for group, params in model.parameter_groups().items():
+        for param in params.values():
+            param.requires_grad_(group in trainable)
+            if param.requires_grad:
+                decay = param.ndim >= 2 and cfg.optim.weight_decay > 0
+                buckets.setdefault((group, decay), []).append(param)
     if not buckets:
         raise StageError(f"stage {cfg.stage} found no trainable parameters in groups {sorted(trainable)}")
     return [
@@ -120,7 +95,7 @@ def model_config(cfg: TrainConfig, tokenizer):
     from transformers import AutoConfig
 
     from skymoe.data.tokenizer import special_token_ids
-    from skymoe.model.build import make_config, vision_config_for
+    from skymoe.model.build import make_config, vision_config_for, vision_config_from
     from skymoe.model.configuration import EfficientNetLiteConfig
     from skymoe.model.vision import EFFICIENTNET_ASSET
 
@@ -138,7 +113,7 @@ def model_config(cfg: TrainConfig, tokenizer):
     elif m.vision == EFFICIENTNET_ASSET:
         vision = EfficientNetLiteConfig()
     else:
-        vision = AutoConfig.from_pretrained(m.vision)
+        vision = vision_config_from(m.vision)
     if m.llm is None:
         text = AutoConfig.for_model(
             m.llm_type,

@@ -34,16 +34,14 @@ VARIANTS = {
     "hr": {"prefix": "USGS", "images": "Images/Data", "types": ("presence", "comp", "count", "area"),
            "splits": ("train", "val", "test", "test_phili")},
 }  # fmt: skip
-_BIN_EDGES = ((0, "0"), (10, "1-10"), (100, "11-100"), (1000, "101-1000"))
+COUNT_BIN_EDGES = (0, 10, 100, 1000)  # bin i holds values <= edge i; beyond the last: one more bin
+_BIN_LABELS = ("0", "1-10", "11-100", "101-1000", ">1000")
 _AREA = re.compile(r"^(\d+(?:\.\d+)?)m2$")
 
 
 def count_bin(value: float) -> str:
     """RSVQA bin of a count (or area in m²): 0, 1-10, 11-100, 101-1000, >1000."""
-    for upper, label in _BIN_EDGES:
-        if value <= upper:
-            return label
-    return ">1000"
+    return _BIN_LABELS[next((i for i, edge in enumerate(COUNT_BIN_EDGES) if value <= edge), len(COUNT_BIN_EDGES))]
 
 
 def answer_bin(question_type: str, answer: str) -> str | None:

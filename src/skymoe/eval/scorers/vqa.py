@@ -14,24 +14,21 @@ the binned accuracy are reported under ``binned``; the bins are RSVQA's 0, 1-10,
 11-100, 101-1000, >1000 (counts, or m² for areas); a prediction with no number is
 wrong in both.
 
-The embedded RSVQA readers give count questions the task ``counting``; the
-runner scores every question-answer record of a dataset (tasks ``vqa`` and
-``counting``) with :func:`score` too, so a dataset's OA/AA cover all its types.
+The embedded RSVQA and HRVQA readers give every question the task ``vqa``, count
+questions included (``question_type`` ``count``, HRVQA ``numbers``). The metrics'
+``question_answering`` block scores all ``vqa`` and ``counting`` records of a
+dataset with :func:`score`, so a dataset's OA/AA cover all its question types.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 
+from skymoe.data.readers.rsvqa import COUNT_BIN_EDGES, count_bin
 from skymoe.eval.records import Prediction
 from skymoe.eval.scorers.text import answers_match, parse_number
 
 PRIMARY = "overall_accuracy"
 BINNED_TYPES = ("count", "area")
-COUNT_BIN_EDGES = (0, 10, 100, 1000)  # bin i holds counts <= edge i; beyond the last: one more bin
-
-
-def count_bin(value: float) -> int:
-    return next((i for i, edge in enumerate(COUNT_BIN_EDGES) if value <= edge), len(COUNT_BIN_EDGES))
 
 
 def is_correct(p: Prediction) -> bool:
