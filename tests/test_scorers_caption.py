@@ -1,7 +1,6 @@
 """Caption metrics: parity with pycocoevalcap on the real UCM and Sydney captions; SPICE; empty output."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -15,18 +14,8 @@ pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoeval
 IMAGES_PER_DATASET = 60  # METEOR runs ~1 s per 100 candidates here; a subset keeps the test fast
 
 
-def shared_captions() -> Path:
-    root = os.environ.get("SKYMOE_SHARED_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    folder = base / "captions"
-    if not (folder / "ucm_test_caps.txt").is_file():
-        pytest.skip(f"real caption text not found in {folder} (set SKYMOE_SHARED_DATA to the shared data folder)")
-    return folder
-
-
-def leave_one_out(name: str) -> list[Prediction]:
+def leave_one_out(folder: Path, name: str) -> list[Prediction]:
     """Test-split images: caption 0 is the candidate, captions 1-4 the references."""
-    folder = shared_captions()
     captions = (folder / f"{name}_test_caps.txt").read_text(encoding="utf-8").splitlines()
     files = (folder / f"{name}_test_filename.txt").read_text(encoding="utf-8").splitlines()
     by_image: dict[str, list[str]] = {}
@@ -59,8 +48,8 @@ def direct_pycocoevalcap(predictions: list[Prediction]) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("dataset", ["ucm", "sydney"])
-def test_leave_one_out_parity_with_pycocoevalcap(dataset):
-    predictions = leave_one_out(dataset)
+def test_leave_one_out_parity_with_pycocoevalcap(dataset, shared_dir):
+    predictions = leave_one_out(shared_dir / "data" / "captions", dataset)
     ours, reference = caption.score(predictions), direct_pycocoevalcap(predictions)
     for metric, value in reference.items():
         assert ours[metric] == pytest.approx(value, abs=1e-6), metric
