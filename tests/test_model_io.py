@@ -175,6 +175,31 @@ def test_models_from_local_checkpoint_directories(tmp_path):
     assert torch.isfinite(model(**make_batch(model.config)).loss)
 
 
+def test_pretrained_lm_keeps_its_vocabulary_rows_when_special_tokens_are_added(tmp_path):
+    """A real checkpoint's vocabulary grows by <image>/<route> (+ pad ...): its own rows load unchanged."""
+    from transformers import AutoModelForCausalLM, GPT2TokenizerFast, LlamaConfig
+
+    from skymoe.data.tokenizer import add_skymoe_tokens
+    from skymoe.model.build import load_language_model
+
+    tokenizer = add_skymoe_tokens(GPT2TokenizerFast(vocab_file=None, merges_file=None, tokenizer_object=_tiny_bpe()))
+    llama = AutoModelForCausalLM.from_config(
+        LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=20)
+    )
+    llama.save_pretrained(tmp_path / "llama")
+    model = tiny_model(vocab_size=len(tokenizer))
+    assert len(tokenizer) > 20
+    load_language_model(model, str(tmp_path / "llama"))
+    embeddings = model.get_input_embeddings().weight
+    assert torch.equal(embeddings[:20], llama.get_input_embeddings().weight)
+
+
+def _tiny_bpe():
+    from tokenizers import Tokenizer, models
+
+    return Tokenizer(models.BPE(vocab={f"t{i}": i for i in range(20)}, merges=[]))
+
+
 def test_efficientnet_tower_shapes_and_token_count():
     model = tiny_model(vision_model_type="skymoe_efficientnet_lite", image_size=96)
     assert model.config.num_image_tokens == 9  # 96 / 32 = 3x3 feature map

@@ -152,21 +152,32 @@ def build_model(config: SkyMoEConfig, tokenizer=None):
     return model
 
 
+def _grown_vocabulary(source, tensor, vocab: int) -> bool:
+    """An embedding / output-head matrix whose only difference is extra token rows (our special tokens)."""
+    return source.dim() >= 1 and source.shape[0] == vocab < tensor.shape[0] and source.shape[1:] == tensor.shape[1:]
+
+
 def load_language_model(model, directory: str) -> None:
     """Copy a pretrained causal LM's weights into the (possibly MoE-wrapped) language model."""
     from transformers import AutoModelForCausalLM
 
     from skymoe.model.upcycle import _plain_names, _to_plain
 
-    pretrained = AutoModelForCausalLM.from_pretrained(directory).state_dict()
+    pretrained_model = AutoModelForCausalLM.from_pretrained(directory)
+    vocab = pretrained_model.config.get_text_config().vocab_size
+    pretrained = pretrained_model.state_dict()
     renames = _plain_names(model.language_model)
     loaded = 0
     for name, tensor in model.language_model.state_dict().items():
         source = pretrained.get(_to_plain(name, renames))
-        if source is not None:
-            if source.shape != tensor.shape:
-                raise ValueError(f"{directory}: {name} has shape {tuple(source.shape)}, the config expects {tuple(tensor.shape)}")
+        if source is None:
+            continue
+        if _grown_vocabulary(source, tensor, vocab):
+            tensor[:vocab].copy_(source)  # rows of the added <image>/<route> tokens keep their fresh init
+        elif source.shape != tensor.shape:
+            raise ValueError(f"{directory}: {name} has shape {tuple(source.shape)}, the config expects {tuple(tensor.shape)}")
+        else:
             tensor.copy_(source)
-            loaded += 1
+        loaded += 1
     if not loaded:
         raise ValueError(f"{directory}: no weights matched the language model of this config")
