@@ -36,6 +36,7 @@ def main() -> None:
         if path.is_file():
             body = path.read_text(encoding="utf-8").strip().splitlines()
             body = body[1:] if body and body[0].startswith("# ") else body  # the section heading replaces the file's
+            body = ["#" + line if line.startswith("#") else line for line in body]  # nest under this section
             parts.append("\n".join(body).strip() + "\n")
         else:
             parts.append(f"_Not run yet: `python benchmarks/{script}` writes `benchmarks/results/{name}`._\n")
