@@ -11,10 +11,12 @@ import json
 import shutil
 from pathlib import Path
 
+from skymoe.data.schema import iter_json_objects
 from skymoe.eval.records import Prediction, read_predictions
 from skymoe.eval.report import Section, routing_sections, to_html, to_markdown
 
 GALLERY_SIZE = 8
+DEMO_TITLE = "SkyMoE demo report"
 
 
 def _pyplot():
@@ -26,16 +28,12 @@ def _pyplot():
     return plt
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def loss_curves(out_dir: Path, path: Path) -> None:
     """Every ``loss/*`` term of both stages against the optimiser step."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, stage in zip(axes, ("stage1", "stage2")):
-        rows = _read_jsonl(out_dir / stage / "metrics.jsonl")
+        rows = [row for _, row in iter_json_objects(out_dir / stage / "metrics.jsonl")]
         terms = sorted({k for r in rows for k in r if k.startswith("loss/")})
         for term in terms:
             points = [(r["step"], r[term]) for r in rows if term in r]
@@ -190,6 +188,6 @@ def write_demo_report(out_dir: Path, run: dict) -> Path:
         Section("Gallery (MoE model on held-out samples; ground-truth boxes in green)", image="gallery.png"),
         cost_section(out_dir, run),
     ]
-    (out_dir / "report.md").write_text(to_markdown(sections).replace("SkyMoE evaluation report", "SkyMoE demo report", 1) + "\n", encoding="utf-8")
-    (out_dir / "report.html").write_text(to_html(sections, out_dir).replace("SkyMoE evaluation report", "SkyMoE demo report") + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(to_markdown(sections, DEMO_TITLE) + "\n", encoding="utf-8")
+    (out_dir / "report.html").write_text(to_html(sections, out_dir, DEMO_TITLE) + "\n", encoding="utf-8")
     return out_dir / "report.html"

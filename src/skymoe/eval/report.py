@@ -114,8 +114,11 @@ def gallery(predictions: list[Prediction]) -> Section:
     return section
 
 
-def to_markdown(sections: list[Section]) -> str:
-    lines = ["# SkyMoE evaluation report", ""]
+REPORT_TITLE = "SkyMoE evaluation report"
+
+
+def to_markdown(sections: list[Section], title: str = REPORT_TITLE) -> str:
+    lines = [f"# {title}", ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
         if s.text:
@@ -131,14 +134,14 @@ def to_markdown(sections: list[Section]) -> str:
     return "\n".join(lines)
 
 
-def to_html(sections: list[Section], out_dir: Path) -> str:
+def to_html(sections: list[Section], out_dir: Path, title: str = REPORT_TITLE) -> str:
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>SkyMoE evaluation report</title>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         (
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}</style>"
         ),
-        "</head><body><h1>SkyMoE evaluation report</h1>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
     ]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
