@@ -51,22 +51,32 @@ def make_inputs(config, batch_size: int, text_len: int = 24, seed: int = 0) -> d
             "pixel_values": torch.randn(batch_size, 3, config.image_size, config.image_size, generator=g)}
 
 
-def tokens_per_second(model, inputs: dict, new_tokens: int, repeats: int) -> float:
-    def once() -> float:
+def tokens_per_second(models: dict, inputs: dict, new_tokens: int, repeats: int) -> dict[str, float]:
+    """Median tokens/s of each model, timed round-robin (one run of each model per round).
+
+    Interleaving puts every model under the same machine load and allocator state; timing one
+    model's repeats back to back lets a burst of other work or a cold heap land on one model only.
+    """
+    def once(model) -> float:
         start = time.perf_counter()
         with torch.inference_mode():
             model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
         return time.perf_counter() - start
 
-    once()  # warm-up
-    seconds = statistics.median(once() for _ in range(repeats))
-    return inputs["input_ids"].shape[0] * new_tokens / seconds
+    for model in models.values():  # warm-up
+        once(model)
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            seconds[name].append(once(model))
+    tokens = inputs["input_ids"].shape[0] * new_tokens
+    return {name: tokens / statistics.median(times) for name, times in seconds.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU makes more threads spin, not work)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.md"))
@@ -77,7 +87,7 @@ def main() -> None:
     rows, worst = [], {}
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         inputs = make_inputs(models[dense_name].config, batch_size)
-        speeds = {name: tokens_per_second(model, inputs, args.new_tokens, args.repeats) for name, model in models.items()}
+        speeds = tokens_per_second(models, inputs, args.new_tokens, args.repeats)
         for name, speed in speeds.items():
             worst[name] = min(worst.get(name, float("inf")), speed / speeds[dense_name])
             rows.append(f"| {batch_size} | {name} | {speed:,.0f} | {speed / speeds[dense_name]:.2f}x |")
@@ -88,7 +98,7 @@ def main() -> None:
         "",
         f"Machine: {machine()}; {args.threads} torch thread(s).",
         f"Model: Llama-style LLM {TEXT['num_hidden_layers']} layers x {TEXT['hidden_size']} (FFN {TEXT['intermediate_size']}), "
-        f"ViT tower 1 layer, 64 px image; {args.new_tokens} new tokens per sequence (EOS suppressed), median of {args.repeats} runs after a warm-up.",
+        f"ViT tower 1 layer, 64 px image; {args.new_tokens} new tokens per sequence (EOS suppressed), median of {args.repeats} rounds after a warm-up; each round runs every model once (round-robin).",
         "Parameters: " + "; ".join(f"{n}: {p / 1e6:.2f} M" for n, p in params.items()) + ".",
         "",
         "| batch | model | tokens/s | vs dense |",

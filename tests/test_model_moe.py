@@ -58,6 +58,28 @@ def test_lora_experts_dispatch_matches_naive_reference(base, form, monkeypatch):
         assert bool(module.lora_A.grad[e].abs().sum() > 0) == (e in used)
 
 
+def test_chosen_experts_decode_path_matches_naive_reference():
+    """Inference with few tokens (N*k*2 <= E, e.g. batch-1 decode) reads only the chosen experts."""
+    torch.manual_seed(0)
+    num_experts, tokens = 8, 2
+    module = LoRAExperts(nn.Linear(12, 7), num_experts, rank=3, alpha=6.0, dispatch=LayerDispatch())
+    nn.init.normal_(module.lora_B)
+    logits = torch.randn(tokens, num_experts)
+    top, index = logits.topk(TOP_K, dim=-1)
+    weight = top.softmax(-1)
+    plan = module.dispatch.plan = DispatchPlan.from_topk(index, weight, num_experts)
+    x = torch.randn(1, tokens, 12)
+    with torch.no_grad():
+        got = module(x)
+    assert "assignments" in vars(plan) and "dense_weight" not in vars(plan)
+    expected = module.base(x[0]).clone()
+    for t in range(tokens):
+        for j in range(TOP_K):
+            e = index[t, j]
+            expected[t] += weight[t, j] * (x[0, t] @ module.lora_A[e] @ module.lora_B[e]) * module.scale
+    assert torch.allclose(got[0], expected, atol=1e-5)
+
+
 def test_rank_space_form_sees_in_place_updates_of_the_experts_without_autograd():
     """The [in, E*r] layout of lora_A is kept between no-grad forwards; an optimizer-style update must refresh it."""
     dispatch = LayerDispatch()

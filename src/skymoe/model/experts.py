@@ -34,7 +34,6 @@ class DispatchPlan:
         self.topk_index, self.topk_weight, self.num_experts = index, weight, num_experts
         self.num_tokens, self.top_k = index.shape
         self._gathered: tuple | None = None  # (input, its sorted rows)
-        self._rank_weights: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_topk(cls, index: torch.Tensor, weight: torch.Tensor, num_experts: int) -> "DispatchPlan":
@@ -65,11 +64,10 @@ class DispatchPlan:
         """[E] int32 end offset of each expert's slice."""
         return torch.cumsum(torch.bincount(self.topk_index.reshape(-1), minlength=self.num_experts), 0).to(torch.int32)
 
-    def rank_weight(self, rank: int) -> torch.Tensor:
-        """[N, E*rank] ``dense_weight`` repeated over each expert's rank columns (shared by a layer's linears)."""
-        if rank not in self._rank_weights:
-            self._rank_weights[rank] = self.dense_weight.repeat_interleave(rank, dim=1)
-        return self._rank_weights[rank]
+    @cached_property
+    def assignments(self) -> list[tuple[list[int], list[float]]]:
+        """Per token, its experts and gate weights as Python values (shared by a layer's linears)."""
+        return list(zip(self.topk_index.tolist(), self.topk_weight.tolist()))
 
     @cached_property
     def dense_weight(self) -> torch.Tensor:
@@ -158,17 +156,19 @@ class LoRAExperts(nn.Module):
         plan = self.dispatch.plan
         if plan is None:  # dense adapter
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
+        if plan.num_tokens * plan.top_k * 2 <= self.num_experts and not torch.is_grad_enabled():
+            return self._add_chosen_experts_delta(out, x, plan)
         # A decode step (few tokens) takes the rank-space form whatever the width: the grouped form's
         # sort, gather/scatter and 2E near-empty GEMMs per linear are pure overhead there.
         if self.rank_space or plan.num_tokens <= FEW_TOKENS:
-            return out.add_(self._rank_space_delta(x, plan).view(out.shape), alpha=self.scale)
+            return self._add_rank_space_delta(out, x, plan)
         # Gate weight and LoRA scale are applied in rank space (r columns) rather than on the output
         # rows, and the rows are added straight into the base output: the [tokens*k, out] traffic
         # is what costs on CPU, not the rank-r matmuls.
         low_rank = grouped_matmul(plan.gather(x), self.lora_A, plan.offsets) * (plan.weight * self.scale)
         return plan.accumulate(out, grouped_matmul(low_rank, self.lora_B, plan.offsets))
 
-    @property
+    @cached_property
     def rank_space(self) -> bool:
         """Use the all-experts rank-space form when E*r is small next to the layer width.
 
@@ -180,10 +180,31 @@ class LoRAExperts(nn.Module):
         in_features, out_features = self.lora_A.shape[1], self.lora_B.shape[2]
         return self.num_experts * self.rank * RANK_SPACE_RATIO <= min(in_features, out_features)
 
-    def _rank_space_delta(self, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
-        """Unscaled LoRA delta [N, out] through all E*r rank columns (unchosen experts weighted 0)."""
-        low_rank = x.reshape(-1, self.lora_A.shape[1]) @ self._lora_A_columns()
-        return (low_rank * plan.rank_weight(self.rank)) @ self.lora_B.reshape(-1, self.lora_B.shape[-1])
+    def _add_chosen_experts_delta(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
+        """``out`` plus each token's chosen experts only, in place (inference with few tokens, e.g. batch-1 decode).
+
+        A decode step is memory-bound: reading every expert's A and B (the rank-space form) costs
+        E/k times the adapter traffic of the chosen ones. The gate weights leave autograd as
+        Python floats, hence inference only.
+        """
+        rows, out_rows = x.reshape(plan.num_tokens, -1), out.view(plan.num_tokens, -1)
+        for token, (experts, weights) in enumerate(plan.assignments):
+            for expert, weight in zip(experts, weights):
+                low_rank = rows[token : token + 1] @ self.lora_A[expert]
+                out_rows[token : token + 1].addmm_(low_rank, self.lora_B[expert], alpha=weight * self.scale)
+        return out
+
+    def _add_rank_space_delta(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
+        """``out`` plus the LoRA delta through all E*r rank columns (unchosen experts weighted 0), in place.
+
+        The gate weights scale the E*r rank columns ([N, E, r] times [N, E, 1]); ``addmm_`` then adds
+        the up-projection into ``out`` in the same BLAS call, so no [N, out] temporary is written.
+        """
+        experts, in_features, rank = self.lora_A.shape
+        low_rank = (x.reshape(-1, in_features) @ self._lora_A_columns()).view(-1, experts, rank)
+        low_rank = (low_rank * plan.dense_weight.unsqueeze(-1)).view(-1, experts * rank)
+        out.view(-1, out.shape[-1]).addmm_(low_rank, self.lora_B.view(experts * rank, -1), alpha=self.scale)
+        return out
 
     def _lora_A_columns(self) -> torch.Tensor:
         """``lora_A`` laid out as [in, E*r].
