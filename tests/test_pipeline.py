@@ -49,6 +49,16 @@ def test_batched_answers_equal_one_by_one_answers(pipeline):
     assert [a.text for a in batched] == [pipeline.ask(im, q).text for im, q in zip(images, questions)]
 
 
+def test_streamed_pieces_rebuild_each_answer_of_a_batch_token_by_token(pipeline):
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(4)]  # batches of 3 + 1
+    pieces: dict[int, list[str]] = {}
+    answers = pipeline.ask(images, "Describe this image.", on_text=lambda i, text: pieces.setdefault(i, []).append(text))
+    for i, answer in enumerate(answers):
+        assert "".join(pieces.get(i, [])) == answer.text
+    assert max(len(p) for p in pieces.values()) > 1  # token by token, not one finished string
+
+
 def test_routing_decision_is_a_distribution_per_moe_layer(pipeline, pixels):
     answer = pipeline.count(pixels, "buildings", routing=True)
     weights = np.array(answer.routing.expert_weights)

@@ -22,6 +22,7 @@ def test_tile_grid_covers_the_raster_inside_its_bounds_with_the_overlap(width, h
     assert covered.all()
     xs = sorted({t.x for t in tiles})
     assert all(b - a <= tile - overlap for a, b in zip(xs, xs[1:]))  # neighbours overlap by >= overlap
+    assert sum(t.core_fraction * t.width * t.height for t in tiles) == pytest.approx(width * height)  # owned parts partition it
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes_and_all_separate_ones():
@@ -50,6 +51,35 @@ class BrightSpotPipeline:
             boxes = [Box(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)] if xs.size else []
             answers.append(Answer(text="", task="grounding", image_size=image.size, boxes=boxes))
         return answers
+
+
+class DotCountingPipeline:
+    """Counts the 2x2 bright dots in a tile by their bright pixels (a dot cut by the border counts in part)."""
+
+    batch_size = 8
+
+    def run(self, images, task, query, labels=None):
+        assert task == "counting"
+        counts = [round(int((np.asarray(im.convert("L")) > 200).sum()) / 4) for im in images]
+        return [Answer(text=str(c), task="counting", image_size=im.size, count=c) for c, im in zip(counts, images)]
+
+
+def test_scene_count_estimate_does_not_count_the_overlaps_twice(tmp_path):
+    import rasterio
+
+    data = np.full((3, 300, 400), 60, np.uint8)
+    for y in range(3, 300, 10):
+        for x in range(3, 400, 10):
+            data[:, y : y + 2, x : x + 2] = 250  # 30 x 40 = 1200 dots, spread evenly
+    with rasterio.open(tmp_path / "dots.tif", "w", driver="GTiff", width=400, height=300, count=3, dtype="uint8") as dst:
+        dst.write(data)
+    with pytest.warns(UserWarning, match="no georeferencing"):
+        summary = run_scene(DotCountingPipeline(), tmp_path / "dots.tif", tmp_path / "dots.geojson", task="counting", query="dots",
+                  tile_size=128, overlap=48, progress=False)
+    result = json.loads((tmp_path / "dots.geojson").read_text())
+    per_tile = [f["properties"]["count"] for f in result["features"] if f["properties"]["layer"] == "tiles"]
+    assert sum(per_tile) > 1.5 * 1200  # the overlaps hold many dots twice or four times
+    assert result["skymoe"]["count_estimate"] == pytest.approx(1200, rel=0.03) == summary.count_estimate
 
 
 def bright_square_scene(path, georeferenced=True):

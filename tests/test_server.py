@@ -102,8 +102,11 @@ def test_models_and_health(client, server):
 def test_streaming_reassembles_the_same_answer(client):
     messages = user_message("Describe this image.", data_url(png_bytes(seed=1)))
     whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6).choices[0].message.content
-    chunks = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == whole
+    assert len(pieces) > 1  # streamed as generated, not as one finished string
+    assert chunks[-1].choices[0].finish_reason == "stop" and "routing" in chunks[-1].model_extra["skymoe"]
 
 
 def test_geotiff_upload_with_13_bands_and_routing(client, tmp_path):
@@ -202,6 +205,8 @@ def test_full_queue_answers_429_and_the_held_requests_still_finish(pipeline):
             time.sleep(0.02)
         with pytest.raises(openai.RateLimitError, match="server busy"):
             ask()
+        with pytest.raises(openai.RateLimitError, match="server busy"):  # a stream fails before its first byte
+            client.chat.completions.create(model="held", messages=user_message("What is this?", data_url(png_bytes())), max_tokens=3, stream=True)
         release.set()
         answers = [f.result(timeout=60).choices[0].message.content for f in held]
     expected = pipeline.ask(Image.open(io.BytesIO(png_bytes())).convert("RGB"), "What is this?", max_new_tokens=3).text

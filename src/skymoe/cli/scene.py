@@ -38,6 +38,7 @@ def run(args) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: {args.out} holds the tiles finished so far (marked complete: false)", file=sys.stderr)
         return 130
-    print(f"{result.tiles} tiles, {result.detections} detections in {result.seconds:.1f} s -> {result.path}"
+    counted = "" if result.count_estimate is None else f", about {result.count_estimate:g} {args.query} in the scene"
+    print(f"{result.tiles} tiles, {result.detections} detections{counted} in {result.seconds:.1f} s -> {result.path}"
           + ("" if result.georeferenced else " (pixel coordinates: the scene has no georeferencing)"))
     return 0

@@ -13,10 +13,11 @@ granularity, expert weights per MoE layer).
 """
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from skymoe.data.boxes import format_box, parse_boxes
 from skymoe.data.schema import Box, Granularity, Routing, Sample, Task, Turn
@@ -62,6 +63,10 @@ def _broadcast(value, n: int, what: str) -> list:
     if len(values) != n:
         raise ValueError(f"{n} images but {len(values)} {what}")
     return values
+
+
+def _offset_rows(on_text: Callable[[int, str], None], offset: int, row: int, text: str) -> None:
+    on_text(offset + row, text)
 
 
 def quantize_int8(model):
@@ -116,10 +121,12 @@ class Pipeline:
 
         return load_image(image)
 
-    def generate(self, images, prompts, *, task: Task | str = Task.VQA, routing: bool = False, max_new_tokens: int | None = None):
+    def generate(self, images, prompts, *, task: Task | str = Task.VQA, routing: bool = False, max_new_tokens: int | None = None,
+                 on_text: Callable[[int, str], None] | None = None):
         """Answers to ``prompts`` about ``images``: one prompt for all images or one per image.
 
         A prompt is a question, or a conversation (list of Turns ending with a user turn).
+        ``on_text(index, piece)`` streams each answer as it is generated (index into ``images``).
         """
         images, single = _as_list(images)
         conversation = isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], Turn)
@@ -132,15 +139,16 @@ class Pipeline:
         answers = []
         for start in range(0, len(images), self.batch_size):
             pil = [self.load(im) for im in images[start : start + self.batch_size]]
-            answers += self._generate_batch(pil, prompts[start : start + self.batch_size], task, routing, max_new_tokens)
+            stream = None if on_text is None else functools.partial(_offset_rows, on_text, start)
+            answers += self._generate_batch(pil, prompts[start : start + self.batch_size], task, routing, max_new_tokens, stream)
         return answers[0] if single else answers
 
-    def _generate_batch(self, images, prompts, task: Task, routing: bool, max_new_tokens: int | None) -> list[Answer]:
+    def _generate_batch(self, images, prompts, task: Task, routing: bool, max_new_tokens: int | None, on_text=None) -> list[Answer]:
         from skymoe.model.inference import greedy_generate, routing_decisions
 
         inputs = self.processor.prepare_generation(images, prompts)
         decisions = routing_decisions(self.model, inputs) if routing else [None] * len(images)
-        texts = greedy_generate(self.model, self.processor, inputs, max_new_tokens or self.max_new_tokens)
+        texts = greedy_generate(self.model, self.processor, inputs, max_new_tokens or self.max_new_tokens, on_text)
         return [self._answer(t, task, im.size, r) for t, im, r in zip(texts, images, decisions)]
 
     @staticmethod

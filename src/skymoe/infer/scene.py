@@ -9,7 +9,10 @@
 * Output: one GeoJSON FeatureCollection in the raster's CRS (the ``crs``
   member GDAL/QGIS read) with two layers told apart by ``properties.layer``:
   ``detections`` (grounding boxes as polygons) and ``tiles`` (the tile grid
-  with each tile's answer: caption, class or count). It is rewritten
+  with each tile's answer: caption, class or count). For counting,
+  ``skymoe.count_estimate`` adds each tile's count times the share of the tile
+  it owns (overlaps split at their middle), so objects in overlaps are not
+  counted twice (assuming objects spread evenly within a tile). It is rewritten
   atomically after every batch, so an interrupted run (Ctrl-C) leaves a
   valid file holding the tiles done so far (``skymoe.complete: false``).
 * A raster without georeferencing is processed in pixel coordinates (y down),
@@ -43,6 +46,13 @@ class Tile:
     y: int
     width: int
     height: int
+    core_fraction: float = 1.0  # share of the tile that no other tile owns (see tile_grid)
+
+
+def _core_lengths(starts: list[int], size: int, length: int) -> list[float]:
+    """Per tile along one axis, the length of the part it owns: overlaps are split at their middle."""
+    cuts = [0.0] + [(s + prev + size) / 2 for prev, s in zip(starts, starts[1:])] + [float(length)]
+    return [end - begin for begin, end in zip(cuts, cuts[1:])]
 
 
 def _starts(length: int, size: int, stride: int) -> list[int]:
@@ -54,13 +64,22 @@ def _starts(length: int, size: int, stride: int) -> list[int]:
 
 
 def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
-    """Windows of ``tile`` source pixels overlapping by at least ``overlap`` that cover the raster."""
+    """Windows of ``tile`` source pixels overlapping by at least ``overlap`` that cover the raster.
+
+    Each tile owns the part of its window nearer to its own centre than to a neighbour's (overlaps
+    split at their middle): the owned parts partition the raster, so per-tile counts weighted by
+    ``core_fraction`` add up without counting the overlaps twice.
+    """
     if tile <= 0 or not 0 <= overlap < tile:
         raise ValueError(f"tile={tile}, overlap={overlap}: need tile > 0 and 0 <= overlap < tile")
+    tile_w, tile_h = min(tile, width), min(tile, height)
+    ys, xs = _starts(height, tile, tile - overlap), _starts(width, tile, tile - overlap)
+    core_h, core_w = _core_lengths(ys, tile_h, height), _core_lengths(xs, tile_w, width)
     tiles = []
-    for row, y in enumerate(_starts(height, tile, tile - overlap)):
-        for col, x in enumerate(_starts(width, tile, tile - overlap)):
-            tiles.append(Tile(len(tiles), row, col, x, y, min(tile, width), min(tile, height)))
+    for row, y in enumerate(ys):
+        for col, x in enumerate(xs):
+            fraction = core_w[col] * core_h[row] / (tile_w * tile_h)
+            tiles.append(Tile(len(tiles), row, col, x, y, tile_w, tile_h, fraction))
     return tiles
 
 
@@ -154,10 +173,14 @@ class SceneOutput:
             }
             for box, score, tile in self.merged()
         ]
+        summary = {**self.meta, "complete": complete, "tiles_done": len(self.tiles), "detections": len(features),
+                   "georeferenced": self.georef.georeferenced}
+        counted = [t["properties"]["count_owned"] for t in self.tiles if "count_owned" in t["properties"]]
+        if counted:
+            summary["count_estimate"] = round(sum(counted), 2)
         collection = {
             "type": "FeatureCollection",
-            "skymoe": {**self.meta, "complete": complete, "tiles_done": len(self.tiles), "detections": len(features),
-                       "georeferenced": self.georef.georeferenced},
+            "skymoe": summary,
             "features": features + self.tiles,
         }
         crs = self.georef.crs_member()
@@ -181,6 +204,7 @@ class SceneResult:
     complete: bool
     georeferenced: bool
     seconds: float
+    count_estimate: float | None = None  # counting: the scene total (see SceneOutput.feature_collection)
 
 
 def _source_tile(info, tile_size: int, gsd: float | None, scene: str) -> int:
@@ -199,7 +223,9 @@ def _tile_feature(tile: Tile, answer, georef: GeoReference) -> dict:
     properties = {"layer": "tiles", "tile": tile.index, "row": tile.row, "col": tile.col, "answer": answer.text,
                   "window": [tile.x, tile.y, tile.width, tile.height]}
     if answer.count is not None:
+        # The tile's count spread evenly over the window; the owned share adds up over the scene.
         properties["count"] = answer.count
+        properties["count_owned"] = round(answer.count * tile.core_fraction, 4)
     return {"type": "Feature", "geometry": georef.polygon(tile.x, tile.y, tile.x + tile.width, tile.y + tile.height), "properties": properties}
 
 
@@ -262,4 +288,4 @@ def run_scene(
     finally:  # Ctrl-C or an error: what is done so far is still written, marked incomplete
         output.write(complete=complete)
     return SceneResult(Path(out), len(tiles), len(output.tiles), len(output.merged()), complete, georef.georeferenced,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, output.feature_collection(complete)["skymoe"].get("count_estimate"))

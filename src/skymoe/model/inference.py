@@ -5,9 +5,11 @@ which must not import each other.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from skymoe.data.schema import GRANULARITIES, TASKS, Routing
 
@@ -40,8 +42,50 @@ def routing_decisions(model, inputs: dict) -> list[Routing | None]:
     return [routing_of(output, i) for i in range(inputs["input_ids"].shape[0])]
 
 
-def greedy_generate(model, processor, inputs: dict, max_new_tokens: int) -> list[str]:
-    """Greedy answers (new tokens only) for ``processor.prepare_generation`` inputs."""
+class BatchTextStreamer(BaseStreamer):
+    """Calls ``on_text(row, new_text)`` each time a row's decoded answer grows by a generated token.
+
+    The pieces of a row join to its final answer (the same decode of the same tokens).
+
+    transformers' own streamers accept batch size 1 only; a server batches requests. Each step
+    re-decodes the row's tokens and sends the new suffix, so multi-token words and tokenizer
+    clean-up come out right (answers are short: re-decoding is cheap).
+    """
+
+    def __init__(self, processor, on_text: Callable[[int, str], None]):
+        self.processor, self.on_text = processor, on_text
+        self.tokens: torch.Tensor | None = None  # [B, T] new tokens so far; None until the prompt went by
+        self.prompt_seen = False
+        self.sent: list[str] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first puts the prompt ids
+            self.prompt_seen = True
+            return
+        step = value.reshape(-1, 1).cpu()
+        self.tokens = step if self.tokens is None else torch.cat([self.tokens, step], dim=1)
+        # A trailing U+FFFD is a character whose bytes are still arriving: hold it back.
+        self._send([text.rstrip("\ufffd") for text in self.processor.decode(self.tokens)])
+
+    def end(self) -> None:
+        if self.tokens is not None:
+            self._send(self.processor.decode(self.tokens))
+
+    def _send(self, texts: list[str]) -> None:
+        self.sent = self.sent or [""] * len(texts)
+        for row, text in enumerate(texts):
+            if len(text) > len(self.sent[row]) and text.startswith(self.sent[row]):
+                self.on_text(row, text[len(self.sent[row]) :])
+                self.sent[row] = text
+
+
+def greedy_generate(model, processor, inputs: dict, max_new_tokens: int,
+                    on_text: Callable[[int, str], None] | None = None) -> list[str]:
+    """Greedy answers (new tokens only) for ``processor.prepare_generation`` inputs.
+
+    ``on_text(row, text)``, if given, receives each row's answer piece by piece as it grows (see BatchTextStreamer).
+    """
+    streamer = BatchTextStreamer(processor, on_text) if on_text is not None else None
     with torch.no_grad():
         generated = model.generate(
             **inputs,
@@ -49,5 +93,6 @@ def greedy_generate(model, processor, inputs: dict, max_new_tokens: int) -> list
             do_sample=False,
             pad_token_id=processor.ids["pad"],
             eos_token_id=processor.ids["eos"],
+            streamer=streamer,
         )
     return processor.decode(generated[:, inputs["input_ids"].shape[1] :])

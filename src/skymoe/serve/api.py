@@ -10,11 +10,14 @@ image, empty prompt, unreadable image, too many tokens asked), 401 wrong or
 missing API key, 413 body or image too large, 429 queue full. A failing
 request never takes the server down.
 
-Streaming sends the finished answer as word chunks: generation is batched
-across requests, so tokens are not available one by one.
+Streaming sends the answer token by token as the batched generate call
+produces it (the queue routes each row's pieces to its request). The response
+starts with the first piece, so a request that fails before generating
+(queue full, unreadable image) still gets its status code.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -210,11 +213,11 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
             raise APIError(400, f"unknown task {body.task!r}; expected one of {[t.value for t in Task]}", "invalid_task") from None
         max_tokens = _max_tokens(body.max_completion_tokens or body.max_tokens, pipeline, limits)
         image, turns = _conversation(body.messages, limits)
-        result = await answer(Job(image, turns, task.value, max_tokens, body.routing))
+        job = Job(image, turns, task.value, max_tokens, body.routing)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        extra = {"task": result.task, "boxes": [b.to_dict() for b in result.boxes], "routing": _routing_dict(result)}
         if body.stream:
-            return StreamingResponse(_stream(completion_id, model_name, result.text, extra), media_type="text/event-stream")
+            return await _streaming_reply(job, answer, completion_id, model_name)
+        result = await answer(job)
         tokens = len(pipeline.processor.tokenizer(result.text, add_special_tokens=False)["input_ids"])
         return {
             "id": completion_id,
@@ -224,7 +227,7 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                          "finish_reason": "length" if tokens >= max_tokens else "stop"}],
             "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
-            "skymoe": extra,
+            "skymoe": _extra(result),
         }
 
     @app.post("/v1/skymoe/ground")
@@ -244,8 +247,26 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
     return app
 
 
-def _stream(completion_id: str, model_name: str, text: str, extra: dict):
-    """OpenAI chat.completion.chunk events: role, the answer in word pieces, finish, [DONE]."""
+def _extra(result) -> dict:
+    return {"task": result.task, "boxes": [b.to_dict() for b in result.boxes], "routing": _routing_dict(result)}
+
+
+async def _streaming_reply(job: Job, answer, completion_id: str, model_name: str) -> StreamingResponse:
+    """SSE response fed by the job's streamed pieces; errors before the first piece keep their status code."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+    job.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+    result_task = asyncio.ensure_future(answer(job))
+    first_piece = asyncio.ensure_future(pieces.get())
+    await asyncio.wait({result_task, first_piece}, return_when=asyncio.FIRST_COMPLETED)
+    if result_task.done() and result_task.exception() is not None:
+        first_piece.cancel()
+        raise result_task.exception()
+    return StreamingResponse(_stream(completion_id, model_name, first_piece, pieces, result_task), media_type="text/event-stream")
+
+
+async def _stream(completion_id: str, model_name: str, first_piece: asyncio.Future, pieces: asyncio.Queue, result_task: asyncio.Future):
+    """OpenAI chat.completion.chunk events: role, the answer piece by piece, finish (with the SkyMoE extras), [DONE]."""
     created = int(time.time())
 
     def event(delta: dict, finish: str | None = None, **more) -> str:
@@ -254,8 +275,22 @@ def _stream(completion_id: str, model_name: str, text: str, extra: dict):
         return f"data: {json.dumps(chunk)}\n\n"
 
     yield event({"role": "assistant", "content": ""})
-    words = text.split(" ")
-    for i, word in enumerate(words):
-        yield event({"content": word if i == 0 else " " + word})
-    yield event({}, "stop", skymoe=extra)
+    sent = ""
+    waiting = first_piece
+    while True:
+        await asyncio.wait({waiting, result_task}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():  # generation finished: what is still queued was put before it
+            waiting.cancel()
+            break
+        sent += waiting.result()
+        yield event({"content": waiting.result()})
+        waiting = asyncio.ensure_future(pieces.get())
+    while not pieces.empty():
+        piece = pieces.get_nowait()
+        sent += piece
+        yield event({"content": piece})
+    result = result_task.result()
+    if result.text.startswith(sent) and len(result.text) > len(sent):  # pieces are a prefix of the answer
+        yield event({"content": result.text[len(sent) :]})
+    yield event({}, "stop", skymoe=_extra(result))
     yield "data: [DONE]\n\n"

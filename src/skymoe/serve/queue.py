@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -24,6 +25,7 @@ class Job:
     task: str
     max_tokens: int
     routing: bool
+    on_text: Callable[[str], None] | None = None  # streamed answer pieces (called from the worker thread)
     future: asyncio.Future = field(default=None, repr=False)
 
     @property
@@ -78,8 +80,13 @@ class BatchQueue:
 
     def _generate(self, batch: list[Job]):
         first = batch[0]
+
+        def on_text(index: int, text: str) -> None:
+            if batch[index].on_text is not None:
+                batch[index].on_text(text)
+
         return self.pipeline.generate([j.image for j in batch], [j.prompt for j in batch], task=first.task,
-                                      routing=first.routing, max_new_tokens=first.max_tokens)
+                                      routing=first.routing, max_new_tokens=first.max_tokens, on_text=on_text)
 
     async def _run(self) -> None:
         while True:
