@@ -184,7 +184,13 @@ def test_cli_chat_keeps_the_conversation(model_dir, pixels, tmp_path, monkeypatc
     lines = iter(["Is there a ship?", "", "And a port?", "/quit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert main(["chat", "--model", str(model_dir), "--image", str(tmp_path / "a.png"), "--max-new-tokens", "3"]) == 0
-    assert capsys.readouterr().out.count("skymoe> ") == 2
+    replies = [line[len("skymoe> "):] for line in capsys.readouterr().out.splitlines() if line.startswith("skymoe> ")]
+    assert len(replies) == 2
+    from skymoe.data.schema import Turn
+    from skymoe.infer import Pipeline
+
+    first = Pipeline.from_pretrained(model_dir, max_new_tokens=3).generate(str(tmp_path / "a.png"), [Turn("user", "Is there a ship?")])
+    assert replies[0] == first.text  # streamed to the terminal piece by piece, the same answer
 
 
 def test_cli_scene_writes_geojson(model_dir, tmp_path, capsys):

@@ -167,6 +167,7 @@ def run_chat(args) -> int:
         if not text:
             continue
         turns.append(Turn("user", text))
-        answer = pipeline.generate(image, turns)
+        print("skymoe> ", end="", flush=True)
+        answer = pipeline.generate(image, turns, on_text=lambda _, piece: print(piece, end="", flush=True))
         turns.append(Turn("assistant", answer.text))
-        print(f"skymoe> {answer.text}")
+        print()

@@ -17,6 +17,7 @@ from skymoe.eval.report import Section, routing_sections, to_html, to_markdown
 
 GALLERY_SIZE = 8
 DEMO_TITLE = "SkyMoE demo report"
+SYNTHETIC = {"mgrs_mini"}  # not counted as real held-out questions
 
 
 def _pyplot():
@@ -86,6 +87,9 @@ def comparison_sections(moe: dict, dense: dict) -> list[Section]:
         base = moe["baseline"].get("question_answering", {}).get(group, {}).get("overall_accuracy")
         d = dense["model"]["question_answering"].get(group, {}).get("overall_accuracy")
         qa.rows.append([group, m["n"], m["overall_accuracy"], d, base, _delta(m["overall_accuracy"], base)])
+    qa.rows += pooled_real_rows(moe, dense)
+    qa.text = ("Rows 'all real/...' pool every real dataset's questions of one held-out set "
+               "(accuracies weighted by n); MGRS-mini is synthetic and not pooled.")
     per_type = Section(
         "Per task and question type (primary metric)",
         ["dataset/held-out set", "task", "question type", "metric", "n", "MoE", "dense", "prior", "MoE − prior"],
@@ -98,6 +102,25 @@ def comparison_sections(moe: dict, dense: dict) -> list[Section]:
                 d = _primary(_dig(dense["model"], "by_question_type", *path))
                 per_type.rows.append([group, task, qt, v["metric"], v["n"], v["value"], d, base, _delta(v["value"], base)])
     return [qa, per_type]
+
+
+def pooled_real_rows(moe: dict, dense: dict) -> list[list]:
+    """One row per held-out set: the real datasets' questions pooled (n-weighted overall accuracy)."""
+    sums: dict[str, list[float]] = {}  # held-out set -> [n, MoE, dense, prior] (accuracy * n sums)
+    for group, m in moe["model"]["question_answering"].items():
+        dataset, _, held_out = group.partition("/")
+        d = _dig(dense["model"], "question_answering", group, "overall_accuracy")
+        base = _dig(moe.get("baseline", {}), "question_answering", group, "overall_accuracy")
+        if dataset in SYNTHETIC or d is None or base is None:
+            continue
+        total = sums.setdefault(held_out, [0, 0.0, 0.0, 0.0])
+        for i, value in enumerate((1.0, m["overall_accuracy"], d, base)):
+            total[i] += value * m["n"]
+    rows = []
+    for held_out, (n, *weighted) in sorted(sums.items()):
+        moe_acc, dense_acc, prior = (w / n for w in weighted)
+        rows.append([f"all real/{held_out}", int(n), moe_acc, dense_acc, prior, moe_acc - prior])
+    return rows
 
 
 def _dig(node, *keys):

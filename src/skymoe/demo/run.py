@@ -31,7 +31,8 @@ class Budget:
     stage1_steps: int
     stage2_steps: int
     mgrs_train: int
-    eval_limit: int
+    eval_limit: int  # MGRS-mini held-out samples
+    real_eval_limit: int | None = None  # real held-out samples per dataset and set; None = all
 
     @classmethod
     def for_minutes(cls, minutes: float) -> "Budget":
@@ -48,7 +49,7 @@ class Budget:
 
     @classmethod
     def smoke(cls) -> "Budget":
-        return cls(stage1_steps=3, stage2_steps=3, mgrs_train=40, eval_limit=4)
+        return cls(stage1_steps=3, stage2_steps=3, mgrs_train=40, eval_limit=4, real_eval_limit=4)
 
 
 def _packaged_config(name: str) -> dict:
@@ -95,7 +96,8 @@ def write_suite(data_dir: Path, budget: Budget) -> Path:
 
 
 def prepare_data(data_dir: Path, budget: Budget, seed: int) -> DemoSplits:
-    splits = build_demo_splits(seed=seed, mgrs_train=budget.mgrs_train, eval_limit=budget.eval_limit)
+    splits = build_demo_splits(seed=seed, mgrs_train=budget.mgrs_train, eval_limit=budget.eval_limit,
+                               real_eval_limit=budget.real_eval_limit)
     # The held-out sets are told apart in every metrics table by their split name.
     for sample in splits.unseen_images:
         sample.split = "unseen-images"

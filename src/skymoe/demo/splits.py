@@ -24,7 +24,7 @@ from skymoe.data.schema import Sample, write_jsonl
 # dataset -> (splits trained on, held-out splits of unseen images)
 DEMO_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rsvqa_lr": (("train", "val"), ("test",)),
-    "rsvqa_hr": (("train", "val"), ("test",)),
+    "rsvqa_hr": (("train", "val"), ("test", "test_phili")),  # test_phili: RSVQA-HR's second test city
     "hrvqa": (("train",), ("val",)),
     "bigearthnet": (("train", "val"), ("test",)),
     "mgrs_mini": (("train",), ("test",)),
@@ -65,6 +65,7 @@ def build_demo_splits(
     question_holdout: float = 0.15,
     mgrs_train: int | None = None,
     eval_limit: int | None = None,
+    real_eval_limit: int | None = None,
     datasets: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = DEMO_SOURCES,
 ) -> DemoSplits:
     """Split every demo dataset into train / unseen-question / unseen-image sets.
@@ -72,7 +73,9 @@ def build_demo_splits(
     ``question_holdout`` of the questions of each training image go to
     ``unseen_questions`` (single-question images — BigEarthNet, HRVQA — stay in
     train). ``mgrs_train`` caps the synthetic training samples; ``eval_limit``
-    caps each dataset's contribution to each held-out set (seeded sample).
+    caps its held-out samples (seeded sample). The real held-out sets are small
+    and kept whole (a sample of them would add noise to the numbers that matter)
+    unless ``real_eval_limit`` caps them too (smoke runs).
     """
     rng = random.Random(seed)
     splits = DemoSplits()
@@ -86,8 +89,9 @@ def build_demo_splits(
             train = [s for s in seen if s.id not in held_ids]
         unseen = [s for split in heldout_splits for s in load_dataset(name, split)]
         splits.train += train
-        splits.unseen_questions += _limited(held_q, eval_limit, rng)
-        splits.unseen_images += _limited(unseen, eval_limit, rng)
+        limit = eval_limit if name == "mgrs_mini" else real_eval_limit
+        splits.unseen_questions += _limited(held_q, limit, rng)
+        splits.unseen_images += _limited(unseen, limit, rng)
     return splits
 
 
