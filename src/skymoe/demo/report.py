@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 
 from skymoe.data.schema import iter_json_objects
+from skymoe.demo.splits import SYNTHETIC_DATASETS
 from skymoe.eval.records import Prediction, read_predictions
 from skymoe.eval.report import Section, routing_sections, to_html, to_markdown
 
 GALLERY_SIZE = 8
 DEMO_TITLE = "SkyMoE demo report"
-SYNTHETIC = {"mgrs_mini"}  # not counted as real held-out questions
 
 
 def _pyplot():
@@ -111,7 +111,7 @@ def pooled_real_rows(moe: dict, dense: dict) -> list[list]:
         dataset, _, held_out = group.partition("/")
         d = _dig(dense["model"], "question_answering", group, "overall_accuracy")
         base = _dig(moe.get("baseline", {}), "question_answering", group, "overall_accuracy")
-        if dataset in SYNTHETIC or d is None or base is None:
+        if dataset in SYNTHETIC_DATASETS or d is None or base is None:
             continue
         total = sums.setdefault(held_out, [0, 0.0, 0.0, 0.0])
         for i, value in enumerate((1.0, m["overall_accuracy"], d, base)):

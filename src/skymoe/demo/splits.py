@@ -31,6 +31,9 @@ DEMO_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+SYNTHETIC_DATASETS = {"mgrs_mini"}
+
+
 @dataclass
 class DemoSplits:
     train: list[Sample] = field(default_factory=list)
@@ -38,10 +41,18 @@ class DemoSplits:
     unseen_images: list[Sample] = field(default_factory=list)
 
     def write(self, out_dir: Path) -> dict[str, Path]:
+        """Each split as JSONL, and the training split again as its real and synthetic parts (for mix weights)."""
         paths = {}
-        for name in ("train", "unseen_questions", "unseen_images"):
+        parts = {
+            "train": self.train,
+            "train_real": [s for s in self.train if s.dataset not in SYNTHETIC_DATASETS],
+            "train_synthetic": [s for s in self.train if s.dataset in SYNTHETIC_DATASETS],
+            "unseen_questions": self.unseen_questions,
+            "unseen_images": self.unseen_images,
+        }
+        for name, samples in parts.items():
             paths[name] = out_dir / f"{name}.jsonl"
-            write_jsonl(getattr(self, name), paths[name])
+            write_jsonl(samples, paths[name])
         return paths
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -81,7 +92,7 @@ def build_demo_splits(
     splits = DemoSplits()
     for name, (train_splits, heldout_splits) in datasets.items():
         seen = [s for split in train_splits for s in load_dataset(name, split)]
-        if name == "mgrs_mini":
+        if name in SYNTHETIC_DATASETS:
             train, held_q = _limited(seen, mgrs_train, rng), []
         else:
             held_q = _hold_out_questions(seen, question_holdout, rng)
@@ -89,7 +100,7 @@ def build_demo_splits(
             train = [s for s in seen if s.id not in held_ids]
         unseen = [s for split in heldout_splits for s in load_dataset(name, split)]
         splits.train += train
-        limit = eval_limit if name == "mgrs_mini" else real_eval_limit
+        limit = eval_limit if name in SYNTHETIC_DATASETS else real_eval_limit
         splits.unseen_questions += _limited(held_q, limit, rng)
         splits.unseen_images += _limited(unseen, limit, rng)
     return splits
