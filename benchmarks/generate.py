@@ -1,12 +1,14 @@
 """Greedy generation speed: the MoE model vs the same model with its experts removed (dense), in one run.
 
-    python benchmarks/generate.py [--new-tokens 48] [--repeats 3] [--out benchmarks/results/generate.md]
+    python benchmarks/generate.py [--new-tokens 48] [--repeats 5] [--out benchmarks/results/generate.md]
 
 The dense model is a stage-1 SkyMoE (frozen base LLM + one LoRA adapter on the
 FFN linears); the MoE models are upcycled from it with 8 experts, top-2 (LoRA
 experts, the default, and FFN experts), so they differ only by router + experts.
-Every run generates exactly ``--new-tokens`` tokens (EOS suppressed). Target:
-MoE >= 0.9x the dense tokens/s.
+Two LLM sizes: ``tiny`` (4 x 256, where per-operator dispatch dominates a decode
+step) and ``small`` (8 x 768, closer to a real LLM; FFN experts skipped there:
+8 copies of its FFN are 1.2 GB). Every run generates exactly ``--new-tokens``
+tokens (EOS suppressed). Target: MoE >= 0.9x the dense tokens/s.
 """
 from __future__ import annotations
 
@@ -19,21 +21,26 @@ import torch
 
 from _machine import machine
 
-TEXT = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
+SIZES = {
+    "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
+    "small": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12, num_key_value_heads=4),
+}
+EXPERT_TYPES = {"tiny": ("lora", "ffn"), "small": ("lora",)}
 VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, patch_size=8)
 
 
-def build_models(seed: int = 0) -> dict:
+def build_models(size: str, seed: int = 0) -> dict:
     from transformers import AutoConfig
 
     from skymoe.model import SkyMoEForConditionalGeneration
     from skymoe.model.build import build_model, make_config, vision_config_for
 
     torch.manual_seed(seed)
-    config = make_config(vision_config_for("vit", 64, **VISION), AutoConfig.for_model("llama", **TEXT), image_size=64, vocab_size=2000)
+    text = AutoConfig.for_model("llama", **SIZES[size])
+    config = make_config(vision_config_for("vit", 64, **VISION), text, image_size=64, vocab_size=2000)
     dense = build_model(config).eval()
     models = {"dense (experts removed)": dense}
-    for expert_type in ("lora", "ffn"):
+    for expert_type in EXPERT_TYPES[size]:
         moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=8, top_k=2, expert_type=expert_type, perturb=0.01)
         models[f"MoE 8 {expert_type} experts, top-2"] = moe.eval()
     return models
@@ -78,37 +85,44 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU makes more threads spin, not work)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    models = build_models()
-    dense_name = next(iter(models))
-    rows, worst = [], {}
-    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        inputs = make_inputs(models[dense_name].config, batch_size)
-        speeds = tokens_per_second(models, inputs, args.new_tokens, args.repeats)
-        for name, speed in speeds.items():
-            worst[name] = min(worst.get(name, float("inf")), speed / speeds[dense_name])
-            rows.append(f"| {batch_size} | {name} | {speed:,.0f} | {speed / speeds[dense_name]:.2f}x |")
-            print(rows[-1], flush=True)
-    params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    rows, worst, described = [], {}, []
+    for size in args.sizes.split(","):
+        models = build_models(size)
+        dense_name = next(iter(models))
+        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+            inputs = make_inputs(models[dense_name].config, batch_size)
+            speeds = tokens_per_second(models, inputs, args.new_tokens, args.repeats)
+            for name, speed in speeds.items():
+                ratio = speed / speeds[dense_name]
+                if name != dense_name:
+                    worst[(size, name)] = min(worst.get((size, name), float("inf")), ratio)
+                rows.append(f"| {size} | {batch_size} | {name} | {speed:,.0f} | {ratio:.2f}x |")
+                print(rows[-1], flush=True)
+        t = SIZES[size]
+        params = "; ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.1f} M" for n, m in models.items())
+        described.append(f"* `{size}`: Llama {t['num_hidden_layers']} layers x {t['hidden_size']} (FFN {t['intermediate_size']}); parameters: {params}.")
+        del models
     text = "\n".join([
         "# Greedy generation: MoE vs dense (`benchmarks/generate.py`)",
         "",
         f"Machine: {machine()}; {args.threads} torch thread(s).",
-        f"Model: Llama-style LLM {TEXT['num_hidden_layers']} layers x {TEXT['hidden_size']} (FFN {TEXT['intermediate_size']}), "
-        f"ViT tower 1 layer, 64 px image; {args.new_tokens} new tokens per sequence (EOS suppressed), median of {args.repeats} rounds after a warm-up; each round runs every model once (round-robin).",
-        "Parameters: " + "; ".join(f"{n}: {p / 1e6:.2f} M" for n, p in params.items()) + ".",
+        f"ViT tower 1 layer, 64 px image, vocabulary 2,000; {args.new_tokens} new tokens per sequence (EOS suppressed), "
+        f"median of {args.repeats} rounds after a warm-up; each round runs every model once (round-robin).",
+        *described,
         "",
-        "| batch | model | tokens/s | vs dense |",
-        "|---|---|---|---|",
+        "| LLM | batch | model | tokens/s | vs dense |",
+        "|---|---|---|---|---|",
         *rows,
         "",
         "Target: MoE >= 0.90x dense. Lowest ratio over batch sizes: "
-        + "; ".join(f"{n}: {r:.2f}x ({'met' if r >= 0.9 else 'NOT met'})" for n, r in worst.items() if n != dense_name) + ".",
+        + "; ".join(f"{size} {n}: {r:.2f}x ({'met' if r >= 0.9 else 'NOT met'})" for (size, n), r in worst.items()) + ".",
         "The CPU is shared with other jobs, so absolute numbers move between runs;",
-        "the ratios come from the same run, interleaved by batch size.",
+        "the ratios come from the same run, interleaved model by model.",
         "",
     ])
     Path(args.out).write_text(text, encoding="utf-8")

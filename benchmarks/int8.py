@@ -22,12 +22,13 @@ from generate import build_models, make_inputs, tokens_per_second
 def speed_rows(new_tokens: int, repeats: int, batch_sizes: list[int]) -> list[str]:
     from skymoe.infer.pipeline import quantize_int8
 
-    moe = build_models()["MoE 8 lora experts, top-2"]
+    moe = build_models("tiny")["MoE 8 lora experts, top-2"]
     int8 = quantize_int8(copy.deepcopy(moe))
     rows = []
     for batch_size in batch_sizes:
         inputs = make_inputs(moe.config, batch_size)
-        fp32, q8 = (tokens_per_second(m, inputs, new_tokens, repeats) for m in (moe, int8))
+        speeds = tokens_per_second({"float32": moe, "int8": int8}, inputs, new_tokens, repeats)
+        fp32, q8 = speeds["float32"], speeds["int8"]
         with torch.inference_mode():
             a, b = moe(**inputs).logits[:, -1], int8(**inputs).logits[:, -1]
         agree = float((a.argmax(-1) == b.argmax(-1)).float().mean())
@@ -77,7 +78,7 @@ def main() -> None:
         "`torch.ao.quantization.quantize_dynamic` (qint8 weights, activations quantised per batch); router gates, "
         "LoRA expert matrices, vision tower and projector stay float32.",
         "",
-        f"## Speed (the `benchmarks/generate.py` MoE: 8 LoRA experts top-2, {args.new_tokens} new tokens, median of {args.repeats})",
+        f"## Speed (the `benchmarks/generate.py` tiny MoE: 8 LoRA experts top-2, {args.new_tokens} new tokens, median of {args.repeats} round-robin rounds)",
         "",
         "| batch | float32 tokens/s | int8 tokens/s | speed-up | same next token |",
         "|---|---|---|---|---|",

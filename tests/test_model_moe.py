@@ -59,25 +59,28 @@ def test_lora_experts_dispatch_matches_naive_reference(base, form, monkeypatch):
 
 
 def test_chosen_experts_decode_path_matches_naive_reference():
-    """Inference with few tokens (N*k*2 <= E, e.g. batch-1 decode) reads only the chosen experts."""
+    """One token (batch-1 decode) reads only its chosen experts; gradients still reach them and the gate."""
     torch.manual_seed(0)
-    num_experts, tokens = 8, 2
+    num_experts, tokens = 8, 1
     module = LoRAExperts(nn.Linear(12, 7), num_experts, rank=3, alpha=6.0, dispatch=LayerDispatch())
     nn.init.normal_(module.lora_B)
-    logits = torch.randn(tokens, num_experts)
+    logits = torch.randn(tokens, num_experts, requires_grad=True)
     top, index = logits.topk(TOP_K, dim=-1)
     weight = top.softmax(-1)
     plan = module.dispatch.plan = DispatchPlan.from_topk(index, weight, num_experts)
     x = torch.randn(1, tokens, 12)
-    with torch.no_grad():
-        got = module(x)
-    assert "assignments" in vars(plan) and "dense_weight" not in vars(plan)
+    got = module(x)
+    assert "dense_weight" not in vars(plan) and "order" not in vars(plan)  # neither other form ran
     expected = module.base(x[0]).clone()
     for t in range(tokens):
         for j in range(TOP_K):
             e = index[t, j]
             expected[t] += weight[t, j] * (x[0, t] @ module.lora_A[e] @ module.lora_B[e]) * module.scale
     assert torch.allclose(got[0], expected, atol=1e-5)
+    got.sum().backward()
+    used = set(index.unique().tolist())
+    assert all(bool(module.lora_A.grad[e].abs().sum() > 0) == (e in used) for e in range(num_experts))
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
 def test_rank_space_form_sees_in_place_updates_of_the_experts_without_autograd():

@@ -26,14 +26,15 @@ from skymoe.model.router import ExpertGate, RoutingContext
 class DispatchPlan:
     """Top-k assignments of N tokens, with views sorted by expert (row i of every sorted tensor is one assignment).
 
-    The sorted views are built on first use: the rank-space LoRA form (used for decode steps) needs
-    only ``dense_weight``, so a decode step skips the sort, bincount and cumsum.
+    The sorted views are built on first use: the decode-step LoRA forms need only ``dense_weight``
+    (rank-space) or ``chosen_weights`` (one token), so a decode step skips the sort, bincount and cumsum.
     """
 
     def __init__(self, index: torch.Tensor, weight: torch.Tensor, num_experts: int):
         self.topk_index, self.topk_weight, self.num_experts = index, weight, num_experts
         self.num_tokens, self.top_k = index.shape
         self._gathered: tuple | None = None  # (input, its sorted rows)
+        self._chosen_weights: dict[int, torch.Tensor] = {}  # see chosen_weights
 
     @classmethod
     def from_topk(cls, index: torch.Tensor, weight: torch.Tensor, num_experts: int) -> "DispatchPlan":
@@ -64,10 +65,11 @@ class DispatchPlan:
         """[E] int32 end offset of each expert's slice."""
         return torch.cumsum(torch.bincount(self.topk_index.reshape(-1), minlength=self.num_experts), 0).to(torch.int32)
 
-    @cached_property
-    def assignments(self) -> list[tuple[list[int], list[float]]]:
-        """Per token, its experts and gate weights as Python values (shared by a layer's linears)."""
-        return list(zip(self.topk_index.tolist(), self.topk_weight.tolist()))
+    def chosen_weights(self, rank: int) -> torch.Tensor:
+        """[1, k*r] a single token's gate weights, repeated over each chosen expert's rank columns (shared by a layer's linears)."""
+        if rank not in self._chosen_weights:
+            self._chosen_weights[rank] = self.topk_weight[0].repeat_interleave(rank).unsqueeze(0)
+        return self._chosen_weights[rank]
 
     @cached_property
     def dense_weight(self) -> torch.Tensor:
@@ -156,7 +158,7 @@ class LoRAExperts(nn.Module):
         plan = self.dispatch.plan
         if plan is None:  # dense adapter
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
-        if plan.num_tokens * plan.top_k * 2 <= self.num_experts and not torch.is_grad_enabled():
+        if plan.num_tokens == 1 and plan.top_k * 2 <= self.num_experts:
             return self._add_chosen_experts_delta(out, x, plan)
         # A decode step (few tokens) takes the rank-space form whatever the width: the grouped form's
         # sort, gather/scatter and 2E near-empty GEMMs per linear are pure overhead there.
@@ -181,17 +183,17 @@ class LoRAExperts(nn.Module):
         return self.num_experts * self.rank * RANK_SPACE_RATIO <= min(in_features, out_features)
 
     def _add_chosen_experts_delta(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
-        """``out`` plus each token's chosen experts only, in place (inference with few tokens, e.g. batch-1 decode).
+        """``out`` plus one token's k chosen experts only, in place (batch-1 decode).
 
         A decode step is memory-bound: reading every expert's A and B (the rank-space form) costs
-        E/k times the adapter traffic of the chosen ones. The gate weights leave autograd as
-        Python floats, hence inference only.
+        E/k times the adapter traffic of the chosen ones. The k chosen adapters are gathered and
+        applied as one batched product into the k*r rank columns and one GEMM out of them.
         """
-        rows, out_rows = x.reshape(plan.num_tokens, -1), out.view(plan.num_tokens, -1)
-        for token, (experts, weights) in enumerate(plan.assignments):
-            for expert, weight in zip(experts, weights):
-                low_rank = rows[token : token + 1] @ self.lora_A[expert]
-                out_rows[token : token + 1].addmm_(low_rank, self.lora_B[expert], alpha=weight * self.scale)
+        chosen = plan.topk_index[0]
+        down = self.lora_A.index_select(0, chosen)  # [k, in, r]
+        low_rank = torch.bmm(x.reshape(1, 1, -1).expand(len(chosen), 1, -1), down).view(1, -1)  # [1, k*r]
+        up = self.lora_B.index_select(0, chosen).view(-1, self.lora_B.shape[-1])  # [k*r, out]
+        out.view(1, -1).addmm_(low_rank * plan.chosen_weights(self.rank), up, alpha=self.scale)
         return out
 
     def _add_rank_space_delta(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
