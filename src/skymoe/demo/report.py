@@ -49,7 +49,7 @@ def loss_curves(out_dir: Path, path: Path) -> None:
 
 
 def headline_bars(moe: dict, dense: dict, path: Path) -> None:
-    """Overall accuracy per held-out set: MoE, dense and the prior baseline side by side."""
+    """Overall accuracy per held-out set (and the real datasets pooled): MoE, dense and the prior side by side."""
     import numpy as np
 
     plt = _pyplot()
@@ -59,6 +59,10 @@ def headline_bars(moe: dict, dense: dict, path: Path) -> None:
         "dense (stage 1)": [_dig(dense["model"], "question_answering", g, "overall_accuracy") for g in groups],
         "prior baseline": [_dig(moe.get("baseline", {}), "question_answering", g, "overall_accuracy") for g in groups],
     }
+    for row in pooled_real_rows(moe, dense):  # [name, n, MoE, dense, prior, MoE - prior]
+        groups.append(row[0])
+        for label, value in zip(series, row[2:5]):
+            series[label].append(value)
     x = np.arange(len(groups))
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(groups)), 3.6))
     for i, (label, values) in enumerate(series.items()):
