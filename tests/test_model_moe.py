@@ -83,6 +83,30 @@ def test_chosen_experts_decode_path_matches_naive_reference():
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("form,tokens", [("grouped", 13), ("rank-space", 13), ("few-tokens", 13), ("one-token", 1)])
+def test_every_lora_form_runs_under_bf16_autocast_with_gradients(form, tokens, monkeypatch):
+    """bf16 mixed precision (the trainer's autocast): in-place adds must not mix bf16 outputs with fp32 adapters."""
+    monkeypatch.setattr(experts_module, "RANK_SPACE_RATIO", 0 if form == "rank-space" else 10**6)
+    monkeypatch.setattr(experts_module, "FEW_TOKENS", 64 if form in ("few-tokens", "one-token") else 0)
+    num_experts = 8
+    module = LoRAExperts(nn.Linear(16, 16), num_experts, rank=2, alpha=4.0, dispatch=LayerDispatch())
+    nn.init.normal_(module.lora_B)
+    logits = torch.randn(tokens, num_experts, requires_grad=True)
+    top, index = logits.topk(TOP_K, dim=-1)
+    module.dispatch.plan = DispatchPlan.from_topk(index, top.softmax(-1), num_experts)
+    x = torch.randn(1, tokens, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and module.lora_B.grad is not None and logits.grad is not None
+    with torch.no_grad():
+        reference = module.base(x) + torch.stack([
+            sum(w * (x[0, t] @ module.lora_A[e] @ module.lora_B[e]) for e, w in zip(index[t], top.softmax(-1)[t]))
+            for t in range(tokens)
+        ]) * module.scale
+    assert torch.allclose(out.float(), reference, atol=0.1, rtol=0.05)
+
+
 def test_rank_space_form_sees_in_place_updates_of_the_experts_without_autograd():
     """The [in, E*r] layout of lora_A is kept between no-grad forwards; an optimizer-style update must refresh it."""
     dispatch = LayerDispatch()
@@ -190,6 +214,19 @@ def test_gate_without_routing_embedding_is_a_clear_error():
     gate = ExpertGate(16, 8, EXPERTS, TOP_K, "token", jitter=0.0)
     with pytest.raises(RuntimeError, match="routing embedding"):
         gate(torch.randn(1, 2, 16), RoutingContext())
+
+
+def test_cached_routing_logits_follow_in_place_weight_updates():
+    """Decode steps reuse the routing embedding's gate logits; an in-place update of the gate must refresh them."""
+    gate = ExpertGate(16, 8, EXPERTS, TOP_K, "sequence", jitter=0.0)
+    context = RoutingContext(routing_embedding=torch.randn(1, 8), record=False)
+    hidden = torch.randn(1, 1, 16)
+    with torch.no_grad():
+        first, _ = gate(hidden, context)
+        assert torch.equal(gate(hidden, context)[0], first)  # same embedding: the cached projection
+        gate.routing_proj.weight.neg_()
+        gate.routing_proj.bias.neg_()
+        assert torch.equal(gate(hidden, context)[0], gate.routing_proj(context.routing_embedding).topk(TOP_K)[1])
 
 
 MOE_VARIANTS = {

@@ -80,6 +80,7 @@ def test_scene_count_estimate_does_not_count_the_overlaps_twice(tmp_path):
     per_tile = [f["properties"]["count"] for f in result["features"] if f["properties"]["layer"] == "tiles"]
     assert sum(per_tile) > 1.5 * 1200  # the overlaps hold many dots twice or four times
     assert result["skymoe"]["count_estimate"] == pytest.approx(1200, rel=0.03) == summary.count_estimate
+    assert result["skymoe"]["count_tiles"] == result["skymoe"]["tiles_done"] == len(per_tile)
 
 
 def bright_square_scene(path, georeferenced=True):

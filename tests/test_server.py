@@ -211,3 +211,54 @@ def test_full_queue_answers_429_and_the_held_requests_still_finish(pipeline):
         answers = [f.result(timeout=60).choices[0].message.content for f in held]
     expected = pipeline.ask(Image.open(io.BytesIO(png_bytes())).convert("RGB"), "What is this?", max_new_tokens=3).text
     assert answers == [expected, expected]
+
+
+class PiecesPipeline:
+    """Streams two pieces, then waits for ``release`` and fails (or answers) — the server's view of a generate call."""
+
+    max_new_tokens, model_name = 4, "pieces"
+
+    def __init__(self, pipeline, fail: bool):
+        self.processor, self.fail, self.release = pipeline.processor, fail, threading.Event()
+
+    def generate(self, images, prompts, *, on_text=None, **kwargs):
+        from skymoe.infer.pipeline import Answer
+
+        on_text(0, "two ")
+        on_text(0, "pieces")
+        self.release.wait(30)
+        if self.fail:
+            raise RuntimeError("the accelerator fell over")
+        return [Answer(text="two pieces", task="vqa", image_size=(48, 40))]
+
+
+def test_failure_after_the_first_piece_is_an_error_event_in_the_stream(pipeline):
+    from skymoe.serve.api import create_app
+
+    fake = PiecesPipeline(pipeline, fail=True)
+    fake.release.set()
+    with running(create_app(fake)) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(model="pieces", messages=user_message("What is this?", data_url(png_bytes())), stream=True)
+        received = []
+        with pytest.raises(openai.APIError, match="the accelerator fell over"):
+            for chunk in stream:
+                received.append(chunk.choices[0].delta.content or "")
+        assert "".join(received) == "two pieces"  # what was generated before the failure arrived
+        assert httpx.get(f"{base}/health").json()["status"] == "ok"
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_slot(pipeline):
+    from skymoe.serve.api import create_app
+
+    fake = PiecesPipeline(pipeline, fail=False)
+    with running(create_app(fake)) as base:
+        body = {"messages": user_message("What is this?", data_url(png_bytes())), "stream": True}
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30) as reply:
+            assert reply.status_code == 200
+            assert any('"two "' in line for line in reply.iter_lines())  # streaming has begun; generation is still running
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{base}/health").json()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{base}/health").json()["pending"] == 0  # released while generate still runs
+        fake.release.set()

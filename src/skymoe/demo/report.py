@@ -190,7 +190,7 @@ def data_section(run: dict) -> Section:
     section.text = (
         "The embedded real datasets are tiny (RSVQA-LR: 12 images), so two held-out sets are reported separately: "
         "'unseen-images' (the datasets' own held-out splits, RSVQA-HR's Philadelphia test_phili included, whose images "
-        "never appear in training; the real ones used whole) and "
+        "never appear in training; the real ones used whole, except in --smoke runs) and "
         "'unseen-questions' (a seeded 15% of the questions of training images, withheld from training). "
         "The prior baseline answers the most frequent training answer per dataset and question type."
     )

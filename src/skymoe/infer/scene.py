@@ -12,7 +12,8 @@
   with each tile's answer: caption, class or count). For counting,
   ``skymoe.count_estimate`` adds each tile's count times the share of the tile
   it owns (overlaps split at their middle), so objects in overlaps are not
-  counted twice (assuming objects spread evenly within a tile). It is rewritten
+  counted twice (assuming objects spread evenly within a tile); ``count_tiles``
+  says how many tiles answered with a number. It is rewritten
   atomically after every batch, so an interrupted run (Ctrl-C) leaves a
   valid file holding the tiles done so far (``skymoe.complete: false``).
 * A raster without georeferencing is processed in pixel coordinates (y down),
@@ -163,6 +164,14 @@ class SceneOutput:
         scores = np.array([d[1] for d in self.detections], dtype=float)
         return [self.detections[i] for i in nms(boxes, scores, self.merge_threshold, metric="ios")]
 
+    def count_summary(self) -> dict:
+        """``count_estimate`` (owned shares summed) and ``count_tiles`` (tiles whose answer held a number).
+
+        A tile without a number adds nothing to the estimate: compare ``count_tiles`` with ``tiles_done``.
+        """
+        counted = [t["properties"]["count_owned"] for t in self.tiles if "count_owned" in t["properties"]]
+        return {"count_estimate": round(sum(counted), 2), "count_tiles": len(counted)}
+
     def feature_collection(self, complete: bool) -> dict:
         features = [
             {
@@ -175,9 +184,8 @@ class SceneOutput:
         ]
         summary = {**self.meta, "complete": complete, "tiles_done": len(self.tiles), "detections": len(features),
                    "georeferenced": self.georef.georeferenced}
-        counted = [t["properties"]["count_owned"] for t in self.tiles if "count_owned" in t["properties"]]
-        if counted:
-            summary["count_estimate"] = round(sum(counted), 2)
+        if self.meta.get("task") == Task.COUNTING.value:
+            summary.update(self.count_summary())
         collection = {
             "type": "FeatureCollection",
             "skymoe": summary,
@@ -288,4 +296,4 @@ def run_scene(
     finally:  # Ctrl-C or an error: what is done so far is still written, marked incomplete
         output.write(complete=complete)
     return SceneResult(Path(out), len(tiles), len(output.tiles), len(output.merged()), complete, georef.georeferenced,
-                       time.perf_counter() - started, output.feature_collection(complete)["skymoe"].get("count_estimate"))
+                       time.perf_counter() - started, output.count_summary()["count_estimate"] if task == Task.COUNTING else None)

@@ -111,7 +111,8 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
 
 
 # LoRA experts use the rank-space form while E * r * RANK_SPACE_RATIO <= min(in, out) (see LoRAExperts.rank_space);
-# and so does a forward with at most FEW_TOKENS tokens (a decode step), whatever the width.
+# and so does a forward with at most FEW_TOKENS tokens (a decode step), whatever the width, except a single
+# token with 2k <= E (batch-1 decode), which reads only its chosen experts.
 RANK_SPACE_RATIO = 4
 FEW_TOKENS = 64
 
@@ -160,7 +161,7 @@ class LoRAExperts(nn.Module):
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
         if plan.num_tokens == 1 and plan.top_k * 2 <= self.num_experts:
             return self._add_chosen_experts_delta(out, x, plan)
-        # A decode step (few tokens) takes the rank-space form whatever the width: the grouped form's
+        # Other decode steps (few tokens) take the rank-space form whatever the width: the grouped form's
         # sort, gather/scatter and 2E near-empty GEMMs per linear are pure overhead there.
         if self.rank_space or plan.num_tokens <= FEW_TOKENS:
             return self._add_rank_space_delta(out, x, plan)
@@ -193,7 +194,9 @@ class LoRAExperts(nn.Module):
         down = self.lora_A.index_select(0, chosen)  # [k, in, r]
         low_rank = torch.bmm(x.reshape(1, 1, -1).expand(len(chosen), 1, -1), down).view(1, -1)  # [1, k*r]
         up = self.lora_B.index_select(0, chosen).view(-1, self.lora_B.shape[-1])  # [k*r, out]
-        out.view(1, -1).addmm_(low_rank * plan.chosen_weights(self.rank), up, alpha=self.scale)
+        low_rank = low_rank * plan.chosen_weights(self.rank)
+        # In-place addmm_ gets no autocast: its operands must share out's dtype (bf16 under mixed precision).
+        out.view(1, -1).addmm_(low_rank.to(out.dtype), up.to(out.dtype), alpha=self.scale)
         return out
 
     def _add_rank_space_delta(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
@@ -205,7 +208,9 @@ class LoRAExperts(nn.Module):
         experts, in_features, rank = self.lora_A.shape
         low_rank = (x.reshape(-1, in_features) @ self._lora_A_columns()).view(-1, experts, rank)
         low_rank = (low_rank * plan.dense_weight.unsqueeze(-1)).view(-1, experts * rank)
-        out.view(-1, out.shape[-1]).addmm_(low_rank, self.lora_B.view(experts * rank, -1), alpha=self.scale)
+        up = self.lora_B.view(experts * rank, -1)
+        # In-place addmm_ gets no autocast: its operands must share out's dtype (bf16 under mixed precision).
+        out.view(-1, out.shape[-1]).addmm_(low_rank.to(out.dtype), up.to(out.dtype), alpha=self.scale)
         return out
 
     def _lora_A_columns(self) -> torch.Tensor:

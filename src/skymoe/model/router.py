@@ -95,20 +95,23 @@ class ExpertGate(nn.Module):
         self.num_experts, self.top_k, self.routing, self.jitter = num_experts, top_k, routing, jitter
         self.routing_proj = nn.Linear(routing_size, num_experts)
         self.token_proj = nn.Linear(hidden_size, num_experts, bias=False) if routing == "token" else None
-        self._routing_logits: tuple[torch.Tensor, torch.Tensor] | None = None  # see routing_logits
+        self._routing_logits: tuple | None = None  # (embedding, weight versions, logits); see routing_logits
 
     def routing_logits(self, routing_embedding: torch.Tensor) -> torch.Tensor:
         """[B, E] gate logits from the routing embedding.
 
         Cached generation passes the prefill's routing embedding (the same tensor) to every decode
-        step, so outside autograd the projection is kept until the embedding changes.
+        step, so outside autograd the projection is kept while the embedding and the projection's
+        weights are unchanged (an in-place weight update bumps their version counters).
         """
         if torch.is_grad_enabled():
             self._routing_logits = None
             return self.routing_proj(routing_embedding)
-        if self._routing_logits is None or self._routing_logits[0] is not routing_embedding:
-            self._routing_logits = (routing_embedding, self.routing_proj(routing_embedding))
-        return self._routing_logits[1]
+        versions = tuple((w.data_ptr(), w._version) for w in self.routing_proj.parameters())
+        cached = self._routing_logits
+        if cached is None or cached[0] is not routing_embedding or cached[1] != versions:
+            self._routing_logits = cached = (routing_embedding, versions, self.routing_proj(routing_embedding))
+        return cached[2]
 
     def forward(self, hidden_states: torch.Tensor, context: RoutingContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns top-k expert index and weight per token, each [B*S, k]; records the decision."""

@@ -13,7 +13,8 @@ request never takes the server down.
 Streaming sends the answer token by token as the batched generate call
 produces it (the queue routes each row's pieces to its request). The response
 starts with the first piece, so a request that fails before generating
-(queue full, unreadable image) still gets its status code.
+(queue full, unreadable image) still gets its status code; a failure after it
+is an ``error`` event in the stream, and a client that disconnects cancels its job.
 """
 from __future__ import annotations
 
@@ -258,15 +259,29 @@ async def _streaming_reply(job: Job, answer, completion_id: str, model_name: str
     job.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
     result_task = asyncio.ensure_future(answer(job))
     first_piece = asyncio.ensure_future(pieces.get())
-    await asyncio.wait({result_task, first_piece}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({result_task, first_piece}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the client went away before the first piece: drop its job
+        _cancel(first_piece, result_task)
+        raise
     if result_task.done() and result_task.exception() is not None:
         first_piece.cancel()
         raise result_task.exception()
     return StreamingResponse(_stream(completion_id, model_name, first_piece, pieces, result_task), media_type="text/event-stream")
 
 
+def _cancel(*tasks: asyncio.Future) -> None:
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+
+
 async def _stream(completion_id: str, model_name: str, first_piece: asyncio.Future, pieces: asyncio.Queue, result_task: asyncio.Future):
-    """OpenAI chat.completion.chunk events: role, the answer piece by piece, finish (with the SkyMoE extras), [DONE]."""
+    """OpenAI chat.completion.chunk events: role, the answer piece by piece, finish (with the SkyMoE extras), [DONE].
+
+    A failure after the first piece (the 200 status is sent) becomes an ``error`` event before
+    ``[DONE]``; a client that disconnects cancels its job (a queued job is then skipped).
+    """
     created = int(time.time())
 
     def event(delta: dict, finish: str | None = None, **more) -> str:
@@ -274,23 +289,28 @@ async def _stream(completion_id: str, model_name: str, first_piece: asyncio.Futu
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
         return f"data: {json.dumps(chunk)}\n\n"
 
-    yield event({"role": "assistant", "content": ""})
-    sent = ""
     waiting = first_piece
-    while True:
-        await asyncio.wait({waiting, result_task}, return_when=asyncio.FIRST_COMPLETED)
-        if not waiting.done():  # generation finished: what is still queued was put before it
-            waiting.cancel()
-            break
-        sent += waiting.result()
-        yield event({"content": waiting.result()})
-        waiting = asyncio.ensure_future(pieces.get())
-    while not pieces.empty():
-        piece = pieces.get_nowait()
-        sent += piece
-        yield event({"content": piece})
-    result = result_task.result()
-    if result.text.startswith(sent) and len(result.text) > len(sent):  # pieces are a prefix of the answer
-        yield event({"content": result.text[len(sent) :]})
-    yield event({}, "stop", skymoe=_extra(result))
+    try:
+        yield event({"role": "assistant", "content": ""})
+        sent = ""
+        while True:
+            await asyncio.wait({waiting, result_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():  # generation finished: what is still queued was put before it
+                break
+            sent += waiting.result()
+            yield event({"content": waiting.result()})
+            waiting = asyncio.ensure_future(pieces.get())
+        while not pieces.empty():
+            piece = pieces.get_nowait()
+            sent += piece
+            yield event({"content": piece})
+        result = result_task.result()
+        if result.text.startswith(sent) and len(result.text) > len(sent):  # pieces are a prefix of the answer
+            yield event({"content": result.text[len(sent) :]})
+        yield event({}, "stop", skymoe=_extra(result))
+    except Exception as exc:  # the status line is gone: report the error in the stream, as OpenAI does
+        error = exc if isinstance(exc, APIError) else APIError(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error", "server_error")
+        yield f"data: {json.dumps(_error_body(error))}\n\n"
+    finally:
+        _cancel(waiting, result_task)
     yield "data: [DONE]\n\n"

@@ -85,8 +85,9 @@ class BatchQueue:
             if batch[index].on_text is not None:
                 batch[index].on_text(text)
 
+        streaming = any(job.on_text is not None for job in batch)  # re-decoding every step costs: only when asked
         return self.pipeline.generate([j.image for j in batch], [j.prompt for j in batch], task=first.task,
-                                      routing=first.routing, max_new_tokens=first.max_tokens, on_text=on_text)
+                                      routing=first.routing, max_new_tokens=first.max_tokens, on_text=on_text if streaming else None)
 
     async def _run(self) -> None:
         while True:
