@@ -128,6 +128,21 @@ def test_bf16_grad_accumulation_and_a_dense_lora_adapter(data, tmp_path):
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
+@pytest.mark.parametrize("form", ["rank-space", "grouped"])
+def test_bf16_stage2_trains_the_lora_experts(data, stage1, tmp_path, form, monkeypatch):
+    from skymoe.model import experts
+
+    monkeypatch.setattr(experts, "RANK_SPACE_RATIO", 0 if form == "rank-space" else 10**6)
+    monkeypatch.setattr(experts, "FEW_TOKENS", 0)
+    cfg = load_config(
+        write_config(tmp_path / "s2.yaml", data, stage=2),
+        [f"model.init_from={stage1.output_dir}", "precision=bf16", "max_steps=2"],
+    )
+    result = train(cfg, tmp_path / "out")
+    assert result.steps == 2
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
 def test_cli_reports_a_bad_override_with_the_allowed_keys(data, tmp_path, capsys):
     from skymoe.cli import main
 
