@@ -212,7 +212,7 @@ class SceneResult:
     complete: bool
     georeferenced: bool
     seconds: float
-    count_estimate: float | None = None  # counting: the scene total (see SceneOutput.feature_collection)
+    count_estimate: float | None = None  # counting: the scene total (see SceneOutput.count_summary)
 
 
 def _source_tile(info, tile_size: int, gsd: float | None, scene: str) -> int:
