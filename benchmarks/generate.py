@@ -1,6 +1,6 @@
 """Greedy generation speed: the MoE model vs the same model with its experts removed (dense), in one run.
 
-    python benchmarks/generate.py [--new-tokens 48] [--repeats 5] [--out benchmarks/results/generate.md]
+    python benchmarks/generate.py [--new-tokens 48] [--repeats 9] [--out benchmarks/results/generate.md]
 
 The dense model is a stage-1 SkyMoE (frozen base LLM + one LoRA adapter on the
 FFN linears); the MoE models are upcycled from it with 8 experts, top-2 (LoRA
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,8 +59,27 @@ def make_inputs(config, batch_size: int, text_len: int = 24, seed: int = 0) -> d
             "pixel_values": torch.randn(batch_size, 3, config.image_size, config.image_size, generator=g)}
 
 
-def tokens_per_second(models: dict, inputs: dict, new_tokens: int, repeats: int) -> dict[str, float]:
-    """Median tokens/s of each model, timed round-robin (one run of each model per round).
+@dataclass
+class Speeds:
+    """Per-model seconds of each round; ``tokens`` generated per run."""
+
+    seconds: dict[str, list[float]]
+    tokens: int
+
+    def tokens_per_second(self, name: str) -> float:
+        return self.tokens / statistics.median(self.seconds[name])
+
+    def ratio(self, name: str, reference: str) -> float:
+        """Median over rounds of ``name``'s speed / ``reference``'s in the same round.
+
+        Each round times the models back to back, so a per-round ratio cancels load that drifts
+        between rounds on a shared CPU; the ratio of two medians would not.
+        """
+        return statistics.median(r / t for r, t in zip(self.seconds[reference], self.seconds[name]))
+
+
+def time_rounds(models: dict, inputs: dict, new_tokens: int, repeats: int) -> Speeds:
+    """Generation time of each model over ``repeats`` rounds, round-robin (one run of each model per round).
 
     Interleaving puts every model under the same machine load and allocator state; timing one
     model's repeats back to back lets a burst of other work or a cold heap land on one model only.
@@ -76,14 +96,13 @@ def tokens_per_second(models: dict, inputs: dict, new_tokens: int, repeats: int)
     for _ in range(repeats):
         for name, model in models.items():
             seconds[name].append(once(model))
-    tokens = inputs["input_ids"].shape[0] * new_tokens
-    return {name: tokens / statistics.median(times) for name, times in seconds.items()}
+    return Speeds(seconds, inputs["input_ids"].shape[0] * new_tokens)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU makes more threads spin, not work)")
@@ -96,12 +115,12 @@ def main() -> None:
         dense_name = next(iter(models))
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             inputs = make_inputs(models[dense_name].config, batch_size)
-            speeds = tokens_per_second(models, inputs, args.new_tokens, args.repeats)
-            for name, speed in speeds.items():
-                ratio = speed / speeds[dense_name]
+            speeds = time_rounds(models, inputs, args.new_tokens, args.repeats)
+            for name in models:
+                ratio = speeds.ratio(name, dense_name)
                 if name != dense_name:
                     worst[(size, name)] = min(worst.get((size, name), float("inf")), ratio)
-                rows.append(f"| {size} | {batch_size} | {name} | {speed:,.0f} | {ratio:.2f}x |")
+                rows.append(f"| {size} | {batch_size} | {name} | {speeds.tokens_per_second(name):,.0f} | {ratio:.2f}x |")
                 print(rows[-1], flush=True)
         t = SIZES[size]
         params = "; ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.1f} M" for n, m in models.items())
@@ -115,7 +134,8 @@ def main() -> None:
         "",
         f"Machine: {machine()}; {args.threads} torch thread(s).",
         f"ViT tower 1 layer, 64 px image, vocabulary 2,000; {args.new_tokens} new tokens per sequence (EOS suppressed), "
-        f"median of {args.repeats} rounds after a warm-up; each round runs every model once (round-robin).",
+        f"{args.repeats} rounds after a warm-up; each round runs every model once (round-robin). tokens/s: median over rounds; "
+        "vs dense: median over rounds of the speed ratio within a round.",
         *described,
         "",
         "| LLM | batch | model | tokens/s | vs dense |",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from _machine import machine
-from generate import build_models, make_inputs, tokens_per_second
+from generate import build_models, make_inputs, time_rounds
 
 
 def speed_rows(new_tokens: int, repeats: int, batch_sizes: list[int]) -> list[str]:
@@ -27,12 +27,12 @@ def speed_rows(new_tokens: int, repeats: int, batch_sizes: list[int]) -> list[st
     rows = []
     for batch_size in batch_sizes:
         inputs = make_inputs(moe.config, batch_size)
-        speeds = tokens_per_second({"float32": moe, "int8": int8}, inputs, new_tokens, repeats)
-        fp32, q8 = speeds["float32"], speeds["int8"]
+        speeds = time_rounds({"float32": moe, "int8": int8}, inputs, new_tokens, repeats)
+        fp32, q8 = speeds.tokens_per_second("float32"), speeds.tokens_per_second("int8")
         with torch.inference_mode():
             a, b = moe(**inputs).logits[:, -1], int8(**inputs).logits[:, -1]
         agree = float((a.argmax(-1) == b.argmax(-1)).float().mean())
-        rows.append(f"| {batch_size} | {fp32:,.0f} | {q8:,.0f} | {q8 / fp32:.2f}x | {agree:.0%} |")
+        rows.append(f"| {batch_size} | {fp32:,.0f} | {q8:,.0f} | {speeds.ratio('int8', 'float32'):.2f}x | {agree:.0%} |")
         print(rows[-1], flush=True)
     return rows
 

@@ -58,8 +58,13 @@ def test_lora_experts_dispatch_matches_naive_reference(base, form, monkeypatch):
         assert bool(module.lora_A.grad[e].abs().sum() > 0) == (e in used)
 
 
-def test_chosen_experts_decode_path_matches_naive_reference():
-    """One token (batch-1 decode) reads only its chosen experts; gradients still reach them and the gate."""
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
+def test_chosen_experts_decode_path_matches_naive_reference(grad):
+    """One token (batch-1 decode) reads only its chosen experts.
+
+    With autograd the gathered form runs and gradients reach the chosen experts and the gate; CPU
+    inference runs one addmm_ per chosen expert (also under bf16 autocast).
+    """
     torch.manual_seed(0)
     num_experts, tokens = 8, 1
     module = LoRAExperts(nn.Linear(12, 7), num_experts, rank=3, alpha=6.0, dispatch=LayerDispatch())
@@ -69,14 +74,21 @@ def test_chosen_experts_decode_path_matches_naive_reference():
     weight = top.softmax(-1)
     plan = module.dispatch.plan = DispatchPlan.from_topk(index, weight, num_experts)
     x = torch.randn(1, tokens, 12)
-    got = module(x)
+    with torch.set_grad_enabled(grad):
+        got = module(x)
     assert "dense_weight" not in vars(plan) and "order" not in vars(plan)  # neither other form ran
+    assert ("chosen_pairs" in vars(plan)) == (not grad)
     expected = module.base(x[0]).clone()
     for t in range(tokens):
         for j in range(TOP_K):
             e = index[t, j]
             expected[t] += weight[t, j] * (x[0, t] @ module.lora_A[e] @ module.lora_B[e]) * module.scale
     assert torch.allclose(got[0], expected, atol=1e-5)
+    if not grad:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            low = module(x)
+        assert low.dtype == torch.bfloat16 and torch.allclose(low[0].float(), expected, atol=0.1, rtol=0.05)
+        return
     got.sum().backward()
     used = set(index.unique().tolist())
     assert all(bool(module.lora_A.grad[e].abs().sum() > 0) == (e in used) for e in range(num_experts))
@@ -196,6 +208,20 @@ def test_gate_picks_k_distinct_experts_with_weights_summing_to_one(routing):
         assert torch.equal(index.view(3, 4, TOP_K), expected.unsqueeze(1).expand(3, 4, TOP_K))
     else:
         assert torch.equal(index, expected)
+
+
+def test_gate_decode_step_decides_like_the_full_sequence():
+    """A one-token forward (a decode step, fused addmm) gives the logits and choice of the general path."""
+    torch.manual_seed(0)
+    gate = ExpertGate(16, 8, EXPERTS, TOP_K, "token", jitter=0.0)
+    context = RoutingContext(routing_embedding=torch.randn(3, 8))
+    hidden = torch.randn(3, 4, 16)
+    index, weight = gate(hidden, context)
+    step_index, step_weight = gate(hidden[:, -1:], context)
+    full, step = context.records
+    assert torch.allclose(step.logits, full.logits.view(3, 4, EXPERTS)[:, -1], atol=1e-6)
+    assert torch.equal(step_index, index.view(3, 4, TOP_K)[:, -1])
+    assert torch.allclose(step_weight, weight.view(3, 4, TOP_K)[:, -1], atol=1e-6)
 
 
 def test_router_statistics_can_be_skipped_without_changing_the_logits():

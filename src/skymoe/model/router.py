@@ -119,9 +119,12 @@ class ExpertGate(nn.Module):
             raise RuntimeError("MoE layer called without a routing embedding: run the full SkyMoE model, not its LLM")
         batch, seq = hidden_states.shape[:2]
         routing_logits = self.routing_logits(context.routing_embedding)  # [B, E]
-        if self.routing == "token":
+        jitter = self.training and self.jitter
+        if self.routing == "token" and seq == 1 and not jitter:  # a decode step: one fused addmm, fewer operators
+            logits = torch.addmm(routing_logits, hidden_states.reshape(batch, -1), self.token_proj.weight.t())
+        elif self.routing == "token":
             x = hidden_states
-            if self.training and self.jitter:
+            if jitter:
                 x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
             logits = (self.token_proj(x) + routing_logits.unsqueeze(1)).reshape(batch * seq, -1)
         else:
