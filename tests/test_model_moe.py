@@ -119,19 +119,36 @@ def test_every_lora_form_runs_under_bf16_autocast_with_gradients(form, tokens, m
     assert torch.allclose(out.float(), reference, atol=0.1, rtol=0.05)
 
 
-def test_rank_space_form_sees_in_place_updates_of_the_experts_without_autograd():
-    """The [in, E*r] layout of lora_A is kept between no-grad forwards; an optimizer-style update must refresh it."""
+@pytest.mark.parametrize("tokens", [TOKENS, 1], ids=["rank-space", "one-token"])
+def test_decode_forms_see_in_place_updates_and_new_storage_without_autograd(tokens):
+    """The no-grad forms keep lora_A's [in, E*r] layout / per-expert views between forwards.
+
+    An optimizer-style in-place update and a dtype move (new storage) must both reach the output.
+    """
     dispatch = LayerDispatch()
-    module = LoRAExperts(nn.Linear(12, 7), EXPERTS, rank=3, alpha=6.0, dispatch=dispatch)
+    module = LoRAExperts(nn.Linear(12, 7), 8, rank=3, alpha=6.0, dispatch=dispatch)
     nn.init.normal_(module.lora_B)
-    x = torch.randn(1, TOKENS, 12)
-    index, weight = random_routing()
-    dispatch.plan = DispatchPlan.from_topk(index, weight, EXPERTS)
-    assert TOKENS <= experts_module.FEW_TOKENS  # so the rank-space form runs
+    x = torch.randn(1, tokens, 12)
+    logits = torch.randn(tokens, 8)
+    top, index = logits.topk(TOP_K, dim=-1)
+    weight = top.softmax(-1)
+
+    def reference(m, inputs):
+        flat = inputs.reshape(tokens, -1)
+        delta = torch.stack([sum(w * (flat[t] @ m.lora_A[e] @ m.lora_B[e]) for e, w in zip(index[t], weight[t])) for t in range(tokens)])
+        return m.base(flat) + delta.to(flat.dtype) * m.scale
+
+    assert tokens <= experts_module.FEW_TOKENS  # a decode-step form runs
     with torch.no_grad():
+        dispatch.plan = DispatchPlan.from_topk(index, weight, 8)
         module(x)
         module.lora_A.mul_(-2.0)
-        assert torch.allclose(module(x), naive_lora(module, x, index, weight), atol=1e-5)
+        module.lora_B.add_(1.0)
+        assert torch.allclose(module(x).reshape(tokens, -1), reference(module, x), atol=1e-5)
+        module.double()
+        dispatch.plan = DispatchPlan.from_topk(index, weight.double(), 8)
+        got = module(x.double())
+        assert got.dtype == torch.float64 and torch.allclose(got.reshape(tokens, -1), reference(module, x.double()), atol=1e-9)
 
 
 def test_dispatch_plan_sorts_assignments_by_expert():

@@ -150,6 +150,7 @@ class LoRAExperts(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(num_experts, rank, out_features))
         self.dispatch = dispatch
         self._columns_cache: tuple | None = None  # see _lora_A_columns
+        self._views_cache: tuple | None = None  # see _expert_views
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -165,7 +166,7 @@ class LoRAExperts(nn.Module):
         if plan is None:  # dense adapter
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
         if plan.num_tokens == 1 and plan.top_k * 2 <= self.num_experts:
-            if x.device.type == "cpu" and not torch.is_grad_enabled():
+            if x.device.type == "cpu" and not torch.is_grad_enabled() and x.dtype == out.dtype == self.lora_A.dtype:
                 return self._add_chosen_experts_loop(out, x, plan)
             return self._add_chosen_experts_delta(out, x, plan)
         # Other decode steps (few tokens) take the rank-space form whatever the width: the grouped form's
@@ -209,17 +210,29 @@ class LoRAExperts(nn.Module):
     def _add_chosen_experts_loop(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
         """The same sum as :meth:`_add_chosen_experts_delta`, one ``addmm_`` per chosen expert (CPU inference).
 
-        With the gate weights as Python numbers (``alpha``), each expert is two BLAS calls on views
-        of its A and B, with no gathered copies: a third less time per linear on CPU, where operator
-        dispatch dominates a decode step. Not used with autograd (the gate weights would get no
-        gradient) nor on accelerators (reading the weights back to the host would stall the stream).
+        On CPU a decode step's cost is mostly operator dispatch: with the gate weights as Python
+        numbers (``alpha``) and per-expert views kept between steps, each expert is two BLAS calls,
+        which makes this form cost what the dense adapter costs. Not used with autograd (the gate
+        weights would get no gradient), on accelerators (reading the weights back to the host would
+        stall the stream) or under autocast (``addmm_`` would need casts).
         """
+        downs, ups = self._expert_views()
         x_row, out_row = x.reshape(1, -1), out.view(1, -1)
         for expert, weight in plan.chosen_pairs:
-            # In-place addmm_ gets no autocast: its operands must share out's dtype (bf16 under mixed precision).
-            low_rank = (x_row @ self.lora_A[expert]).to(out.dtype)
-            out_row.addmm_(low_rank, self.lora_B[expert].to(out.dtype), alpha=self.scale * weight)
+            out_row.addmm_(torch.mm(x_row, downs[expert]), ups[expert], alpha=self.scale * weight)
         return out
+
+    def _expert_views(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Per-expert views of ``lora_A`` and ``lora_B``; they see in-place updates, so they are kept until the storage changes."""
+        key = (self.lora_A.data_ptr(), self.lora_B.data_ptr())
+        if self._views_cache is None or self._views_cache[0] != key:
+            self._views_cache = (key, self.lora_A.detach().unbind(0), self.lora_B.detach().unbind(0))
+        return self._views_cache[1], self._views_cache[2]
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() give the parameters new storage: drop what was built from the old one.
+        self._columns_cache = self._views_cache = None
+        return super()._apply(fn, recurse)
 
     def _add_rank_space_delta(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
         """``out`` plus the LoRA delta through all E*r rank columns (unchosen experts weighted 0), in place.
