@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import socket
 import threading
 import time
@@ -246,6 +247,30 @@ def test_failure_after_the_first_piece_is_an_error_event_in_the_stream(pipeline)
                 received.append(chunk.choices[0].delta.content or "")
         assert "".join(received) == "two pieces"  # what was generated before the failure arrived
         assert httpx.get(f"{base}/health").json()["status"] == "ok"
+
+
+def test_pieces_written_before_a_failure_are_streamed_even_when_the_failure_is_seen_first():
+    """The request handler can wake up after the job has both written pieces and failed (a loaded
+    server): the answer is then already under way, so it streams the pieces and the error event."""
+    import asyncio
+
+    from skymoe.serve.api import _streaming_reply
+    from skymoe.serve.queue import Job
+
+    async def answer(job):
+        job.on_text("two ")
+        job.on_text("pieces")
+        await asyncio.sleep(0)  # the pieces land in the queue; then the job fails
+        raise RuntimeError("the accelerator fell over")
+
+    async def reply_events() -> list[str]:
+        response = await _streaming_reply(Job(None, "q", "vqa", 4, False), answer, "id", "m")
+        return [chunk async for chunk in response.body_iterator]
+
+    *chunks, error, done = asyncio.run(reply_events())
+    assert [json.loads(c[len("data: "):])["choices"][0]["delta"]["content"] for c in chunks] == ["", "two ", "pieces"]
+    assert "the accelerator fell over" in json.loads(error[len("data: "):])["error"]["message"]
+    assert done == "data: [DONE]\n\n"
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_slot(pipeline):

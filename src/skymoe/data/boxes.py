@@ -54,26 +54,31 @@ def _check_style(style: str) -> int | None:
     return _SCALE[style]
 
 
-def _quantise(box: Box, image_size: tuple[int, int], scale: int) -> tuple[int, int, int, int]:
+def _quantise(box: Box, image_size: tuple[int, int], scale: int | None) -> tuple[int, int, int, int]:
+    """Integer coordinates on ``scale`` steps per side (None: whole pixels), clamped to the image.
+
+    A box thinner than a step would round to an empty one, which no parser accepts: it is widened
+    by one step, inside the range.
+    """
     w, h = image_size
+    steps_x, steps_y = (w, h) if scale is None else (scale, scale)
 
-    def q(v: float, size: int) -> int:
-        return min(scale, max(0, round(v / size * scale)))
+    def q(v: float, size: int, steps: int) -> int:
+        return min(steps, max(0, round(v if scale is None else v / size * scale)))
 
-    x1, y1, x2, y2 = q(box.x1, w), q(box.y1, h), q(box.x2, w), q(box.y2, h)
-    # keep thin boxes non-empty: widen by one step, inside the range
-    if x2 <= x1:
-        x1, x2 = (x1, x1 + 1) if x1 < scale else (x1 - 1, x1)
-    if y2 <= y1:
-        y1, y2 = (y1, y1 + 1) if y1 < scale else (y1 - 1, y1)
+    x1, x2 = _non_empty(q(box.x1, w, steps_x), q(box.x2, w, steps_x), steps_x)
+    y1, y2 = _non_empty(q(box.y1, h, steps_y), q(box.y2, h, steps_y), steps_y)
     return x1, y1, x2, y2
 
 
+def _non_empty(low: int, high: int, steps: int) -> tuple[int, int]:
+    if high > low:
+        return low, high
+    return (low, low + 1) if low < steps else (low - 1, low)
+
+
 def _values(box: Box, image_size: tuple[int, int], style: str) -> tuple:
-    scale = _check_style(style)
-    if scale is None:
-        return tuple(round(v) for v in box.as_tuple())
-    return _quantise(box, image_size, scale)
+    return _quantise(box, image_size, _check_style(style))
 
 
 def format_box(box: Box, image_size: tuple[int, int], style: str = "canonical") -> str:

@@ -253,7 +253,7 @@ def _extra(result) -> dict:
 
 
 async def _streaming_reply(job: Job, answer, completion_id: str, model_name: str) -> StreamingResponse:
-    """SSE response fed by the job's streamed pieces; errors before the first piece keep their status code."""
+    """SSE response fed by the job's streamed pieces; a job that fails before writing any piece keeps its status code."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
     job.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
@@ -264,7 +264,10 @@ async def _streaming_reply(job: Job, answer, completion_id: str, model_name: str
     except asyncio.CancelledError:  # the client went away before the first piece: drop its job
         _cancel(first_piece, result_task)
         raise
-    if result_task.done() and result_task.exception() is not None:
+    # A job that wrote pieces before failing streams them, then the error: its pieces were queued
+    # before the failure arrived, though the waiting get() may not have taken the first one yet.
+    produced = first_piece.done() or not pieces.empty()
+    if result_task.done() and result_task.exception() is not None and not produced:
         first_piece.cancel()
         raise result_task.exception()
     return StreamingResponse(_stream(completion_id, model_name, first_piece, pieces, result_task), media_type="text/event-stream")
