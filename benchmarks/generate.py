@@ -144,8 +144,9 @@ def main() -> None:
         "",
         "Target: MoE >= 0.90x dense. Lowest ratio over batch sizes: "
         + "; ".join(f"{size} {n}: {r:.2f}x ({'met' if r >= 0.9 else 'NOT met'})" for (size, n), r in worst.items()) + ".",
-        "A decode step reads every weight once, so the LoRA experts cost about their weight share at batch 8 (all experts are",
-        "used) and a few extra operators per layer at batch 1 (only the chosen experts are read): small at realistic widths, not at toy ones.",
+        "At batch 8 a decode step multiplies through all E x r rank columns (unchosen experts weighted 0), so the LoRA experts cost",
+        "about their weight share; at batch 1 only the chosen experts are read and the extra is mostly the per-layer gate.",
+        "Both are small at realistic widths, not at toy ones.",
         "The CPU is shared with other jobs, so absolute numbers move between runs;",
         "the ratios come from the same run, interleaved model by model.",
         "",
