@@ -1,6 +1,8 @@
 """Experts and gates: grouped dispatch against a naive per-token reference, top-k invariants, upcycling."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -142,6 +144,8 @@ def test_decode_forms_see_in_place_updates_and_new_storage_without_autograd(toke
     with torch.no_grad():
         dispatch.plan = DispatchPlan.from_topk(index, weight, 8)
         module(x)
+        clone = copy.deepcopy(module)  # caches are not copied (they would be extra copies of A and B)
+        assert clone._columns_cache is None and clone._views_cache is None and torch.equal(clone(x), module(x))
         module.lora_A.mul_(-2.0)
         module.lora_B.add_(1.0)
         assert torch.allclose(module(x).reshape(tokens, -1), reference(module, x), atol=1e-5)
@@ -227,18 +231,19 @@ def test_gate_picks_k_distinct_experts_with_weights_summing_to_one(routing):
         assert torch.equal(index, expected)
 
 
-def test_gate_decode_step_decides_like_the_full_sequence():
-    """A one-token forward (a decode step, fused addmm) gives the logits and choice of the general path."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gate_decode_step_decides_like_the_full_sequence(dtype):
+    """A one-token forward (a cached decode step) gives the logits and choice of the full forward, in bf16 too."""
     torch.manual_seed(0)
-    gate = ExpertGate(16, 8, EXPERTS, TOP_K, "token", jitter=0.0)
-    context = RoutingContext(routing_embedding=torch.randn(3, 8))
-    hidden = torch.randn(3, 4, 16)
+    gate = ExpertGate(16, 8, EXPERTS, TOP_K, "token", jitter=0.0).to(dtype)
+    context = RoutingContext(routing_embedding=torch.randn(3, 8, dtype=dtype))
+    hidden = torch.randn(3, 4, 16, dtype=dtype)
     index, weight = gate(hidden, context)
     step_index, step_weight = gate(hidden[:, -1:], context)
     full, step = context.records
-    assert torch.allclose(step.logits, full.logits.view(3, 4, EXPERTS)[:, -1], atol=1e-6)
+    assert torch.equal(step.logits, full.logits.view(3, 4, EXPERTS)[:, -1])
     assert torch.equal(step_index, index.view(3, 4, TOP_K)[:, -1])
-    assert torch.allclose(step_weight, weight.view(3, 4, TOP_K)[:, -1], atol=1e-6)
+    assert torch.equal(step_weight, weight.view(3, 4, TOP_K)[:, -1])
 
 
 def test_router_statistics_can_be_skipped_without_changing_the_logits():

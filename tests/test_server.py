@@ -249,7 +249,7 @@ def test_failure_after_the_first_piece_is_an_error_event_in_the_stream(pipeline)
         assert httpx.get(f"{base}/health").json()["status"] == "ok"
 
 
-def test_pieces_written_before_a_failure_are_streamed_even_when_the_failure_is_seen_first():
+def test_pieces_written_before_a_failure_are_streamed_before_its_error():
     """The request handler can wake up after the job has both written pieces and failed (a loaded
     server): the answer is then already under way, so it streams the pieces and the error event."""
     import asyncio

@@ -166,7 +166,7 @@ class LoRAExperts(nn.Module):
         if plan is None:  # dense adapter
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
         if plan.num_tokens == 1 and plan.top_k * 2 <= self.num_experts:
-            if x.device.type == "cpu" and not torch.is_grad_enabled() and x.dtype == out.dtype == self.lora_A.dtype:
+            if x.device.type == "cpu" and not torch.is_grad_enabled() and x.dtype == out.dtype == self.lora_A.dtype == self.lora_B.dtype:
                 return self._add_chosen_experts_loop(out, x, plan)
             return self._add_chosen_experts_delta(out, x, plan)
         # Other decode steps (few tokens) take the rank-space form whatever the width: the grouped form's
@@ -230,9 +230,14 @@ class LoRAExperts(nn.Module):
         return self._views_cache[1], self._views_cache[2]
 
     def _apply(self, fn, recurse=True):
-        # .to()/.cuda()/.half() give the parameters new storage: drop what was built from the old one.
+        # .to()/.cuda()/.half() give the parameters new storage: drop what was built from the old one
+        # (the caches would keep it alive).
         self._columns_cache = self._views_cache = None
         return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        # deepcopy/pickle: the caches are rebuilt on use; copied, they would be extra copies of A and B.
+        return {**super().__getstate__(), "_columns_cache": None, "_views_cache": None}
 
     def _add_rank_space_delta(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
         """``out`` plus the LoRA delta through all E*r rank columns (unchosen experts weighted 0), in place.

@@ -119,14 +119,14 @@ class ExpertGate(nn.Module):
             raise RuntimeError("MoE layer called without a routing embedding: run the full SkyMoE model, not its LLM")
         batch, seq = hidden_states.shape[:2]
         routing_logits = self.routing_logits(context.routing_embedding)  # [B, E]
-        jitter = self.training and self.jitter
-        if self.routing == "token" and seq == 1 and not jitter:  # a decode step: one fused addmm, fewer operators
-            logits = torch.addmm(routing_logits, hidden_states.reshape(batch, -1), self.token_proj.weight.t())
-        elif self.routing == "token":
-            x = hidden_states
-            if jitter:
+        if self.routing == "token":
+            x = hidden_states.reshape(batch * seq, -1)
+            if self.training and self.jitter:
                 x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-            logits = (self.token_proj(x) + routing_logits.unsqueeze(1)).reshape(batch * seq, -1)
+            # One addmm with the sample's routing logits as bias: a decode step (seq == 1) runs the same
+            # arithmetic as a full forward, so cached and uncached generation choose alike in bf16 too.
+            bias = routing_logits if seq == 1 else routing_logits.repeat_interleave(seq, dim=0)
+            logits = torch.addmm(bias, x, self.token_proj.weight.t())
         else:
             logits = routing_logits
         # Renormalised top-k softmax probabilities == softmax over the k largest logits (fewer ops per step).

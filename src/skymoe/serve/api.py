@@ -264,10 +264,9 @@ async def _streaming_reply(job: Job, answer, completion_id: str, model_name: str
     except asyncio.CancelledError:  # the client went away before the first piece: drop its job
         _cancel(first_piece, result_task)
         raise
-    # A job that wrote pieces before failing streams them, then the error: its pieces were queued
-    # before the failure arrived, though the waiting get() may not have taken the first one yet.
-    produced = first_piece.done() or not pieces.empty()
-    if result_task.done() and result_task.exception() is not None and not produced:
+    # Both can be done when the handler wakes (a loaded server): a job that wrote a piece before
+    # failing streams it, then the error.
+    if result_task.done() and result_task.exception() is not None and not first_piece.done():
         first_piece.cancel()
         raise result_task.exception()
     return StreamingResponse(_stream(completion_id, model_name, first_piece, pieces, result_task), media_type="text/event-stream")
