@@ -102,12 +102,13 @@ def test_models_and_health(client, server):
 
 def test_streaming_reassembles_the_same_answer(client):
     messages = user_message("Describe this image.", data_url(png_bytes(seed=1)))
-    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6).choices[0].message.content
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6).choices[0]
     chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, stream=True))
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert "".join(pieces) == whole
+    assert "".join(pieces) == whole.message.content
     assert len(pieces) > 1  # streamed as generated, not as one finished string
-    assert chunks[-1].choices[0].finish_reason == "stop" and "routing" in chunks[-1].model_extra["skymoe"]
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason == "length"  # the untrained model runs to max_tokens
+    assert "routing" in chunks[-1].model_extra["skymoe"]
 
 
 def test_geotiff_upload_with_13_bands_and_routing(client, tmp_path):
@@ -143,28 +144,36 @@ def test_ground_endpoint_returns_structured_boxes(server):
 
 
 BAD_REQUESTS = [
-    ("wrong api key", dict(headers={"Authorization": "Bearer nope"}), 401, "invalid_api_key"),
-    ("malformed json", dict(content=b"{not json"), 400, "invalid_json"),
-    ("empty prompt", dict(json={"messages": user_message("  ", data_url(png_bytes()))}), 400, "empty_prompt"),
-    ("no image", dict(json={"messages": [{"role": "user", "content": "hi"}]}), 400, "image_required"),
-    ("remote url", dict(json={"messages": user_message("hi", "http://example.com/a.png")}), 400, "invalid_image"),
-    ("server path", dict(json={"messages": user_message("hi", "/etc/passwd")}), 400, "invalid_image"),
-    ("zero bytes", dict(json={"messages": user_message("hi", "data:image/png;base64,")}), 400, "invalid_image"),
-    ("not an image", dict(json={"messages": user_message("hi", data_url(b"hello world, not pixels"))}), 400, "invalid_image"),
-    ("huge image", dict(json={"messages": user_message("hi", data_url(png_bytes(400, 400, flat=True)))}), 413, "image_too_large"),
-    ("too many tokens", dict(json={"messages": user_message("hi", data_url(png_bytes())), "max_tokens": 1000}), 400, "max_tokens_too_large"),
-    ("body too large", dict(content=b"x" * 300_000), 413, "body_too_large"),
+    ("wrong api key", dict(headers={"Authorization": "Bearer nope"}), 401, "invalid_api_key", "API key"),
+    ("malformed json", dict(content=b"{not json"), 400, "invalid_json", "malformed JSON"),
+    ("empty prompt", dict(json={"messages": user_message("  ", data_url(png_bytes()))}), 400, "empty_prompt", "no text"),
+    ("no image", dict(json={"messages": [{"role": "user", "content": "hi"}]}), 400, "image_required", "exactly one image"),
+    ("remote url", dict(json={"messages": user_message("hi", "http://example.com/a.png")}), 400, "invalid_image", "not a data: URL"),
+    ("server path", dict(json={"messages": user_message("hi", "/etc/passwd")}), 400, "invalid_image", "not a data: URL"),
+    ("zero bytes", dict(json={"messages": user_message("hi", "data:image/png;base64,")}), 400, "invalid_image", "0 bytes"),
+    ("not an image", dict(json={"messages": user_message("hi", data_url(b"hello world, not pixels"))}), 400, "invalid_image", "not PNG, JPEG, TIFF"),
+    ("huge image", dict(json={"messages": user_message("hi", data_url(png_bytes(400, 400, flat=True)))}), 413, "image_too_large", "exceeds the server limit"),
+    ("too many tokens", dict(json={"messages": user_message("hi", data_url(png_bytes())), "max_tokens": 1000}), 400, "max_tokens_too_large", "max_tokens=1000"),
+    ("body too large", dict(content=b"x" * 300_000), 413, "body_too_large", "300,000 bytes"),
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,status,code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_input_gets_a_json_error_and_the_server_keeps_answering(server, client, name, kwargs, status, code):
+@pytest.mark.parametrize("name,kwargs,status,code,says", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_gets_a_json_error_and_the_server_keeps_answering(server, client, name, kwargs, status, code, says):
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json", **kwargs.pop("headers", {})}
     reply = httpx.post(f"{server}/v1/chat/completions", headers=headers, json=kwargs.pop("json", {"messages": []}) if "content" not in kwargs else None, **kwargs)
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
-    assert error["code"] == code and error["message"]
+    assert error["code"] == code and says in error["message"]
     assert client.chat.completions.create(model="tiny", messages=user_message("Is it a port?", data_url(png_bytes())), max_tokens=3).choices
+
+
+def test_unknown_paths_and_methods_get_json_errors_in_openai_shape(server):
+    missing = httpx.get(f"{server}/v1/nothing")
+    wrong_method = httpx.get(f"{server}/v1/chat/completions")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert "POST" in wrong_method.headers["allow"]
 
 
 def test_openai_client_raises_typed_errors(server):
@@ -264,7 +273,7 @@ def test_pieces_written_before_a_failure_are_streamed_before_its_error():
         raise RuntimeError("the accelerator fell over")
 
     async def reply_events() -> list[str]:
-        response = await _streaming_reply(Job(None, "q", "vqa", 4, False), answer, "id", "m")
+        response = await _streaming_reply(Job(None, "q", "vqa", 4, False), answer, "id", "m", lambda text: "stop")
         return [chunk async for chunk in response.body_iterator]
 
     *chunks, error, done = asyncio.run(reply_events())

@@ -7,8 +7,8 @@ and ``POST /v1/skymoe/ground`` (boxes as JSON).
 Every error is a JSON body in OpenAI's shape ``{"error": {"message", "type",
 "code"}}`` with the matching status: 400 bad request (malformed JSON, missing
 image, empty prompt, unreadable image, too many tokens asked), 401 wrong or
-missing API key, 413 body or image too large, 429 queue full. A failing
-request never takes the server down.
+missing API key, 404 unknown path, 405 wrong method, 413 body or image too
+large, 429 queue full. A failing request never takes the server down.
 
 Streaming sends the answer token by token as the batched generate call
 produces it (the queue routes each row's pieces to its request). The response
@@ -30,6 +30,7 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from skymoe.data.schema import SkyMoEDataError, Task, Turn
 from skymoe.serve.images import ImageTooLarge, decode_data_url, decode_image
@@ -176,9 +177,18 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
     async def api_error(request: Request, exc: APIError):
         return JSONResponse(_error_body(exc), status_code=exc.status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # unknown path (404), wrong method (405)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(_error_body(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code)),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         return JSONResponse(_error_body(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error", "server_error")), 500)
+
+    def completion_tokens(text: str) -> int:
+        return len(pipeline.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -216,17 +226,21 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
         image, turns = _conversation(body.messages, limits)
         job = Job(image, turns, task.value, max_tokens, body.routing)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+        def finish_reason(text: str) -> str:
+            return "length" if completion_tokens(text) >= max_tokens else "stop"
+
         if body.stream:
-            return await _streaming_reply(job, answer, completion_id, model_name)
+            return await _streaming_reply(job, answer, completion_id, model_name, finish_reason)
         result = await answer(job)
-        tokens = len(pipeline.processor.tokenizer(result.text, add_special_tokens=False)["input_ids"])
+        tokens = completion_tokens(result.text)
         return {
             "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "finish_reason": "length" if tokens >= max_tokens else "stop"}],
+                         "finish_reason": finish_reason(result.text)}],
             "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
             "skymoe": _extra(result),
         }
@@ -252,7 +266,7 @@ def _extra(result) -> dict:
     return {"task": result.task, "boxes": [b.to_dict() for b in result.boxes], "routing": _routing_dict(result)}
 
 
-async def _streaming_reply(job: Job, answer, completion_id: str, model_name: str) -> StreamingResponse:
+async def _streaming_reply(job: Job, answer, completion_id: str, model_name: str, finish_reason) -> StreamingResponse:
     """SSE response fed by the job's streamed pieces; a job that fails before writing any piece keeps its status code."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
@@ -269,7 +283,8 @@ async def _streaming_reply(job: Job, answer, completion_id: str, model_name: str
     if result_task.done() and result_task.exception() is not None and not first_piece.done():
         first_piece.cancel()
         raise result_task.exception()
-    return StreamingResponse(_stream(completion_id, model_name, first_piece, pieces, result_task), media_type="text/event-stream")
+    events = _stream(completion_id, model_name, first_piece, pieces, result_task, finish_reason)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 def _cancel(*tasks: asyncio.Future) -> None:
@@ -278,7 +293,8 @@ def _cancel(*tasks: asyncio.Future) -> None:
             task.cancel()
 
 
-async def _stream(completion_id: str, model_name: str, first_piece: asyncio.Future, pieces: asyncio.Queue, result_task: asyncio.Future):
+async def _stream(completion_id: str, model_name: str, first_piece: asyncio.Future, pieces: asyncio.Queue, result_task: asyncio.Future,
+                  finish_reason):
     """OpenAI chat.completion.chunk events: role, the answer piece by piece, finish (with the SkyMoE extras), [DONE].
 
     A failure after the first piece (the 200 status is sent) becomes an ``error`` event before
@@ -309,7 +325,7 @@ async def _stream(completion_id: str, model_name: str, first_piece: asyncio.Futu
         result = result_task.result()
         if result.text.startswith(sent) and len(result.text) > len(sent):  # pieces are a prefix of the answer
             yield event({"content": result.text[len(sent) :]})
-        yield event({}, "stop", skymoe=_extra(result))
+        yield event({}, finish_reason(result.text), skymoe=_extra(result))
     except Exception as exc:  # the status line is gone: report the error in the stream, as OpenAI does
         error = exc if isinstance(exc, APIError) else APIError(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error", "server_error")
         yield f"data: {json.dumps(_error_body(error))}\n\n"

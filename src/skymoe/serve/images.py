@@ -30,8 +30,10 @@ def decode_data_url(url: str) -> bytes:
             field="image_url",
         )
     header, _, payload = url.partition(",")
-    if not header.endswith(";base64") or not payload:
+    if not header.endswith(";base64"):
         raise SkyMoEDataError("data: URL must be base64 encoded (data:image/png;base64,...)", field="image_url")
+    if not payload:
+        raise SkyMoEDataError("image is empty (0 bytes after data:...;base64,)", field="image_url")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -55,7 +57,10 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "upload") -> Image
     except ImageTooLarge:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise SkyMoEDataError(f"not a readable image ({exc})", file=name) from None
+        # PIL's "cannot identify image file" names its in-memory buffer, not the upload
+        unknown = isinstance(exc, Image.UnidentifiedImageError)
+        reason = "not PNG, JPEG, TIFF or another format PIL decodes" if unknown else str(exc)
+        raise SkyMoEDataError(f"not a readable image ({reason})", file=name) from None
     return load_image(image, max_pixels=max_pixels)
 
 
