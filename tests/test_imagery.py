@@ -136,3 +136,41 @@ def test_image_size_reads_headers(scene, tmp_path):
     assert image_size(scene / "rmnp-rgb.tif") == (485, 373)
     Image.new("RGB", (31, 17)).save(tmp_path / "a.png")
     assert image_size(tmp_path / "a.png") == (31, 17)
+
+
+def cut_short(path, fraction=2 / 3):
+    """``path`` with its end cut off, as an interrupted download leaves it."""
+    data = path.read_bytes()
+    cut = path.with_name("cut-" + path.name)
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    return cut
+
+
+def test_truncated_geotiff_is_a_data_error_naming_the_file_and_what_was_read(tmp_path):
+    path = cut_short(write_geotiff(tmp_path / "ramp.tif", np.arange(3 * 120 * 80, dtype=np.uint16).reshape(3, 120, 80)))
+    with pytest.raises(SkyMoEDataError, match="overview for the stretch limits: truncated or corrupt") as err:
+        scene_limits(path)  # was a bare RasterioIOError
+    assert str(path) in str(err.value)
+    with pytest.raises(SkyMoEDataError, match="window x=0 y=100 w=80 h=20: truncated or corrupt"):
+        read_window(path, 0, 100, 80, 20, limits=[(0, 1)] * 3)
+
+
+def test_truncated_png_read_whole_as_one_window_is_an_error(tmp_path):
+    yy, xx = np.mgrid[:48, :64]
+    Image.fromarray(np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)).save(tmp_path / "small.png")
+    path = cut_short(tmp_path / "small.png")
+    # GDAL's PNG driver returns garbage for this read without an error; PIL notices the missing data
+    with pytest.raises(SkyMoEDataError, match="window x=0 y=0 w=64 h=48: truncated or corrupt") as err:
+        read_window(path, 0, 0, 64, 48)
+    assert str(path) in str(err.value)
+    with pytest.raises(SkyMoEDataError, match="window x=0 y=0 w=32 h=32: truncated or corrupt"):
+        read_window(path, 0, 0, 32, 32)
+    assert np.array_equal(np.asarray(read_window(tmp_path / "small.png", 0, 0, 64, 48)), np.asarray(load_image(tmp_path / "small.png")))
+
+
+@pytest.mark.parametrize("name", ["scene.tif", "photo.png"])
+def test_a_folder_is_named_as_a_folder(tmp_path, name):
+    (tmp_path / name).mkdir()
+    for read in (load_image, raster_info):
+        with pytest.raises(SkyMoEDataError, match="is a folder; expected an image file"):
+            read(tmp_path / name)

@@ -211,3 +211,151 @@ def test_cli_bad_model_dir_is_one_clear_line(tmp_path, capsys):
 
     assert main(["predict", "--model", str(tmp_path), "--image", "x.png", "--prompt", "hi"]) == 2
     assert "not a SkyMoE model directory" in capsys.readouterr().err
+
+
+def _image_folder(folder, n: int):
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("task, flag, expected", [("vqa", "--prompt", "needs a question"), ("region_caption", "--box", "needs a box")])
+def test_cli_task_without_its_prompt_or_box_fails_before_loading_the_model(task, flag, expected, tmp_path, capsys):
+    from skymoe.cli import main
+
+    out = tmp_path / "e.jsonl"
+    missing_model = str(tmp_path / "no-model")  # never loaded: the arguments are checked first
+    for source in (["--images", str(_image_folder(tmp_path / "images", 1)), "--out", str(out)], ["--image", "x.png"]):
+        assert main(["predict", "--model", missing_model, *source, "--task", task]) == 2
+        err = capsys.readouterr().err
+        assert f"field '{flag}'" in err and expected in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_resume_refuses_records_of_another_task_or_prompt(model_dir, tmp_path, capsys):
+    import json
+
+    from skymoe.cli import main
+
+    folder, out = _image_folder(tmp_path / "images", 2), tmp_path / "preds.jsonl"
+    run = ["predict", "--model", str(model_dir), "--images", str(folder), "--out", str(out), "--max-new-tokens", "2"]
+    assert main([*run, "--task", "caption"]) == 0
+    written = out.read_text()
+    assert main([*run, "--task", "counting", "--prompt", "cars"]) == 2
+    assert "field 'task': holds predictions made with task 'caption'; this run asks for 'counting'" in capsys.readouterr().err
+    assert main([*run, "--task", "caption", "--prompt", "ignored by caption"]) == 0
+    assert "2 already in" in capsys.readouterr().err and out.read_text() == written
+    record = {"id": "0.png", "text": "yes", "task": "vqa", "settings": {"task": "vqa", "prompt": "Is it a port?", "labels": None, "box": None}}
+    out.write_text(json.dumps(record) + "\n")
+    assert main([*run, "--prompt", "Is there a ship?"]) == 2
+    assert "field 'prompt'" in capsys.readouterr().err
+    out.write_text(json.dumps({"id": "0.png", "text": "forest", "task": "classification"}) + "\n")  # before settings were stored
+    assert main([*run, "--task", "multilabel"]) == 2
+    assert "task 'classification'" in capsys.readouterr().err
+
+
+def _drop_weights(folder):
+    (folder / "model.safetensors").unlink()
+
+
+def _truncate(name: str):
+    def truncate(folder):
+        (folder / name).write_bytes((folder / name).read_bytes()[:40])
+    return truncate
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    (_drop_weights, "no model weights"),
+    (_truncate("config.json"), "config.json is not valid JSON"),
+    (_truncate("model.safetensors"), "cannot load the model"),
+])
+def test_cli_broken_model_folder_is_one_line_naming_it(breakage, expected, model_dir, pixels, tmp_path, capsys):
+    import shutil
+
+    from skymoe.cli import main
+
+    broken = shutil.copytree(model_dir, tmp_path / "broken")
+    breakage(broken)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    assert main(["predict", "--model", str(broken), "--image", str(tmp_path / "a.png"), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"skymoe: error: file {broken}: ") and expected in err and len(err.splitlines()) == 1
+
+
+def test_cli_batch_ctrl_c_says_what_was_written_and_resumes(model_dir, tmp_path, monkeypatch, capsys):
+    import json
+
+    from skymoe.cli import main
+    from skymoe.infer.pipeline import Pipeline
+
+    folder, out = _image_folder(tmp_path / "images", 3), tmp_path / "preds.jsonl"
+    run = ["predict", "--model", str(model_dir), "--images", str(folder), "--out", str(out), "--task", "caption",
+           "--batch-size", "1", "--max-new-tokens", "2"]
+    original, calls = Pipeline.run, []
+
+    def interrupted_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "run", interrupted_on_the_second_batch)
+    try:
+        assert main(run) == 130
+    except KeyboardInterrupt:  # would otherwise stop the whole test session
+        pytest.fail("Ctrl-C escaped predict as a traceback")
+    assert "interrupted: wrote 1 predictions" in capsys.readouterr().err
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["0.png"]
+    monkeypatch.setattr(Pipeline, "run", original)
+    assert main(run) == 0
+    assert "1 already in" in capsys.readouterr().err and len(out.read_text().splitlines()) == 3
+
+
+def test_cli_out_that_is_a_directory_is_one_line(model_dir, tmp_path, capsys):
+    from skymoe.cli import main
+
+    folder = _image_folder(tmp_path / "images", 1)
+    assert main(["predict", "--model", str(model_dir), "--images", str(folder), "--out", str(tmp_path), "--task", "caption"]) == 2
+    assert f"file {tmp_path}, field '--out': is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--max-new-tokens", "--batch-size"])
+def test_cli_counts_must_be_positive(flag, capsys):
+    from skymoe.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model", "m", "--image", "a.png", "--prompt", "hi", flag, "0"])
+    assert exit_.value.code == 2 and f"argument {flag}: '0': expected a positive integer" in capsys.readouterr().err
+
+
+def test_cli_bad_image_is_named_once(model_dir, tmp_path, capsys):
+    from skymoe.cli import main
+
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_text("not an image")
+    assert main(["predict", "--model", str(model_dir), "--image", str(corrupt), "--task", "caption"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight-loading progress bar
+    assert error.startswith(f"skymoe: error: file {corrupt}: cannot decode") and error.count(f"file {corrupt}") == 1
+
+
+def test_multilabel_asks_the_training_question_and_lists_labels(model_dir, pixels, tmp_path, capsys):
+    import json
+
+    from skymoe.cli import main
+    from skymoe.data.readers.bigearthnet import QUESTION
+    from skymoe.infer import Pipeline
+
+    pipe = Pipeline.from_pretrained(model_dir)
+    seen = []
+    original = pipe.processor.prepare_generation
+    pipe.processor.prepare_generation = lambda images, prompts: seen.extend(prompts) or original(images, prompts)
+    script_answers(pipe, "forest; river; forest")
+    answer = pipe.run(pixels, "multilabel")
+    assert seen == [QUESTION] and answer.task == "multilabel" and answer.labels == ["forest", "river"]
+    assert [a.labels for a in pipe.run([pixels, pixels], "multilabel", labels=["River", "urban"])] == [["River"], ["River"]]
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    assert main(["predict", "--model", str(model_dir), "--image", str(tmp_path / "a.png"), "--task", "multilabel", "--json",
+                 "--max-new-tokens", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "multilabel"

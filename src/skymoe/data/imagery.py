@@ -57,6 +57,8 @@ def _rasterio_open(path: Path):
 
 
 def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise SkyMoEDataError("is a folder; expected an image file", file=str(path))
     if not path.is_file():
         raise SkyMoEDataError("image file not found", file=str(path))
     if path.stat().st_size == 0:
@@ -168,17 +170,41 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
         raise SkyMoEDataError(f"cannot decode image ({exc})", file=str(path)) from None
 
 
+def _unreadable(file: str | None, what: str, reason) -> SkyMoEDataError:
+    return SkyMoEDataError(f"cannot read {what}: truncated or corrupt file ({reason})", file=file)
+
+
+def _read(ds, bands: list[int], what: str, **kwargs) -> np.ndarray:
+    """``ds.read(bands, **kwargs)``; a failed read raises SkyMoEDataError naming the file and ``what`` was read."""
+    from rasterio.errors import RasterioError
+
+    try:
+        return ds.read(bands, **kwargs)
+    except RasterioError as exc:
+        # rasterio's own message only says "see previous exception": GDAL's reason is the cause
+        raise _unreadable(ds.name, what, exc.__cause__ or exc) from None
+
+
+def _window_text(x, y, w, h) -> str:
+    return f"window x={x} y={y} w={w} h={h}"
+
+
 def _read_raster(ds, bands: Sequence[int] | None, max_pixels: int, window=None) -> np.ndarray:
     file = getattr(ds, "name", None)
     chosen = _check_bands(bands if bands is not None else _default_bands(ds.count), ds.count, file)
     width, height = (window.width, window.height) if window is not None else (ds.width, ds.height)
     _check_pixels(int(width), int(height), max_pixels, file)
-    from rasterio.errors import RasterioError
+    what = "raster data" if window is None else _window_text(window.col_off, window.row_off, window.width, window.height)
+    return _read(ds, chosen, what, window=window)
 
+
+def _verify_pil(path: Path, what: str) -> None:
+    """Raise SkyMoEDataError if PIL finds ``path`` cut short (PNG: every chunk and its checksum, without decoding)."""
     try:
-        return ds.read(chosen, window=window)
-    except RasterioError as exc:
-        raise SkyMoEDataError(f"cannot read raster data ({exc})", file=file) from None
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _unreadable(str(path), what, exc) from None
 
 
 def load_image(
@@ -247,11 +273,15 @@ def read_window(
     """
     from rasterio.windows import Window
 
-    with _rasterio_open(Path(path)) as ds:
+    path = Path(path)
+    with _rasterio_open(path) as ds:
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > ds.width or y + h > ds.height:
             raise SkyMoEDataError(
-                f"window x={x} y={y} w={w} h={h} is not inside the raster of {ds.width}x{ds.height}", file=str(path), field="window"
+                f"{_window_text(x, y, w, h)} is not inside the raster of {ds.width}x{ds.height}", file=str(path), field="window"
             )
+        if (w, h) == (ds.width, ds.height) and path.suffix.lower() in _PIL_SUFFIXES:
+            # GDAL's PNG driver reads a cut-off file whole without an error (garbage pixels); partial windows do fail
+            _verify_pil(path, _window_text(x, y, w, h))
         data = _read_raster(ds, bands, max_pixels, Window(x, y, w, h))
         nodata = nodata if nodata is not None else ds.nodata
     return _to_rgb(to_uint8(data, stretch, nodata, limits))
@@ -269,5 +299,6 @@ def scene_limits(
         if all(ds.dtypes[b - 1] == "uint8" for b in chosen):
             return None
         factor = max(1, -(-max(ds.width, ds.height) // overview))
-        data = ds.read(chosen, out_shape=(len(chosen), max(1, ds.height // factor), max(1, ds.width // factor)))
+        shape = (len(chosen), max(1, ds.height // factor), max(1, ds.width // factor))
+        data = _read(ds, chosen, f"the {shape[2]}x{shape[1]} overview for the stretch limits", out_shape=shape)
         return band_limits(data, stretch, ds.nodata)

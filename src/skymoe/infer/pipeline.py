@@ -20,17 +20,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from skymoe.data.boxes import format_box, parse_boxes
+from skymoe.data.readers.bigearthnet import LABEL_SEPARATOR
+from skymoe.data.readers.bigearthnet import QUESTION as MULTILABEL_QUESTION
 from skymoe.data.schema import Box, Granularity, Routing, Sample, Task, Turn
 
 # Phrasings the embedded training data uses (skymoe.data.mgrs_mini.questions), so a trained model recognises the task.
 PROMPTS = {
     Task.CAPTION: "Describe this image.",
     Task.CLASSIFICATION: "What type of scene is this?",
+    Task.MULTILABEL: MULTILABEL_QUESTION,  # the multilabel training data (BigEarthNet) asks this and answers "a; b; c"
     Task.GROUNDING: "Where is {query}? Answer with a box.",
     Task.REGION_CAPTION: "Describe the region {box}.",
     Task.COUNTING: "How many {object} are there in the image?",
 }
 _INTEGER = re.compile(r"-?\d+")
+# What Pipeline.run's ``prompt`` means for the tasks that need one.
+PROMPT_MEANING = {Task.VQA: "a question", Task.GROUNDING: "what to locate", Task.COUNTING: "what to count"}
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Answer:
     image_size: tuple[int, int]  # (W, H) of the input image
     boxes: list[Box] = field(default_factory=list)  # grounding: pixel xyxy in the input image
     count: int | None = None  # counting: the first integer of the answer
+    labels: list[str] = field(default_factory=list)  # multilabel: the classes the answer names
     routing: Routing | None = None
 
     def to_dict(self) -> dict:
@@ -63,6 +69,25 @@ def _broadcast(value, n: int, what: str) -> list:
     if len(values) != n:
         raise ValueError(f"{n} images but {len(values)} {what}")
     return values
+
+
+def check_request(task: Task | str, prompt: str | None, box) -> Task:
+    """``task`` as a Task, after checking it has the input it needs (a prompt, or a box for region_caption)."""
+    task = Task(task)
+    if task in PROMPT_MEANING and not (prompt or "").strip():
+        raise ValueError(f"empty prompt: task {task.value} needs {PROMPT_MEANING[task]}")
+    if task == Task.REGION_CAPTION and box is None:
+        raise ValueError("task region_caption needs a box (x1, y1, x2, y2 in pixels)")
+    return task
+
+
+def _named_labels(text: str, vocabulary: Sequence[str] | None) -> list[str]:
+    """The labels of a multilabel answer (split as the training answers are joined), kept to ``vocabulary`` if given."""
+    named = list(dict.fromkeys(part.strip() for part in text.split(LABEL_SEPARATOR.strip()) if part.strip()))
+    if not vocabulary:
+        return named
+    canonical = {label.casefold(): label for label in vocabulary}
+    return [canonical[label.casefold()] for label in named if label.casefold() in canonical]
 
 
 def _offset_rows(on_text: Callable[[int, str], None], offset: int, row: int, text: str) -> None:
@@ -159,29 +184,29 @@ class Pipeline:
         elif task == Task.COUNTING:
             match = _INTEGER.search(text)
             answer.count = int(match.group()) if match else None
+        elif task == Task.MULTILABEL:
+            answer.labels = _named_labels(text, None)
         return answer
 
     # ---- tasks ----------------------------------------------------------------------------------
     def run(self, images, task: Task | str, prompt: str | None = None, *, labels: Sequence[str] | None = None,
             box: Sequence[float] | None = None, **kwargs):
         """One entry point for every task (CLI, server, UI): ``prompt`` is the question (vqa),
-        the referring expression (grounding) or the object name (counting); ``box`` the region (region_caption)."""
-        task = Task(task)
-        if task in (Task.VQA, Task.GROUNDING, Task.COUNTING) and not (prompt or "").strip():
-            what = {Task.VQA: "a question", Task.GROUNDING: "what to locate", Task.COUNTING: "what to count"}[task]
-            raise ValueError(f"empty prompt: task {task.value} needs {what}")
+        the referring expression (grounding) or the object name (counting); ``box`` the region (region_caption);
+        ``labels`` the classes to choose from (classification: one, multilabel: any)."""
+        task = check_request(task, prompt, box)
         if task == Task.VQA:
             return self.ask(images, prompt, **kwargs)
         if task == Task.CAPTION:
             return self.caption(images, **kwargs)
-        if task in (Task.CLASSIFICATION, Task.MULTILABEL):
+        if task == Task.CLASSIFICATION:
             return self.classify(images, labels, **kwargs)
+        if task == Task.MULTILABEL:
+            return self.multilabel(images, labels, **kwargs)
         if task == Task.GROUNDING:
             return self.ground(images, prompt, **kwargs)
         if task == Task.COUNTING:
             return self.count(images, prompt, **kwargs)
-        if box is None:
-            raise ValueError("task region_caption needs a box (x1, y1, x2, y2 in pixels)")
         items, single = _as_list(images)
         answers = [self.describe_region(image, box, **kwargs) for image in items]
         return answers[0] if single else answers
@@ -231,6 +256,17 @@ class Pipeline:
                 scores = self.label_scores(image, labels)
                 answers.append(Answer(max(scores, key=scores.get), Task.CLASSIFICATION.value, image.size, routing=decision))
         return answers[0] if single else answers
+
+    def multilabel(self, images, labels: Sequence[str] | None = None, **kwargs):
+        """Classes present (``Answer.labels``), as the model names them; with ``labels`` only those classes are kept.
+
+        Generated, not scored per label: without a per-label threshold, log-likelihoods cannot say how many classes apply.
+        """
+        answers = self.generate(images, PROMPTS[Task.MULTILABEL], task=Task.MULTILABEL, **kwargs)
+        if labels:
+            for answer in _as_list(answers)[0]:
+                answer.labels = _named_labels(answer.text, labels)
+        return answers
 
     def label_scores(self, image, labels: Sequence[str]) -> dict[str, float]:
         """Mean per-token log-likelihood of each label as the classification answer for one image."""

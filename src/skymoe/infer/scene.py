@@ -7,7 +7,8 @@
   a model tile covers ``tile_size * gsd`` metres whatever the sensor.
 * Boxes found in overlapping tiles are merged with non-maximum suppression.
 * Output: one GeoJSON FeatureCollection in the raster's CRS (the ``crs``
-  member GDAL/QGIS read) with two layers told apart by ``properties.layer``:
+  member GDAL/QGIS read; OGC CRS84 for lon/lat WGS84) with two layers told
+  apart by ``properties.layer``:
   ``detections`` (grounding boxes as polygons) and ``tiles`` (the tile grid
   with each tile's answer: caption, class or count). For counting,
   ``skymoe.count_estimate`` adds each tile's count times the share of the tile
@@ -36,6 +37,38 @@ from skymoe.data.schema import Box, SkyMoEDataError, Task
 
 SCENE_TASKS = (Task.CAPTION, Task.GROUNDING, Task.COUNTING, Task.CLASSIFICATION)
 CHECKPOINT_SECONDS = 2.0  # rewrite the output at most this often (and always at the end)
+# GeoJSON (2008) names for lon/lat order: urn:ogc:def:crs:EPSG::4326 formally means lat/lon.
+LON_LAT_URNS = {4326: "urn:ogc:def:crs:OGC:1.3:CRS84", 4269: "urn:ogc:def:crs:OGC:1.3:CRS83", 4267: "urn:ogc:def:crs:OGC:1.3:CRS27"}
+
+
+def _as_is(name: str) -> str:
+    return name
+
+
+def check_tiling(tile_size: int, overlap: int, spell=_as_is) -> None:
+    """SkyMoEDataError unless a tile is at least a pixel and each step at least one (0 <= overlap < tile_size).
+
+    ``spell`` shows a parameter name the way the caller's user knows it (the CLI: ``tile_size`` -> ``--tile-size``).
+    """
+    if tile_size < 1:
+        raise SkyMoEDataError(f"{spell('tile_size')} {tile_size} must be at least 1 pixel")
+    if overlap < 0:
+        raise SkyMoEDataError(f"{spell('overlap')} {overlap} must be 0 or more")
+    if overlap >= tile_size:
+        raise SkyMoEDataError(f"{spell('overlap')} {overlap} must be smaller than {spell('tile_size')} {tile_size}")
+
+
+def check_scene_options(task: Task | str, query: str | None, tile_size: int, overlap: int, gsd: float | None = None, spell=_as_is) -> Task:
+    """The scene task, once its settings are checked (SkyMoEDataError naming the setting otherwise); see check_tiling."""
+    task = Task(task)
+    if task not in SCENE_TASKS:
+        raise SkyMoEDataError(f"{spell('task')} {task.value}: expected one of {', '.join(t.value for t in SCENE_TASKS)}")
+    if task in (Task.GROUNDING, Task.COUNTING) and not query:
+        raise SkyMoEDataError(f"{spell('task')} {task.value} needs {spell('query')} (what to find or count)")
+    if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
+        raise SkyMoEDataError(f"{spell('gsd')} {gsd} must be a positive ground resolution in metres/pixel")
+    check_tiling(tile_size, overlap, spell)
+    return task
 
 
 @dataclass(frozen=True)
@@ -71,8 +104,7 @@ def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
     split at their middle): the owned parts partition the raster, so per-tile counts weighted by
     ``core_fraction`` add up without counting the overlaps twice.
     """
-    if tile <= 0 or not 0 <= overlap < tile:
-        raise ValueError(f"tile={tile}, overlap={overlap}: need tile > 0 and 0 <= overlap < tile")
+    check_tiling(tile, overlap)
     tile_w, tile_h = min(tile, width), min(tile, height)
     ys, xs = _starts(height, tile, tile - overlap), _starts(width, tile, tile - overlap)
     core_h, core_w = _core_lengths(ys, tile_h, height), _core_lengths(xs, tile_w, width)
@@ -141,8 +173,10 @@ class GeoReference:
             return None
         from rasterio.crs import CRS
 
-        epsg = CRS.from_string(self.crs).to_epsg()
-        name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else CRS.from_string(self.crs).to_wkt()
+        crs = CRS.from_string(self.crs)
+        epsg = crs.to_epsg()
+        # Projected EPSG CRSs keep their URN: their axis order is easting/northing, as the coordinates are.
+        name = LON_LAT_URNS.get(epsg) or (f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else crs.to_wkt())
         return {"type": "name", "properties": {"name": name}}
 
 
@@ -258,17 +292,14 @@ def run_scene(
 
     from skymoe.data.imagery import raster_info, read_window, scene_limits
 
-    task = Task(task)
-    if task not in SCENE_TASKS:
-        raise ValueError(f"scene task {task.value!r}; expected one of {[t.value for t in SCENE_TASKS]}")
-    if task in (Task.GROUNDING, Task.COUNTING) and not query:
-        raise ValueError(f"task {task.value} needs a query (what to find or count)")
+    task = check_scene_options(task, query, tile_size, overlap, gsd)
     scene, started = str(scene), time.perf_counter()
     info = raster_info(scene)
     georef = GeoReference(info.crs, info.transform)
     if not georef.georeferenced:
         warnings.warn(f"{scene} has no georeferencing (no CRS): output coordinates are pixels (x right, y down)", stacklevel=2)
     source_tile = _source_tile(info, tile_size, gsd, scene)
+    # overlap < tile_size is checked above; the clamp only catches rounding on tiny source tiles (large gsd)
     tiles = tile_grid(info.width, info.height, source_tile, min(round(overlap * source_tile / tile_size), source_tile - 1))
     limits = scene_limits(scene, bands=bands)
     output = SceneOutput(Path(out), georef, {"scene": Path(scene).name, "task": task.value, "query": query, "tiles": len(tiles),
