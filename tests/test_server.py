@@ -93,6 +93,7 @@ def test_chat_completion_matches_the_pipeline_answer(client, pipeline):
     expected = pipeline.ask(Image.open(io.BytesIO(png_bytes())).convert("RGB"), "Is there a ship?", max_new_tokens=6)
     assert reply.choices[0].message.content == expected.text
     assert reply.model == "tiny" and reply.choices[0].message.role == "assistant"
+    assert reply.usage.prompt_tokens == expected.prompt_tokens > 0
 
 
 def test_models_and_health(client, server):

@@ -47,6 +47,7 @@ class Answer:
     count: int | None = None  # counting: the first integer of the answer
     labels: list[str] = field(default_factory=list)  # multilabel: the classes the answer names
     routing: Routing | None = None
+    prompt_tokens: int = 0  # model input tokens (image and routing placeholders included) of a generated answer
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -174,11 +175,12 @@ class Pipeline:
         inputs = self.processor.prepare_generation(images, prompts)
         decisions = routing_decisions(self.model, inputs) if routing else [None] * len(images)
         texts = greedy_generate(self.model, self.processor, inputs, max_new_tokens or self.max_new_tokens, on_text)
-        return [self._answer(t, task, im.size, r) for t, im, r in zip(texts, images, decisions)]
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        return [self._answer(t, task, im.size, r, n) for t, im, r, n in zip(texts, images, decisions, lengths)]
 
     @staticmethod
-    def _answer(text: str, task: Task, image_size: tuple[int, int], routing: Routing | None) -> Answer:
-        answer = Answer(text=text, task=task.value, image_size=tuple(image_size), routing=routing)
+    def _answer(text: str, task: Task, image_size: tuple[int, int], routing: Routing | None, prompt_tokens: int) -> Answer:
+        answer = Answer(text=text, task=task.value, image_size=tuple(image_size), routing=routing, prompt_tokens=prompt_tokens)
         if task == Task.GROUNDING:
             answer.boxes = parse_boxes(text, image_size).boxes
         elif task == Task.COUNTING:

@@ -241,7 +241,7 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
             "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                          "finish_reason": finish_reason(result.text)}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": tokens, "total_tokens": result.prompt_tokens + tokens},
             "skymoe": _extra(result),
         }
 
