@@ -337,7 +337,7 @@ def test_cli_bad_image_is_named_once(model_dir, tmp_path, capsys):
     corrupt.write_text("not an image")
     assert main(["predict", "--model", str(model_dir), "--image", str(corrupt), "--task", "caption"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight-loading progress bar
-    assert error.startswith(f"skymoe: error: file {corrupt}: cannot decode") and error.count(f"file {corrupt}") == 1
+    assert error.startswith(f"skymoe: error: file {corrupt}: cannot decode") and error.count(str(corrupt)) == 1
 
 
 def test_multilabel_asks_the_training_question_and_lists_labels(model_dir, pixels, tmp_path, capsys):

@@ -167,7 +167,9 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
                 return np.asarray(im)[None]
             return _as_chw(np.asarray(im.convert("RGBA" if "A" in im.getbands() else "RGB")))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise SkyMoEDataError(f"cannot decode image ({exc})", file=str(path)) from None
+        # PIL's "cannot identify image file '<path>'" would name the file a second time
+        reason = "not an image format PIL or GDAL decodes" if isinstance(exc, Image.UnidentifiedImageError) else exc
+        raise SkyMoEDataError(f"cannot decode image ({reason})", file=str(path)) from None
 
 
 def _unreadable(file: str | None, what: str, reason) -> SkyMoEDataError:
