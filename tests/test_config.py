@@ -59,6 +59,11 @@ def test_bad_keys_and_values_name_the_key(config_file, override, fragments):
         assert fragment in str(err.value)
 
 
+def test_stage2_without_experts_says_so(config_file):
+    with pytest.raises(ConfigError, match=r"'model.num_experts' must be >= 1 for stage 2"):
+        load_config(config_file, ["stage=2", "model.init_from=stage1_out", "model.num_experts=0"])
+
+
 def test_mix_entry_needs_a_name_or_a_path(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("data: {mix: [{weight: 1}]}")

@@ -56,6 +56,19 @@ def test_data_show_unknown_dataset_is_one_clear_line(capsys):
     assert "unknown dataset 'nope'" in capsys.readouterr().err
 
 
+def test_negative_counts_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "show", "rsvqa_lr", "--limit", "-1"])
+    assert exit_.value.code == 2 and "'-1': expected a whole number, 0 or more" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["data", "make-mgrs-mini", "--n", "2", "--out", str(blocker / "sub")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"skymoe: error: file {blocker}")
+
+
 def test_data_tour_writes_contact_sheet(real_assets, tmp_path, capsys):
     assert main(["data", "tour", "--out", str(tmp_path), "--per-dataset", "3", *REAL]) == 0
     assert str(tmp_path / "tour.png") in capsys.readouterr().out

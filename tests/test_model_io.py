@@ -231,9 +231,15 @@ def test_summary_counts_parameters_and_active_experts(tmp_path, capsys):
     args = parser.parse_args(["model", "summary", str(tmp_path), "--json"])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["total"] == summary["total"]
-    args = parser.parse_args(["model", "summary", str(tmp_path / "nope")])
-    assert args.func(args) == 2
+    from skymoe.cli import main
+
+    assert main(["model", "summary", str(tmp_path / "nope")]) == 2
     assert "expected a SkyMoE model directory" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "sky', encoding="utf-8")  # a truncated copy
+    assert main(["model", "summary", str(broken)]) == 2
+    assert capsys.readouterr().err.startswith(f"skymoe: error: file {broken}: cannot read the model config")
 
 
 def test_efficientnet_tower_loads_the_real_imagenet_weights():

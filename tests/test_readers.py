@@ -18,7 +18,7 @@ from skymoe.data.readers.dior_rsvg import read_dior_rsvg
 from skymoe.data.readers.hrvqa import read_hrvqa
 from skymoe.data.readers.image_folder import read_image_folder
 from skymoe.data.readers.rsvqa import count_bin, read_rsvqa
-from skymoe.data.schema import Box, Granularity, SkyMoEDataError, Task
+from skymoe.data.schema import Box, Granularity, Sample, SkyMoEDataError, Task
 
 
 # ---------------------------------------------------------------- RSVQA (real)
@@ -337,3 +337,40 @@ def test_image_folder(tmp_path):
     with pytest.raises(SkyMoEDataError) as err:
         read_image_folder(tmp_path / "ucm")
     assert "harbor01.tif" in str(err.value)
+
+
+# ---------------------------------------------------------------- SkyMoE JSONL schema
+def sample_record(**changes) -> dict:
+    record = {
+        "id": "r1", "image": "scene.png", "task": "vqa", "granularity": "image", "image_size": [128, 64],
+        "conversation": [{"role": "user", "text": "what?"}, {"role": "assistant", "text": "a field"}],
+    }  # fmt: skip
+    record.update(changes)
+    return record
+
+
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"image_size": "big"}, "image_size", "expected \\[width, height\\] as two positive integers"),
+        ({"image_size": [128]}, "image_size", "expected \\[width, height\\] as two positive integers"),
+        ({"image_size": [128, 0]}, "image_size", "expected \\[width, height\\] as two positive integers"),
+        ({"image_size": [128, True]}, "image_size", "expected \\[width, height\\] as two positive integers"),
+        ({"conversation": [{"role": "user", "text": "q"}, {"role": "assistant", "text": None}]}, "conversation[1].text", "expected a string"),
+        ({"conversation": [{"role": "user"}]}, "conversation[0]", "expected an object with 'role' and 'text'"),
+        ({"conversation": "hi"}, "conversation", "expected a list"),
+        ({"meta": "m"}, "meta", "expected an object"),
+        ({"boxes": [{"xyxy": [1, 2, 3]}]}, "boxes", "malformed box"),
+    ],
+)
+def test_sample_from_dict_names_the_malformed_field(changes, field, message):
+    with pytest.raises(SkyMoEDataError, match=message) as err:
+        Sample.from_dict(sample_record(**changes), file="data.jsonl")
+    assert (err.value.file, err.value.record, err.value.field) == ("data.jsonl", "r1", field)
+
+
+def test_sample_checks_image_size_when_built_directly():
+    with pytest.raises(SkyMoEDataError, match="two positive integers") as err:
+        Sample("r2", "x.png", Task.VQA, Granularity.IMAGE, [], image_size=("big",))
+    assert err.value.record == "r2" and err.value.field == "image_size"
+    assert Sample("r3", "x.png", Task.VQA, Granularity.IMAGE, [], image_size=[128, 64]).image_size == (128, 64)

@@ -183,3 +183,45 @@ def test_a_missing_image_fails_before_training_or_is_skipped_and_counted(data, t
     assert not (tmp_path / "raise" / "checkpoints").exists()
     result = train(load_config(config, ["data.on_error=skip"]), tmp_path / "skip")
     assert result.steps == 1
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [("[7]", r"'model.moe_layers' \[7\] out of range: the stage-1 LLM has 2 layers, valid 0..1"),
+     ("[]", "stage 2 needs at least one MoE layer")],
+)
+def test_cli_bad_stage2_moe_layers_is_one_config_error_line(stage1, data, tmp_path, capsys, layers, message):
+    import re
+
+    from skymoe.cli import main
+
+    config = write_config(tmp_path / "c.yaml", data, stage=2)
+    args = ["train", "--config", str(config), "--output", str(tmp_path / "out"), f"model.init_from={stage1.output_dir}"]
+    assert main([*args, f"model.moe_layers={layers}"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the model-loading progress bar
+    assert err.startswith("skymoe train: error: 'model.moe_layers'") and re.search(message, err)
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("after, expected", [(0, "interrupted before the first training step; no checkpoint was written yet"),
+                                             (5, "interrupted at step 5; the last checkpoint is step 4 (")])
+def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_exits_130(data, tmp_path, capsys, monkeypatch, after, expected):
+    import skymoe.train.trainer as trainer
+    from skymoe.cli import main
+
+    real, calls = trainer._forward, {"n": 0}
+
+    def forward_then_ctrl_c(*args, **kwargs):
+        if calls["n"] == after:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_forward", forward_then_ctrl_c)
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(write_config(tmp_path / "c.yaml", data)), "--output", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"skymoe train: {expected}")
+    if after:
+        assert f"({out / 'checkpoints' / 'step-00000004'}): re-run with --resume to continue" in err
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000004"]  # nothing written on interrupt

@@ -91,3 +91,30 @@ def test_corrupt_newest_checkpoint_falls_back_and_still_matches(data, tmp_path, 
     assert result.resumed_from.endswith("step-00000004")
     assert any(issubclass(w.category, CheckpointWarning) and "step-00000008" in str(w.message) for w in caught)
     assert_same_weights(tmp_path / "full", tmp_path / "cut")
+
+
+def test_a_corrupt_checkpoint_resume_skipped_is_moved_aside_and_never_pruned_in_place_of_a_good_one(tmp_path):
+    from skymoe.train import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    for step in (35, 40):
+        folder = root / ckpt.checkpoint_name(step)
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights" * 10)
+        ckpt._write_manifest(folder, step)
+    (root / "step-00000040" / "model.safetensors").write_bytes(b"weig")  # truncated
+    with pytest.warns(CheckpointWarning, match=r"step-00000040: checksum mismatch .*moved it aside to .*\.corrupt-step-00000040"):
+        assert ckpt.latest_good_checkpoint(root) == root / "step-00000035"
+    assert (root / ".corrupt-step-00000040" / "model.safetensors").read_bytes() == b"weig"  # kept for inspection
+    (root / "step-00000042").mkdir()  # the resumed run's next checkpoint
+    ckpt.prune_checkpoints(root, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000035", "step-00000042"]
+
+
+def test_with_no_good_checkpoint_the_corrupt_ones_stay_in_place(tmp_path):
+    from skymoe.train import checkpoint as ckpt
+
+    (tmp_path / "step-00000001").mkdir()  # no manifest: the write never finished
+    with pytest.warns(CheckpointWarning, match="no older one verifies"):
+        assert ckpt.latest_good_checkpoint(tmp_path) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000001"]

@@ -8,8 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
+from skymoe.config import DataSection, DatasetSpec
+from skymoe.data.schema import SkyMoEDataError
 from skymoe.train.checkpoint import CheckpointWarning, latest_good_checkpoint, save_checkpoint, verify_checkpoint
-from skymoe.train.data import MixSampler
+from skymoe.train.data import MixSampler, load_mix
 from skymoe.train.losses import granularity_info_nce
 from skymoe.train.metrics import expert_load_stats, router_accuracy, truncate_metrics
 
@@ -117,3 +119,43 @@ def test_param_groups_train_the_whole_router_and_every_gate(stage, adapter):
     assert groups["router"]["lr"] == 0.5
     assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("vision_tower."))
     assert set(groups) == ({"projector", "router", "adapter"} if stage == 1 else {"projector", "router", "experts"})
+
+
+def write_bad_mix_file(path) -> None:
+    """One good record, then one bad record of each kind the trainer must skip under ``data.on_error: skip``."""
+
+    def record(i, **changes):
+        r = {"id": f"r{i}", "image": "scene.png", "task": "grounding", "granularity": "object", "image_size": [100, 100],
+             "conversation": [{"role": "user", "text": "where?"}, {"role": "assistant", "text": "here"}]}  # fmt: skip
+        return json.dumps({**r, **changes})
+
+    lines = [
+        record(1),
+        "{not json",
+        json.dumps({"id": "r3", "task": "vqa", "granularity": "image", "conversation": []}),  # no image
+        record(4, task="dance"),
+        record(5, boxes=[{"xyxy": [10, 10, 150, 50]}]),  # outside image_size
+        record(6, image_size="big"),
+        record(7, meta="m"),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_jsonl_mix_entry_raises_on_the_first_bad_record_by_default(tmp_path):
+    write_bad_mix_file(tmp_path / "mix.jsonl")
+    with pytest.raises(SkyMoEDataError, match="malformed JSON") as err:
+        load_mix(DataSection(mix=[DatasetSpec(path=str(tmp_path / "mix.jsonl"))]))
+    assert err.value.file == str(tmp_path / "mix.jsonl") and err.value.record == "line 2"
+
+
+def test_jsonl_mix_entry_honours_on_error_skip(tmp_path, caplog):
+    path = str(tmp_path / "mix.jsonl")
+    write_bad_mix_file(tmp_path / "mix.jsonl")
+    with caplog.at_level("WARNING", logger="skymoe.data"):
+        (part,) = load_mix(DataSection(mix=[DatasetSpec(path=path)], on_error="skip"))
+    assert [s.id for s in part.samples] == ["r1"]
+    skipped = part.samples.skipped
+    assert set(skipped) == {f"line {i}" for i in range(2, 8)}
+    assert "malformed JSON" in skipped["line 2"] and "'image'" in skipped["line 3"] and "'task'" in skipped["line 4"]
+    assert "outside the image" in skipped["line 5"] and "'image_size'" in skipped["line 6"] and "'meta'" in skipped["line 7"]
+    assert f"{path}: skipped 6 bad record(s), kept 1" in caplog.text

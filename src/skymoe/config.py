@@ -160,6 +160,8 @@ class TrainConfig:
         if self.stage == 2:
             if not self.model.init_from:
                 raise ConfigError("'model.init_from' is required for stage 2 (a stage-1 output directory)")
+            if self.model.num_experts < 1:
+                raise ConfigError(f"'model.num_experts' must be >= 1 for stage 2 (it upcycles into experts), got {self.model.num_experts}")
             if not 1 <= self.model.top_k <= self.model.num_experts:
                 raise ConfigError(
                     f"'model.top_k' must be in 1..model.num_experts={self.model.num_experts}, got {self.model.top_k}"

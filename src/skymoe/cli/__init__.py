@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     except SkyMoEDataError as exc:  # bad user input: one clear line, no traceback
         print(f"skymoe: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: keep the traceback
+            raise
+        # an --out under /proc, a read-only folder, a missing parent: the path and the reason are the message
+        print(f"skymoe: error: file {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import importlib.util
 import json
 from collections import Counter
 
+from skymoe.cli.options import non_negative_int, positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("data", help="inspect the embedded datasets")
@@ -19,13 +21,13 @@ def register(subparsers) -> None:
     p = sub.add_parser("show", help="print samples of a dataset")
     p.add_argument("name")
     p.add_argument("--split", default=None, help="default: the first split")
-    p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--limit", type=non_negative_int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON sample per line (the project's JSONL schema)")
     p.set_defaults(func=_show)
 
     p = sub.add_parser("tour", help="render real samples of every embedded dataset to a PNG contact sheet")
     p.add_argument("--out", required=True, help="output folder (writes tour.png)")
-    p.add_argument("--per-dataset", type=int, default=4)
+    p.add_argument("--per-dataset", type=positive_int, default=4)
     p.add_argument("names", nargs="*", metavar="NAME", help="only these datasets (default: all)")
     p.set_defaults(func=_tour)
 

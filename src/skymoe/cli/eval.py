@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from skymoe.cli.options import non_negative_int, positive_int
+
 
 def _print_summary(metrics: dict, out_dir: str) -> None:
     for task, o in metrics["model"]["overall"].items():
@@ -35,8 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="model directory (save_pretrained layout)")
     p.add_argument("--suite", required=True, help="suite YAML, or the name of a packaged suite (e.g. embedded)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--limit", type=int, default=None, help="at most N samples per dataset split")
-    p.add_argument("--batch-size", type=int, default=None, help="generation batch size (default: the suite's)")
+    p.add_argument("--limit", type=non_negative_int, default=None, help="at most N samples per dataset split")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="generation batch size (default: the suite's)")
     p.set_defaults(func=run_eval)
 
     s = subparsers.add_parser("score", help="re-score saved predictions without a model")

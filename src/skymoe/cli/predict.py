@@ -7,27 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from skymoe.cli.options import positive_int
 from skymoe.data.schema import Box, SkyMoEDataError, Task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
-
-
-def number_type(kind: type, ok, expected: str):
-    """argparse type: ``kind(text)`` if it passes ``ok``, else an argparse error saying what was ``expected``."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value
-
-    return parse
-
-
-positive_int = number_type(int, lambda v: v >= 1, "a positive integer")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,8 @@ import math
 import sys
 import warnings
 
-from skymoe.cli.predict import add_model_arguments, load_pipeline, number_type
+from skymoe.cli.options import number_type
+from skymoe.cli.predict import add_model_arguments, load_pipeline
 
 
 def _bands(text: str) -> list[int]:

@@ -23,18 +23,22 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from skymoe.config import ConfigError, load_config
+    from skymoe.train import TrainingError, train
 
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"skymoe train: error: {exc}", file=sys.stderr)
-        return 2
-    from skymoe.train import TrainingError, train
-
-    output = Path(args.output) if args.output else Path("out") / Path(args.config).stem
-    try:
+        output = Path(args.output) if args.output else Path("out") / Path(args.config).stem
         train(cfg, output, resume=args.resume)
+    except ConfigError as exc:  # also raised by checks that need the model, e.g. model.moe_layers
+        return _fail(exc, 2)
     except TrainingError as exc:
-        print(f"skymoe train: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, 1)
+    except KeyboardInterrupt as exc:  # train() says which step and checkpoint; earlier there is nothing to say
+        print(f"skymoe train: {str(exc) or 'interrupted before training started'}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _fail(exc: Exception, code: int) -> int:
+    print(f"skymoe train: error: {exc}", file=sys.stderr)
+    return code

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -31,6 +32,22 @@ class SkyMoEDataError(ValueError):
             if part
         )
         super().__init__(f"{where}: {message}" if where else message)
+
+
+def check_image_size(value: Any, *, file: str | None = None, record: Any = None) -> tuple[int, int] | None:
+    """``value`` as (width, height), or None when absent; anything else is a SkyMoEDataError."""
+    if value is None:
+        return None
+    # bool is an Integral too, but true/false is never a pixel size
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise SkyMoEDataError(
+            f"expected [width, height] as two positive integers, got {value!r}", file=file, record=record, field="image_size"
+        )
+    return int(value[0]), int(value[1])
 
 
 class Task(str, Enum):
@@ -165,8 +182,7 @@ class Sample:
     def __post_init__(self):
         self.task = Task(self.task)
         self.granularity = Granularity(self.granularity)
-        if self.image_size is not None:
-            self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        self.image_size = check_image_size(self.image_size, record=self.id)
 
     @property
     def question(self) -> str:
@@ -180,6 +196,10 @@ class Sample:
         if not self.conversation:
             raise SkyMoEDataError("conversation is empty", file=file, record=self.id, field="conversation")
         for i, turn in enumerate(self.conversation):
+            if not isinstance(turn.text, str):
+                raise SkyMoEDataError(
+                    f"expected a string, got {turn.text!r}", file=file, record=self.id, field=f"conversation[{i}].text"
+                )
             expected = "user" if i % 2 == 0 else "assistant"
             if turn.role != expected:
                 raise SkyMoEDataError(
@@ -220,24 +240,39 @@ class Sample:
                 record=record,
                 field="granularity",
             ) from None
+        turns = _turns_from_list(d["conversation"], file=file, record=record)
         try:
-            turns = [Turn(t["role"], t["text"]) for t in d["conversation"]]
             boxes = [Box.from_dict(b) for b in d.get("boxes") or []]
         except (KeyError, TypeError, ValueError) as exc:
-            raise SkyMoEDataError(f"malformed value ({exc})", file=file, record=record, field="conversation/boxes") from None
+            raise SkyMoEDataError(
+                f"malformed box ({exc}); expected objects {{xyxy: [x1, y1, x2, y2], label}}", file=file, record=record, field="boxes"
+            ) from None
+        meta = d.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise SkyMoEDataError(f"expected an object, got {meta!r}", file=file, record=record, field="meta")
         return cls(
             id=str(d["id"]),
             image=str(d["image"]),
             task=task,
             granularity=granularity,
             conversation=turns,
-            image_size=tuple(d["image_size"]) if d.get("image_size") else None,
+            image_size=check_image_size(d.get("image_size"), file=file, record=record),
             boxes=boxes,
             question_type=d.get("question_type"),
             dataset=d.get("dataset", ""),
             split=d.get("split", ""),
-            meta=dict(d.get("meta") or {}),
+            meta=dict(meta or {}),
         ).validate(file=file)
+
+
+def _turns_from_list(raw: Any, *, file: str | None, record: Any) -> list[Turn]:
+    """Turns of a record's ``conversation``; the value types are checked by :meth:`Sample.validate`."""
+    if not isinstance(raw, list):
+        raise SkyMoEDataError("expected a list of {role, text} objects", file=file, record=record, field="conversation")
+    for i, t in enumerate(raw):
+        if not isinstance(t, dict) or "role" not in t or "text" not in t:
+            raise SkyMoEDataError("expected an object with 'role' and 'text'", file=file, record=record, field=f"conversation[{i}]")
+    return [Turn(t["role"], t["text"]) for t in raw]
 
 
 def write_jsonl(samples: Iterable[Sample], path: str | Path) -> int:
@@ -254,8 +289,12 @@ def write_jsonl(samples: Iterable[Sample], path: str | Path) -> int:
     return n
 
 
-def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line of a JSON-lines file; malformed lines are errors."""
+def json_lines(path: str | Path) -> Iterator[tuple[int, dict | SkyMoEDataError]]:
+    """(line number, object) for every non-blank line of a JSON-lines file.
+
+    A malformed line is yielded as its SkyMoEDataError rather than raised, so a
+    reader that skips bad records can go on to the next line; a missing file raises.
+    """
     path = Path(path)
     if not path.is_file():
         raise SkyMoEDataError("file not found", file=str(path))
@@ -266,17 +305,33 @@ def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SkyMoEDataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}") from None
+                yield lineno, SkyMoEDataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}")
+                continue
             if not isinstance(d, dict):
-                raise SkyMoEDataError("expected a JSON object", file=str(path), record=f"line {lineno}")
+                d = SkyMoEDataError("expected a JSON object", file=str(path), record=f"line {lineno}")
             yield lineno, d
 
 
-def read_jsonl(path: str | Path) -> Iterator[Sample]:
-    """Read samples; relative image paths are resolved against the file's folder."""
+def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON-lines file; malformed lines are errors."""
+    for lineno, d in json_lines(path):
+        if isinstance(d, SkyMoEDataError):
+            raise d
+        yield lineno, d
+
+
+def sample_from_line(d: dict | SkyMoEDataError, path: str | Path) -> Sample:
+    """The Sample of one :func:`json_lines` item (raising its error); a relative image resolves against the file's folder."""
+    if isinstance(d, SkyMoEDataError):
+        raise d
     path = Path(path)
-    for _, d in iter_json_objects(path):
-        sample = Sample.from_dict(d, file=str(path))
-        if not Path(sample.image).is_absolute():
-            sample.image = str((path.parent / sample.image).resolve())
-        yield sample
+    sample = Sample.from_dict(d, file=str(path))
+    if not Path(sample.image).is_absolute():
+        sample.image = str((path.parent / sample.image).resolve())
+    return sample
+
+
+def read_jsonl(path: str | Path) -> Iterator[Sample]:
+    """Read samples; the first bad record raises (see :func:`skymoe.train.data.read_jsonl_part` for skipping)."""
+    for _, d in json_lines(path):
+        yield sample_from_line(d, path)

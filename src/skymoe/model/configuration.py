@@ -121,7 +121,7 @@ class SkyMoEConfig(PreTrainedConfig):
         layers = list(range(num_layers)) if layers is None else [int(i) for i in layers]
         bad = [i for i in layers if not 0 <= i < num_layers]
         if bad:
-            raise ValueError(f"moe.moe_layers {bad} out of range for a {num_layers}-layer LLM")
+            raise ValueError(f"moe.moe_layers {bad} out of range 0..{num_layers - 1} for a {num_layers}-layer LLM")
         return layers
 
     @property

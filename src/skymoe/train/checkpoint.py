@@ -5,11 +5,13 @@ process's RNG states (python, numpy, torch) and registered objects (our data
 position). What it does not do is make the write atomic or tell a half-written
 folder from a good one, so this module adds: write into a temporary folder,
 record a manifest with the sha256 of every file, rename into place, keep the
-last N; on resume, verify newest first and fall back with a warning.
+last N; on resume, verify newest first and fall back with a warning, moving
+the corrupt folders aside so that pruning never keeps them in place of good ones.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
+CORRUPT_PREFIX = ".corrupt-"  # not PREFIX: neither pruning nor a later resume sees these
 
 
 class CheckpointWarning(UserWarning):
@@ -77,19 +80,52 @@ def verify_checkpoint(folder: Path) -> str | None:
         path = Path(folder) / rel
         if not path.is_file():
             return f"missing file {rel}"
-        if _sha256(path) != expected:
+        try:
+            digest = _sha256(path)
+        except OSError as exc:  # e.g. moved aside by the main process of the same launch meanwhile
+            return f"unreadable file {rel} ({exc.strerror})"
+        if digest != expected:
             return f"checksum mismatch in {rel}"
     return None
 
 
 def latest_good_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """Newest checkpoint that verifies; warns about each newer one that does not."""
+    """Newest checkpoint that verifies; warns about each newer one that does not.
+
+    When an older one verifies, the corrupt newer ones are moved aside: left in
+    place they would count towards ``keep_last``, and pruning would delete the
+    good checkpoint the run resumed from. With no good one they stay untouched.
+    """
+    corrupt, good = [], None
     for folder in reversed(list_checkpoints(checkpoints_dir)):
         reason = verify_checkpoint(folder)
         if reason is None:
-            return folder
-        warnings.warn(f"skipping checkpoint {folder}: {reason}; trying the previous one", CheckpointWarning, stacklevel=2)
-    return None
+            good = folder
+            break
+        corrupt.append((folder, reason))
+    main_process = os.environ.get("RANK", "0") == "0"  # one process of a launch moves; the others only skip
+    for folder, reason in corrupt:
+        if good is None:
+            fate = "no older one verifies"
+        elif main_process:
+            fate = f"moved it aside to {_set_aside(folder)}; resuming from {good.name}"
+        else:
+            fate = f"resuming from {good.name}"
+        warnings.warn(f"skipping checkpoint {folder}: {reason}; {fate}", CheckpointWarning, stacklevel=2)
+    return good
+
+
+def _set_aside(folder: Path) -> Path:
+    """Rename ``folder`` to a free ``.corrupt-<name>[.N]`` next to it."""
+    for n in itertools.count():
+        target = folder.with_name(f"{CORRUPT_PREFIX}{folder.name}" + (f".{n}" if n else ""))
+        if not target.exists():
+            break
+    try:
+        os.rename(folder, target)
+    except FileNotFoundError:  # another process of the same launch moved it first
+        pass
+    return target
 
 
 def prune_checkpoints(checkpoints_dir: Path, keep_last: int) -> None:

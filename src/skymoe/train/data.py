@@ -9,7 +9,8 @@ from torch.utils.data import Dataset, Sampler
 
 from skymoe.config import CDASection, DataSection
 from skymoe.data.cda import CDAugmenter, view_sample
-from skymoe.data.schema import Sample, SkyMoEDataError, read_jsonl
+from skymoe.data.readers import Collector, SampleList
+from skymoe.data.schema import Sample, SkyMoEDataError, json_lines, sample_from_line
 
 
 @dataclass
@@ -17,6 +18,19 @@ class MixPart:
     label: str  # dataset name or JSONL path, for messages
     samples: list[Sample]
     weight: float
+
+
+def read_jsonl_part(path: str, on_error: str = "raise") -> SampleList:
+    """Samples of a JSONL mix entry under ``data.on_error``, like an embedded dataset's reader.
+
+    ``skip`` drops a bad line (malformed JSON or an invalid record), keeps the
+    reason in ``SampleList.skipped`` under ``line N`` (ids may repeat or be
+    missing) and logs one warning with the count.
+    """
+    out = Collector(path, on_error)
+    for lineno, d in json_lines(path):
+        out.add(lambda d=d: sample_from_line(d, path), record=f"line {lineno}")
+    return out.result()
 
 
 def load_mix(data: DataSection) -> list[MixPart]:
@@ -30,7 +44,7 @@ def load_mix(data: DataSection) -> list[MixPart]:
 
             label, samples = f"{spec.name}:{spec.split}", load_dataset(spec.name, spec.split, on_error=data.on_error)
         else:
-            label, samples = spec.path, list(read_jsonl(spec.path))
+            label, samples = spec.path, read_jsonl_part(spec.path, data.on_error)
         samples = samples[: spec.limit] if spec.limit is not None else samples
         if not samples:
             raise SkyMoEDataError(f"dataset mix entry {label} has no samples", field="data.mix")

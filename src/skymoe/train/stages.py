@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from skymoe.config import TrainConfig
+from skymoe.config import ConfigError, TrainConfig
 from skymoe.data.schema import SkyMoEDataError
 from skymoe.train.data import MixPart
 from skymoe.train.errors import StageError
@@ -69,7 +69,20 @@ def build(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | None):
     """(model, processor) for the stage; stage 2 returns the dense model (see :func:`upcycle_checked`)."""
     if cfg.stage == 1:
         return _build_stage1(cfg, parts, resume_from)
-    return load_stage1_output(cfg.model.init_from)
+    dense, processor = load_stage1_output(cfg.model.init_from)
+    check_moe_layers(cfg.model.moe_layers, dense.config.text_config.num_hidden_layers)
+    return dense, processor
+
+
+def check_moe_layers(moe_layers: list[int] | None, num_layers: int) -> None:
+    """Stage 2's ``model.moe_layers`` against the stage-1 LLM (only known once it is loaded); None means all."""
+    if moe_layers is None:
+        return
+    if not moe_layers:
+        raise ConfigError("'model.moe_layers' is empty; stage 2 needs at least one MoE layer (null = every layer)")
+    bad = [i for i in moe_layers if not 0 <= i < num_layers]
+    if bad:
+        raise ConfigError(f"'model.moe_layers' {bad} out of range: the stage-1 LLM has {num_layers} layers, valid 0..{num_layers - 1}")
 
 
 def _build_stage1(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | None):

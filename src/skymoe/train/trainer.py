@@ -65,10 +65,37 @@ class TrainingPosition:
             setattr(self, key, value)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; the message says where it stopped and how to continue.
+
+    A KeyboardInterrupt still (callers that catch those keep working); nothing is
+    written on interrupt, the newest checkpoint is the atomic one already on disk.
+    """
+
+    def __init__(self, step: int | None, checkpoints_dir: Path):
+        where = "before the first training step" if step is None else f"at step {step}"
+        existing = ckpt.list_checkpoints(checkpoints_dir)
+        if existing:
+            last = existing[-1]
+            advice = f"the last checkpoint is step {int(last.name[len(ckpt.PREFIX):])} ({last}): re-run with --resume to continue"
+        else:
+            advice = "no checkpoint was written yet: re-run to start again"
+        super().__init__(f"interrupted {where}; {advice}")
+
+
 def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train stage ``cfg.stage``; with ``resume`` continue from the newest good checkpoint in ``output_dir``."""
+    """Train stage ``cfg.stage``; with ``resume`` continue from the newest good checkpoint in ``output_dir``.
+
+    Ctrl-C raises :class:`TrainingInterrupted` naming the step and the checkpoint to resume from.
+    """
+    position = TrainingPosition()
     try:
-        return _train(cfg, Path(output_dir), resume)
+        return _train(cfg, Path(output_dir), resume, position)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        step = position.step if position.step or position.samples_seen else None
+        raise TrainingInterrupted(step, Path(output_dir) / "checkpoints") from None
     finally:
         _release_accelerate_state()
 
@@ -86,7 +113,7 @@ class _Run:
     total_steps: int
 
 
-def _train(cfg: TrainConfig, output_dir: Path, resume: bool) -> TrainResult:
+def _train(cfg: TrainConfig, output_dir: Path, resume: bool, position: TrainingPosition) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -100,7 +127,6 @@ def _train(cfg: TrainConfig, output_dir: Path, resume: bool) -> TrainResult:
     )
     set_seed(cfg.seed)
     run = _prepare(cfg, accelerator, resume_from)  # every bad-input error happens here, before any step
-    position = TrainingPosition()
     accelerator.register_for_checkpointing(position)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
