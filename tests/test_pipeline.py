@@ -247,6 +247,8 @@ def test_cli_resume_refuses_records_of_another_task_or_prompt(model_dir, tmp_pat
     assert "field 'task': holds predictions made with task 'caption'; this run asks for 'counting'" in capsys.readouterr().err
     assert main([*run, "--task", "caption", "--prompt", "ignored by caption"]) == 0
     assert "2 already in" in capsys.readouterr().err and out.read_text() == written
+    assert main([*run, "--task", "caption", "--int8"]) == 2
+    assert "field 'int8'" in capsys.readouterr().err
     record = {"id": "0.png", "text": "yes", "task": "vqa", "settings": {"task": "vqa", "prompt": "Is it a port?", "labels": None, "box": None}}
     out.write_text(json.dumps(record) + "\n")
     assert main([*run, "--prompt", "Is there a ship?"]) == 2

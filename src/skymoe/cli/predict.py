@@ -115,6 +115,8 @@ def run_settings(args) -> dict:
         "prompt": args.prompt if task in (Task.VQA, Task.GROUNDING, Task.COUNTING) else None,
         "labels": _labels(args) if task in (Task.CLASSIFICATION, Task.MULTILABEL) else None,
         "box": args.box if task == Task.REGION_CAPTION else None,
+        "max_new_tokens": args.max_new_tokens,  # both change the answers too
+        "int8": args.int8,
     }
 
 
