@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from skymoe.data.processor import IGNORE_INDEX, SkyMoEProcessor
-from skymoe.data.schema import Sample, SkyMoEDataError, Turn
+from skymoe.data.schema import Box, Sample, SkyMoEDataError, Turn
 from skymoe.data.tokenizer import SPECIAL_TOKENS, add_skymoe_tokens, build_tokenizer, special_token_ids
 from skymoe.data.torch_dataset import SampleDataset
 
@@ -265,6 +265,18 @@ def test_dataset_raises_on_bad_images_by_default(processor, tmp_path):
         dataset = SampleDataset([vqa("bad", image=path)], processor)
         with pytest.raises(SkyMoEDataError, match=f"record bad.*{path}"):
             dataset[0]
+
+
+@pytest.mark.parametrize("image_size", [None, (1000, 1000)], ids=["no image_size", "wrong image_size"])
+def test_dataset_checks_boxes_against_the_opened_image(processor, tmp_path, image_size):
+    """A box outside the real image is caught before training even when image_size is absent or wrong."""
+    good, _, _ = write_images(tmp_path)  # 30 x 30
+    inside, outside = vqa("inside", image=good), vqa("outside", image=good)
+    inside.boxes, outside.boxes = [Box(2, 2, 20, 20)], [Box(10, 10, 500, 500)]
+    outside.image_size = image_size
+    dataset = SampleDataset([inside, outside], processor, on_error="skip")
+    assert dataset[0] is not None and dataset[1] is None
+    assert "lies outside the image of size 30x30" in dataset.skipped["outside"]
 
 
 def test_dataset_skip_counts_and_reports(processor, tmp_path):

@@ -40,7 +40,10 @@ class SampleDataset(Dataset):
         sample = self.samples[index]
         try:
             features = self.processor.encode(sample)
-            features["pixel_values"] = self.processor.preprocess_images([self._load(sample)])[0]
+            image = self._load(sample)
+            for box in sample.boxes:  # image_size may be absent or wrong: the opened image decides
+                box.validate(image.size, file=sample.image, record=sample.id)
+            features["pixel_values"] = self.processor.preprocess_images([image])[0]
         except SkyMoEDataError as exc:
             if self.on_error == "raise":
                 raise
