@@ -27,7 +27,8 @@ class DispatchPlan:
     """Top-k assignments of N tokens, with views sorted by expert (row i of every sorted tensor is one assignment).
 
     The sorted views are built on first use: the decode-step LoRA forms need only ``dense_weight``
-    (rank-space) or ``chosen_weights`` (one token), so a decode step skips the sort, bincount and cumsum.
+    (rank-space), ``chosen_weights`` (one token, gathered) or ``chosen_pairs`` (one token, CPU inference),
+    so a decode step skips the sort, bincount and cumsum.
     """
 
     def __init__(self, index: torch.Tensor, weight: torch.Tensor, num_experts: int):
