@@ -1,6 +1,6 @@
 """Greedy generation speed: the MoE model vs the same model with its experts removed (dense), in one run.
 
-    python benchmarks/generate.py [--new-tokens 48] [--repeats 9] [--out benchmarks/results/generate.md]
+    python benchmarks/generate.py [--new-tokens 48] [--repeats 15] [--out benchmarks/results/generate.md]
 
 The dense model is a stage-1 SkyMoE (frozen base LLM + one LoRA adapter on the
 FFN linears); the MoE models are upcycled from it with 8 experts, top-2 (LoRA
@@ -13,6 +13,7 @@ tokens (EOS suppressed). Target: MoE >= 0.9x the dense tokens/s.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -78,11 +79,13 @@ class Speeds:
         return statistics.median(r / t for r, t in zip(self.seconds[reference], self.seconds[name]))
 
 
-def time_rounds(models: dict, inputs: dict, new_tokens: int, repeats: int) -> Speeds:
-    """Generation time of each model over ``repeats`` rounds, round-robin (one run of each model per round).
+def time_rounds(models: dict, inputs: dict, new_tokens: int, repeats: int, seed: int = 0) -> Speeds:
+    """Generation time of each model over ``repeats`` rounds (one run of each model per round, in a shuffled order).
 
     Interleaving puts every model under the same machine load and allocator state; timing one
     model's repeats back to back lets a burst of other work or a cold heap land on one model only.
+    The order is shuffled each round so that no model always runs after the same one (whose
+    weights it would find in, or evict from, the CPU caches).
     """
     def once(model) -> float:
         start = time.perf_counter()
@@ -93,16 +96,41 @@ def time_rounds(models: dict, inputs: dict, new_tokens: int, repeats: int) -> Sp
     for model in models.values():  # warm-up
         once(model)
     seconds: dict[str, list[float]] = {name: [] for name in models}
+    order, rng = list(models), random.Random(seed)
     for _ in range(repeats):
-        for name, model in models.items():
-            seconds[name].append(once(model))
+        rng.shuffle(order)
+        for name in order:
+            seconds[name].append(once(models[name]))
     return Speeds(seconds, inputs["input_ids"].shape[0] * new_tokens)
+
+
+def weights_per_token(model) -> tuple[int, int]:
+    """Matmul weights one generated token multiplies (``skymoe.model.summary``): with the k chosen experts, and with all E.
+
+    The all-E count is what the rank-space form (decode steps of several tokens) multiplies; in a
+    step whose cost is its matmuls, dense/MoE of these counts bounds the speed ratio.
+    """
+    from skymoe.model.summary import summarize
+
+    summary = summarize(model.config)  # a meta-device copy: no weights allocated
+    experts = summary["groups"]["experts"]
+    return summary["active_per_token"], summary["active_per_token"] - experts["active_per_token"] + experts["total"]
+
+
+def describe_weights(models: dict) -> str:
+    dense, _ = weights_per_token(next(iter(models.values())))
+    parts = []
+    for name, model in list(models.items())[1:]:
+        chosen, every = weights_per_token(model)
+        parts.append(f"{name}: {chosen / 1e6:.2f} M with the k chosen experts ({dense / chosen:.2f}x), "
+                     f"{every / 1e6:.2f} M through all E ({dense / every:.2f}x)")
+    return f"matmul weights per generated token (dense/MoE in brackets): dense {dense / 1e6:.2f} M; " + "; ".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU makes more threads spin, not work)")
@@ -127,14 +155,15 @@ def main() -> None:
         moe = models["MoE 8 lora experts, top-2"].config.moe_settings
         share = moe.num_experts * moe.lora_rank * (t["hidden_size"] + t["intermediate_size"]) / (t["hidden_size"] * t["intermediate_size"])
         described.append(f"* `{size}`: Llama {t['num_hidden_layers']} layers x {t['hidden_size']} (FFN {t['intermediate_size']}); parameters: {params}; "
-                         f"the {moe.num_experts} rank-{moe.lora_rank} LoRA experts of an FFN linear hold {share:.0%} as many weights as the linear.")
+                         f"the {moe.num_experts} rank-{moe.lora_rank} LoRA experts of an FFN linear hold {share:.0%} as many weights as the linear; "
+                         + describe_weights(models) + ".")
         del models
     text = "\n".join([
         "# Greedy generation: MoE vs dense (`benchmarks/generate.py`)",
         "",
         f"Machine: {machine()}; {args.threads} torch thread(s).",
         f"ViT tower 1 layer, 64 px image, vocabulary 2,000; {args.new_tokens} new tokens per sequence (EOS suppressed), "
-        f"{args.repeats} rounds after a warm-up; each round runs every model once (round-robin). tokens/s: median over rounds; "
+        f"{args.repeats} rounds after a warm-up; each round runs every model once, in a shuffled order. tokens/s: median over rounds; "
         "vs dense: median over rounds of the speed ratio within a round.",
         *described,
         "",
@@ -144,9 +173,10 @@ def main() -> None:
         "",
         "Target: MoE >= 0.90x dense. Lowest ratio over batch sizes: "
         + "; ".join(f"{size} {n}: {r:.2f}x ({'met' if r >= 0.9 else 'NOT met'})" for (size, n), r in worst.items()) + ".",
-        "At batch 8 a decode step multiplies through all E x r rank columns (unchosen experts weighted 0), so the LoRA experts cost",
-        "about their weight share; at batch 1 only the chosen experts are read and the extra is mostly the per-layer gate.",
-        "Both are small at realistic widths, not at toy ones.",
+        "At batch 1 a decode step reads only the k chosen experts (the gate's choice as Python numbers, one addmm_ per expert).",
+        "At batch 8 it multiplies through all E x r rank columns (unchosen experts weighted 0): gathering each token's experts",
+        "instead costs more in copies and small GEMMs than it saves at 8 tokens. The weight counts above bound what either can reach",
+        "where matmuls dominate a step (all-E for batch 8); top-2 FFN experts run two FFNs per token, so their bound is the k-chosen count.",
         "The CPU is shared with other jobs, so absolute numbers move between runs;",
         "the ratios come from the same run, interleaved model by model.",
         "",

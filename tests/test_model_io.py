@@ -53,6 +53,23 @@ def test_cached_and_uncached_greedy_generation_agree(text_model_type, moe):
     assert torch.equal(cached, uncached)
 
 
+def test_batch_one_cpu_decode_steps_choose_in_python_and_match_uncached_generation(monkeypatch):
+    """Batch-1 cached CPU decode takes the Python-number gate and expert path; the tokens are those of full forwards."""
+    from skymoe.model.router import ExpertGate
+
+    model = tiny_model(moe={"num_experts": 8, "top_k": 2}).eval()
+    randomize_adapters(model, std=0.2)
+    calls = []
+    choose = ExpertGate.choose_for_one_token
+    monkeypatch.setattr(ExpertGate, "choose_for_one_token", lambda self, *a: calls.append(1) or choose(self, *a))
+    inputs = generation_inputs(model.config, batch_size=1)
+    cached = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=True)
+    assert len(calls) == 7 * len(model.moe_layers())  # every decode step after the prefill, in every MoE layer
+    uncached = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False)
+    assert len(calls) == 7 * len(model.moe_layers())  # full forwards use the tensor gate
+    assert torch.equal(cached, uncached)
+
+
 def test_routing_is_computed_once_per_sequence_in_cached_generation():
     model = tiny_model(moe={"num_experts": 4, "routing": "sequence"}).eval()
     calls = []

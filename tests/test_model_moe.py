@@ -246,6 +246,37 @@ def test_gate_decode_step_decides_like_the_full_sequence(dtype):
     assert torch.equal(step_weight, weight.view(3, 4, TOP_K)[:, -1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_token_choice_in_python_numbers_is_the_gate_choice(dtype):
+    """choose_for_one_token (CPU decode steps) picks the experts and weights that forward picks."""
+    torch.manual_seed(0)
+    gate = ExpertGate(16, 8, 8, 3, "token", jitter=0.0).to(dtype)
+    context = RoutingContext(routing_embedding=torch.randn(1, 8, dtype=dtype), record=False)
+    for _ in range(50):
+        hidden = torch.randn(1, 1, 16, dtype=dtype)
+        index, weight = gate(hidden, context)
+        chosen = dict(gate.choose_for_one_token(hidden, context))
+        assert list(chosen) == index[0].tolist()
+        assert torch.allclose(torch.tensor(list(chosen.values()), dtype=dtype), weight[0], rtol=1e-6, atol=0)
+
+
+def test_one_token_plan_builds_the_tensors_other_forms_need():
+    plan = experts_module.OneTokenPlan([(5, 0.75), (2, 0.25)], 8, torch.float32, torch.device("cpu"))
+    assert plan.num_tokens == 1 and plan.top_k == 2 and "topk_index" not in vars(plan)
+    assert plan.topk_index.tolist() == [[5, 2]] and plan.topk_weight.tolist() == [[0.75, 0.25]]
+    assert plan.dense_weight.tolist() == [[0, 0, 0.25, 0, 0, 0.75, 0, 0]]
+    assert plan.rank_weights(2).tolist() == [[0, 0, 0, 0, 0.25, 0.25, 0, 0, 0, 0, 0.75, 0.75, 0, 0, 0, 0]]
+    module = LoRAExperts(nn.Linear(12, 7), 8, rank=3, alpha=6.0, dispatch=LayerDispatch())
+    nn.init.normal_(module.lora_B)
+    module.dispatch.plan = plan
+    x = torch.randn(1, 1, 12)
+    with torch.no_grad():
+        loop = module(x)
+    gathered = module(x)  # with autograd: the gathered form, from the plan's tensors
+    expected = module.base(x[0, 0]) + sum(w * (x[0, 0] @ module.lora_A[e] @ module.lora_B[e]) for e, w in [(5, 0.75), (2, 0.25)]) * module.scale
+    assert torch.allclose(loop[0, 0], expected, atol=1e-5) and torch.allclose(gathered[0, 0], expected, atol=1e-5)
+
+
 def test_router_statistics_can_be_skipped_without_changing_the_logits():
     """generate() skips the per-step router losses/statistics (output_router_stats=False)."""
     model = tiny_model(moe={"num_experts": 4}).eval()

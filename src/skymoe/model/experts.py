@@ -26,16 +26,19 @@ from skymoe.model.router import ExpertGate, RoutingContext
 class DispatchPlan:
     """Top-k assignments of N tokens, with views sorted by expert (row i of every sorted tensor is one assignment).
 
-    The sorted views are built on first use: the decode-step LoRA forms need only ``dense_weight``
+    The sorted views are built on first use: the decode-step LoRA forms need only ``rank_weights``
     (rank-space), ``chosen_weights`` (one token, gathered) or ``chosen_pairs`` (one token, CPU inference),
     so a decode step skips the sort, bincount and cumsum.
     """
 
     def __init__(self, index: torch.Tensor, weight: torch.Tensor, num_experts: int):
-        self.topk_index, self.topk_weight, self.num_experts = index, weight, num_experts
-        self.num_tokens, self.top_k = index.shape
+        self.topk_index, self.topk_weight = index, weight
+        self._setup(num_experts, *index.shape)
+
+    def _setup(self, num_experts: int, num_tokens: int, top_k: int) -> None:
+        self.num_experts, self.num_tokens, self.top_k = num_experts, num_tokens, top_k
         self._gathered: tuple | None = None  # (input, its sorted rows)
-        self._chosen_weights: dict[int, torch.Tensor] = {}  # see chosen_weights
+        self._per_rank: dict[tuple[str, int], torch.Tensor] = {}  # see chosen_weights, rank_weights
 
     @classmethod
     def from_topk(cls, index: torch.Tensor, weight: torch.Tensor, num_experts: int) -> "DispatchPlan":
@@ -68,9 +71,17 @@ class DispatchPlan:
 
     def chosen_weights(self, rank: int) -> torch.Tensor:
         """[1, k*r] a single token's gate weights, repeated over each chosen expert's rank columns (shared by a layer's linears)."""
-        if rank not in self._chosen_weights:
-            self._chosen_weights[rank] = self.topk_weight[0].repeat_interleave(rank).unsqueeze(0)
-        return self._chosen_weights[rank]
+        key = ("chosen", rank)
+        if key not in self._per_rank:
+            self._per_rank[key] = self.topk_weight[0].repeat_interleave(rank).unsqueeze(0)
+        return self._per_rank[key]
+
+    def rank_weights(self, rank: int) -> torch.Tensor:
+        """[N, E*r] every expert's gate weight (0 where not chosen), repeated over its rank columns (shared by a layer's linears)."""
+        key = ("all", rank)
+        if key not in self._per_rank:
+            self._per_rank[key] = self.dense_weight.repeat_interleave(rank, dim=1)
+        return self._per_rank[key]
 
     @cached_property
     def chosen_pairs(self) -> list[tuple[int, float]]:
@@ -102,6 +113,25 @@ class DispatchPlan:
         """``out`` (a fresh layer output) plus the already-weighted rows of each token, added in place."""
         out.view(self.num_tokens, -1).index_add_(0, self.token_index, rows)
         return out
+
+
+class OneTokenPlan(DispatchPlan):
+    """The plan of a single token chosen in Python numbers (:meth:`ExpertGate.choose_for_one_token`).
+
+    The CPU decode form reads ``chosen_pairs`` only; the tensors other forms need are built on first use.
+    """
+
+    def __init__(self, pairs: list[tuple[int, float]], num_experts: int, dtype: torch.dtype, device: torch.device):
+        self.chosen_pairs, self._dtype, self._device = pairs, dtype, device
+        self._setup(num_experts, 1, len(pairs))
+
+    @cached_property
+    def topk_index(self) -> torch.Tensor:
+        return torch.tensor([[e for e, _ in self.chosen_pairs]], device=self._device)
+
+    @cached_property
+    def topk_weight(self) -> torch.Tensor:
+        return torch.tensor([[w for _, w in self.chosen_pairs]], dtype=self._dtype, device=self._device)
 
 
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -213,9 +243,11 @@ class LoRAExperts(nn.Module):
 
         On CPU a decode step's cost is mostly operator dispatch: with the gate weights as Python
         numbers (``alpha``) and per-expert views kept between steps, each expert is two BLAS calls,
-        which makes this form cost what the dense adapter costs. Not used with autograd (the gate
-        weights would get no gradient), on accelerators (reading the weights back to the host would
-        stall the stream) or under autocast (``addmm_`` would need casts).
+        which makes this form cost what the dense adapter costs. (One GEMM into all E*r rank columns
+        of a cached [in, E*r] ``lora_A`` saves a call per expert but measured slower in generation:
+        it reads E/k times the A weights.) Not used with autograd (the gate weights would get no
+        gradient), on accelerators (reading the weights back to the host would stall the stream)
+        or under autocast (``addmm_`` would need casts).
         """
         downs, ups = self._expert_views()
         x_row, out_row = x.reshape(1, -1), out.view(1, -1)
@@ -243,12 +275,12 @@ class LoRAExperts(nn.Module):
     def _add_rank_space_delta(self, out: torch.Tensor, x: torch.Tensor, plan: "DispatchPlan") -> torch.Tensor:
         """``out`` plus the LoRA delta through all E*r rank columns (unchosen experts weighted 0), in place.
 
-        The gate weights scale the E*r rank columns ([N, E, r] times [N, E, 1]); ``addmm_`` then adds
-        the up-projection into ``out`` in the same BLAS call, so no [N, out] temporary is written.
+        The gate weights scale the E*r rank columns (one [N, E*r] product, its weights shared by the
+        layer's linears); ``addmm_`` then adds the up-projection into ``out`` in the same BLAS call,
+        so no [N, out] temporary is written.
         """
         experts, in_features, rank = self.lora_A.shape
-        low_rank = (x.reshape(-1, in_features) @ self._lora_A_columns()).view(-1, experts, rank)
-        low_rank = (low_rank * plan.dense_weight.unsqueeze(-1)).view(-1, experts * rank)
+        low_rank = (x.reshape(-1, in_features) @ self._lora_A_columns()) * plan.rank_weights(rank)
         up = self.lora_B.view(experts * rank, -1)
         # In-place addmm_ gets no autocast: its operands must share out's dtype (bf16 under mixed precision).
         out.view(-1, out.shape[-1]).addmm_(low_rank.to(out.dtype), up.to(out.dtype), alpha=self.scale)
@@ -352,9 +384,26 @@ class MoEDecoderLayer(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         if self.gate is not None:
-            index, weight = self.gate(hidden_states, self.context)
-            self.dispatch.plan = DispatchPlan.from_topk(index, weight, self.gate.num_experts)
+            self.dispatch.plan = self._plan(hidden_states)
         return self.layer(hidden_states, *args, **kwargs)
+
+    def _plan(self, hidden_states: torch.Tensor) -> DispatchPlan:
+        gate = self.gate
+        if self._is_cpu_decode_step(hidden_states):  # the choice as Python numbers (see ExpertGate.choose_for_one_token)
+            pairs = gate.choose_for_one_token(hidden_states, self.context)
+            return OneTokenPlan(pairs, gate.num_experts, hidden_states.dtype, hidden_states.device)
+        index, weight = gate(hidden_states, self.context)
+        return DispatchPlan.from_topk(index, weight, gate.num_experts)
+
+    def _is_cpu_decode_step(self, hidden_states: torch.Tensor) -> bool:
+        """One token, token routing, CPU inference without gate records, in 32/64-bit.
+
+        Not in 16-bit: tied logits are common there, and topk's tie order is not Python's.
+        """
+        batch, seq = hidden_states.shape[:2]
+        return (batch * seq == 1 and self.gate.routing == "token" and not self.context.record
+                and self.context.routing_embedding is not None and not self.gate.training and not torch.is_grad_enabled()
+                and hidden_states.device.type == "cpu" and hidden_states.dtype in (torch.float32, torch.float64))
 
 
 def find_decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:

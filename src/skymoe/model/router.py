@@ -9,6 +9,8 @@ per token (``routing="token"``) or once per sample (``routing="sequence"``).
 """
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -107,7 +109,8 @@ class ExpertGate(nn.Module):
         if torch.is_grad_enabled():
             self._routing_logits = None
             return self.routing_proj(routing_embedding)
-        versions = tuple((w.data_ptr(), w._version) for w in self.routing_proj.parameters())
+        weight, bias = self.routing_proj.weight, self.routing_proj.bias
+        versions = (weight.data_ptr(), weight._version, bias.data_ptr(), bias._version)
         cached = self._routing_logits
         if cached is None or cached[0] is not routing_embedding or cached[1] != versions:
             self._routing_logits = cached = (routing_embedding, versions, self.routing_proj(routing_embedding))
@@ -137,6 +140,21 @@ class ExpertGate(nn.Module):
         if self.routing == "sequence":  # one decision per sample, shared by all its tokens
             index, weight = index.repeat_interleave(seq, dim=0), weight.repeat_interleave(seq, dim=0)
         return index, weight
+
+    def choose_for_one_token(self, hidden_states: torch.Tensor, context: RoutingContext) -> list[tuple[int, float]]:
+        """:meth:`forward`'s choice for a single token (token routing, no records), as (expert, weight) Python numbers.
+
+        A CPU decode step's cost is mostly operator dispatch, and the chosen experts are needed as
+        Python numbers anyway (:meth:`LoRAExperts._add_chosen_experts_loop`): one ``tolist`` of the E
+        logits replaces topk, softmax and two reads. The logits come from the same addmm as in
+        :meth:`forward`; the top-k softmax is computed in double precision.
+        """
+        bias = self.routing_logits(context.routing_embedding)
+        logits = torch.addmm(bias, hidden_states.reshape(1, -1), self.token_proj.weight.t())[0].tolist()
+        chosen = heapq.nlargest(self.top_k, range(self.num_experts), key=logits.__getitem__)  # ties go to the lower index
+        exps = [math.exp(logits[e] - logits[chosen[0]]) for e in chosen]
+        total = sum(exps)
+        return [(e, x / total) for e, x in zip(chosen, exps)]
 
     def _record(self, logits, index, weight, context: RoutingContext, batch: int, seq: int) -> GateRecord:
         row_mask = None
