@@ -37,6 +37,35 @@ def test_training_steps_give_every_trainable_parameter_a_gradient(text_model_typ
     assert set(out.aux_losses) == expected_aux
 
 
+@pytest.mark.parametrize("setting,text_model_type", [("lora-token", "llama"), ("ffn-sequence", "llama"), ("lora-token", "gpt2")])
+def test_activation_checkpointing_gives_the_gradients_of_a_plain_backward(setting, text_model_type, monkeypatch):
+    """Recomputing a checkpointed layer must redo every op that saves tensors for backward.
+
+    The routing plan is made outside the checkpointed layer and shared by its experts, so it must not
+    hand the recompute a tensor it built (and saved for backward) in the first pass. Both the
+    grouped and the rank-space LoRA forms run (RANK_SPACE_RATIO picks one).
+    """
+    from skymoe.model import experts as experts_module
+    from skymoe.model.build import enable_activation_checkpointing
+
+    for ratio in (10**6, 0):
+        monkeypatch.setattr(experts_module, "RANK_SPACE_RATIO", ratio)
+        grads = []
+        for checkpointing in (False, True):
+            model = tiny_model(text_model_type=text_model_type, moe=SETTINGS[setting]).train()
+            for module in model.modules():  # no gate noise: both runs must route alike
+                if hasattr(module, "jitter"):
+                    module.jitter = 0.0
+            if checkpointing:
+                enable_activation_checkpointing(model)
+            model(**make_batch(model.config)).loss.backward()
+            grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        plain, checkpointed = grads
+        assert plain.keys() == checkpointed.keys() and any("lora_B" in n or "w_in" in n for n in plain)
+        for name in plain:
+            assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), (ratio, name)
+
+
 def test_loss_is_the_weighted_sum_of_its_terms():
     model = tiny_model(moe={"num_experts": 4}, load_balance_weight=0.5, router_z_weight=0.25, router_ce_weight=2.0)
     out = model(**make_batch(model.config))

@@ -68,6 +68,10 @@ def test_batch_one_cpu_decode_steps_choose_in_python_and_match_uncached_generati
     uncached = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False)
     assert len(calls) == 7 * len(model.moe_layers())  # full forwards use the tensor gate
     assert torch.equal(cached, uncached)
+    hooked = []  # a hook on a gate must keep seeing every decision: that layer then uses forward
+    model.moe_layers()[0].gate.register_forward_hook(lambda *_: hooked.append(1))
+    assert torch.equal(model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False), cached)
+    assert len(hooked) == 8 and len(calls) == 7 * (2 * len(model.moe_layers()) - 1)
 
 
 def test_routing_is_computed_once_per_sequence_in_cached_generation():

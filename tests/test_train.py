@@ -143,6 +143,22 @@ def test_bf16_stage2_trains_the_lora_experts(data, stage1, tmp_path, form, monke
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
+def test_activation_checkpointing_trains_stage2_to_the_same_weights(data, stage1, tmp_path):
+    """activation_checkpointing only trades memory for compute: 3 stage-2 steps (experts, router, CDA) land on the same weights."""
+    results = []
+    for checkpointing in ("false", "true"):
+        cfg = load_config(
+            write_config(tmp_path / f"s2-{checkpointing}.yaml", data, stage=2),
+            [f"model.init_from={stage1.output_dir}", "max_steps=3", f"activation_checkpointing={checkpointing}"],
+        )
+        results.append(train(cfg, tmp_path / f"out-{checkpointing}").model.state_dict())
+    plain, checkpointed = results
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-5) for k in plain)
+    before = {k: v for k, v in stage1.model.state_dict().items() if k.startswith("router.")}
+    assert before and not all(torch.equal(plain[k], v) for k, v in before.items())  # they trained
+
+
 def test_cli_reports_a_bad_override_with_the_allowed_keys(data, tmp_path, capsys):
     from skymoe.cli import main
 

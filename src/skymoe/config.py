@@ -139,6 +139,7 @@ class TrainConfig:
     batch_size: int = 4
     grad_accum: int = 1
     precision: str = "fp32"
+    activation_checkpointing: bool = False
     checkpoint_every: int = 100
     keep_last: int = 2
     log_every: int = 10

@@ -181,3 +181,16 @@ def load_language_model(model, directory: str) -> None:
         loaded += 1
     if not loaded:
         raise ValueError(f"{directory}: no weights matched the language model of this config")
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant, the mode that works with DDP/FSDP).
+
+    The MoE layers' routing plan is made outside the checkpointed layer (see ``DispatchPlan._keep``).
+    transformers 5 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

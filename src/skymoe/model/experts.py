@@ -12,6 +12,7 @@ expert sees one contiguous slice; the work is two grouped matmuls over
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cached_property
 
 import torch
@@ -38,7 +39,20 @@ class DispatchPlan:
     def _setup(self, num_experts: int, num_tokens: int, top_k: int) -> None:
         self.num_experts, self.num_tokens, self.top_k = num_experts, num_tokens, top_k
         self._gathered: tuple | None = None  # (input, its sorted rows)
-        self._per_rank: dict[tuple[str, int], torch.Tensor] = {}  # see chosen_weights, rank_weights
+        self._kept: dict[tuple[str, int], torch.Tensor] = {}  # see _keep
+
+    def _keep(self, key: tuple[str, int], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``build()``, kept for the layer's other linears unless it carries autograd history.
+
+        The plan is made outside a checkpointed decoder layer; the layer's recompute must redo every
+        op that saves tensors for backward, so gate-weight tensors are rebuilt on each use under autograd.
+        """
+        value = self._kept.get(key)
+        if value is None:
+            value = build()
+            if not value.requires_grad:
+                self._kept[key] = value
+        return value
 
     @classmethod
     def from_topk(cls, index: torch.Tensor, weight: torch.Tensor, num_experts: int) -> "DispatchPlan":
@@ -59,10 +73,10 @@ class DispatchPlan:
         """[N*k] expert of each sorted assignment (non-decreasing)."""
         return self.topk_index.reshape(-1)[self.order]
 
-    @cached_property
+    @property
     def weight(self) -> torch.Tensor:
         """[N*k, 1] gate weight of each sorted assignment."""
-        return self.topk_weight.reshape(-1, 1)[self.order]
+        return self._keep(("sorted", 1), lambda: self.topk_weight.reshape(-1, 1)[self.order])
 
     @cached_property
     def offsets(self) -> torch.Tensor:
@@ -71,28 +85,25 @@ class DispatchPlan:
 
     def chosen_weights(self, rank: int) -> torch.Tensor:
         """[1, k*r] a single token's gate weights, repeated over each chosen expert's rank columns (shared by a layer's linears)."""
-        key = ("chosen", rank)
-        if key not in self._per_rank:
-            self._per_rank[key] = self.topk_weight[0].repeat_interleave(rank).unsqueeze(0)
-        return self._per_rank[key]
+        return self._keep(("chosen", rank), lambda: self.topk_weight[0].repeat_interleave(rank).unsqueeze(0))
 
     def rank_weights(self, rank: int) -> torch.Tensor:
         """[N, E*r] every expert's gate weight (0 where not chosen), repeated over its rank columns (shared by a layer's linears)."""
-        key = ("all", rank)
-        if key not in self._per_rank:
-            self._per_rank[key] = self.dense_weight.repeat_interleave(rank, dim=1)
-        return self._per_rank[key]
+        return self._keep(("all", rank), lambda: self.dense_weight.repeat_interleave(rank, dim=1))
 
     @cached_property
     def chosen_pairs(self) -> list[tuple[int, float]]:
         """A single token's (expert, gate weight) pairs as Python numbers (shared by a layer's linears)."""
         return list(zip(self.topk_index[0].tolist(), self.topk_weight[0].tolist()))
 
-    @cached_property
+    @property
     def dense_weight(self) -> torch.Tensor:
         """[N, E] gate weight of every expert per token (0 where not chosen)."""
-        zeros = self.topk_weight.new_zeros(self.num_tokens, self.num_experts)
-        return zeros.scatter(1, self.topk_index, self.topk_weight)
+        def build():
+            zeros = self.topk_weight.new_zeros(self.num_tokens, self.num_experts)
+            return zeros.scatter(1, self.topk_index, self.topk_weight)
+
+        return self._keep(("dense", 1), build)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of ``x`` in sorted-assignment order; reused when linears share an input (gate_proj/up_proj)."""
@@ -137,8 +148,9 @@ class OneTokenPlan(DispatchPlan):
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Rows ``offsets[e-1]:offsets[e]`` of ``x`` times ``weight[e]``: [N, I] x [E, I, O] -> [N, O]."""
     aligned = all(t.shape[-1] * t.element_size() % 16 == 0 for t in (x, weight))  # the kernel's stride rule
-    if aligned and (x.device.type != "cpu" or min(weight.shape[1:]) >= 128):
-        return F.grouped_mm(x, weight, offs=offsets)
+    kernel = getattr(F, "grouped_mm", None)  # absent from older torch
+    if kernel is not None and aligned and (x.device.type != "cpu" or min(weight.shape[1:]) >= 128):
+        return kernel(x, weight, offs=offsets)
     # torch's CPU grouped_mm kernel is slow for narrow (LoRA-rank) matrices; there one GEMM per expert
     # slice is faster. split/unbind (not x[s:e] / weight[e]) so that backward assembles each gradient
     # once instead of E full-size zero tensors.
@@ -391,19 +403,18 @@ class MoEDecoderLayer(nn.Module):
         gate = self.gate
         if self._is_cpu_decode_step(hidden_states):  # the choice as Python numbers (see ExpertGate.choose_for_one_token)
             pairs = gate.choose_for_one_token(hidden_states, self.context)
-            return OneTokenPlan(pairs, gate.num_experts, hidden_states.dtype, hidden_states.device)
+            if pairs is not None:
+                return OneTokenPlan(pairs, gate.num_experts, hidden_states.dtype, hidden_states.device)
         index, weight = gate(hidden_states, self.context)
         return DispatchPlan.from_topk(index, weight, gate.num_experts)
 
     def _is_cpu_decode_step(self, hidden_states: torch.Tensor) -> bool:
-        """One token, token routing, CPU inference without gate records, in 32/64-bit.
-
-        Not in 16-bit: tied logits are common there, and topk's tie order is not Python's.
-        """
+        """One token, token routing, CPU inference without gate records, and no hooks on the gate (they would not run)."""
         batch, seq = hidden_states.shape[:2]
-        return (batch * seq == 1 and self.gate.routing == "token" and not self.context.record
-                and self.context.routing_embedding is not None and not self.gate.training and not torch.is_grad_enabled()
-                and hidden_states.device.type == "cpu" and hidden_states.dtype in (torch.float32, torch.float64))
+        gate, context = self.gate, self.context
+        return (batch * seq == 1 and gate.routing == "token" and not context.record and context.routing_embedding is not None
+                and not gate.training and not torch.is_grad_enabled() and hidden_states.device.type == "cpu"
+                and not (gate._forward_hooks or gate._forward_pre_hooks))
 
 
 def find_decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:

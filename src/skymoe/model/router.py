@@ -141,18 +141,23 @@ class ExpertGate(nn.Module):
             index, weight = index.repeat_interleave(seq, dim=0), weight.repeat_interleave(seq, dim=0)
         return index, weight
 
-    def choose_for_one_token(self, hidden_states: torch.Tensor, context: RoutingContext) -> list[tuple[int, float]]:
+    def choose_for_one_token(self, hidden_states: torch.Tensor, context: RoutingContext) -> list[tuple[int, float]] | None:
         """:meth:`forward`'s choice for a single token (token routing, no records), as (expert, weight) Python numbers.
 
         A CPU decode step's cost is mostly operator dispatch, and the chosen experts are needed as
         Python numbers anyway (:meth:`LoRAExperts._add_chosen_experts_loop`): one ``tolist`` of the E
         logits replaces topk, softmax and two reads. The logits come from the same addmm as in
-        :meth:`forward`; the top-k softmax is computed in double precision.
+        :meth:`forward` and are compared as float32, as there; the softmax is in double precision.
+        ``None`` for 16-bit logits (a 16-bit model or autocast): ties are common there, and topk
+        orders them its own way.
         """
         bias = self.routing_logits(context.routing_embedding)
-        logits = torch.addmm(bias, hidden_states.reshape(1, -1), self.token_proj.weight.t())[0].tolist()
-        chosen = heapq.nlargest(self.top_k, range(self.num_experts), key=logits.__getitem__)  # ties go to the lower index
-        exps = [math.exp(logits[e] - logits[chosen[0]]) for e in chosen]
+        logits = torch.addmm(bias, hidden_states.reshape(1, -1), self.token_proj.weight.t())
+        if logits.dtype not in (torch.float32, torch.float64):
+            return None
+        values = logits[0].float().tolist()
+        chosen = heapq.nlargest(self.top_k, range(self.num_experts), key=values.__getitem__)
+        exps = [math.exp(values[e] - values[chosen[0]]) for e in chosen]
         total = sum(exps)
         return [(e, x / total) for e, x in zip(chosen, exps)]
 

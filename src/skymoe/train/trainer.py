@@ -174,6 +174,7 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> _Run:
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     from skymoe.data.imagery import load_image
+    from skymoe.model.build import enable_activation_checkpointing
     from skymoe.train import stages
     from skymoe.train.data import MixSampler, TrainCollator, TrainDataset, load_mix
 
@@ -186,6 +187,8 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> _Run:
     if cfg.stage == 2:
         check_batch = collator([dataset[(0, i, i)] for i in range(min(2, len(dataset)))])
         model = stages.upcycle_checked(model, cfg, check_batch)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
     batches_per_epoch = len(sampler) // (cfg.batch_size * accelerator.num_processes)
     if batches_per_epoch == 0:
         raise TrainingError(
