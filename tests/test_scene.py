@@ -206,8 +206,91 @@ def test_missing_query_and_bad_gsd_are_clear_errors(tmp_path):
     scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
     with pytest.raises(SkyMoEDataError, match="task counting needs query"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="counting")
-    with pytest.raises(SkyMoEDataError, match="projected CRS"):
+    with pytest.raises(SkyMoEDataError, match="gsd=1.0 m needs a georeferenced scene"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", gsd=1.0)
+
+
+def scene_with(path, crs, transform, width=400, height=300):
+    """bright_square_scene's pixels with any CRS and geotransform (None: left out)."""
+    import rasterio
+
+    data = np.full((3, height, width), 60, np.uint8)
+    data[:, 110:130, 180:210] = 250
+    profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8")
+    profile.update({k: v for k, v in (("crs", crs), ("transform", transform)) if v is not None})
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def features(path, layer):
+    return [f for f in json.loads(path.read_text())["features"] if f["properties"]["layer"] == layer]
+
+
+@pytest.mark.parametrize("crs,transform,missing", [
+    ("EPSG:32633", None, "a CRS but no geotransform"),
+    (None, (0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), "a geotransform but no CRS"),
+])
+def test_half_georeferenced_scenes_give_pixels_and_say_what_is_missing(tmp_path, crs, transform, missing):
+    from rasterio.transform import Affine
+
+    scene = scene_with(tmp_path / "s.tif", crs, Affine(*transform) if transform else None)
+    with pytest.warns(UserWarning, match=missing):
+        run_scene(BrightSpotPipeline(), scene, tmp_path / "out.geojson", task="grounding", query="roof", tile_size=128, overlap=48, progress=False)
+    collection = json.loads((tmp_path / "out.geojson").read_text())
+    assert "crs" not in collection and collection["skymoe"]["georeferenced"] is False
+    (detection,) = features(tmp_path / "out.geojson", "detections")
+    ring = np.array(detection["geometry"]["coordinates"][0])
+    assert [ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max()] == [180, 110, 210, 130]  # pixels, as the warning says
+
+
+# Ground pixel sizes from survey tables and unit definitions, not from the code under test: at 45 deg N a
+# degree of latitude is 111,132 m and one of longitude 78,847 m; a US survey foot is 1200/3937 m; a Web
+# Mercator metre at latitude phi is cos(phi) m on the ground; UTM's scale factor on its central meridian is 0.9996.
+@pytest.mark.parametrize("crs,transform,ground_x,ground_y", [
+    ("EPSG:32633", (10.0, 0.0, 500000.0, 0.0, -20.0, 5000000.0), 9.996, 19.992),  # non-square pixels
+    ("EPSG:4326", (0.0001, 0.0, 10.0, 0.0, -0.0001, 45.0 + 0.0001 * 150), 7.8847, 11.1132),  # degrees
+    ("EPSG:2263", (2.0, 0.0, 1000000.0, 0.0, -2.0, 200000.0), 2 * 1200 / 3937, 2 * 1200 / 3937),  # US survey feet
+    ("EPSG:3857", (1.0, 0.0, 1500000.0, 0.0, -1.0, 6894700.0), 0.6088, 0.6088),  # Web Mercator near 52.5 deg N
+])
+def test_gsd_is_measured_on_the_ground_in_any_crs(tmp_path, crs, transform, ground_x, ground_y):
+    from rasterio.transform import Affine
+
+    scene = scene_with(tmp_path / "s.tif", crs, Affine(*transform))
+    run_scene(BrightSpotPipeline(), scene, tmp_path / "out.geojson", task="grounding", query="roof", tile_size=64, overlap=16, gsd=4.0, progress=False)
+    source = json.loads((tmp_path / "out.geojson").read_text())["skymoe"]["source_tile"]
+    width, height = (source, source) if isinstance(source, int) else source
+    assert width == pytest.approx(64 * 4.0 / ground_x, rel=0.005, abs=1) and height == pytest.approx(64 * 4.0 / ground_y, rel=0.005, abs=1)
+
+
+class CornerBoxPipeline(BrightSpotPipeline):
+    """Answers every tile with the box over its last fifth (80-100 % of width and height) of the image it was given."""
+
+    def ground(self, images, query):
+        return [Answer(text="", task="grounding", image_size=im.size, boxes=[Box(0.8 * im.width, 0.8 * im.height, im.width, im.height)])
+                for im in images]
+
+
+def test_boxes_map_back_through_the_resize_a_small_tile_actually_got(tmp_path):
+    """A 150 x 100 px scene at 0.5 m is one tile far smaller than 256 px at 10 m: the model sees 8 x 5 px (7.5 rounded up)."""
+    from rasterio.transform import Affine
+
+    scene = scene_with(tmp_path / "s.tif", "EPSG:32633", Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), width=150, height=100)
+    run_scene(CornerBoxPipeline(), scene, tmp_path / "out.geojson", task="grounding", query="x", tile_size=256, overlap=32, gsd=10.0, progress=False)
+    (detection,) = features(tmp_path / "out.geojson", "detections")
+    assert detection["properties"]["pixel_xyxy"] == pytest.approx([120, 80, 150, 100])  # inside the scene
+
+
+@pytest.mark.parametrize("transform", [(10.0, 0.0, 450000.0, 0.0, -10.0, 4450000.0), (10.0, 0.0, 450000.0, 0.0, 10.0, 4440000.0)],
+                         ids=["north-up", "south-up"])
+def test_polygons_are_counter_clockwise_whatever_the_transform(tmp_path, transform):
+    from rasterio.transform import Affine
+
+    scene = scene_with(tmp_path / "s.tif", "EPSG:32613", Affine(*transform))
+    run_scene(BrightSpotPipeline(), scene, tmp_path / "out.geojson", task="grounding", query="roof", tile_size=128, overlap=48, progress=False)
+    for feature in features(tmp_path / "out.geojson", "detections") + features(tmp_path / "out.geojson", "tiles"):
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1] and sum(xa * yb - xb * ya for (xa, ya), (xb, yb) in zip(ring, ring[1:])) > 0  # RFC 7946
 
 
 def test_crs_member_names_lon_lat_wgs84_as_crs84_and_projected_crs_by_epsg():
@@ -275,7 +358,7 @@ def test_cli_shows_the_no_georeferencing_warning_as_one_plain_line(tmp_path, cap
     scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
     assert scene_cli([scene, "--task", "grounding", "--query", "roof", "--tile-size", "128", "--overlap", "48"], model=BrightSpotPipeline()) == 0
     warnings_shown = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
-    assert warnings_shown == [f"skymoe: warning: {scene} has no georeferencing (no CRS): output coordinates are pixels (x right, y down)"]
+    assert warnings_shown == [f"skymoe: warning: {scene} has no georeferencing: output coordinates are pixels (x right, y down)"]
 
 
 def test_cli_fails_on_a_truncated_png_naming_the_file_and_the_window(tmp_path, capsys, scene_cli):

@@ -3,11 +3,16 @@
 * The raster is never read whole: each tile is one windowed read, and the
   stretch limits come from a decimated overview read, so peak memory depends
   on the tile and batch size, not on the scene size.
-* ``gsd`` (metres per pixel, projected CRS only) resamples each window so that
-  a model tile covers ``tile_size * gsd`` metres whatever the sensor.
+* ``gsd`` (metres per pixel) resamples each window so that a model tile covers
+  ``tile_size * gsd`` metres on the ground whatever the sensor and CRS: the
+  scene's ground pixel size is measured at its centre along x and y (on the
+  WGS84 ellipsoid), so degrees, feet, Web Mercator and non-square pixels are
+  handled.
 * Boxes found in overlapping tiles are merged with non-maximum suppression.
-* Output: one GeoJSON FeatureCollection in the raster's CRS (the ``crs``
-  member GDAL/QGIS read; OGC CRS84 for lon/lat WGS84) with two layers told
+* Output: one GeoJSON FeatureCollection in the raster's CRS, written as GDAL
+  writes GeoJSON: coordinates in traditional GIS order (x = easting or
+  longitude), the CRS named in the ``crs`` member GDAL/QGIS read (OGC CRS84 for
+  lon/lat WGS84), outer rings counter-clockwise (RFC 7946). Two layers told
   apart by ``properties.layer``:
   ``detections`` (grounding boxes as polygons) and ``tiles`` (the tile grid
   with each tile's answer: caption, class or count). For counting,
@@ -17,8 +22,8 @@
   says how many tiles answered with a number. It is rewritten
   atomically after every batch, so an interrupted run (Ctrl-C) leaves a
   valid file holding the tiles done so far (``skymoe.complete: false``).
-* A raster without georeferencing is processed in pixel coordinates (y down),
-  with a warning.
+* A raster without georeferencing (no CRS, or no geotransform) is processed
+  in pixel coordinates (y down), with a warning saying which part is missing.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ from skymoe.data.schema import Box, SkyMoEDataError, Task
 
 SCENE_TASKS = (Task.CAPTION, Task.GROUNDING, Task.COUNTING, Task.CLASSIFICATION)
 CHECKPOINT_SECONDS = 2.0  # rewrite the output at most this often (and always at the end)
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+WGS84_A, WGS84_F = 6378137.0, 1 / 298.257223563
 # GeoJSON (2008) names for lon/lat order: urn:ogc:def:crs:EPSG::4326 formally means lat/lon.
 LON_LAT_URNS = {4326: "urn:ogc:def:crs:OGC:1.3:CRS84", 4269: "urn:ogc:def:crs:OGC:1.3:CRS83", 4267: "urn:ogc:def:crs:OGC:1.3:CRS27"}
 
@@ -97,16 +104,19 @@ def _starts(length: int, size: int, stride: int) -> list[int]:
     return [round(i * (length - size) / steps) for i in range(steps + 1)]
 
 
-def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
+def tile_grid(width: int, height: int, tile: int | tuple[int, int], overlap: int | tuple[int, int]) -> list[Tile]:
     """Windows of ``tile`` source pixels overlapping by at least ``overlap`` that cover the raster.
 
-    Each tile owns the part of its window nearer to its own centre than to a neighbour's (overlaps
-    split at their middle): the owned parts partition the raster, so per-tile counts weighted by
-    ``core_fraction`` add up without counting the overlaps twice.
+    ``tile`` and ``overlap`` are one size for both axes or (x, y) pairs. Each tile owns the part of
+    its window nearer to its own centre than to a neighbour's (overlaps split at their middle): the
+    owned parts partition the raster, so per-tile counts weighted by ``core_fraction`` add up without
+    counting the overlaps twice.
     """
-    check_tiling(tile, overlap)
-    tile_w, tile_h = min(tile, width), min(tile, height)
-    ys, xs = _starts(height, tile, tile - overlap), _starts(width, tile, tile - overlap)
+    (size_x, size_y), (overlap_x, overlap_y) = _pair(tile), _pair(overlap)
+    check_tiling(size_x, overlap_x)
+    check_tiling(size_y, overlap_y)
+    tile_w, tile_h = min(size_x, width), min(size_y, height)
+    ys, xs = _starts(height, size_y, size_y - overlap_y), _starts(width, size_x, size_x - overlap_x)
     core_h, core_w = _core_lengths(ys, tile_h, height), _core_lengths(xs, tile_w, width)
     tiles = []
     for row, y in enumerate(ys):
@@ -114,6 +124,10 @@ def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
             fraction = core_w[col] * core_h[row] / (tile_w * tile_h)
             tiles.append(Tile(len(tiles), row, col, x, y, tile_w, tile_h, fraction))
     return tiles
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, metric: str = "iou") -> list[int]:
@@ -165,8 +179,10 @@ class GeoReference:
         return [a * x + b * y + c, d * x + e * y + f]
 
     def polygon(self, x1: float, y1: float, x2: float, y2: float) -> dict:
+        """A pixel box as a closed ring, counter-clockwise in output coordinates (RFC 7946) whatever the transform's handedness."""
         ring = [self.to_crs(x, y) for x, y in ((x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1))]
-        return {"type": "Polygon", "coordinates": [ring]}
+        signed_area = sum(xa * yb - xb * ya for (xa, ya), (xb, yb) in zip(ring, ring[1:]))
+        return {"type": "Polygon", "coordinates": [ring if signed_area >= 0 else ring[::-1]]}
 
     def crs_member(self) -> dict | None:
         if self.crs is None:
@@ -175,7 +191,8 @@ class GeoReference:
 
         crs = CRS.from_string(self.crs)
         epsg = crs.to_epsg()
-        # Projected EPSG CRSs keep their URN: their axis order is easting/northing, as the coordinates are.
+        # As GDAL and QGIS read and write GeoJSON, an EPSG URN here goes with traditional GIS axis order
+        # (x first), whatever order the EPSG definition gives; CRS84 and kin state lon/lat formally.
         name = LON_LAT_URNS.get(epsg) or (f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else crs.to_wkt())
         return {"type": "name", "properties": {"name": name}}
 
@@ -249,16 +266,57 @@ class SceneResult:
     count_estimate: float | None = None  # counting: the scene total (see SceneOutput.count_summary)
 
 
-def _source_tile(info, tile_size: int, gsd: float | None, scene: str) -> int:
-    """Source pixels per tile side so that the model tile has ground resolution ``gsd``."""
-    if gsd is None:
-        return tile_size
-    from rasterio.crs import CRS
+def georeference(info, scene: str) -> GeoReference:
+    """The scene's CRS and geotransform; pixel coordinates (with a warning saying what is missing) unless it has both."""
+    has_crs, has_transform = info.crs is not None, tuple(info.transform) != IDENTITY
+    if has_crs and has_transform:
+        return GeoReference(info.crs, tuple(info.transform))
+    missing = "no georeferencing" if not (has_crs or has_transform) else "a geotransform but no CRS" if has_transform else "a CRS but no geotransform"
+    warnings.warn(f"{scene} has {missing}: output coordinates are pixels (x right, y down)", stacklevel=3)
+    return GeoReference(None, IDENTITY)
 
-    if info.crs is None or CRS.from_string(info.crs).is_geographic:
-        raise SkyMoEDataError(f"gsd={gsd} m needs a projected CRS in metres; the scene has {info.crs or 'no CRS'}", file=scene, field="gsd")
-    pixel = math.hypot(info.transform[0], info.transform[3])
-    return max(1, round(tile_size * gsd / pixel))
+
+def ground_pixel_size(georef: GeoReference, width: int, height: int) -> tuple[float, float]:
+    """Metres on the ground of one pixel step along x and along y, at the scene centre.
+
+    Measured through the CRS (any units, any projection) between points 16 pixels apart, with the
+    local radii of curvature of the WGS84 ellipsoid: short baselines make this flat-earth step exact
+    to well under 0.1%.
+    """
+    from rasterio.warp import transform as reproject_points
+
+    cx, cy, step = width / 2, height / 2, 16.0
+    points = [georef.to_crs(x, y) for x, y in ((cx, cy), (cx + step, cy), (cx, cy + step))]
+    lons, lats = reproject_points(georef.crs, "EPSG:4326", [p[0] for p in points], [p[1] for p in points])
+    e2 = WGS84_F * (2 - WGS84_F)
+    phi = math.radians(lats[0])
+    w = math.sqrt(1 - e2 * math.sin(phi) ** 2)
+    meridian, normal = WGS84_A * (1 - e2) / w**3, WGS84_A / w  # metres per radian of latitude / of longitude / cos(lat)
+
+    def metres(i: int) -> float:
+        dx = normal * math.cos(phi) * math.radians(lons[i] - lons[0])
+        dy = meridian * math.radians(lats[i] - lats[0])
+        return math.hypot(dx, dy) / step
+
+    return metres(1), metres(2)
+
+
+def _source_tile(georef: GeoReference, info, tile_size: int, gsd: float | None, scene: str) -> tuple[int, int]:
+    """Source pixels per tile (x, y) so that the model tile has ground resolution ``gsd`` along both axes."""
+    if gsd is None:
+        return tile_size, tile_size
+    if not georef.georeferenced:
+        raise SkyMoEDataError(f"gsd={gsd} m needs a georeferenced scene (a CRS and a geotransform)", file=scene, field="gsd")
+    pixel_x, pixel_y = ground_pixel_size(georef, info.width, info.height)
+    return max(1, round(tile_size * gsd / pixel_x)), max(1, round(tile_size * gsd / pixel_y))
+
+
+def _resampled(image, tile_size: int, source: tuple[int, int]):
+    """A window at the model's ground resolution: each axis scaled by tile_size / source side."""
+    if source == (tile_size, tile_size):
+        return image
+    size = (max(1, round(image.width * tile_size / source[0])), max(1, round(image.height * tile_size / source[1])))
+    return image.resize(size)
 
 
 def _tile_feature(tile: Tile, answer, georef: GeoReference) -> dict:
@@ -295,29 +353,28 @@ def run_scene(
     task = check_scene_options(task, query, tile_size, overlap, gsd)
     scene, started = str(scene), time.perf_counter()
     info = raster_info(scene)
-    georef = GeoReference(info.crs, info.transform)
-    if not georef.georeferenced:
-        warnings.warn(f"{scene} has no georeferencing (no CRS): output coordinates are pixels (x right, y down)", stacklevel=2)
-    source_tile = _source_tile(info, tile_size, gsd, scene)
+    georef = georeference(info, scene)
+    source = _source_tile(georef, info, tile_size, gsd, scene)
     # overlap < tile_size is checked above; the clamp only catches rounding on tiny source tiles (large gsd)
-    tiles = tile_grid(info.width, info.height, source_tile, min(round(overlap * source_tile / tile_size), source_tile - 1))
+    tiles = tile_grid(info.width, info.height, source, tuple(min(round(overlap * side / tile_size), side - 1) for side in source))
     limits = scene_limits(scene, bands=bands)
-    output = SceneOutput(Path(out), georef, {"scene": Path(scene).name, "task": task.value, "query": query, "tiles": len(tiles),
-                                             "tile_size": tile_size, "source_tile": source_tile, "gsd": gsd}, merge_threshold=merge_threshold)
+    meta = {"scene": Path(scene).name, "task": task.value, "query": query, "tiles": len(tiles), "tile_size": tile_size,
+            "source_tile": source[0] if source[0] == source[1] else list(source), "gsd": gsd}
+    output = SceneOutput(Path(out), georef, meta, merge_threshold=merge_threshold)
     batch_size = batch_size or pipeline.batch_size
     complete, last_write = False, time.monotonic()
     try:
         with tqdm(total=len(tiles), desc=f"scene {task.value}", unit="tile", disable=not progress) as bar:
             for start in range(0, len(tiles), batch_size):
                 batch = tiles[start : start + batch_size]
-                images = [read_window(scene, t.x, t.y, t.width, t.height, bands=bands, limits=limits) for t in batch]
-                scale = tile_size / source_tile
-                if scale != 1:
-                    images = [im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale)))) for im in images]
-                for tile, answer in zip(batch, pipeline.run(images, task, query, labels=labels)):
+                images = [_resampled(read_window(scene, t.x, t.y, t.width, t.height, bands=bands, limits=limits), tile_size, source)
+                          for t in batch]
+                for tile, image, answer in zip(batch, images, pipeline.run(images, task, query, labels=labels)):
                     output.tiles.append(_tile_feature(tile, answer, georef))
+                    # back through the resize this image actually got (edge tiles round differently)
+                    sx, sy = tile.width / image.width, tile.height / image.height
                     for b in answer.boxes:
-                        box = Box(tile.x + b.x1 / scale, tile.y + b.y1 / scale, tile.x + b.x2 / scale, tile.y + b.y2 / scale, query)
+                        box = Box(tile.x + b.x1 * sx, tile.y + b.y1 * sy, tile.x + b.x2 * sx, tile.y + b.y2 * sy, query)
                         output.detections.append((box, centrality(box, tile), tile.index))
                 bar.update(len(batch))
                 if time.monotonic() - last_write >= CHECKPOINT_SECONDS:
