@@ -157,6 +157,35 @@ def test_one_and_thirteen_band_scenes_run(tmp_path, pipeline, bands, dtype):
     assert result.complete and len(counts) == result.tiles == 4
 
 
+def test_tiles_without_valid_pixels_are_not_run_and_add_no_counts(tmp_path):
+    """A nodata collar (left 200 px of a 400 px scene) must not add phantom counts: its tiles are skipped and flagged."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    class FiveEverywhere:
+        batch_size, seen = 4, []
+
+        def run(self, images, task, query, labels=None):
+            self.seen.extend(images)
+            return [Answer(text="5", task="counting", image_size=im.size, count=5) for im in images]
+
+    data = np.full((3, 300, 400), 90, np.uint8)
+    data[:, :, :200] = 0
+    with rasterio.open(tmp_path / "collar.tif", "w", driver="GTiff", width=400, height=300, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32633", transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)) as dst:
+        dst.write(data)
+    pipeline = FiveEverywhere()
+    result = run_scene(pipeline, tmp_path / "collar.tif", tmp_path / "out.geojson", task="counting", query="cars", tile_size=100, overlap=0,
+                       batch_size=3, progress=False)
+    tiles = features(tmp_path / "out.geojson", "tiles")
+    skipped = [t["properties"] for t in tiles if t["properties"].get("nodata")]
+    assert [t["properties"]["tile"] for t in tiles] == list(range(12))  # every tile listed, in order
+    assert len(skipped) == 6 and all(p["window"][0] < 200 and p["answer"] is None and "count" not in p for p in skipped)
+    assert len(pipeline.seen) == 6 and result.tiles_done == 12
+    summary = json.loads((tmp_path / "out.geojson").read_text())["skymoe"]
+    assert summary["tiles_nodata"] == 6 and summary["count_tiles"] == 6 and result.count_estimate == summary["count_estimate"] == 30
+
+
 def test_scene_without_georeferencing_uses_pixels_and_warns(tmp_path):
     scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
     with pytest.warns(UserWarning, match="no georeferencing"):

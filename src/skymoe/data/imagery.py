@@ -289,6 +289,15 @@ def read_window(
     return _to_rgb(to_uint8(data, stretch, nodata, limits))
 
 
+def valid_fraction(path: str | Path, x: int, y: int, w: int, h: int) -> float:
+    """Share of the window's pixels that hold data (GDAL's dataset mask: nodata value, alpha band or internal mask)."""
+    from rasterio.windows import Window
+
+    with _rasterio_open(Path(path)) as ds:
+        mask = ds.dataset_mask(window=Window(x, y, w, h))
+    return float(np.count_nonzero(mask)) / mask.size
+
+
 def scene_limits(
     path: str | Path, *, bands: Sequence[int] | None = None, stretch: tuple[float, float] | None = (2, 98), overview: int = 1024
 ) -> list[tuple[float, float]] | None:

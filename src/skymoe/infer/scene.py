@@ -22,6 +22,9 @@
   says how many tiles answered with a number. It is rewritten
   atomically after every batch, so an interrupted run (Ctrl-C) leaves a
   valid file holding the tiles done so far (``skymoe.complete: false``).
+* Tiles with no valid pixel (nodata collars, masked areas) are not run: they
+  are kept in the tile layer with ``nodata: true`` and no answer, so they add
+  no phantom counts or captions (``skymoe.tiles_nodata``).
 * A raster without georeferencing (no CRS, or no geotransform) is processed
   in pixel coordinates (y down), with a warning saying which part is missing.
 """
@@ -208,6 +211,17 @@ class SceneOutput:
     detections: list[tuple[Box, float, int]] = field(default_factory=list)  # box (scene px), score, tile index
     merge_threshold: float = 0.5  # intersection over the smaller box
 
+    def add(self, tile: Tile, image, answer) -> None:
+        """One tile's feature and boxes; ``answer`` None for a tile without valid pixels (not run)."""
+        self.tiles.append(_tile_feature(tile, answer, self.georef))
+        if answer is None:
+            return
+        # back through the resize this image actually got (edge tiles round differently)
+        sx, sy = tile.width / image.width, tile.height / image.height
+        for b in answer.boxes:
+            box = Box(tile.x + b.x1 * sx, tile.y + b.y1 * sy, tile.x + b.x2 * sx, tile.y + b.y2 * sy, self.meta["query"])
+            self.detections.append((box, centrality(box, tile), tile.index))
+
     def merged(self) -> list[tuple[Box, float, int]]:
         if not self.detections:
             return []
@@ -234,7 +248,7 @@ class SceneOutput:
             for box, score, tile in self.merged()
         ]
         summary = {**self.meta, "complete": complete, "tiles_done": len(self.tiles), "detections": len(features),
-                   "georeferenced": self.georef.georeferenced}
+                   "tiles_nodata": sum(1 for t in self.tiles if t["properties"].get("nodata")), "georeferenced": self.georef.georeferenced}
         if self.meta.get("task") == Task.COUNTING.value:
             summary.update(self.count_summary())
         collection = {
@@ -311,6 +325,31 @@ def _source_tile(georef: GeoReference, info, tile_size: int, gsd: float | None, 
     return max(1, round(tile_size * gsd / pixel_x)), max(1, round(tile_size * gsd / pixel_y))
 
 
+@dataclass
+class _TileJob:
+    """What every tile of a scene run is read and asked with."""
+
+    scene: str
+    task: Task
+    query: str | None
+    labels: Sequence[str] | None
+    tile_size: int
+    source: tuple[int, int]  # source pixels per tile, x and y
+    bands: Sequence[int] | None
+    limits: list | None  # the scene-wide stretch
+
+    def run(self, pipeline, batch: list[Tile]) -> list[tuple[Tile, object, object]]:
+        """(tile, model image, answer) per tile in order; (tile, None, None) for a tile without valid pixels, which is not run."""
+        from skymoe.data.imagery import read_window, valid_fraction
+
+        valid = [t for t in batch if valid_fraction(self.scene, t.x, t.y, t.width, t.height) > 0]
+        images = [_resampled(read_window(self.scene, t.x, t.y, t.width, t.height, bands=self.bands, limits=self.limits),
+                             self.tile_size, self.source) for t in valid]
+        answers = pipeline.run(images, self.task, self.query, labels=self.labels) if images else []
+        ran = {t.index: (image, answer) for t, image, answer in zip(valid, images, answers)}
+        return [(t, *ran.get(t.index, (None, None))) for t in batch]
+
+
 def _resampled(image, tile_size: int, source: tuple[int, int]):
     """A window at the model's ground resolution: each axis scaled by tile_size / source side."""
     if source == (tile_size, tile_size):
@@ -320,9 +359,12 @@ def _resampled(image, tile_size: int, source: tuple[int, int]):
 
 
 def _tile_feature(tile: Tile, answer, georef: GeoReference) -> dict:
-    properties = {"layer": "tiles", "tile": tile.index, "row": tile.row, "col": tile.col, "answer": answer.text,
+    """The tile-layer feature; ``answer`` None: a tile without valid pixels, which was not run."""
+    properties = {"layer": "tiles", "tile": tile.index, "row": tile.row, "col": tile.col, "answer": answer and answer.text,
                   "window": [tile.x, tile.y, tile.width, tile.height]}
-    if answer.count is not None:
+    if answer is None:
+        properties["nodata"] = True
+    elif answer.count is not None:
         # The tile's count spread evenly over the window; the owned share adds up over the scene.
         properties["count"] = answer.count
         properties["count_owned"] = round(answer.count * tile.core_fraction, 4)
@@ -348,7 +390,7 @@ def run_scene(
     """Run ``task`` over every tile of ``scene`` and write GeoJSON to ``out`` (see the module notes)."""
     from tqdm.auto import tqdm
 
-    from skymoe.data.imagery import raster_info, read_window, scene_limits
+    from skymoe.data.imagery import raster_info, scene_limits
 
     task = check_scene_options(task, query, tile_size, overlap, gsd)
     scene, started = str(scene), time.perf_counter()
@@ -357,25 +399,18 @@ def run_scene(
     source = _source_tile(georef, info, tile_size, gsd, scene)
     # overlap < tile_size is checked above; the clamp only catches rounding on tiny source tiles (large gsd)
     tiles = tile_grid(info.width, info.height, source, tuple(min(round(overlap * side / tile_size), side - 1) for side in source))
-    limits = scene_limits(scene, bands=bands)
     meta = {"scene": Path(scene).name, "task": task.value, "query": query, "tiles": len(tiles), "tile_size": tile_size,
             "source_tile": source[0] if source[0] == source[1] else list(source), "gsd": gsd}
     output = SceneOutput(Path(out), georef, meta, merge_threshold=merge_threshold)
+    job = _TileJob(scene, task, query, labels, tile_size, source, bands, scene_limits(scene, bands=bands))
     batch_size = batch_size or pipeline.batch_size
     complete, last_write = False, time.monotonic()
     try:
         with tqdm(total=len(tiles), desc=f"scene {task.value}", unit="tile", disable=not progress) as bar:
             for start in range(0, len(tiles), batch_size):
                 batch = tiles[start : start + batch_size]
-                images = [_resampled(read_window(scene, t.x, t.y, t.width, t.height, bands=bands, limits=limits), tile_size, source)
-                          for t in batch]
-                for tile, image, answer in zip(batch, images, pipeline.run(images, task, query, labels=labels)):
-                    output.tiles.append(_tile_feature(tile, answer, georef))
-                    # back through the resize this image actually got (edge tiles round differently)
-                    sx, sy = tile.width / image.width, tile.height / image.height
-                    for b in answer.boxes:
-                        box = Box(tile.x + b.x1 * sx, tile.y + b.y1 * sy, tile.x + b.x2 * sx, tile.y + b.y2 * sy, query)
-                        output.detections.append((box, centrality(box, tile), tile.index))
+                for tile, image, answer in job.run(pipeline, batch):
+                    output.add(tile, image, answer)
                 bar.update(len(batch))
                 if time.monotonic() - last_write >= CHECKPOINT_SECONDS:
                     output.write(complete=False)
