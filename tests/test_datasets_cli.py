@@ -51,6 +51,20 @@ def test_data_show_json_round_trips(real_assets, capsys):
     assert "assistant: highdensity" in capsys.readouterr().out
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly(real_assets):
+    """`skymoe data show ... | head -1`: exit 141 (SIGPIPE) and no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [str(Path(sys.executable).with_name("skymoe")), "data", "show", "rsvqa_hr", "--split", "test_phili", "--limit", "500", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"{")
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
+
+
 def test_data_show_unknown_dataset_is_one_clear_line(capsys):
     assert main(["data", "show", "nope"]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err

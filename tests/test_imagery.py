@@ -76,6 +76,16 @@ def test_arrays_and_pil_inputs():
     assert np.asarray(floats).max() == 255 and np.asarray(floats).min() == 0
 
 
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_multiband_arrays_are_read_with_the_bands_on_the_shortest_axis(layout):
+    """A 12-band Sentinel-2-like stack (band 1 grows along x, bands 2-12 along y): either layout gives a 40 x 30 image."""
+    ys, xs = np.mgrid[0:30, 0:40]
+    stack = np.stack([xs * 50] + [ys * 50] * 11).astype(np.uint16)
+    image = np.asarray(load_image(stack if layout == "CHW" else stack.transpose(1, 2, 0)))
+    assert image.shape == (30, 40, 3)
+    assert image[0, -1, 0] > image[0, 0, 0] and image[-1, 0, 1] > image[0, 0, 1]  # red = band 1 (x), green = band 2 (y)
+
+
 def test_pixel_guard_refuses_before_decoding(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(path)

@@ -243,6 +243,7 @@ def test_summary_counts_parameters_and_active_experts(tmp_path, capsys):
     assert summary["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert groups["experts"]["active_per_token"] * 2 == groups["experts"]["total"]  # top-2 of 4
     assert groups["vision"]["trainable"] == 0 and summary["vision_flops_per_image"] > 0
+    assert summarize(model) == summary  # a loaded model (real weights) gives the same summary as its folder
     dense = summarize(tiny_config(moe={"num_experts": 0}))
     assert dense["groups"]["experts"]["total"] == 0
     assert dense["groups"]["adapter"]["active_per_token"] == dense["groups"]["adapter"]["total"] > 0

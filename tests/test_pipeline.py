@@ -92,6 +92,11 @@ def test_describe_region_puts_the_box_in_canonical_text(model_dir, pixels):
     assert seen == ["Describe the region [25, 25, 75, 100]."]
     with pytest.raises(SkyMoEDataError, match="outside the image"):
         pipe.describe_region(pixels, (0, 0, 100, 10))
+    seen.clear()  # a list of images: one box for all, or one per image
+    assert len(pipe.describe_region([pixels, pixels], (14, 10, 42, 40))) == 2 and seen == ["Describe the region [25, 25, 75, 100]."] * 2
+    seen.clear()
+    pipe.describe_region([pixels, pixels], [(14, 10, 42, 40), (0, 0, 28, 20)])
+    assert seen == ["Describe the region [25, 25, 75, 100].", "Describe the region [0, 0, 50, 50]."]
 
 
 def test_classify_with_labels_picks_the_most_likely_label(pipeline, pixels):
@@ -148,6 +153,11 @@ def test_cli_predict_single_json(model_dir, pixels, tmp_path, capsys):
                  "--json", "--routing", "--max-new-tokens", "4"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["task"] == "counting" and record["image_size"] == [56, 40] and len(record["routing"]["expert_weights"]) == 2
+    assert main(["predict", "--model", str(model_dir), "--image", str(tmp_path / "a.png"), "--task", "counting", "--prompt", "cars",
+                 "--routing", "--max-new-tokens", "4"]) == 0
+    text, routing = capsys.readouterr().out.splitlines()  # plain text: the answer, then the routing
+    assert text == record["text"] and routing.startswith(f"routing: task {record['routing']['task']}, granularity ")
+    assert routing.count("layer ") == 2
 
 
 def test_cli_batch_predict_is_resumable_and_reports_bad_files(model_dir, tmp_path, capsys):

@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
+
 import pytest
 
 from _train_data import SUBPROCESS_ENV, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
@@ -33,6 +35,9 @@ report["tokenizer"] = hashlib.sha256((out / "s1" / "model" / "tokenizer.json").r
 '''
 
 
+CPU_DDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_ddp.yaml"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,14 +51,11 @@ def test_two_gloo_processes_agree_on_the_weights(tmp_path):
     config2 = write_config(tmp_path / "s2.yaml", data, stage=2, max_steps=2, log_every=1, checkpoint_every=2)
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    # `python -m accelerate.commands.launch` is `accelerate launch` without the CLI's other sub-commands,
-    # whose imports (timm -> torchvision) may be broken next to a CPU torch
-    # accelerate starts local processes only through torchrun (--multi_gpu); ACCELERATE_USE_CPU=1 makes
-    # each of them use the CPU and gloo (`--cpu` alone would start a single process)
+    # The command docs/TRAINING.md gives: the `accelerate` console script with the repo's cpu_ddp.yaml
+    # (torchrun's local processes; ACCELERATE_USE_CPU=1 makes each of them use the CPU and gloo).
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        str(script), str(config1), str(config2), str(tmp_path / "out"),
+        str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_DDP_CONFIG),
+        "--main_process_port", str(free_port()), str(script), str(config1), str(config2), str(tmp_path / "out"),
     ]
     env = {**os.environ, **SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

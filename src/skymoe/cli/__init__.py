@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from skymoe import __version__
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`skymoe data show ... | head`): stop quietly, as Unix tools do; stdout goes
+        # to devnull so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except SkyMoEDataError as exc:  # bad user input: one clear line, no traceback
         print(f"skymoe: error: {exc}", file=sys.stderr)
         return 2

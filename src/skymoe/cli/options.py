@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def number_type(kind: type, ok, expected: str):
@@ -21,3 +22,5 @@ def number_type(kind: type, ok, expected: str):
 
 positive_int = number_type(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = number_type(int, lambda v: v >= 0, "a whole number, 0 or more")
+positive_float = number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+port_number = number_type(int, lambda v: 0 <= v <= 65535, "a port number 0-65535 (0: any free port)")

@@ -17,8 +17,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model / --int8 / --batch-size / --max-new-tokens, shared by every inference command."""
     parser.add_argument("--model", required=True, help="model directory (save_pretrained layout: model + processor)")
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the LLM linears (CPU)")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--max-new-tokens", type=positive_int, default=48)
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per generate call (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=48, help="longest answer in tokens (default: %(default)s)")
 
 
 def load_pipeline(args):
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     predict.add_argument("--task", choices=tasks, default=Task.VQA.value)
     predict.add_argument("--labels", help="comma-separated class names (classification: pick the most likely; multilabel: keep only these)")
     predict.add_argument("--box", type=_box, help="region x1,y1,x2,y2 in pixels (region_caption)")
-    predict.add_argument("--routing", action="store_true", help="include the router's decision")
+    predict.add_argument("--routing", action="store_true", help="include the router's decision (a second line, or the JSON's routing)")
     predict.add_argument("--json", action="store_true", help="print the full answer as JSON")
     predict.add_argument("--out", help="JSONL output of batch mode; re-running the same task skips the ids already in it")
     predict.set_defaults(func=run_predict)
@@ -93,8 +93,21 @@ def run_predict(args) -> int:
         if isinstance(exc, SkyMoEDataError) and exc.file:  # already names the image
             raise
         raise SkyMoEDataError(str(exc), file=args.image) from None
-    print(json.dumps(answer.to_dict(), ensure_ascii=False) if args.json else answer.text)
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+    else:
+        print(answer.text)
+        if args.routing:
+            print(routing_text(answer.routing))
     return 0
+
+
+def routing_text(routing) -> str:
+    """One line for a terminal: the router's task and granularity, and each MoE layer's expert weights."""
+    if routing is None:
+        return "routing: none (a dense model has no router)"
+    layers = "; ".join(f"layer {i}: " + " ".join(f"{w:.2f}" for w in weights) for i, weights in enumerate(routing.expert_weights))
+    return f"routing: task {routing.task}, granularity {routing.granularity}; expert weights per MoE layer: {layers}"
 
 
 def find_images(pattern: str) -> list[Path]:

@@ -30,9 +30,9 @@ def register(subparsers) -> None:
     parser.add_argument("--labels", help="comma-separated classes (classification)")
     parser.add_argument("--out", required=True, help="output GeoJSON")
     parser.add_argument("--tile-size", type=number_type(int, lambda v: v >= 1, "a whole number of pixels, at least 1"), default=512,
-                        help="model tile side in pixels")
+                        help="model tile side in pixels (default: %(default)s)")
     parser.add_argument("--overlap", type=number_type(int, lambda v: v >= 0, "a whole number of pixels, 0 or more"), default=64,
-                        help="least overlap between neighbouring tiles in model pixels (smaller than --tile-size); tiles are spread evenly, so it can be more")
+                        help="least overlap between neighbouring tiles in model pixels (smaller than --tile-size); tiles are spread evenly, so it can be more (default: %(default)s)")
     parser.add_argument("--gsd", type=number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number of metres/pixel"),
                         help="ground resolution of a model tile in metres/pixel, measured on the ground at the scene centre (any CRS)")
     parser.add_argument("--bands", type=_bands, help="1-based bands to show as RGB, e.g. 4,3,2 (default 1,2,3)")

@@ -3,25 +3,26 @@ from __future__ import annotations
 
 import os
 
+from skymoe.cli.options import non_negative_int, port_number, positive_float, positive_int
 from skymoe.cli.predict import add_model_arguments, load_pipeline
 
 
 def register(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     add_model_arguments(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port to listen on (default: %(default)s)")
     serve.add_argument("--api-key", default=os.environ.get("SKYMOE_API_KEY"), help="required bearer key (default: $SKYMOE_API_KEY; none = open)")
-    serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; beyond that: 429")
-    serve.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens a request may ask for")
-    serve.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
-    serve.add_argument("--max-body-mb", type=float, default=16.0)
+    serve.add_argument("--max-queue", type=non_negative_int, default=16, help="requests that may wait; beyond that: 429 (default: %(default)s)")
+    serve.add_argument("--max-tokens", type=positive_int, default=256, help="largest max_tokens a request may ask for (default: %(default)s)")
+    serve.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096, help="largest image, width x height; beyond: 413 (default: %(default)s)")
+    serve.add_argument("--max-body-mb", type=positive_float, default=16.0, help="largest request body; beyond: 413 (default: %(default)s)")
     serve.set_defaults(func=run_serve)
 
     demo = subparsers.add_parser("demo-ui", help="Gradio web demo: upload an image, ask, see boxes and expert weights")
     add_model_arguments(demo)
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    demo.add_argument("--port", type=port_number, default=7860, help="port to listen on (default: %(default)s)")
     demo.set_defaults(func=run_demo)
 
 

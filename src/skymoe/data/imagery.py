@@ -148,8 +148,10 @@ def _as_chw(array: np.ndarray) -> np.ndarray:
         return array[None]
     if array.ndim != 3:
         raise SkyMoEDataError(f"array of shape {array.shape} is not an image; expected HW, HWC or CHW", field="image")
-    # channels-last when the last axis looks like channels (1/3/4) and the first does not
-    return array.transpose(2, 0, 1) if array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3, 4) else array
+    # The bands are the shortest axis: channels-last when the last axis is shorter than the first and
+    # no longer than the middle one (a 120x120x12 Sentinel-2 stack), else channels-first (13x120x120).
+    first, middle, last = array.shape
+    return array.transpose(2, 0, 1) if last < first and last <= middle else array
 
 
 def _select(data: np.ndarray, bands: Sequence[int] | None, file: str | None) -> np.ndarray:

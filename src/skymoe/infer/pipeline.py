@@ -63,6 +63,15 @@ def _as_list(value) -> tuple[list, bool]:
     return [value], True
 
 
+def _is_one_box(value) -> bool:
+    """A Box or four numbers (not a list of boxes)."""
+    return isinstance(value, Box) or (len(value) == 4 and all(isinstance(v, (int, float)) for v in value))
+
+
+def _as_box(value) -> Box:
+    return value if isinstance(value, Box) else Box(*map(float, value))
+
+
 def _broadcast(value, n: int, what: str) -> list:
     values, single = _as_list(value)
     if single:
@@ -233,12 +242,13 @@ class Pipeline:
         """How many ``object_name`` (plural noun) there are; ``Answer.count`` holds the number."""
         return self._templated(images, Task.COUNTING, "object", object_name, **kwargs)
 
-    def describe_region(self, image, box: Box | Sequence[float], **kwargs) -> Answer:
-        """Description of the pixel box ``box`` (xyxy) of one image."""
-        pil = self.load(image)
-        box = box if isinstance(box, Box) else Box(*map(float, box))
-        prompt = PROMPTS[Task.REGION_CAPTION].format(box=format_box(box.validate(pil.size), pil.size))
-        return self.generate(pil, prompt, task=Task.REGION_CAPTION, **kwargs)
+    def describe_region(self, images, box, **kwargs):
+        """Description of a pixel box (xyxy) of each image: ``box`` is one box for every image, or a list of one per image."""
+        items, single = _as_list(images)
+        boxes = [box] * len(items) if _is_one_box(box) else _broadcast(list(box), len(items), "boxes")
+        pil = [self.load(im) for im in items]
+        prompts = [PROMPTS[Task.REGION_CAPTION].format(box=format_box(_as_box(b).validate(im.size), im.size)) for im, b in zip(pil, boxes)]
+        return self.generate(pil[0] if single else pil, prompts[0] if single else prompts, task=Task.REGION_CAPTION, **kwargs)
 
     def classify(self, images, labels: Sequence[str] | None = None, **kwargs):
         """Scene class: free generation, or with ``labels`` the most likely label (mean log-likelihood per token)."""

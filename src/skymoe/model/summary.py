@@ -75,7 +75,8 @@ def summarize(config_or_model, context: int = 512) -> dict:
         rows[group] = {"total": total, "trainable": trainable, "active_per_token": active, "flops_per_token": 2 * active}
     text = config.text_config
     rows["lm"]["flops_per_token"] += 4 * context * text.hidden_size * text.num_hidden_layers
-    vision_flops = _vision_flops(model)
+    # counted on a meta-device copy: a loaded model's real weights cannot meet meta inputs
+    vision_flops = _vision_flops(model if next(model.parameters()).is_meta else load_for_summary(config))
     summary = {
         "groups": rows,
         "total": sum(r["total"] for r in rows.values()),
@@ -103,4 +104,5 @@ def format_summary(summary: dict) -> str:
         f"experts: {summary['num_experts']} (top-{summary['top_k']}); image: {summary['num_image_tokens']} visual tokens, "
         f"{summary['vision_flops_per_image']:,} FLOPs (vision tower + projector); attention FLOPs at context {summary['context']}"
     )
+    lines.append("trainable: requires_grad as the model is built; a training stage decides what it trains (stage 2: experts, router, projector)")
     return "\n".join(lines)
