@@ -244,6 +244,14 @@ def test_cli_task_without_its_prompt_or_box_fails_before_loading_the_model(task,
     assert not out.exists()
 
 
+def test_cli_single_image_with_out_is_refused_before_loading_the_model(tmp_path, capsys):
+    from skymoe.cli import main
+
+    assert main(["predict", "--model", str(tmp_path / "no-model"), "--image", "x.png", "--task", "caption", "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "--out is for batch mode (--images)" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "o.jsonl").exists()
+
+
 def test_cli_resume_refuses_records_of_another_task_or_prompt(model_dir, tmp_path, capsys):
     import json
 

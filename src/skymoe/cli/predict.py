@@ -86,6 +86,8 @@ def run_predict(args) -> int:
         if not args.out:
             raise SkyMoEDataError("batch mode (--images) needs --out PREDS.jsonl", field="--out")
         return predict_many(args)
+    if args.out:
+        raise SkyMoEDataError("--out is for batch mode (--images); for one --image use --json > FILE", field="--out")
     pipeline = load_pipeline(args)
     try:
         answer = pipeline.run(args.image, args.task, args.prompt, labels=_labels(args), box=args.box, routing=args.routing)
