@@ -65,6 +65,18 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(real_assets):
     assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
 
 
+def test_a_broken_pipe_that_is_not_stdout_still_fails_loudly(monkeypatch):
+    """Only a closed stdout ends quietly: any other broken pipe (a worker process) is a real failure."""
+    from skymoe.cli import data as data_cli
+
+    def broken(args):
+        raise BrokenPipeError("a worker went away")
+
+    monkeypatch.setattr(data_cli, "_list", broken)
+    with pytest.raises(BrokenPipeError, match="worker"):
+        main(["data", "list"])
+
+
 def test_data_show_unknown_dataset_is_one_clear_line(capsys):
     assert main(["data", "show", "nope"]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err

@@ -86,6 +86,27 @@ def test_multiband_arrays_are_read_with_the_bands_on_the_shortest_axis(layout):
     assert image[0, -1, 0] > image[0, 0, 0] and image[-1, 0, 1] > image[0, 0, 1]  # red = band 1 (x), green = band 2 (y)
 
 
+def test_valid_fraction_reads_the_masks_of_the_bands_shown(tmp_path):
+    import rasterio
+
+    from skymoe.data.imagery import valid_fraction
+
+    data = np.full((3, 20, 30), 7, np.uint8)
+    data[0] = 0  # band 1 is all nodata
+    data[1:, :, :15] = 0  # the left half is nodata in every band
+    with rasterio.open(tmp_path / "m.tif", "w", driver="GTiff", width=30, height=20, count=3, dtype="uint8", nodata=0) as dst:
+        dst.write(data)
+    assert valid_fraction(tmp_path / "m.tif", 0, 0, 30, 20) == 0.5  # default bands 1, 2, 3: valid where any is
+    assert valid_fraction(tmp_path / "m.tif", 0, 0, 30, 20, bands=[1]) == 0.0
+    assert valid_fraction(tmp_path / "m.tif", 15, 0, 15, 20, bands=[2, 3, 1]) == 1.0
+
+
+def test_cubes_with_more_bands_than_pixels_and_narrow_pil_images_keep_their_layout():
+    assert load_image(np.zeros((200, 145, 145), np.uint16)).size == (145, 145)  # a hyperspectral CHW cube
+    assert load_image(Image.new("RGB", (2, 100))).size == (2, 100)  # PIL arrays are HWC: no guessing
+    assert load_image(Image.new("RGB", (100, 2))).size == (100, 2)
+
+
 def test_pixel_guard_refuses_before_decoding(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(path)

@@ -97,6 +97,10 @@ def test_describe_region_puts_the_box_in_canonical_text(model_dir, pixels):
     seen.clear()
     pipe.describe_region([pixels, pixels], [(14, 10, 42, 40), (0, 0, 28, 20)])
     assert seen == ["Describe the region [25, 25, 75, 100].", "Describe the region [0, 0, 50, 50]."]
+    seen.clear()  # numpy boxes, as a detector hands them over
+    pipe.describe_region(pixels, np.array([14, 10, 42, 40], np.float32))
+    pipe.describe_region([pixels, pixels], np.array([14, 10, 42, 40]))
+    assert seen == ["Describe the region [25, 25, 75, 100]."] * 3
 
 
 def test_classify_with_labels_picks_the_most_likely_label(pipeline, pixels):

@@ -292,6 +292,35 @@ def test_gsd_is_measured_on_the_ground_in_any_crs(tmp_path, crs, transform, grou
     assert width == pytest.approx(64 * 4.0 / ground_x, rel=0.005, abs=1) and height == pytest.approx(64 * 4.0 / ground_y, rel=0.005, abs=1)
 
 
+def _centred_on(crs: str, lon: float, lat: float, pixel: float, size: int = 1000) -> GeoReference:
+    """A north-up georeference of ``size`` px whose centre is at (lon, lat)."""
+    from rasterio.warp import transform
+
+    (x,), (y,) = transform("EPSG:4326", crs, [lon], [lat])
+    return GeoReference(crs, (pixel, 0.0, x - pixel * size / 2, 0.0, -pixel, y + pixel * size / 2))
+
+
+@pytest.mark.parametrize("crs,lon,lat,low,high", [
+    ("EPSG:32660", 180.0, 0.5, 9.98, 10.0),  # UTM 60N on the antimeridian, 3 deg off its central meridian (scale ~1.001)
+    ("EPSG:3031", 0.0, -89.999, 10.2, 10.4),  # Antarctic polar stereographic beside the pole (true scale at 71 S: ~0.973 there)
+])
+def test_ground_pixel_size_holds_across_the_antimeridian_and_at_a_pole(crs, lon, lat, low, high):
+    from skymoe.infer.scene import ground_pixel_size
+
+    ground_x, ground_y = ground_pixel_size(_centred_on(crs, lon, lat, 10.0), 1000, 1000)
+    assert low < ground_x < high and low < ground_y < high and ground_x == pytest.approx(ground_y, rel=0.005)
+
+
+def test_ground_pixel_size_of_a_local_engineering_crs_uses_its_units():
+    """A drone orthomosaic in a local metric CRS: no way to WGS84, so its units say the pixel size."""
+    from rasterio.crs import CRS
+
+    from skymoe.infer.scene import ground_pixel_size
+
+    local = CRS.from_wkt('LOCAL_CS["site",LOCAL_DATUM["d",0],UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]').to_wkt()
+    assert ground_pixel_size(GeoReference(local, (0.05, 0.0, 0.0, 0.0, -0.05, 100.0)), 4000, 3000) == pytest.approx((0.05, 0.05))
+
+
 class CornerBoxPipeline(BrightSpotPipeline):
     """Answers every tile with the box over its last fifth (80-100 % of width and height) of the image it was given."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 
 from skymoe import __version__
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # some other pipe (a worker process): a real failure
         # the reader went away (`skymoe data show ... | head`): stop quietly, as Unix tools do; stdout goes
         # to devnull so that the interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -61,6 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         # an --out under /proc, a read-only folder, a missing parent: the path and the reason are the message
         print(f"skymoe: error: file {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on its writing end)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured or replaced stdout (io.UnsupportedOperation is an OSError)
+        return False
+    if not hasattr(select, "poll"):  # Windows
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":

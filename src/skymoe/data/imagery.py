@@ -148,10 +148,16 @@ def _as_chw(array: np.ndarray) -> np.ndarray:
         return array[None]
     if array.ndim != 3:
         raise SkyMoEDataError(f"array of shape {array.shape} is not an image; expected HW, HWC or CHW", field="image")
-    # The bands are the shortest axis: channels-last when the last axis is shorter than the first and
-    # no longer than the middle one (a 120x120x12 Sentinel-2 stack), else channels-first (13x120x120).
+    # Channels-last only when the last axis is strictly the shortest (a 120x120x12 Sentinel-2 stack);
+    # otherwise channels-first (13x120x120, and a 200x145x145 hyperspectral cube).
     first, middle, last = array.shape
-    return array.transpose(2, 0, 1) if last < first and last <= middle else array
+    return array.transpose(2, 0, 1) if last < min(first, middle) else array
+
+
+def _pil_chw(image: Image.Image) -> np.ndarray:
+    """A PIL image's pixels as [C, H, W]: PIL arrays are HW or HWC, never a guess."""
+    array = np.asarray(image)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def _select(data: np.ndarray, bands: Sequence[int] | None, file: str | None) -> np.ndarray:
@@ -167,7 +173,7 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
             im.load()
             if im.mode in ("I;16", "I;16B", "I", "F"):
                 return np.asarray(im)[None]
-            return _as_chw(np.asarray(im.convert("RGBA" if "A" in im.getbands() else "RGB")))
+            return _pil_chw(im.convert("RGBA" if "A" in im.getbands() else "RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         # PIL's "cannot identify image file '<path>'" would name the file a second time
         reason = "not an image format PIL or GDAL decodes" if isinstance(exc, Image.UnidentifiedImageError) else exc
@@ -222,7 +228,7 @@ def load_image(
     """An RGB PIL image from a path, PIL image, numpy array (HW, HWC or CHW) or open rasterio dataset."""
     if isinstance(src, Image.Image):
         _check_pixels(src.width, src.height, max_pixels, None)
-        data = _as_chw(np.asarray(src if src.mode in ("I;16", "I", "F", "L", "RGB") else src.convert("RGB")))
+        data = _pil_chw(src if src.mode in ("I;16", "I", "F", "L", "RGB") else src.convert("RGB"))
     elif isinstance(src, np.ndarray):
         data = _as_chw(src)
         _check_pixels(data.shape[2], data.shape[1], max_pixels, None)
@@ -291,12 +297,14 @@ def read_window(
     return _to_rgb(to_uint8(data, stretch, nodata, limits))
 
 
-def valid_fraction(path: str | Path, x: int, y: int, w: int, h: int) -> float:
-    """Share of the window's pixels that hold data (GDAL's dataset mask: nodata value, alpha band or internal mask)."""
+def valid_fraction(path: str | Path, x: int, y: int, w: int, h: int, *, bands: Sequence[int] | None = None) -> float:
+    """Share of the window's pixels that hold data in at least one of ``bands`` (default: those shown, see
+    :func:`read_window`), from GDAL's masks: nodata value, alpha band or internal mask."""
     from rasterio.windows import Window
 
     with _rasterio_open(Path(path)) as ds:
-        mask = ds.dataset_mask(window=Window(x, y, w, h))
+        chosen = _check_bands(bands if bands is not None else _default_bands(ds.count), ds.count, str(path))
+        mask = ds.read_masks(chosen, window=Window(x, y, w, h)).any(axis=0)
     return float(np.count_nonzero(mask)) / mask.size
 
 

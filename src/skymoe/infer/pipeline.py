@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import re
+
+import numpy as np
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,8 +66,8 @@ def _as_list(value) -> tuple[list, bool]:
 
 
 def _is_one_box(value) -> bool:
-    """A Box or four numbers (not a list of boxes)."""
-    return isinstance(value, Box) or (len(value) == 4 and all(isinstance(v, (int, float)) for v in value))
+    """A Box or four numbers (Python or numpy), not a list of boxes."""
+    return isinstance(value, Box) or (len(value) == 4 and all(np.ndim(v) == 0 and not isinstance(v, Box) for v in value))
 
 
 def _as_box(value) -> Box:

@@ -130,7 +130,7 @@ def tile_grid(width: int, height: int, tile: int | tuple[int, int], overlap: int
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+    return (int(value), int(value)) if np.ndim(value) == 0 else (int(value[0]), int(value[1]))
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, metric: str = "iou") -> list[int]:
@@ -232,7 +232,7 @@ class SceneOutput:
     def count_summary(self) -> dict:
         """``count_estimate`` (owned shares summed) and ``count_tiles`` (tiles whose answer held a number).
 
-        A tile without a number adds nothing to the estimate: compare ``count_tiles`` with ``tiles_done``.
+        A tile without a number adds nothing to the estimate: compare ``count_tiles`` with ``tiles_done - tiles_nodata``.
         """
         counted = [t["properties"]["count_owned"] for t in self.tiles if "count_owned" in t["properties"]]
         return {"count_estimate": round(sum(counted), 2), "count_tiles": len(counted)}
@@ -293,26 +293,41 @@ def georeference(info, scene: str) -> GeoReference:
 def ground_pixel_size(georef: GeoReference, width: int, height: int) -> tuple[float, float]:
     """Metres on the ground of one pixel step along x and along y, at the scene centre.
 
-    Measured through the CRS (any units, any projection) between points 16 pixels apart, with the
-    local radii of curvature of the WGS84 ellipsoid: short baselines make this flat-earth step exact
-    to well under 0.1%.
+    Points 16 pixels apart are taken to WGS84 and measured as straight chords between their
+    Earth-centred (ECEF) positions: over such short baselines a chord equals the ground distance to
+    well under 0.01%, at the poles and across the antimeridian too. A CRS that cannot be taken to
+    WGS84 (a local engineering CRS) falls back to its linear units.
     """
+    from rasterio.crs import CRS
     from rasterio.warp import transform as reproject_points
 
     cx, cy, step = width / 2, height / 2, 16.0
     points = [georef.to_crs(x, y) for x, y in ((cx, cy), (cx + step, cy), (cx, cy + step))]
-    lons, lats = reproject_points(georef.crs, "EPSG:4326", [p[0] for p in points], [p[1] for p in points])
+    try:
+        lons, lats = reproject_points(georef.crs, "EPSG:4326", [p[0] for p in points], [p[1] for p in points])
+    except Exception:  # GDAL's CPLE_* errors (not public in rasterio): PROJ knows no way from this CRS to WGS84
+        return _pixel_size_in_linear_units(CRS.from_string(georef.crs), georef.transform)
+    centre, along_x, along_y = (_ecef(lon, lat) for lon, lat in zip(lons, lats))
+    return math.dist(centre, along_x) / step, math.dist(centre, along_y) / step
+
+
+def _ecef(lon: float, lat: float) -> tuple[float, float, float]:
+    """Earth-centred coordinates (metres) of a point on the WGS84 ellipsoid."""
     e2 = WGS84_F * (2 - WGS84_F)
-    phi = math.radians(lats[0])
-    w = math.sqrt(1 - e2 * math.sin(phi) ** 2)
-    meridian, normal = WGS84_A * (1 - e2) / w**3, WGS84_A / w  # metres per radian of latitude / of longitude / cos(lat)
+    phi, lam = math.radians(lat), math.radians(lon)
+    normal = WGS84_A / math.sqrt(1 - e2 * math.sin(phi) ** 2)
+    return normal * math.cos(phi) * math.cos(lam), normal * math.cos(phi) * math.sin(lam), normal * (1 - e2) * math.sin(phi)
 
-    def metres(i: int) -> float:
-        dx = normal * math.cos(phi) * math.radians(lons[i] - lons[0])
-        dy = meridian * math.radians(lats[i] - lats[0])
-        return math.hypot(dx, dy) / step
 
-    return metres(1), metres(2)
+def _pixel_size_in_linear_units(crs, transform) -> tuple[float, float]:
+    from rasterio.errors import CRSError
+
+    try:
+        _, metres_per_unit = crs.units_factor
+    except CRSError:
+        raise SkyMoEDataError(f"gsd needs ground distances, and the scene's CRS has no units: {crs}", field="gsd") from None
+    a, b, _, d, e, _ = transform
+    return math.hypot(a, d) * metres_per_unit, math.hypot(b, e) * metres_per_unit
 
 
 def _source_tile(georef: GeoReference, info, tile_size: int, gsd: float | None, scene: str) -> tuple[int, int]:
@@ -342,7 +357,7 @@ class _TileJob:
         """(tile, model image, answer) per tile in order; (tile, None, None) for a tile without valid pixels, which is not run."""
         from skymoe.data.imagery import read_window, valid_fraction
 
-        valid = [t for t in batch if valid_fraction(self.scene, t.x, t.y, t.width, t.height) > 0]
+        valid = [t for t in batch if valid_fraction(self.scene, t.x, t.y, t.width, t.height, bands=self.bands) > 0]
         images = [_resampled(read_window(self.scene, t.x, t.y, t.width, t.height, bands=self.bands, limits=self.limits),
                              self.tile_size, self.source) for t in valid]
         answers = pipeline.run(images, self.task, self.query, labels=self.labels) if images else []
