@@ -3,12 +3,14 @@
     python benchmarks/generate.py [--new-tokens 48] [--repeats 15] [--out benchmarks/results/generate.md]
 
 The dense model is a stage-1 SkyMoE (frozen base LLM + one LoRA adapter on the
-FFN linears); the MoE models are upcycled from it with 8 experts, top-2 (LoRA
-experts, the default, and FFN experts), so they differ only by router + experts.
-Two LLM sizes: ``tiny`` (4 x 256, where per-operator dispatch dominates a decode
-step) and ``small`` (8 x 768, closer to a real LLM; FFN experts skipped there:
-8 copies of its FFN are 1.2 GB). Every run generates exactly ``--new-tokens``
-tokens (EOS suppressed). Target for the default LoRA experts: MoE >= 0.9x the dense tokens/s.
+FFN linears); the MoE models are upcycled from it, top-2 (LoRA experts, the
+default, and FFN experts), so they differ only by router + experts. Three LLM
+sizes: ``tiny`` (4 x 256, 8 experts in every layer: a stress case where
+per-operator dispatch dominates a decode step), ``small`` (8 x 768, 8 experts
+in every layer, closer to a real LLM; FFN experts skipped there: 8 copies of its
+FFN are 1.2 GB) and ``demo`` (the LLM ``make demo`` trains: 4 x 128, 4 rank-16
+experts in layers 1 and 3). Every run generates exactly ``--new-tokens`` tokens
+(EOS suppressed). Target for the default LoRA experts: MoE >= 0.9x the dense tokens/s.
 """
 from __future__ import annotations
 
@@ -26,8 +28,13 @@ from _machine import machine
 SIZES = {
     "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
     "small": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12, num_key_value_heads=4),
+    # the LLM `make demo` trains (src/skymoe/demo/stage1.yaml, stage2.yaml)
+    "demo": dict(hidden_size=128, intermediate_size=320, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
 }
-EXPERT_TYPES = {"tiny": ("lora", "ffn"), "small": ("lora",)}
+# MoE settings per size: every layer, 8 experts, rank 8 for the stress sizes; the demo's own for "demo"
+MOE = {"tiny": dict(num_experts=8, lora_rank=8), "small": dict(num_experts=8, lora_rank=8),
+       "demo": dict(num_experts=4, lora_rank=16, moe_layers=[1, 3])}
+EXPERT_TYPES = {"tiny": ("lora", "ffn"), "small": ("lora",), "demo": ("lora",)}
 VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, patch_size=8)
 
 
@@ -38,13 +45,16 @@ def build_models(size: str, seed: int = 0) -> dict:
     from skymoe.model.build import build_model, make_config, vision_config_for
 
     torch.manual_seed(seed)
+    settings = dict(MOE[size])
     text = AutoConfig.for_model("llama", **SIZES[size])
-    config = make_config(vision_config_for("vit", 64, **VISION), text, image_size=64, vocab_size=2000)
+    config = make_config(vision_config_for("vit", 64, **VISION), text, image_size=64, vocab_size=2000,
+                         moe={"num_experts": 0, "lora_rank": settings.pop("lora_rank")})
     dense = build_model(config).eval()
     models = {"dense (experts removed)": dense}
+    layers = f" in layers {', '.join(map(str, settings['moe_layers']))}" if "moe_layers" in settings else ""
     for expert_type in EXPERT_TYPES[size]:
-        moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=8, top_k=2, expert_type=expert_type, perturb=0.01)
-        models[f"MoE 8 {expert_type} experts, top-2"] = moe.eval()
+        moe = SkyMoEForConditionalGeneration.upcycle(dense, top_k=2, expert_type=expert_type, perturb=0.01, **settings)
+        models[f"MoE {settings['num_experts']} {expert_type} experts, top-2{layers}"] = moe.eval()
     return models
 
 
@@ -132,7 +142,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--sizes", default="tiny,small,demo")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU makes more threads spin, not work)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.md"))
     args = parser.parse_args()
@@ -152,7 +162,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
         t = SIZES[size]
         params = "; ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.1f} M" for n, m in models.items())
-        moe = models["MoE 8 lora experts, top-2"].config.moe_settings
+        moe = next(m for n, m in models.items() if "lora" in n).config.moe_settings
         share = moe.num_experts * moe.lora_rank * (t["hidden_size"] + t["intermediate_size"]) / (t["hidden_size"] * t["intermediate_size"])
         described.append(f"* `{size}`: Llama {t['num_hidden_layers']} layers x {t['hidden_size']} (FFN {t['intermediate_size']}); parameters: {params}; "
                          f"the {moe.num_experts} rank-{moe.lora_rank} LoRA experts of an FFN linear hold {share:.0%} as many weights as the linear; "
