@@ -85,6 +85,28 @@ def test_external_predictions_must_match_reference_ids(tmp_path):
     preds.write_text("".join(json.dumps({"id": f"q{i}", "prediction": p}) + "\n" for i, p in enumerate(["yes", None, "no"])))
     metrics = score(preds, tmp_path / "out", references=refs)
     assert metrics["model"]["by_task"]["vqa"]["overall_accuracy"] == pytest.approx(1 / 3)
-    preds.write_text(json.dumps({"id": "q0", "prediction": "yes"}) + "\n" + json.dumps({"id": "zzz", "prediction": "no"}) + "\n")
-    with pytest.raises(SkyMoEDataError, match=r"1 unknown \(e.g. \['zzz'\]\), 2 without a prediction"):
+    preds.write_text(json.dumps({"id": "q0", "prediction": "yes"}) + "\n" + json.dumps({"id": "q0", "prediction": "no"}) + "\n")
+    with pytest.raises(SkyMoEDataError, match="duplicate prediction"):
         score(preds, tmp_path / "out", references=refs)
+    preds.write_text(json.dumps({"id": "q0", "prediction": "yes"}) + "\n" + json.dumps({"id": "zzz", "prediction": "no"}) + "\n")
+    with pytest.raises(SkyMoEDataError, match=r"1 unknown \(e.g. \[.zzz.\]\), 2 without a prediction"):
+        score(preds, tmp_path / "out", references=refs)
+
+
+def test_external_predictions_join_on_dataset_split_and_id(tmp_path):
+    """Ids are unique within a split only: a mixed references file joins on dataset/split/id, never on a guess."""
+    from skymoe.data.schema import Sample, Turn, write_jsonl
+
+    def sample(dataset, i, answer):
+        return Sample(id=str(i), image="x.png", task="vqa", granularity="image", question_type="presence",
+                      conversation=[Turn("user", "Is there a road?"), Turn("assistant", answer)], dataset=dataset, split="test")
+
+    refs, preds = tmp_path / "refs.jsonl", tmp_path / "preds.jsonl"
+    write_jsonl([sample("lr", 1, "yes"), sample("lr", 2, "no"), sample("hr", 1, "no"), sample("hr", 2, "no")], refs)
+    preds.write_text("".join(json.dumps({"id": i, "prediction": "yes" if i == 1 else "no"}) + "\n" for i in (1, 2)))
+    with pytest.raises(SkyMoEDataError, match="is in several reference splits"):
+        score(preds, tmp_path / "out", references=refs)
+    lines = [("lr", 1, "yes"), ("lr", 2, "no"), ("hr", 1, "yes"), ("hr", 2, "no")]
+    preds.write_text("".join(json.dumps({"dataset": d, "split": "test", "id": i, "prediction": a}) + "\n" for d, i, a in lines))
+    metrics = score(preds, tmp_path / "out", references=refs)
+    assert metrics["model"]["n"] == 4 and metrics["model"]["by_task"]["vqa"]["overall_accuracy"] == pytest.approx(3 / 4)

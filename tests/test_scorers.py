@@ -85,8 +85,8 @@ def test_multilabel_phrase_matching_and_f1():
         rec("garbage ###", ["forest"], task="multilabel"),
     ]
     m = classification.score_multilabel(preds)
-    # tp=3 (mf, wb, forest), fp=0, fn=2 (wb in #2, forest in #3) -> micro F1 = 6/8
-    assert m["micro_f1"] == pytest.approx(6 / 8)
+    # tp=3 (mf, wb, forest), fp=1 ("garbage" names no class: <other>), fn=2 (wb in #2, forest in #3) -> micro F1 = 6/9
+    assert m["micro_f1"] == pytest.approx(6 / 9)
     assert m["predictions_naming_no_class"] == 1
     assert "binary" in m["map_scores"] and 0.0 < m["mAP"] <= 1.0
 
@@ -162,6 +162,33 @@ def test_grounding_iou_and_parse_failures():
     assert m["acc@0.5"] == pytest.approx(2 / 5)
     assert m["mean_iou"] == pytest.approx(1.5 / 5)
     assert m["parse_failures"] == 2 and m["parse_failure_rate"] == pytest.approx(0.4)
+
+
+def test_grounding_matches_boxes_one_to_one_so_extra_boxes_cost():
+    from skymoe.eval.scorers import grounding
+
+    spam = "; ".join(f"[{x}, {y}, {x + 40}, {y + 40}]" for x in range(0, 60, 10) for y in range(0, 60, 10))  # 36 boxes, one exact
+    preds = [grounding_rec(spam), grounding_rec("[10, 20, 50, 60]; [70, 70, 90, 90]")]
+    ious = [grounding.sample_iou(p) for p in preds]
+    assert ious[0] == pytest.approx(1 / 36) and ious[1] == pytest.approx(1 / 2)  # the exact box, over the larger count
+
+
+def test_accepted_answers_any_one_counts_for_classification_and_counting():
+    m = classification.score([rec("parking", ["parking lot", "parking"], task="classification"), rec("forest", "river", task="classification")])
+    assert m["overall_accuracy"] == pytest.approx(1 / 2) and m["per_class_accuracy"]["parking lot"] == 1.0
+    m = counting.score([rec("4", ["3", "4"], task="counting"), rec("7", ["3", "5"], task="counting")])
+    assert m["exact_accuracy"] == pytest.approx(1 / 2) and m["mae"] == pytest.approx((0 + 2) / 2)  # error to the nearest
+
+
+@pytest.mark.parametrize("text, number", [("2,500m2", 2500.0), ("twenty-one", 21.0), ("forty two cars", 42.0), ("-2", -2.0), ("1,5", 1.0)])
+def test_numbers_in_answers(text, number):
+    assert parse_number(text) == number
+
+
+def test_multilabel_prediction_parts_that_name_no_class_are_false_positives():
+    """scikit-learn with the vocabulary {forest, water}: micro-F1 0.8, macro-F1 0.5 (water: no true example)."""
+    m = classification.score_multilabel([rec("forest; water", ["forest"], task="multilabel"), rec("forest", ["forest"], task="multilabel")])
+    assert m["micro_f1"] == pytest.approx(0.8) and m["macro_f1"] == pytest.approx(0.5)
 
 
 def test_grounding_without_true_box_is_a_data_error():

@@ -57,6 +57,11 @@ def test_leave_one_out_parity_with_pycocoevalcap(dataset, shared_dir):
     assert ours["BLEU-1"] > 0.5 and ours["CIDEr"] > 0.5 and 0.0 < ours["METEOR"] < 1.0
 
 
+def test_line_breaks_inside_a_caption_do_not_shift_the_tokens_of_the_others():
+    tokens = caption.tokenize({"a": ["A road\rnear houses", "many green trees"], "b": ["two\u2028planes", "x\x0by\x0cz"]})
+    assert tokens == {"a": ["a road near houses", "many green trees"], "b": ["two planes", "x y z"]}
+
+
 def test_spice_is_never_reported_as_zero():
     status = caption.spice_status()
     if status["status"] == "unavailable":

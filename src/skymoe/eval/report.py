@@ -50,9 +50,11 @@ def _is_reported_value(name: str, value) -> bool:
 
 def summary_sections(metrics: dict) -> list[Section]:
     model = metrics["model"]
-    overall = Section("Overall (primary metric per task)", ["task", "scorer", "metric", "n", "model", "baseline"])
+    # the baseline is scored on the records that carry its answer: its n says when that is not all of them
+    overall = Section("Overall (primary metric per task)", ["task", "scorer", "metric", "n", "model", "baseline", "baseline n"])
     for task, o in model["overall"].items():
-        overall.rows.append([task, o["scorer"], o["metric"], o["n"], o["value"], _baseline_value(metrics, ["overall", task, "value"])])
+        overall.rows.append([task, o["scorer"], o["metric"], o["n"], o["value"], _baseline_value(metrics, ["overall", task, "value"]),
+                             _baseline_value(metrics, ["overall", task, "n"])])
     details = Section("Per dataset / split", ["dataset/split", "task", "metric", "model", "baseline"])
     for group, tasks in model["by_dataset"].items():
         for task, values in tasks.items():

@@ -78,19 +78,49 @@ def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Pa
 
 
 def join_references(predictions_path: str | Path, references_path: str | Path) -> list[Prediction]:
-    """Records from bare ``{"id", "prediction"}`` lines joined by id with reference samples (schema JSONL)."""
-    samples = {s.id: s for s in read_jsonl(references_path)}
+    """Records from bare ``{"id", "prediction"}`` lines joined by id with reference samples (schema JSONL).
+
+    Ids are unique within a dataset split, so a references file that mixes splits is joined on
+    ``dataset/split/id`` when the prediction lines carry ``dataset`` and ``split``; an id that names
+    two reference samples without them, and an id given twice, are errors (never a silent pick).
+    """
+    samples = list(read_jsonl(references_path))
+    by_id: dict[str, list] = {}
+    for s in samples:
+        by_id.setdefault(s.id, []).append(s)
     answers = {}
     for lineno, d in iter_json_objects(predictions_path):
         if "id" not in d:
             raise SkyMoEDataError('expected {"id": ..., "prediction": ...}', file=str(predictions_path), record=f"line {lineno}", field="id")
-        answers[str(d["id"])] = d.get("prediction")
-    unknown, missing = sorted(set(answers) - set(samples)), sorted(set(samples) - set(answers))
+        key = _reference_key(d, by_id, predictions_path, lineno)
+        if key in answers:
+            raise SkyMoEDataError("duplicate prediction", file=str(predictions_path), record=f"line {lineno}: {_key_text(key)}", field="id")
+        answers[key] = d.get("prediction")
+    keys = {(s.dataset, s.split, s.id): s for s in samples}
+    unknown, missing = sorted(set(answers) - set(keys)), sorted(set(keys) - set(answers))
     if unknown or missing:
         raise SkyMoEDataError(
-            f"ids do not match the references {references_path}: {len(unknown)} unknown (e.g. {unknown[:5]}), "
-            f"{len(missing)} without a prediction (e.g. {missing[:5]})", file=str(predictions_path), field="id")
-    return [Prediction.from_sample(s, prediction_text(answers[s.id])) for s in samples.values()]
+            f"ids do not match the references {references_path}: {len(unknown)} unknown (e.g. {[_key_text(k) for k in unknown[:5]]}), "
+            f"{len(missing)} without a prediction (e.g. {[_key_text(k) for k in missing[:5]]})", file=str(predictions_path), field="id")
+    return [Prediction.from_sample(s, prediction_text(answers[key])) for key, s in keys.items()]
+
+
+def _reference_key(line: dict, by_id: dict, predictions_path, lineno: int) -> tuple[str, str, str]:
+    """(dataset, split, id) of a prediction line: from the line, or from the one reference sample with its id."""
+    record_id = str(line["id"])
+    if "dataset" in line and "split" in line:
+        return str(line["dataset"]), str(line["split"]), record_id
+    candidates = by_id.get(record_id, [])
+    if len(candidates) > 1:
+        groups = sorted(f"{s.dataset}/{s.split}" for s in candidates)
+        raise SkyMoEDataError(f"id {record_id!r} is in several reference splits ({', '.join(groups)}): give \"dataset\" and \"split\" too",
+                              file=str(predictions_path), record=f"line {lineno}", field="id")
+    sample = candidates[0] if candidates else None
+    return (sample.dataset, sample.split, record_id) if sample else ("", "", record_id)
+
+
+def _key_text(key: tuple[str, str, str]) -> str:
+    return "/".join(key) if key[0] else key[2]
 
 
 def score(predictions_path: str | Path, out_dir: str | Path, *, references: str | Path | None = None) -> dict:

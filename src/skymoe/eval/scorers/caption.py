@@ -53,15 +53,17 @@ _TOKENS: dict[str, str] = {}
 
 
 def tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
-    """PTB-tokenise {id: [caption, ...]}. Empty captions never reach the tokenizer (a blank
-    line there would shift every later caption); they come back as empty strings."""
+    """PTB-tokenise {id: [caption, ...]}. Every caption is one line for the tokenizer: line breaks
+    of any kind (``\\r``, ``\\v``, ``\\f``, U+2028, ...) become spaces, or the Java tokenizer would split the
+    caption and hand every later caption the wrong tokens. Empty captions come back as empty strings."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    new = sorted({c for v in captions.values() for c in v if c.strip() and c not in _TOKENS})
+    captions = {k: [" ".join(c.split()) for c in v] for k, v in captions.items()}  # str.split() knows every line break
+    new = sorted({c for v in captions.values() for c in v if c and c not in _TOKENS})
     if new:
         tokenized = PTBTokenizer().tokenize({str(i): [{"caption": c}] for i, c in enumerate(new)})
         _TOKENS.update((c, tokenized[str(i)][0]) for i, c in enumerate(new))
-    return {k: [_TOKENS[c] if c.strip() else "" for c in v] for k, v in captions.items()}
+    return {k: [_TOKENS[c] if c else "" for c in v] for k, v in captions.items()}
 
 
 @functools.cache

@@ -1,8 +1,9 @@
 """Scene classification (single label) and multi-label classification.
 
 Single label: the prediction, normalised (:mod:`skymoe.eval.scorers.text`), must
-equal the normalised class name; anything that is not one of the classes seen in
-the references is counted in an ``<other>`` column of the confusion matrix.
+equal a normalised accepted answer (the first reference is the class); anything
+that is not one of the classes seen in the references is counted in an
+``<other>`` column of the confusion matrix.
 
 * **OA** = correct / all; **AA** = mean over classes of per-class recall;
 * confusion matrix: rows = true class, columns = predicted class (+ ``<other>``).
@@ -10,7 +11,10 @@ the references is counted in an ``<other>`` column of the confusion matrix.
 Multi-label: the class vocabulary is the union of the true label sets of the
 scored records; a class is predicted when its normalised name occurs as a whole
 phrase in the normalised prediction (longest names first, a matched span is not
-reused, so "mixed forest" does not also count as "forest").
+reused, so "mixed forest" does not also count as "forest"). A prediction part
+(labels are joined by ``;``, as in the training answers) that names none of the
+classes is a false positive in an ``<other>`` column, so naming classes that are
+not there costs precision even when no scored record has them.
 
 * micro and macro F1 (scikit-learn, classes with no true and no predicted
   example give 0 and are kept in the macro mean);
@@ -35,7 +39,7 @@ def score(predictions: list[Prediction]) -> dict:
 
     truths = [normalize_answer(p.references[0]) for p in predictions]
     classes = sorted(set(truths))
-    predicted = [normalize_answer(p.prediction) for p in predictions]
+    predicted = [_predicted_class(p, truth) for p, truth in zip(predictions, truths)]
     predicted = [label if label in classes else OTHER for label in predicted]
     matrix = confusion_matrix(truths, predicted, labels=classes + [OTHER])[: len(classes)]
     recalls = [matrix[i, i] / matrix[i].sum() for i in range(len(classes))]
@@ -47,6 +51,12 @@ def score(predictions: list[Prediction]) -> dict:
         "confusion_matrix": {"rows": classes, "columns": classes + [OTHER], "matrix": matrix.tolist()},
         "unrecognised_predictions": predicted.count(OTHER),
     }
+
+
+def _predicted_class(p: Prediction, truth: str) -> str:
+    """The normalised prediction, or the record's class when it matches any accepted answer."""
+    answer = normalize_answer(p.prediction)
+    return truth if answer in {normalize_answer(r) for r in p.references} else answer
 
 
 def labels_in_text(text: str, vocabulary: list[str]) -> set[str]:
@@ -65,9 +75,12 @@ def score_multilabel(predictions: list[Prediction]) -> dict:
     from sklearn.metrics import average_precision_score, f1_score
 
     vocabulary = sorted({label for p in predictions for label in p.references})
-    truth = np.array([[label in p.references for label in vocabulary] for p in predictions], dtype=int)
     named = [labels_in_text(p.prediction, vocabulary) for p in predictions]
-    predicted = np.array([[label in n for label in vocabulary] for n in named], dtype=int)
+    other = [any(part.strip() and not labels_in_text(part, vocabulary) for part in p.prediction.split(";")) for p in predictions]
+    truth = np.array([[label in p.references for label in vocabulary] + [False] for p in predictions], dtype=int)
+    predicted = np.array([[label in n for label in vocabulary] + [o] for n, o in zip(named, other)], dtype=int)
+    if not any(other):  # no <other> column unless something landed in it
+        truth, predicted = truth[:, :-1], predicted[:, :-1]
     with_positives = [j for j in range(len(vocabulary)) if truth[:, j].any()]
     aps = [average_precision_score(truth[:, j], predicted[:, j]) for j in with_positives]
     return {

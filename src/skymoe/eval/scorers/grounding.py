@@ -2,10 +2,12 @@
 
 The predicted text is parsed with :func:`skymoe.data.boxes.parse_boxes` (canonical
 ``[x1, y1, x2, y2]`` on a 0-100 scale of the image, tolerant of the usual
-variations; it never guesses). Per sample, each true box is matched with the
-predicted box of highest IoU and the sample's IoU is the mean over its true boxes
-(= the plain IoU for the usual one-box referring expression). Unparsable output
-or no box at all is a miss with IoU 0, counted in ``parse_failures``.
+variations; it never guesses). Per sample, true and predicted boxes are matched
+one to one (greedily, highest IoU first) and the sample's IoU is the sum of the
+matched IoUs over the larger of the two box counts: the plain IoU for the usual
+one-box referring expression, while every missing or extra box counts as IoU 0
+(so answering with many boxes cannot score well). Unparsable output or no box at
+all is a miss with IoU 0, counted in ``parse_failures``.
 
 * **Acc@0.5** = share of samples with IoU >= 0.5; **mIoU** = mean sample IoU.
 """
@@ -30,7 +32,14 @@ def sample_iou(p: Prediction) -> float | None:
     if parsed.failed or not parsed.boxes:
         return None
     truths = [Box(*b) for b in p.gt_boxes]
-    return sum(max(t.iou(b) for b in parsed.boxes) for t in truths) / len(truths)
+    pairs = sorted(((t.iou(b), i, j) for i, t in enumerate(truths) for j, b in enumerate(parsed.boxes)), key=lambda x: -x[0])
+    matched_truths, matched_boxes, total = set(), set(), 0.0
+    for iou, i, j in pairs:
+        if i not in matched_truths and j not in matched_boxes:
+            matched_truths.add(i)
+            matched_boxes.add(j)
+            total += iou
+    return total / max(len(truths), len(parsed.boxes))
 
 
 def score(predictions: list[Prediction]) -> dict:

@@ -4,11 +4,12 @@ Rules (applied in this order, to predictions and references alike):
 
 1. ``None``/NaN/non-string -> ``""`` (an empty answer, scored as wrong, never a crash);
 2. lowercase, strip surrounding whitespace;
-3. thousands separators inside numbers are dropped (``1,000`` -> ``1000``);
-4. punctuation is replaced by spaces, except a decimal point between digits (``2.5``)
-   and ``/`` (``yes/no``-style answers are rare; HRVQA types contain it);
+3. thousands separators inside numbers are dropped (``1,000`` -> ``1000``, ``2,500m2`` -> ``2500m2``);
+4. punctuation is replaced by spaces, except a decimal point between digits (``2.5``),
+   a minus sign starting a number (``-2``) and ``/`` (``yes/no``-style answers are rare; HRVQA types contain it);
 5. the articles ``a``, ``an``, ``the`` are removed;
-6. number words ``zero`` .. ``twenty`` and the tens up to ``ninety`` become digits;
+6. number words ``zero`` .. ``twenty``, the tens up to ``ninety`` and their compounds
+   (``twenty-one``, ``forty two``) become digits;
 7. yes/no synonyms map to ``yes``/``no`` (``yeah``, ``yep``, ``true``, ``correct`` /
    ``nope``, ``false``, ``incorrect``);
 8. runs of whitespace collapse to one space.
@@ -31,8 +32,10 @@ _NUMBER_WORDS = {
 }
 _NUMBER_WORDS.update({w: str(10 * i) for i, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)})
 _YES_NO = {"yeah": "yes", "yep": "yes", "true": "yes", "correct": "yes", "nope": "no", "false": "no", "incorrect": "no"}
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
-_PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s/]")
+_UNITS = {w: i for i, w in enumerate("one two three four five six seven eight nine".split(), 1)}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))(?!(?<!\w)-(?=\d))[^\w\s/]")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -47,11 +50,16 @@ def normalize_answer(value) -> str:
     """Normalise one answer by the rules in the module docstring."""
     text = _THOUSANDS.sub("", as_text(value).lower().strip())
     text = _PUNCTUATION.sub(" ", text).replace("_", " ")
-    words = []
+    words, previous = [], None
     for word in text.split():
         if word in _ARTICLES:
             continue
+        if previous in _TENS and word in _UNITS:  # "twenty one" (from "twenty-one") is one number
+            words[-1] = str(_TENS[previous] + _UNITS[word])
+            previous = None
+            continue
         words.append(_YES_NO.get(word, _NUMBER_WORDS.get(word, word)))
+        previous = word
     return " ".join(words)
 
 
