@@ -244,6 +244,9 @@ def test_summary_counts_parameters_and_active_experts(tmp_path, capsys):
     assert groups["experts"]["active_per_token"] * 2 == groups["experts"]["total"]  # top-2 of 4
     assert groups["vision"]["trainable"] == 0 and summary["vision_flops_per_image"] > 0
     assert summarize(model) == summary  # a loaded model (real weights) gives the same summary as its folder
+    tied = summarize(tiny_config(text_model_type="gemma3_text", moe={"num_experts": 0}))  # Gemma ties its output head
+    assert tied["groups"]["adapter"]["active_per_token"] == tied["groups"]["adapter"]["total"]  # the head is counted in lm only
+    assert tied["active_per_token"] <= tied["total"]
     dense = summarize(tiny_config(moe={"num_experts": 0}))
     assert dense["groups"]["experts"]["total"] == 0
     assert dense["groups"]["adapter"]["active_per_token"] == dense["groups"]["adapter"]["total"] > 0

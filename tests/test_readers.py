@@ -300,6 +300,20 @@ def test_conversation_write_read_round_trip(tmp_path):
     ]
 
 
+def test_schema_jsonl_keeps_relative_images_readable_from_the_file(tmp_path, monkeypatch):
+    """Samples read through a relative annotation path must still find their images once written elsewhere."""
+    from skymoe.data.schema import read_jsonl, write_jsonl
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    Image.new("RGB", (200, 100)).save(tmp_path / "data" / "images" / "scene.png")
+    (tmp_path / "data" / "images" / "in.json").write_text(json.dumps(conversation_records()))
+    monkeypatch.chdir(tmp_path)
+    samples = read_conversations("data/images/in.json", dataset="geo")
+    write_jsonl(samples, "data/converted.jsonl")
+    again = list(read_jsonl("data/converted.jsonl"))
+    assert [Path(s.image) for s in again] == [(tmp_path / "data" / "images" / "scene.png").resolve()] * len(samples)
+
+
 def test_conversation_bad_input(tmp_path):
     Image.new("RGB", (200, 100)).save(tmp_path / "scene.png")
     records = conversation_records()

@@ -159,6 +159,24 @@ def test_activation_checkpointing_trains_stage2_to_the_same_weights(data, stage1
     assert before and not all(torch.equal(plain[k], v) for k, v in before.items())  # they trained
 
 
+def test_an_llm_that_is_neither_a_local_folder_nor_an_asset_is_a_config_error_not_a_download(data, tmp_path):
+    from skymoe.config import ConfigError
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", data), ["model.llm=google/gemma-3-270m", "model.adapter=lora"])
+    with pytest.raises(ConfigError, match="expected a local causal-LM directory .* nothing is downloaded"):
+        train(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_resume_may_extend_a_run_but_not_change_what_it_trains(data, tmp_path):
+    config = write_config(tmp_path / "c.yaml", data, max_steps=2, checkpoint_every=1, log_every=1)
+    train(load_config(config), tmp_path / "out")
+    with pytest.raises(TrainingError, match=r"other settings than the run it continues .*: batch_size, optim\.lr; only checkpoint_every"):
+        train(load_config(config, ["max_steps=3", "optim.lr=0.05", "batch_size=3"]), tmp_path / "out", resume=True)
+    assert load_config(tmp_path / "out" / "train_config.yaml").max_steps == 2  # untouched by the refused run
+    assert train(load_config(config, ["max_steps=3", "log_every=2"]), tmp_path / "out", resume=True).steps == 3
+
+
 def test_cli_reports_a_bad_override_with_the_allowed_keys(data, tmp_path, capsys):
     from skymoe.cli import main
 

@@ -73,13 +73,9 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
         raw["seed"] = seed
     raw2["model"]["init_from"] = str(stage1_dir)
     if llm == GEMMA_ASSET:
-        from skymoe.assets import cache_dir, get_asset
-        from skymoe.model.gguf import gguf_as_hf_folder
-
         # A pretrained LM is the frozen base of a dense LoRA adapter, then of the LoRA experts.
         # Its 262k-token vocabulary makes a step ~30x dearer than the tiny LM's: smaller batches, fewer steps.
-        folder = gguf_as_hf_folder(get_asset(GEMMA_ASSET), cache_dir() / "converted" / GEMMA_ASSET)
-        raw1["model"].update(llm=str(folder), adapter="lora")
+        raw1["model"].update(llm=GEMMA_ASSET, adapter="lora")
         for raw in (raw1, raw2):
             raw["batch_size"] = 4
             raw["max_steps"] = max(3, raw["max_steps"] // 10)

@@ -12,6 +12,26 @@ import tempfile
 from pathlib import Path
 
 
+GGUF_LLM_ASSETS = ("gemma3-270m",)  # registry assets holding a GGUF causal LM
+
+
+def pretrained_llm_folder(llm: str) -> Path:
+    """The model folder ``model.llm`` names: a local causal-LM directory, or a GGUF LLM asset (converted once).
+
+    Anything else is a config error: a hub id would mean a download, and nothing is downloaded at run time.
+    """
+    from skymoe.config import ConfigError
+
+    if llm in GGUF_LLM_ASSETS:
+        from skymoe.assets import cache_dir, get_asset
+
+        return gguf_as_hf_folder(get_asset(llm), cache_dir() / "converted" / llm)
+    if not (Path(llm) / "config.json").is_file():
+        raise ConfigError(f"'model.llm' {llm!r}: expected a local causal-LM directory (with config.json) or one of the "
+                          f"assets {list(GGUF_LLM_ASSETS)}; nothing is downloaded at run time")
+    return Path(llm)
+
+
 def gguf_file_in(folder: Path) -> str:
     files = sorted(p.name for p in folder.iterdir() if p.suffix == ".gguf")
     if len(files) != 1:

@@ -69,9 +69,10 @@ def summarize(config_or_model, context: int = 512) -> dict:
         elif group == "router":
             active = sum(p.numel() for n, p in params.items() if ".gate." in n)  # the per-sample router runs once
         else:
-            active = total - sum(p.numel() for p in params.values() if p is embedding)
-            if tied:
-                active += embedding.numel()  # the tied output head is a real matmul
+            holds_embedding = any(p is embedding for p in params.values())
+            active = total - (embedding.numel() if holds_embedding else 0)
+            if tied and holds_embedding:
+                active += embedding.numel()  # the tied output head is a real matmul (counted once, where the table is)
         rows[group] = {"total": total, "trainable": trainable, "active_per_token": active, "flops_per_token": 2 * active}
     text = config.text_config
     rows["lm"]["flops_per_token"] += 4 * context * text.hidden_size * text.num_hidden_layers

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from skymoe.config import ConfigError, TrainConfig
+from skymoe.model.gguf import pretrained_llm_folder
 from skymoe.data.schema import SkyMoEDataError
 from skymoe.train.data import MixPart
 from skymoe.train.errors import StageError
@@ -98,7 +99,7 @@ def _build_stage1(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | No
     elif cfg.model.llm is None:
         tokenizer = build_tokenizer(training_texts(parts), vocab_size=cfg.model.vocab_size)
     else:
-        tokenizer = add_skymoe_tokens(AutoTokenizer.from_pretrained(cfg.model.llm))
+        tokenizer = add_skymoe_tokens(AutoTokenizer.from_pretrained(pretrained_llm_folder(cfg.model.llm)))
     model = build_model(model_config(cfg, tokenizer), tokenizer=tokenizer)
     processor = SkyMoEProcessor.from_model_config(model.config, tokenizer, max_length=cfg.data.max_length)
     return model, processor
@@ -138,14 +139,14 @@ def model_config(cfg: TrainConfig, tokenizer):
             num_key_value_heads=m.num_kv_heads,
         )
     else:
-        text = AutoConfig.from_pretrained(m.llm)
+        text = AutoConfig.from_pretrained(pretrained_llm_folder(m.llm))
     settings = {
         "projector": {"type": m.projector},
         "router": {"hidden_size": m.router_hidden_size},
         "num_route_tokens": m.num_route_tokens,
         "moe": {"num_experts": 0, "lora_rank": m.lora_rank, "lora_targets": m.lora_targets, "dense_lora": m.adapter == "lora"},
         "vision_pretrained": m.vision,
-        "text_pretrained": m.llm,
+        "text_pretrained": str(pretrained_llm_folder(m.llm)) if m.llm else None,
     }
     for key, value in m.extra.items():  # extra refines a settings dict or sets any other SkyMoEConfig field
         settings[key] = {**settings[key], **value} if isinstance(settings.get(key), dict) else value

@@ -119,6 +119,8 @@ def _train(cfg: TrainConfig, output_dir: Path, resume: bool, position: TrainingP
 
     cfg.validate()
     resume_from = _resume_point(output_dir / "checkpoints", resume)
+    if resume_from is not None:
+        _check_same_run(cfg, output_dir / "train_config.yaml")
     accelerator = Accelerator(
         mixed_precision="bf16" if cfg.precision == "bf16" else "no",
         gradient_accumulation_steps=cfg.grad_accum,
@@ -271,6 +273,35 @@ def _loop(cfg: TrainConfig, accelerator, run: _Run, position: TrainingPosition, 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+# What a resumed run may change: how long it runs and how it logs and checkpoints. Anything else would
+# make the continued run differ from the one its checkpoint belongs to (and train_config.yaml lie about it).
+RESUMABLE_CHANGES = {"max_steps", "epochs", "log_every", "checkpoint_every", "keep_last"}
+
+
+def _check_same_run(cfg: TrainConfig, saved_path: Path) -> None:
+    import yaml
+
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    changed = sorted(key for key, value in _flat(cfg.to_dict()).items()
+                     if key not in RESUMABLE_CHANGES and _flat(saved).get(key, value) != value)
+    if changed:
+        raise TrainingError(f"--resume with other settings than the run it continues ({saved_path}): {', '.join(changed)}; "
+                            f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change: restore the others or choose another --output")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1} (lists stay whole)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _resume_point(checkpoints_dir: Path, resume: bool) -> Path | None:

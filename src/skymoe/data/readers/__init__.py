@@ -49,6 +49,9 @@ class Collector:
                 raise
             self.samples.skipped[record] = str(exc)
             return
+        if sample.image and not Path(sample.image).is_absolute():
+            # absolute: a sample stays valid whatever the working directory and wherever write_jsonl puts it
+            sample.image = str(Path(sample.image).resolve())
         self.samples.append(sample)
 
     def exclude(self, reason: str, n: int = 1) -> None:

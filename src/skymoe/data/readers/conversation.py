@@ -143,7 +143,7 @@ def to_llava_record(sample: Sample, *, box_style: str = "geochat", image_root: s
         conversations.append({"from": "human" if turn.role == "user" else "gpt", "value": text})
     image = Path(sample.image)
     if image_root is not None:
-        image = image.relative_to(image_root)
+        image = image.relative_to(Path(image_root).resolve())
     return {"id": sample.id, "image": str(image), "conversations": conversations}
 
 
