@@ -10,7 +10,8 @@ from _infer_helpers import save_tiny_model, write_geotiff
 from skymoe.cli import main
 from skymoe.data.schema import Box, SkyMoEDataError
 from skymoe.infer.pipeline import Answer
-from skymoe.infer.scene import GeoReference, centrality, nms, run_scene, tile_grid
+from skymoe.infer.georef import GeoReference
+from skymoe.infer.scene import centrality, nms, run_scene, tile_grid
 
 
 @pytest.mark.parametrize("width,height,tile,overlap", [(1000, 700, 256, 32), (256, 256, 256, 0), (100, 90, 256, 64), (513, 300, 128, 127)])
@@ -305,7 +306,7 @@ def _centred_on(crs: str, lon: float, lat: float, pixel: float, size: int = 1000
     ("EPSG:3031", 0.0, -89.999, 10.2, 10.4),  # Antarctic polar stereographic beside the pole (true scale at 71 S: ~0.973 there)
 ])
 def test_ground_pixel_size_holds_across_the_antimeridian_and_at_a_pole(crs, lon, lat, low, high):
-    from skymoe.infer.scene import ground_pixel_size
+    from skymoe.infer.georef import ground_pixel_size
 
     ground_x, ground_y = ground_pixel_size(_centred_on(crs, lon, lat, 10.0), 1000, 1000)
     assert low < ground_x < high and low < ground_y < high and ground_x == pytest.approx(ground_y, rel=0.005)
@@ -315,7 +316,7 @@ def test_ground_pixel_size_of_a_local_engineering_crs_uses_its_units():
     """A drone orthomosaic in a local metric CRS: no way to WGS84, so its units say the pixel size."""
     from rasterio.crs import CRS
 
-    from skymoe.infer.scene import ground_pixel_size
+    from skymoe.infer.georef import ground_pixel_size
 
     local = CRS.from_wkt('LOCAL_CS["site",LOCAL_DATUM["d",0],UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]').to_wkt()
     assert ground_pixel_size(GeoReference(local, (0.05, 0.0, 0.0, 0.0, -0.05, 100.0)), 4000, 3000) == pytest.approx((0.05, 0.05))
