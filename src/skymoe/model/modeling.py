@@ -32,7 +32,7 @@ IGNORE_INDEX = -100
 class SkyMoEOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None
     lm_loss: torch.FloatTensor | None = None
     aux_losses: dict | None = None
     task_logits: torch.FloatTensor | None = None
@@ -167,7 +167,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         task_labels: torch.LongTensor | None = None,
         granularity_labels: torch.LongTensor | None = None,
         routing_embedding: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
@@ -198,7 +198,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kwargs,
@@ -233,7 +233,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         return SkyMoEOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             lm_loss=lm_loss,
             aux_losses=aux,
             task_logits=router_out.task_logits if router_out is not None else None,
