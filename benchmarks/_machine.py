@@ -7,8 +7,9 @@ import subprocess
 
 
 def machine() -> str:
-    """CPU model (lscpu), core count, torch version and the load average when measuring."""
+    """CPU model (lscpu), core count, torch and transformers versions and the load average when measuring."""
     import torch
+    import transformers
 
     try:
         lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
@@ -16,4 +17,4 @@ def machine() -> str:
     except (OSError, subprocess.CalledProcessError):
         model = platform.processor() or platform.machine()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return f"{model}; {os.cpu_count()} CPUs (shared with other jobs; load average {load}); torch {torch.__version__}"
+    return f"{model}; {os.cpu_count()} CPUs (shared with other jobs; load average {load}); torch {torch.__version__}, transformers {transformers.__version__}"

@@ -129,6 +129,37 @@ def test_multiband_geotiffs(pipeline, tmp_path):
     assert pipeline.caption(write_geotiff(tmp_path / "dem.tif", 30, 30, bands=1, dtype="float32")).image_size == (30, 30)
 
 
+def test_bands_pick_the_rgb_of_rasters_and_leave_rgb_images_alone(model_dir, tmp_path):
+    import rasterio
+
+    from skymoe.data.imagery import load_image
+    from skymoe.infer import Pipeline
+
+    s2 = write_geotiff(tmp_path / "s2.tif", 30, 30, bands=13, dtype="uint16")
+    pipe = Pipeline.from_pretrained(model_dir, bands=(4, 3, 2), max_new_tokens=2)
+    chosen = np.asarray(pipe.load(s2))
+    assert np.array_equal(chosen, np.asarray(load_image(s2, bands=[4, 3, 2])))
+    assert not np.array_equal(chosen, np.asarray(load_image(s2)))  # not the default bands 1, 2, 3
+    with rasterio.open(s2) as dataset:
+        assert np.array_equal(np.asarray(pipe.load(dataset)), chosen)
+    rgb = load_image(s2)
+    rgb.save(tmp_path / "rgb.png")
+    assert np.array_equal(np.asarray(pipe.load(tmp_path / "rgb.png")), np.asarray(rgb))  # PNG and PIL are RGB already
+    assert np.array_equal(np.asarray(pipe.load(rgb)), np.asarray(rgb))
+    assert pipe.caption(s2).text == pipe.caption(Image.fromarray(chosen)).text
+    with pytest.raises(SkyMoEDataError, match=r"rgb3\.tif.*bands \[4, 3, 2\] invalid"):
+        pipe.caption(write_geotiff(tmp_path / "rgb3.tif", 30, 30, bands=3))
+
+
+@pytest.mark.parametrize("text", ["0", "4,3", "a,b,c", "4,3,-2"])
+def test_cli_bands_must_be_one_or_three_band_numbers(text, capsys):
+    from skymoe.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model", "m", "--image", "i.tif", "--bands", text])
+    assert exit_.value.code == 2 and "expected one or three 1-based band numbers" in capsys.readouterr().err
+
+
 def test_int8_quantises_llm_linears_keeps_gates_float_and_stays_close(model_dir, pixels):
     import torch
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -271,6 +302,8 @@ def test_cli_resume_refuses_records_of_another_task_or_prompt(model_dir, tmp_pat
     assert "2 already in" in capsys.readouterr().err and out.read_text() == written
     assert main([*run, "--task", "caption", "--int8"]) == 2
     assert "field 'int8'" in capsys.readouterr().err
+    assert main([*run, "--task", "caption", "--bands", "3,2,1"]) == 2
+    assert "field 'bands': holds predictions made with bands None" in capsys.readouterr().err
     record = {"id": "0.png", "text": "yes", "task": "vqa", "settings": {"task": "vqa", "prompt": "Is it a port?", "labels": None, "box": None}}
     out.write_text(json.dumps(record) + "\n")
     assert main([*run, "--prompt", "Is there a ship?"]) == 2

@@ -38,7 +38,7 @@ class BrightSpotPipeline:
     It makes the expected detections exact, so the tiling, merging and CRS conversion can be checked.
     """
 
-    batch_size = 4
+    batch_size, bands = 4, None
     calls: list[int] = []
 
     def run(self, images, task, query, labels=None):
@@ -58,7 +58,7 @@ class BrightSpotPipeline:
 class DotCountingPipeline:
     """Counts the 2x2 bright dots in a tile by their bright pixels (a dot cut by the border counts in part)."""
 
-    batch_size = 8
+    batch_size, bands = 8, None
 
     def run(self, images, task, query, labels=None):
         assert task == "counting"
@@ -164,7 +164,7 @@ def test_tiles_without_valid_pixels_are_not_run_and_add_no_counts(tmp_path):
     from rasterio.transform import Affine
 
     class FiveEverywhere:
-        batch_size, seen = 4, []
+        batch_size, bands, seen = 4, None, []
 
         def run(self, images, task, query, labels=None):
             self.seen.extend(images)
@@ -238,6 +238,23 @@ def test_missing_query_and_bad_gsd_are_clear_errors(tmp_path):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="counting")
     with pytest.raises(SkyMoEDataError, match="gsd=1.0 m needs a georeferenced scene"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", gsd=1.0)
+
+
+def test_cli_checks_bands_against_the_scene_before_loading_the_model(tmp_path, capsys):
+    scene = write_geotiff(tmp_path / "s2.tif", 40, 40, bands=13, dtype="uint16")
+    code = main(["scene", "--model", str(tmp_path / "no-model"), str(scene), "--task", "caption", "--bands", "14,3,2",
+                 "--out", str(tmp_path / "o.geojson")])
+    assert code != 0 and "bands [14, 3, 2] invalid: give 1 or 3 band indices in 1..13" in capsys.readouterr().err
+
+
+def test_scene_reads_the_pipelines_bands_and_records_them(tmp_path):
+    pipeline = BrightSpotPipeline()
+    pipeline.bands = [3, 2, 1]
+    run_scene(pipeline, bright_square_scene(tmp_path / "s.tif"), tmp_path / "o.geojson", task="grounding", query="x")
+    assert json.loads((tmp_path / "o.geojson").read_text())["skymoe"]["bands"] == [3, 2, 1]
+    pipeline.bands = [4, 3, 2]
+    with pytest.raises(SkyMoEDataError, match=r"bands \[4, 3, 2\] invalid"):
+        run_scene(pipeline, write_geotiff(tmp_path / "rgb.tif", 40, 40, bands=3), tmp_path / "o.geojson", task="grounding", query="x")
 
 
 def scene_with(path, crs, transform, width=400, height=300):

@@ -123,6 +123,17 @@ def test_geotiff_upload_with_13_bands_and_routing(client, tmp_path):
     assert weights.shape == (2, 4) and np.allclose(weights.sum(1), 1.0, atol=1e-4)
 
 
+def test_tiff_uploads_are_decoded_with_bands_and_pngs_as_they_are(tmp_path):
+    from skymoe.data.imagery import load_image
+    from skymoe.serve.images import decode_image
+
+    tif = write_geotiff(tmp_path / "s2.tif", 40, 30, bands=13, dtype="uint16")
+    decoded = decode_image(tif.read_bytes(), max_pixels=10_000, bands=[4, 3, 2])
+    assert np.array_equal(np.asarray(decoded), np.asarray(load_image(tif, bands=[4, 3, 2])))
+    assert np.array_equal(np.asarray(decode_image(png_bytes(), max_pixels=10_000, bands=[4, 3, 2])),
+                          np.asarray(Image.open(io.BytesIO(png_bytes())).convert("RGB")))
+
+
 def test_concurrent_requests_are_batched_and_all_answered(server, pipeline):
     import concurrent.futures
 
@@ -198,7 +209,7 @@ def test_full_queue_answers_429_and_the_held_requests_still_finish(pipeline):
     class HeldPipeline:
         """The real pipeline, held at generate until released, so the queue fills deterministically."""
 
-        max_new_tokens, processor, model_name = pipeline.max_new_tokens, pipeline.processor, "held"
+        max_new_tokens, processor, model_name, bands = pipeline.max_new_tokens, pipeline.processor, "held", None
 
         def generate(self, *args, **kwargs):
             release.wait(60)
@@ -227,7 +238,7 @@ def test_full_queue_answers_429_and_the_held_requests_still_finish(pipeline):
 class PiecesPipeline:
     """Streams two pieces, then waits for ``release`` and fails (or answers) — the server's view of a generate call."""
 
-    max_new_tokens, model_name = 4, "pieces"
+    max_new_tokens, model_name, bands = 4, "pieces", None
 
     def __init__(self, pipeline, fail: bool):
         self.processor, self.fail, self.release = pipeline.processor, fail, threading.Event()

@@ -7,18 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from skymoe.cli.options import positive_int
+from skymoe.cli.options import band_list, positive_int
 from skymoe.data.schema import Box, SkyMoEDataError, Task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model / --int8 / --batch-size / --max-new-tokens, shared by every inference command."""
+    """--model / --int8 / --batch-size / --max-new-tokens / --bands, shared by every inference command."""
     parser.add_argument("--model", required=True, help="model directory (save_pretrained layout: model + processor)")
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the LLM linears (CPU)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per generate call (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=48, help="longest answer in tokens (default: %(default)s)")
+    parser.add_argument("--bands", type=band_list, help="1-based bands of TIFF/GeoTIFF rasters shown to the model as RGB, "
+                        "e.g. 4,3,2 for Sentinel-2 (default: 1,2,3, or band 1 as grey)")
 
 
 def load_pipeline(args):
@@ -29,7 +31,7 @@ def load_pipeline(args):
     from skymoe.infer import Pipeline
 
     return Pipeline.from_pretrained(args.model, quantize="int8" if args.int8 else None, batch_size=args.batch_size,
-                                    max_new_tokens=args.max_new_tokens)
+                                    max_new_tokens=args.max_new_tokens, bands=args.bands)
 
 
 def _box(text: str | None):
@@ -130,8 +132,9 @@ def run_settings(args) -> dict:
         "prompt": args.prompt if task in (Task.VQA, Task.GROUNDING, Task.COUNTING) else None,
         "labels": _labels(args) if task in (Task.CLASSIFICATION, Task.MULTILABEL) else None,
         "box": args.box if task == Task.REGION_CAPTION else None,
-        "max_new_tokens": args.max_new_tokens,  # both change the answers too
+        "max_new_tokens": args.max_new_tokens,  # these change the answers too
         "int8": args.int8,
+        "bands": args.bands,
     }
 
 

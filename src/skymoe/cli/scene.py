@@ -10,10 +10,6 @@ from skymoe.cli.options import number_type
 from skymoe.cli.predict import add_model_arguments, load_pipeline
 
 
-def _bands(text: str) -> list[int]:
-    return [int(b) for b in text.split(",")]
-
-
 def _option(name: str) -> str:
     """How the library's parameter ``name`` is spelt on this command line (tile_size -> --tile-size)."""
     return "--" + name.replace("_", "-")
@@ -35,7 +31,6 @@ def register(subparsers) -> None:
                         help="least overlap between neighbouring tiles in model pixels (smaller than --tile-size); tiles are spread evenly, so it can be more (default: %(default)s)")
     parser.add_argument("--gsd", type=number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number of metres/pixel"),
                         help="ground resolution of a model tile in metres/pixel, measured on the ground at the scene centre (any CRS)")
-    parser.add_argument("--bands", type=_bands, help="1-based bands to show as RGB, e.g. 4,3,2 (default 1,2,3)")
     parser.set_defaults(func=run)
 
 
@@ -55,18 +50,20 @@ def _plain_warnings():
 
 
 def run(args) -> int:
-    from skymoe.data.imagery import raster_info
+    from skymoe.data.imagery import check_bands, raster_info
     from skymoe.infer.scene import check_scene_options, run_scene
 
     # Bad settings and a missing or unreadable scene fail before the (slow) model load.
     check_scene_options(args.task, args.query, args.tile_size, args.overlap, args.gsd, spell=_option)
-    raster_info(args.scene)
+    info = raster_info(args.scene)
+    if args.bands:
+        check_bands(args.bands, info.count, args.scene)
     pipeline = load_pipeline(args)
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
     try:
         with _plain_warnings():
             result = run_scene(pipeline, args.scene, args.out, task=args.task, query=args.query, labels=labels, tile_size=args.tile_size,
-                               overlap=args.overlap, gsd=args.gsd, bands=args.bands, batch_size=args.batch_size)
+                               overlap=args.overlap, gsd=args.gsd, batch_size=args.batch_size)
     except KeyboardInterrupt:
         print(f"interrupted: {args.out} holds the tiles finished so far (marked complete: false)", file=sys.stderr)
         return 130

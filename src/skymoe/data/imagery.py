@@ -92,7 +92,7 @@ def _default_bands(count: int) -> list[int]:
     return [1, 2, 3] if count >= 3 else [1]
 
 
-def _check_bands(bands: Sequence[int], count: int, file: str | None) -> list[int]:
+def check_bands(bands: Sequence[int], count: int, file: str | None) -> list[int]:
     bands = list(bands)
     if not bands or len(bands) not in (1, 3) or any(not 1 <= b <= count for b in bands):
         raise SkyMoEDataError(f"bands {bands} invalid: give 1 or 3 band indices in 1..{count}", file=file, field="bands")
@@ -161,7 +161,7 @@ def _pil_chw(image: Image.Image) -> np.ndarray:
 
 
 def _select(data: np.ndarray, bands: Sequence[int] | None, file: str | None) -> np.ndarray:
-    chosen = _check_bands(bands if bands is not None else _default_bands(data.shape[0]), data.shape[0], file)
+    chosen = check_bands(bands if bands is not None else _default_bands(data.shape[0]), data.shape[0], file)
     return data[[b - 1 for b in chosen]]
 
 
@@ -201,7 +201,7 @@ def _window_text(x, y, w, h) -> str:
 
 def _read_raster(ds, bands: Sequence[int] | None, max_pixels: int, window=None) -> np.ndarray:
     file = getattr(ds, "name", None)
-    chosen = _check_bands(bands if bands is not None else _default_bands(ds.count), ds.count, file)
+    chosen = check_bands(bands if bands is not None else _default_bands(ds.count), ds.count, file)
     width, height = (window.width, window.height) if window is not None else (ds.width, ds.height)
     _check_pixels(int(width), int(height), max_pixels, file)
     what = "raster data" if window is None else _window_text(window.col_off, window.row_off, window.width, window.height)
@@ -215,6 +215,13 @@ def _verify_pil(path: Path, what: str) -> None:
             im.verify()
     except (OSError, SyntaxError, ValueError) as exc:
         raise _unreadable(str(path), what, exc) from None
+
+
+def is_raster_source(src) -> bool:
+    """True for inputs whose bands are chosen (TIFF/GeoTIFF paths, rasterio datasets, arrays); PNG/JPEG and PIL images are RGB already."""
+    if isinstance(src, Image.Image):
+        return False
+    return not (isinstance(src, (str, Path)) and Path(src).suffix.lower() in _PIL_SUFFIXES)
 
 
 def load_image(
@@ -303,7 +310,7 @@ def valid_fraction(path: str | Path, x: int, y: int, w: int, h: int, *, bands: S
     from rasterio.windows import Window
 
     with _rasterio_open(Path(path)) as ds:
-        chosen = _check_bands(bands if bands is not None else _default_bands(ds.count), ds.count, str(path))
+        chosen = check_bands(bands if bands is not None else _default_bands(ds.count), ds.count, str(path))
         mask = ds.read_masks(chosen, window=Window(x, y, w, h)).any(axis=0)
     return float(np.count_nonzero(mask)) / mask.size
 
@@ -316,7 +323,7 @@ def scene_limits(
     Returns None for 8-bit rasters, which need no stretch.
     """
     with _rasterio_open(Path(path)) as ds:
-        chosen = _check_bands(bands if bands is not None else _default_bands(ds.count), ds.count, str(path))
+        chosen = check_bands(bands if bands is not None else _default_bands(ds.count), ds.count, str(path))
         if all(ds.dtypes[b - 1] == "uint8" for b in chosen):
             return None
         factor = max(1, -(-max(ds.width, ds.height) // overview))

@@ -7,7 +7,9 @@
 
 Images are paths (PNG/JPEG/TIFF/GeoTIFF), PIL images, numpy arrays or open
 rasterio datasets (:func:`skymoe.data.imagery.load_image`). Every method takes
-one image or a list; lists run in batches of ``batch_size``. With
+one image or a list; lists run in batches of ``batch_size``. ``bands`` (1-based,
+e.g. ``(4, 3, 2)`` for Sentinel-2) picks the RGB bands of TIFF/GeoTIFF files,
+rasterio datasets and arrays (default: 1-3, or band 1 as grey). With
 ``routing=True`` each answer carries the router's decision (task,
 granularity, expert weights per MoE layer).
 """
@@ -129,11 +131,12 @@ def quantize_int8(model):
 
 
 class Pipeline:
-    def __init__(self, model, processor, *, batch_size: int = 8, max_new_tokens: int = 48):
+    def __init__(self, model, processor, *, batch_size: int = 8, max_new_tokens: int = 48, bands: Sequence[int] | None = None):
         self.model = model.eval()
         self.processor = processor
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.bands = list(bands) if bands is not None else None
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, quantize: str | None = None, **kwargs) -> "Pipeline":
@@ -153,10 +156,12 @@ class Pipeline:
         return Path(str(getattr(self.model.config, "_name_or_path", "") or "skymoe")).name
 
     # ---- core -----------------------------------------------------------------------------------
-    def load(self, image):
-        from skymoe.data.imagery import load_image
+    def load(self, image, *, max_pixels: int | None = None):
+        """One input as an RGB PIL image, with ``self.bands`` where the input has bands to choose."""
+        from skymoe.data.imagery import DEFAULT_MAX_PIXELS, is_raster_source, load_image
 
-        return load_image(image)
+        bands = self.bands if is_raster_source(image) else None
+        return load_image(image, bands=bands, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
 
     def generate(self, images, prompts, *, task: Task | str = Task.VQA, routing: bool = False, max_new_tokens: int | None = None,
                  on_text: Callable[[int, str], None] | None = None):

@@ -316,7 +316,10 @@ def run_scene(
     merge_threshold: float = 0.5,
     progress: bool = True,
 ) -> SceneResult:
-    """Run ``task`` over every tile of ``scene`` and write GeoJSON to ``out`` (see the module notes)."""
+    """Run ``task`` over every tile of ``scene`` and write GeoJSON to ``out`` (see the module notes).
+
+    ``bands`` (1-based RGB bands of the scene) defaults to the pipeline's.
+    """
     from tqdm.auto import tqdm
 
     from skymoe.data.imagery import raster_info, scene_limits
@@ -328,8 +331,9 @@ def run_scene(
     source = _source_tile(georef, info, tile_size, gsd, scene)
     # overlap < tile_size is checked above; the clamp only catches rounding on tiny source tiles (large gsd)
     tiles = tile_grid(info.width, info.height, source, tuple(min(round(overlap * side / tile_size), side - 1) for side in source))
+    bands = list(bands) if bands is not None else pipeline.bands
     meta = {"scene": Path(scene).name, "task": task.value, "query": query, "tiles": len(tiles), "tile_size": tile_size,
-            "source_tile": source[0] if source[0] == source[1] else list(source), "gsd": gsd}
+            "source_tile": source[0] if source[0] == source[1] else list(source), "gsd": gsd, "bands": bands}
     output = SceneOutput(Path(out), georef, meta, merge_threshold=merge_threshold)
     job = _TileJob(scene, task, query, labels, tile_size, source, bands, scene_limits(scene, bands=bands))
     batch_size = batch_size or pipeline.batch_size

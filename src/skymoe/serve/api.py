@@ -114,9 +114,9 @@ def _validate(model_cls, raw):
         raise APIError(400, f"invalid request: {details}", "invalid_request") from None
 
 
-def _image(url: str, limits: ServerLimits):
+def _image(url: str, limits: ServerLimits, bands):
     try:
-        return decode_image(decode_data_url(url), max_pixels=limits.max_image_pixels, name="image_url")
+        return decode_image(decode_data_url(url), max_pixels=limits.max_image_pixels, name="image_url", bands=bands)
     except ImageTooLarge as exc:
         raise APIError(413, str(exc), "image_too_large") from None
     except SkyMoEDataError as exc:
@@ -130,7 +130,7 @@ def _max_tokens(requested: int | None, pipeline, limits: ServerLimits) -> int:
     return value
 
 
-def _conversation(messages: list[Message], limits: ServerLimits) -> tuple[object, list[Turn]]:
+def _conversation(messages: list[Message]) -> tuple[str, list[Turn]]:
     """(the one image, the turns); system messages are dropped (the model was not trained with them)."""
     images, turns = [], []
     for message in messages:
@@ -149,7 +149,7 @@ def _conversation(messages: list[Message], limits: ServerLimits) -> tuple[object
         raise APIError(400, "messages must start and end with a user message", "invalid_messages")
     if not turns[-1].text:
         raise APIError(400, "empty prompt: the last user message has no text", "empty_prompt")
-    return _image(images[0], limits), turns
+    return images[0], turns
 
 
 def _routing_dict(answer) -> dict | None:
@@ -223,8 +223,8 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
         except ValueError:
             raise APIError(400, f"unknown task {body.task!r}; expected one of {[t.value for t in Task]}", "invalid_task") from None
         max_tokens = _max_tokens(body.max_completion_tokens or body.max_tokens, pipeline, limits)
-        image, turns = _conversation(body.messages, limits)
-        job = Job(image, turns, task.value, max_tokens, body.routing)
+        image_url, turns = _conversation(body.messages)
+        job = Job(_image(image_url, limits, pipeline.bands), turns, task.value, max_tokens, body.routing)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
 
         def finish_reason(text: str) -> str:
@@ -252,7 +252,7 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
         if not body.query.strip():
             raise APIError(400, "empty query: say what to locate", "empty_prompt")
         max_tokens = _max_tokens(body.max_tokens, pipeline, limits)
-        image = _image(body.image, limits)
+        image = _image(body.image, limits, pipeline.bands)
         from skymoe.infer.pipeline import PROMPTS
 
         result = await answer(Job(image, PROMPTS[Task.GROUNDING].format(query=body.query.strip()), Task.GROUNDING.value, max_tokens, True))

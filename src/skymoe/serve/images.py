@@ -40,14 +40,17 @@ def decode_data_url(url: str) -> bytes:
         raise SkyMoEDataError("data: URL payload is not valid base64", field="image_url") from None
 
 
-def decode_image(data: bytes, *, max_pixels: int, name: str = "upload") -> Image.Image:
-    """RGB image from PNG/JPEG/TIFF/GeoTIFF bytes; the pixel count is checked before decoding."""
+def decode_image(data: bytes, *, max_pixels: int, name: str = "upload", bands=None) -> Image.Image:
+    """RGB image from PNG/JPEG/TIFF/GeoTIFF bytes; the pixel count is checked before decoding.
+
+    ``bands`` (1-based) picks the RGB bands of a TIFF; PNG and JPEG are RGB already.
+    """
     from skymoe.data.imagery import load_image
 
     if not data:
         raise SkyMoEDataError("image is empty (0 bytes)", file=name)
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF / BigTIFF: rasterio handles bands and dtypes
-        return _decode_tiff(data, max_pixels, name)
+        return _decode_tiff(data, max_pixels, name, bands)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -69,7 +72,7 @@ def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
         raise ImageTooLarge(f"image of {width}x{height} pixels exceeds the server limit of {max_pixels:,} pixels", file=name)
 
 
-def _decode_tiff(data: bytes, max_pixels: int, name: str) -> Image.Image:
+def _decode_tiff(data: bytes, max_pixels: int, name: str, bands) -> Image.Image:
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.io import MemoryFile
 
@@ -80,6 +83,6 @@ def _decode_tiff(data: bytes, max_pixels: int, name: str) -> Image.Image:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with MemoryFile(data) as memory, memory.open() as dataset:
                 _check_size(dataset.width, dataset.height, max_pixels, name)
-                return load_image(dataset, max_pixels=max_pixels)
+                return load_image(dataset, bands=bands, max_pixels=max_pixels)
     except RasterioError as exc:
         raise SkyMoEDataError(f"not a readable TIFF ({exc})", file=name) from None

@@ -29,12 +29,10 @@ def expert_table(answer) -> pd.DataFrame:
 
 def respond(pipeline, file_path: str | None, task: str, prompt: str):
     """(answer text, (image, boxes) for the overlay, expert-weight table, routing summary) for one request."""
-    from skymoe.data.imagery import load_image
-
     if not file_path:
         raise gr.Error("Upload an image first (PNG, JPEG or GeoTIFF).")
     try:
-        image = load_image(file_path, max_pixels=MAX_UPLOAD_PIXELS)
+        image = pipeline.load(file_path, max_pixels=MAX_UPLOAD_PIXELS)
         answer = pipeline.run(image, task, prompt, routing=True)
     except SkyMoEDataError as exc:
         raise gr.Error(f"Cannot use this file: {exc}") from None
