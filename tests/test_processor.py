@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from skymoe.data.boxes import LOC_TOKENS
 from skymoe.data.processor import IGNORE_INDEX, SkyMoEProcessor
 from skymoe.data.schema import Box, Sample, SkyMoEDataError, Turn
 from skymoe.data.tokenizer import SPECIAL_TOKENS, add_skymoe_tokens, build_tokenizer, special_token_ids
@@ -98,8 +99,9 @@ def test_add_skymoe_tokens_to_a_gpt2_style_tokenizer():
     assert gpt2_like.pad_token == SPECIAL_TOKENS["pad"]
     assert {ids["image"], ids["route"], ids["pad"]} == set(range(before, before + 3))
     assert gpt2_like("<image> road", add_special_tokens=False)["input_ids"][0] == ids["image"]
+    assert gpt2_like("<loc_7><loc_100>", add_special_tokens=False)["input_ids"] == gpt2_like.convert_tokens_to_ids(["<loc_7>", "<loc_100>"])
     add_skymoe_tokens(gpt2_like)  # idempotent
-    assert len(gpt2_like) == before + 3
+    assert len(gpt2_like) == before + 3 + len(LOC_TOKENS)
 
 
 def test_real_gpt2_bpe_gets_the_skymoe_tokens():
@@ -147,9 +149,10 @@ def test_multi_turn_supervises_every_answer_only(processor, tokenizer):
     batch = processor.collate([two_turns()], [image()])
     labels = batch["labels"][0]
     assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == " 17</s> yes</s>"
-    assert tokenizer.decode(batch["input_ids"][0][batch["instruction_mask"][0].bool()]) == (
-        "how many buildings are in [12, 40, 57, 88]?is there a road?"
-    )
+    instruction = batch["input_ids"][0][batch["instruction_mask"][0].bool()]
+    # the box is read as four location tokens, and decoded back to the canonical text
+    assert tokenizer.decode(instruction) == "how many buildings are in <loc_12><loc_40><loc_57><loc_88>?is there a road?"
+    assert processor.decode([instruction])[0] == "how many buildings are in [12, 40, 57, 88]?is there a road?"
     assert batch["task_labels"].tolist() == [6] and batch["granularity_labels"].tolist() == [1]
 
 

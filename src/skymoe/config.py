@@ -86,6 +86,11 @@ class DataSection:
     mix: list[DatasetSpec] = field(default_factory=list)
     on_error: str = "raise"
     max_length: int = 256
+    # Cache the frozen tower's features per image view (skymoe.data.feature_cache); ignored when the tower trains.
+    feature_cache: bool = True
+    feature_cache_dir: str | None = None  # default $SKYMOE_CACHE/features; size bound: SKYMOE_FEATURE_CACHE_MB
+    # The blind control: every image replaced by one constant image (stage 1; kept by the saved processor).
+    blind: bool = False
 
 
 @dataclass
@@ -115,6 +120,8 @@ class CDASection:
     max_cutout: int = 2
     attribute_prob: float = 0.3
     temperature: float = 0.3
+    # fixed augmented versions per sample (each draw picks one), so a feature cache computes each once
+    variants: int = 4
 
 
 @dataclass
@@ -153,6 +160,8 @@ class TrainConfig:
         _choice("model.expert_type", self.model.expert_type, ("lora", "ffn"))
         _choice("model.routing", self.model.routing, ("token", "sequence"))
         _choice("data.on_error", self.data.on_error, ("raise", "skip"))
+        if self.cda.variants < 1:
+            raise ConfigError(f"'cda.variants' must be >= 1, got {self.cda.variants}")
         for key in ("batch_size", "grad_accum", "epochs", "checkpoint_every", "keep_last", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be >= 1, got {getattr(self, key)}")

@@ -4,15 +4,22 @@ Every remote-sensing VLM invented its own box text (see the design notes §4).
 Inside SkyMoE boxes are pixel ``xyxy`` + image size (:class:`~skymoe.data.schema.Box`);
 text appears only at the edges:
 
-========== ==================================== ========
-style      text of one box                      range
-========== ==================================== ========
-canonical  ``[x1, y1, x2, y2]``                 0-100
-geochat    ``{<x1><y1><x2><y2>|<θ>}``           0-100
-teochat    ``[x1, y1, x2, y2]``                 0-100
-internvl   ``<box>[[x1, y1, x2, y2]]</box>``    0-1000
-pixel      ``[x1, y1, x2, y2]``                 pixels
-========== ==================================== ========
+========== ========================================== ========
+style      text of one box                            range
+========== ========================================== ========
+canonical  ``[x1, y1, x2, y2]``                       0-100
+loc        ``<loc_x1><loc_y1><loc_x2><loc_y2>``       0-100
+geochat    ``{<x1><y1><x2><y2>|<θ>}``                 0-100
+teochat    ``[x1, y1, x2, y2]``                       0-100
+internvl   ``<box>[[x1, y1, x2, y2]]</box>``          0-1000
+pixel      ``[x1, y1, x2, y2]``                       pixels
+========== ========================================== ========
+
+``loc`` is what our models read and write: one location token per coordinate
+(:data:`LOC_TOKENS`, added to the tokenizer), so a box is four tokens from one
+ordered set instead of ~17 digit and punctuation tokens a small model must
+learn to spell. The processor converts canonical boxes to it on the way in and
+back on the way out; every style's parser also reads it.
 
 Several boxes: ``; `` between bracketed boxes, GeoChat braces side by side,
 InternVL boxes inside one ``<box>[[...], [...]]</box>``. Scaled coordinates
@@ -31,8 +38,9 @@ from dataclasses import dataclass, field
 
 from skymoe.data.schema import Box
 
-STYLES = ("canonical", "geochat", "teochat", "internvl", "pixel")
-_SCALE = {"canonical": 100, "geochat": 100, "teochat": 100, "internvl": 1000, "pixel": None}
+STYLES = ("canonical", "loc", "geochat", "teochat", "internvl", "pixel")
+_SCALE = {"canonical": 100, "loc": 100, "geochat": 100, "teochat": 100, "internvl": 1000, "pixel": None}
+LOC_TOKENS = tuple(f"<loc_{i}>" for i in range(_SCALE["loc"] + 1))
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _FOUR_NUMBERS = re.compile(rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$")
@@ -40,6 +48,9 @@ _BRACKETS = re.compile(r"\[([^\[\]]*\d[^\[\]]*)\]")  # [...] groups holding a di
 _GEOCHAT_GROUP = re.compile(r"\{([^{}]*\d[^{}]*)\}")
 _GEOCHAT_BOX = re.compile(r"^\s*<(\d+)><(\d+)><(\d+)><(\d+)>\s*(?:\|\s*<?\s*-?\d+(?:\.\d+)?\s*>?\s*)?$")
 _INTERNVL_GROUP = re.compile(r"<box>(.*?)</box>", re.DOTALL)
+_LOC = re.compile(r"<loc_(\d+)>")
+_LOC_BOX = re.compile(r"<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>")
+_CANONICAL_BOX = re.compile(r"\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
 
 
 @dataclass
@@ -88,6 +99,8 @@ def format_box(box: Box, image_size: tuple[int, int], style: str = "canonical") 
         return f"{{<{x1}><{y1}><{x2}><{y2}>|<0>}}"
     if style == "internvl":
         return f"<box>[[{x1}, {y1}, {x2}, {y2}]]</box>"
+    if style == "loc":
+        return "".join(LOC_TOKENS[v] for v in (x1, y1, x2, y2))
     return f"[{x1}, {y1}, {x2}, {y2}]"
 
 
@@ -96,12 +109,16 @@ def format_boxes(boxes: Sequence[Box], image_size: tuple[int, int], style: str =
     if style == "internvl":
         inner = ", ".join("[{}, {}, {}, {}]".format(*_values(b, image_size, style)) for b in boxes)
         return f"<box>[{inner}]</box>"
-    separator = "" if style == "geochat" else "; "
+    separator = "" if style in ("geochat", "loc") else "; "
     return separator.join(format_box(b, image_size, style) for b in boxes)
 
 
 def _candidates(text: str, style: str) -> list[tuple[str, ...] | None]:
     """Coordinate strings of every box-like group in ``text``; None marks a malformed group."""
+    if style == "loc":
+        groups = _LOC_BOX.findall(text)
+        stray = len(_LOC.findall(text)) != 4 * len(groups)  # a group of fewer than four location tokens
+        return [tuple(g) for g in groups] + ([None] if stray else [])
     if style == "geochat":
         groups = [_GEOCHAT_BOX.match(g) for g in _GEOCHAT_GROUP.findall(text)]
     else:
@@ -115,9 +132,13 @@ def _candidates(text: str, style: str) -> list[tuple[str, ...] | None]:
 
 def parse_boxes(text: str, image_size: tuple[int, int], style: str = "canonical") -> ParsedBoxes:
     """Boxes written in ``text`` (model output or dataset text) as pixel boxes of an image of ``image_size``."""
-    scale = _check_style(style)
+    _check_style(style)
+    text = text if isinstance(text, str) else ""
+    if _LOC.search(text):  # location tokens are unambiguous: every style reads them
+        style = "loc"
+    scale = _SCALE[style]
     w, h = image_size
-    found = _candidates(text if isinstance(text, str) else "", style)
+    found = _candidates(text, style)
     if not found or any(c is None for c in found):
         return ParsedBoxes(failed=True)
     boxes = []
@@ -150,3 +171,29 @@ def convert_box_text(text: str, image_size: tuple[int, int], source: str, target
         return format_boxes(parsed.boxes, image_size, target)
 
     return pattern.sub(replace, text), boxes
+
+
+def canonical_to_loc(text: str) -> str:
+    """Every canonical box ``[x1, y1, x2, y2]`` (integers 0-100) in ``text`` as location tokens; other text unchanged."""
+
+    def replace(match: re.Match) -> str:
+        values = [int(v) for v in match.groups()]
+        return "".join(LOC_TOKENS[v] for v in values) if max(values) <= _SCALE["loc"] else match.group(0)
+
+    return _CANONICAL_BOX.sub(replace, text)
+
+
+def loc_to_canonical(text: str) -> str:
+    """Every complete group of four location tokens in ``text`` as a canonical box, ``; `` between neighbours."""
+    text = _LOC_BOX.sub(lambda m: "[{}, {}, {}, {}]".format(*m.groups()), text)
+    return re.sub(r"\](?=\[)", "]; ", text)
+
+
+def strip_boxes(text: str) -> str:
+    """``text`` without its canonical boxes and location tokens (what a tokenizer trainer should not see)."""
+    return _LOC.sub(" ", _CANONICAL_BOX.sub(" ", text))
+
+
+def hold_back_partial_box(text: str) -> str:
+    """Decoded text (whole boxes already canonical) without its trailing location tokens: a box still being written."""
+    return re.sub(r"(?:<loc_\d+>\s*)+$", "", text)

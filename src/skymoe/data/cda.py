@@ -1,7 +1,7 @@
 """Context-disentangled augmentation (CDA), our reading of the SkyMoE paper.
 
 Three label-preserving edits, all driven by an explicit ``numpy`` generator so
-that a (seed, epoch, index) triple always gives the same result:
+that a (seed, sample, variant) triple always gives the same result:
 
 * **local/global pairs** — a crop around an annotated box (``object``
   granularity) or a random window (``region``) paired with the whole image
@@ -22,6 +22,7 @@ No library offers box-aware, answer-updating edits, hence this module.
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,16 +90,16 @@ def local_view(sample: Sample, image: Image.Image, rng: np.random.Generator) -> 
     return View(image.crop((x1, y1, x2, y2)), granularity, (x1, y1, x2, y2))
 
 
-def view_sample(sample: Sample, view: View) -> Sample:
-    """A Sample describing ``view`` for the processor; its answer is not supervised (the trainer masks it)."""
-    what = {Granularity.IMAGE: "scene", Granularity.REGION: "region", Granularity.OBJECT: "object"}[view.granularity]
+def view_sample(sample: Sample, granularity: Granularity, size: tuple[int, int]) -> Sample:
+    """A Sample describing a view of ``size`` for the processor; its answer is not supervised (the trainer masks it)."""
+    what = {Granularity.IMAGE: "scene", Granularity.REGION: "region", Granularity.OBJECT: "object"}[granularity]
     return Sample(
-        id=f"{sample.id}#view-{view.granularity.value}",
+        id=f"{sample.id}#view-{granularity.value}",
         image=sample.image,
         task=sample.task,
-        granularity=view.granularity,
+        granularity=granularity,
         conversation=[Turn("user", f"Describe this {what}."), Turn("assistant", what)],
-        image_size=view.image.size,
+        image_size=size,
         dataset=sample.dataset,
         split=sample.split,
         meta={"cda_view": True},
@@ -175,10 +176,14 @@ def _inpaint_box(image: Image.Image, box: tuple[int, int, int, int], all_boxes: 
 # ------------------------------------------------------------------ attribute editing
 
 
+def _recolourable(sample: Sample) -> bool:
+    return (sample.question_type or "").lower() in COLOUR_QUESTION_TYPES and sample.answer.strip().lower() in PALETTE and bool(sample.boxes)
+
+
 def recolour(sample: Sample, image: Image.Image, rng: np.random.Generator) -> tuple[Sample, Image.Image] | None:
     """Recolour the queried object(s) to another palette colour and update the answer; None when not applicable."""
     old = sample.answer.strip().lower()
-    if (sample.question_type or "").lower() not in COLOUR_QUESTION_TYPES or old not in PALETTE or not sample.boxes:
+    if not _recolourable(sample):
         return None
     pixels = np.asarray(image.convert("RGB"), dtype=np.int16).copy()
     sx, sy = _scale_to_image(sample, image)
@@ -209,29 +214,61 @@ def nearest_palette_mask(pixels: np.ndarray, colour: str) -> np.ndarray:
 # ------------------------------------------------------------------ the augmenter
 
 
+@dataclass(frozen=True)
+class EditPlan:
+    """Which edits a variant makes (each only where the sample allows it)."""
+
+    cutout: bool
+    recolour: bool
+    pair: bool
+
+    @property
+    def changes_anything(self) -> bool:
+        return self.cutout or self.recolour or self.pair
+
+
 @dataclass
 class CDAugmenter:
-    """Applies the edits with the configured probabilities; deterministic per (seed, epoch, index)."""
+    """Applies the edits with the configured probabilities.
+
+    Each sample has ``variants`` fixed augmented versions, decided by (seed, sample id, variant);
+    a draw (epoch, index) picks one of them. A variant is therefore the same image every time it
+    is drawn, which is what lets a feature cache compute its visual features once and reuse them.
+    """
 
     seed: int = 0
     pair_prob: float = 0.5
     cutout_prob: float = 0.3
     max_cutout: int = 2
     attribute_prob: float = 0.3
+    variants: int = 4
 
-    def __call__(
-        self, sample: Sample, image: Image.Image, epoch: int, index: int
-    ) -> tuple[Sample, Image.Image, View | None]:
-        """Return the (possibly edited) sample and image, and a local view to pair with it (or None)."""
-        rng = sample_rng(self.seed, epoch, index)
-        # draw every decision up front so one edit's applicability never shifts another's randomness
-        do_cutout, do_recolour, do_pair = rng.random(3) < (self.cutout_prob, self.attribute_prob, self.pair_prob)
-        if do_cutout:
+    def variant(self, epoch: int, index: int) -> int:
+        """The variant drawn at (epoch, index): independent of order and process count."""
+        return int(sample_rng(self.seed, epoch, index).integers(self.variants))
+
+    def _rng(self, sample: Sample, variant: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, zlib.crc32(sample.id.encode("utf-8")), variant])
+
+    def plan(self, sample: Sample, variant: int) -> EditPlan:
+        """The edits of ``variant``, known from the sample alone (no pixels)."""
+        do_cutout, do_recolour, do_pair = self._rng(sample, variant).random(3) < (self.cutout_prob, self.attribute_prob, self.pair_prob)
+        return EditPlan(bool(do_cutout and _count_kind(sample) is not None), bool(do_recolour and _recolourable(sample)), bool(do_pair))
+
+    def apply(self, sample: Sample, image: Image.Image, variant: int) -> tuple[Sample, Image.Image, View | None]:
+        """The (possibly edited) sample and image of ``variant``, and a local view to pair with it (or None)."""
+        rng = self._rng(sample, variant)
+        rng.random(3)  # the plan's draws: every decision is drawn up front, so one edit never shifts another's randomness
+        plan = self.plan(sample, variant)
+        if plan.cutout:
             sample, image = count_cutout(sample, image, rng, self.max_cutout) or (sample, image)
-        if do_recolour:
+        if plan.recolour:
             sample, image = recolour(sample, image, rng) or (sample, image)
-        view = local_view(sample, image, rng) if do_pair else None
+        view = local_view(sample, image, rng) if plan.pair else None
         return sample, image, view
+
+    def __call__(self, sample: Sample, image: Image.Image, epoch: int, index: int) -> tuple[Sample, Image.Image, View | None]:
+        return self.apply(sample, image, self.variant(epoch, index))
 
 
 # ------------------------------------------------------------------ helpers

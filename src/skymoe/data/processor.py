@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from skymoe.data.boxes import canonical_to_loc, loc_to_canonical
 from skymoe.data.schema import Sample, SkyMoEDataError, Turn
-from skymoe.data.tokenizer import special_token_ids
+from skymoe.data.tokenizer import has_location_tokens, special_token_ids
 
 if TYPE_CHECKING:  # torch is imported lazily: building a processor must not load it
     import torch
@@ -46,16 +47,22 @@ class SkyMoEProcessor:
         num_image_tokens: int = 49,
         num_route_tokens: int = 0,
         max_length: int | None = None,
+        blind: bool = False,
     ):
         self.tokenizer = tokenizer
         self.image = ImageSettings(int(image_size), tuple(image_mean), tuple(image_std))
         self.num_image_tokens = int(num_image_tokens)
         self.num_route_tokens = int(num_route_tokens)
         self.max_length = max_length
+        # The blind control: every image becomes one constant image (the normalisation mean, so 0 after
+        # normalising). A model trained and evaluated with it shows what the text alone gives.
+        self.blind = bool(blind)
         self.ids = special_token_ids(tokenizer)
+        # A tokenizer with location tokens: boxes are written with them (in) and read back as canonical text (out).
+        self.location_tokens = has_location_tokens(tokenizer)
 
     @classmethod
-    def from_model_config(cls, config, tokenizer, max_length: int | None = None) -> "SkyMoEProcessor":
+    def from_model_config(cls, config, tokenizer, max_length: int | None = None, blind: bool = False) -> "SkyMoEProcessor":
         """The processor that matches a ``SkyMoEConfig`` (image size/normalisation, token counts)."""
         return cls(
             tokenizer,
@@ -65,6 +72,7 @@ class SkyMoEProcessor:
             num_image_tokens=config.num_image_tokens,
             num_route_tokens=config.num_route_tokens,
             max_length=max_length,
+            blind=blind,
         )
 
     # ---- images ---------------------------------------------------------------------------------
@@ -80,6 +88,9 @@ class SkyMoEProcessor:
         for image in images:
             if not isinstance(image, Image.Image):
                 raise TypeError(f"expected a PIL image, got {type(image).__name__}; load it with skymoe.data.imagery.load_image")
+            if self.blind:
+                arrays.append(np.zeros((3, size, size), dtype=np.float32))
+                continue
             image = image.convert("RGB").resize((size, size), Image.BICUBIC)
             array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
             arrays.append((array - mean) / std)
@@ -87,6 +98,8 @@ class SkyMoEProcessor:
 
     # ---- text -----------------------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
+        if self.location_tokens:
+            text = canonical_to_loc(text)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _prefix(self) -> list[int]:
@@ -141,8 +154,9 @@ class SkyMoEProcessor:
         return prefix + history_ids + user_ids, [0] * len(prefix) + history_mask + user_mask
 
     # ---- batches --------------------------------------------------------------------------------
-    def pad(self, features: list[dict], pixel_values, *, padding_side: str = "right") -> dict:
-        """Pad encoded features into a batch dict of tensors."""
+    def pad(self, features: list[dict], pixel_values=None, *, padding_side: str = "right", image_key: str = "pixel_values") -> dict:
+        """Pad encoded features into a batch dict of tensors; the image tensor goes under ``image_key``
+        (``vision_features`` for cached tower outputs)."""
         import torch
 
         length = max(len(f["input_ids"]) for f in features)
@@ -160,8 +174,9 @@ class SkyMoEProcessor:
             "input_ids": padded("input_ids", self.ids["pad"]),
             "attention_mask": padded("attention_mask", 0),
             "instruction_mask": padded("instruction_mask", 0),
-            "pixel_values": pixel_values,
         }
+        if pixel_values is not None:
+            batch[image_key] = pixel_values
         if "labels" in features[0]:
             batch["labels"] = padded("labels", IGNORE_INDEX)
         for key in ("task_label", "granularity_label"):
@@ -193,6 +208,8 @@ class SkyMoEProcessor:
     def decode(self, token_ids) -> list[str]:
         """Generated ids (the new tokens only, or whole sequences) -> stripped answer strings."""
         texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        if self.location_tokens:
+            texts = [loc_to_canonical(t) for t in texts]
         return [t.strip() for t in texts]
 
     # ---- persistence ----------------------------------------------------------------------------
@@ -202,6 +219,7 @@ class SkyMoEProcessor:
             "num_image_tokens": self.num_image_tokens,
             "num_route_tokens": self.num_route_tokens,
             "max_length": self.max_length,
+            "blind": self.blind,
         }
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -20,16 +20,21 @@ SPECIAL_TOKENS = {
 EXTRA_TOKENS = [SPECIAL_TOKENS["image"], SPECIAL_TOKENS["route"]]
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 4000, location_tokens: bool = True):
     """Train a byte-level BPE on ``texts``; lower-cased, every digit its own token.
 
-    Splitting digits keeps numbers and box coordinates (``[12, 40, 57, 88]``)
-    compositional instead of memorising each number as one token.
+    Splitting digits keeps numbers compositional instead of memorising each
+    number as one token. With ``location_tokens`` the 101 box location tokens
+    (:data:`skymoe.data.boxes.LOC_TOKENS`) are added whole, and the processor writes
+    every canonical box as four of them.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    texts = [t for t in texts if t]
+    from skymoe.data.boxes import strip_boxes
+
+    # boxes become location tokens in the processor: BPE merges spent on their digits would be wasted
+    texts = [strip_boxes(t) if location_tokens else t for t in texts if t]
     if not texts:
         raise ValueError("build_tokenizer needs at least one non-empty training text")
     special = [SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")] + EXTRA_TOKENS
@@ -46,7 +51,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=SPECIAL_TOKENS["bos"],
         eos_token=SPECIAL_TOKENS["eos"],
@@ -54,13 +59,33 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
         pad_token=SPECIAL_TOKENS["pad"],
         extra_special_tokens=EXTRA_TOKENS,
     )
+    if location_tokens:
+        add_location_tokens(fast)
+    return fast
 
 
-def add_skymoe_tokens(tokenizer):
+def add_location_tokens(tokenizer):
+    """Add the 101 box location tokens whole, as ordinary (decoded, never skipped) tokens; in place."""
+    from skymoe.data.boxes import LOC_TOKENS
+
+    missing = [t for t in LOC_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=False)
+    return tokenizer
+
+
+def has_location_tokens(tokenizer) -> bool:
+    from skymoe.data.boxes import LOC_TOKENS
+
+    vocab = tokenizer.get_vocab()
+    return all(t in vocab for t in LOC_TOKENS)
+
+
+def add_skymoe_tokens(tokenizer, location_tokens: bool = True):
     """Add what SkyMoE needs to an existing HF tokenizer (GPT-2, Llama, Qwen, ...), in place.
 
-    Keeps the tokenizer's own bos/eos (adding ours only where missing), adds a pad token where it has none and the
-    ``<image>``/``<route>`` placeholders. Returns the tokenizer; resize the LLM's
+    Keeps the tokenizer's own bos/eos (adding ours only where missing), adds a pad token where it has none, the
+    ``<image>``/``<route>`` placeholders and (``location_tokens``) the box location tokens. Returns the tokenizer; resize the LLM's
     embeddings to ``len(tokenizer)`` afterwards (``build_model(config, tokenizer=...)`` does).
     """
     roles = {}
@@ -71,7 +96,7 @@ def add_skymoe_tokens(tokenizer):
     missing = [t for t in EXTRA_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
-    return tokenizer
+    return add_location_tokens(tokenizer) if location_tokens else tokenizer
 
 
 def gpt2_tokenizer():

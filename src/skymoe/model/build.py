@@ -6,6 +6,7 @@ from transformers import AutoConfig
 from dataclasses import asdict
 
 from skymoe.model.configuration import EfficientNetLiteConfig, SkyMoEConfig, resolve_settings
+from skymoe.model.location import init_location_embeddings
 from skymoe.model.projector import count_visual_tokens
 from skymoe.model.vision import count_patch_tokens
 
@@ -147,8 +148,11 @@ def build_model(config: SkyMoEConfig, tokenizer=None):
         if config.moe["num_experts"] and config.moe["expert_type"] == "ffn":
             raise ValueError("FFN experts are copies of a dense FFN: build the dense model, then upcycle it")
         load_language_model(model, config.text_pretrained)
-    if tokenizer is not None and len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
-        model.language_model.resize_token_embeddings(len(tokenizer))
+    if tokenizer is not None:
+        if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
+            model.language_model.resize_token_embeddings(len(tokenizer))
+        if model.config.text_config.hidden_size % 4 == 0:  # the coordinate code's layout (skymoe.model.location)
+            init_location_embeddings(model.language_model, tokenizer)
     return model
 
 

@@ -20,6 +20,8 @@ class ProjectorSettings:
     num_layers: int = 2  # resampler blocks
     num_heads: int = 4
     instruction_aware: bool = False  # resampler queries also attend to the instruction (InstructBLIP)
+    norm: bool = False  # LayerNorm on the tower's features first (mid-level CNN maps are not normalised)
+    position_code: bool = False  # mlp2x_gelu: add each token's grid-centre code (skymoe.model.location)
 
 
 @dataclass
@@ -61,6 +63,8 @@ def resolve_settings(name: str, value: dict | None):
     for (section, key), options in CHOICES.items():
         if section == name and getattr(settings, key) not in options:
             raise ValueError(f"{name}.{key} = {getattr(settings, key)!r}; expected one of {list(options)}")
+    if name == "projector" and settings.position_code and settings.type != "mlp2x_gelu":
+        raise ValueError(f"projector.position_code needs type mlp2x_gelu (one token per grid cell), got {settings.type!r}")
     return settings
 
 
@@ -136,6 +140,18 @@ class EfficientNetLiteConfig(PreTrainedConfig):
 
     variant: str = "efficientnet-lite0"
     patch_size: int = 32  # output stride: one visual token per 32x32 pixels
+    # Multi-scale features: the last block at each of these output strides, finer maps folded into
+    # channels (space-to-depth) on the grid of the coarsest; None = the head (or last block, see the tower).
+    feature_strides: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.feature_strides:
+            strides = sorted({int(s) for s in self.feature_strides})
+            if any(s not in (2, 4, 8, 16, 32) for s in strides):
+                raise ValueError(f"feature_strides {self.feature_strides}: each must be one of 2, 4, 8, 16, 32")
+            self.feature_strides = strides
+            self.patch_size = strides[-1]  # one visual token per cell of the coarsest map
 
 
 AutoConfig.register(EfficientNetLiteConfig.model_type, EfficientNetLiteConfig)

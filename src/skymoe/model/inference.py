@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
+from skymoe.data.boxes import hold_back_partial_box
 from skymoe.data.processor import PROCESSOR_CONFIG, SkyMoEProcessor
 from skymoe.data.schema import GRANULARITIES, TASKS, Routing, SkyMoEDataError
 
@@ -91,8 +92,9 @@ class BatchTextStreamer(BaseStreamer):
             return
         step = value.reshape(-1, 1).cpu()
         self.tokens = step if self.tokens is None else torch.cat([self.tokens, step], dim=1)
-        # A trailing U+FFFD is a character whose bytes are still arriving: hold it back.
-        self._send([text.rstrip("\ufffd") for text in self.processor.decode(self.tokens)])
+        # A trailing U+FFFD is a character whose bytes are still arriving, trailing location tokens a box
+        # not yet whole (it is sent as canonical text once complete): hold them back.
+        self._send([hold_back_partial_box(text.rstrip("\ufffd")) for text in self.processor.decode(self.tokens)])
 
     def end(self) -> None:
         if self.tokens is not None:

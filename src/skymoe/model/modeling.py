@@ -134,9 +134,11 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         return groups
 
     # ---- pieces of the forward ------------------------------------------------------------------
-    def get_image_features(self, pixel_values, instruction_embeds=None, instruction_mask=None) -> torch.Tensor:
-        features = self.vision_tower(pixel_values.to(self.dtype))
-        return self.projector(features, instruction_embeds, instruction_mask)
+    def get_image_features(self, pixel_values=None, instruction_embeds=None, instruction_mask=None, vision_features=None) -> torch.Tensor:
+        """Visual tokens [B, N, D]; ``vision_features`` (the tower's output, e.g. from a feature cache) skips the tower."""
+        if vision_features is None:
+            vision_features = self.vision_tower(pixel_values.to(self.dtype))
+        return self.projector(vision_features.to(self.dtype), instruction_embeds, instruction_mask)
 
     def _scatter(self, embeds, input_ids, token_id, values, what: str):
         mask = input_ids == token_id
@@ -162,6 +164,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        vision_features: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         instruction_mask: torch.Tensor | None = None,
         task_labels: torch.LongTensor | None = None,
@@ -177,8 +180,9 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         embeds = self.get_input_embeddings()(input_ids)
         instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
         image_tokens = None
-        if pixel_values is not None and (input_ids == self.config.image_token_id).any():
-            image_tokens = self.get_image_features(pixel_values, embeds, instruction_mask)
+        has_image = pixel_values is not None or vision_features is not None
+        if has_image and (input_ids == self.config.image_token_id).any():
+            image_tokens = self.get_image_features(pixel_values, embeds, instruction_mask, vision_features)
             embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
 
         router_out = None

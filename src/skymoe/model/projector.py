@@ -1,21 +1,44 @@
 """Projectors from vision features to LLM-sized visual tokens: LLaVA's mlp2x_gelu and a Q-Former-style resampler."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from skymoe.model.configuration import ProjectorSettings
+from skymoe.model.location import grid_code
 
 
 class MLPProjector(nn.Module):
-    """LLaVA-1.5 ``mlp2x_gelu``: one visual token per patch."""
+    """LLaVA-1.5 ``mlp2x_gelu``: one visual token per patch.
 
-    def __init__(self, vision_size: int, text_size: int):
+    Options: ``norm`` (LayerNorm on the features first) and ``position_code`` (the code of each
+    token's centre on its square grid is added, see :mod:`skymoe.model.location`).
+    """
+
+    def __init__(self, vision_size: int, text_size: int, settings: ProjectorSettings | None = None):
         super().__init__()
+        settings = settings or ProjectorSettings()
+        self.norm = nn.LayerNorm(vision_size) if settings.norm else None
         self.net = nn.Sequential(nn.Linear(vision_size, text_size), nn.GELU(), nn.Linear(text_size, text_size))
+        self.position_code = settings.position_code
+        self._codes: dict[tuple, torch.Tensor] = {}  # (tokens, device, dtype) -> code; derived, never saved
 
     def forward(self, features: torch.Tensor, instruction=None, instruction_mask=None) -> torch.Tensor:
-        return self.net(features)
+        tokens = self.net(self.norm(features) if self.norm is not None else features)
+        if self.position_code:
+            tokens = tokens + self._code(tokens)
+        return tokens
+
+    def _code(self, tokens: torch.Tensor) -> torch.Tensor:
+        key = (tokens.shape[1], tokens.device, tokens.dtype)
+        if key not in self._codes:
+            grid = math.isqrt(tokens.shape[1])
+            if grid * grid != tokens.shape[1]:
+                raise ValueError(f"position_code needs a square grid of visual tokens, got {tokens.shape[1]}")
+            self._codes[key] = grid_code(grid, tokens.shape[-1]).to(tokens.device, tokens.dtype)
+        return self._codes[key]
 
 
 class ResamplerBlock(nn.Module):
@@ -56,6 +79,7 @@ class ResamplerProjector(nn.Module):
     def __init__(self, vision_size: int, text_size: int, settings: ProjectorSettings):
         super().__init__()
         self.instruction_aware = settings.instruction_aware
+        self.norm = nn.LayerNorm(vision_size) if settings.norm else None
         self.queries = nn.Parameter(torch.randn(settings.num_queries, text_size) * 0.02)
         self.image_in = nn.Linear(vision_size, text_size)
         self.blocks = nn.ModuleList(ResamplerBlock(text_size, settings.num_heads) for _ in range(settings.num_layers))
@@ -63,7 +87,7 @@ class ResamplerProjector(nn.Module):
         self.out = nn.Linear(text_size, text_size)
 
     def forward(self, features, instruction=None, instruction_mask=None) -> torch.Tensor:
-        image = self.image_in(features)
+        image = self.image_in(self.norm(features) if self.norm is not None else features)
         queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
         context = padding = None
         if self.instruction_aware:
@@ -77,7 +101,7 @@ class ResamplerProjector(nn.Module):
 
 def build_projector(settings: ProjectorSettings, vision_size: int, text_size: int) -> nn.Module:
     if settings.type == "mlp2x_gelu":
-        return MLPProjector(vision_size, text_size)
+        return MLPProjector(vision_size, text_size, settings)
     return ResamplerProjector(vision_size, text_size, settings)
 
 

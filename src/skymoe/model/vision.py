@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from skymoe.model.configuration import EfficientNetLiteConfig
@@ -48,9 +49,15 @@ class HFVisionTower(nn.Module):
 
 
 class EfficientNetLiteTower(nn.Module):
-    """EfficientNet-Lite feature map [B, C, H/32, W/32] flattened to tokens [B, H*W/1024, C].
+    """EfficientNet-Lite feature map [B, C, H/s, W/s] flattened to tokens [B, H*W/s², C].
 
-    ``feature_layer`` -1 takes the 1280-channel head convolution, -2 the last MBConv block (320 ch).
+    ``feature_layer`` -1 takes the 1280-channel head convolution, -2 the last MBConv block (320 ch),
+    both at stride 32. ``config.feature_strides`` (e.g. [8, 16]) takes instead the last block at
+    each stride and folds the finer maps into channels on the coarsest grid (space-to-depth): at
+    128 px, [8, 16] gives 8x8 tokens of 4x40 + 112 = 272 channels. ImageNet head features at stride
+    32 are too coarse to locate 10-px objects; mid-level maps keep where things are, and folding
+    keeps the token count (the LLM's cost) at the coarse grid's. Blocks after the coarsest stride
+    are not built.
     """
 
     def __init__(self, config: EfficientNetLiteConfig, feature_layer: int = -1, image_size: int = 224):
@@ -69,23 +76,57 @@ class EfficientNetLiteTower(nn.Module):
         del self.model._fc
         self.feature_layer = feature_layer
         self.patch_size = config.patch_size
-        head = self.model._conv_head
-        self.hidden_size = head.out_channels if feature_layer == -1 else head.in_channels
+        self.num_blocks = len(self.model._blocks)  # drop-connect rates are set by the full depth
+        self.taps = _stride_taps(self.model, config.feature_strides)  # block index -> its stride
+        if self.taps:
+            last = max(self.taps)
+            del self.model._blocks[last + 1 :], self.model._conv_head, self.model._bn1
+            coarsest = max(self.taps.values())
+            self.hidden_size = sum(
+                self.model._blocks[i]._block_args.output_filters * (coarsest // s) ** 2 for i, s in self.taps.items()
+            )
+        else:
+            head = self.model._conv_head
+            self.hidden_size = head.out_channels if feature_layer == -1 else head.in_channels
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         m = self.model
         x = m._swish(m._bn0(m._conv_stem(pixel_values)))
+        maps = []
         for index, block in enumerate(m._blocks):
             rate = m._global_params.drop_connect_rate
-            x = block(x, drop_connect_rate=rate * index / len(m._blocks) if rate else None)
-        if self.feature_layer == -1:
+            x = block(x, drop_connect_rate=rate * index / self.num_blocks if rate else None)
+            if index in self.taps:
+                maps.append(x)
+        if self.taps:
+            grid = maps[-1].shape[-1]
+            x = torch.cat([F.pixel_unshuffle(f, f.shape[-1] // grid) if f.shape[-1] > grid else f for f in maps], dim=1)
+        elif self.feature_layer == -1:
             x = m._swish(m._bn1(m._conv_head(x)))
         return x.flatten(2).transpose(1, 2)
 
     def load_pretrained(self, path: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        self.model.load_state_dict(state)
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise ValueError(f"{path}: EfficientNet-Lite weights lack {missing[:3]} ({len(missing)} tensors)")
+        self.model.load_state_dict({k: v for k, v in state.items() if k in own})
+
+
+def _stride_taps(model, strides: list[int] | None) -> dict[int, int]:
+    """{index of the last block at each wanted output stride: that stride} ({} without ``strides``)."""
+    if not strides:
+        return {}
+    stride, last_at = 2, {}  # the stem convolution halves the input
+    for index, block in enumerate(model._blocks):
+        step = block._block_args.stride
+        stride *= int(step[0] if isinstance(step, (list, tuple)) else step)
+        last_at[stride] = index
+    missing = [s for s in strides if s not in last_at]
+    if missing:
+        raise ValueError(f"feature_strides {missing} not produced by this EfficientNet (strides {sorted(last_at)})")
+    return {last_at[s]: s for s in strides}
 
 
 def build_vision_tower(config, feature_layer: int = -1, image_size: int = 224) -> nn.Module:

@@ -1,6 +1,8 @@
 """Training data: the weighted dataset mix, a resumable deterministic sampler, CDA and collation."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,8 +11,9 @@ from torch.utils.data import Dataset, Sampler
 
 from skymoe.config import CDASection, DataSection
 from skymoe.data.cda import CDAugmenter, view_sample
+from skymoe.data.feature_cache import Produced, ViewRequest, image_request
 from skymoe.data.readers import Collector, SampleList
-from skymoe.data.schema import Sample, SkyMoEDataError, json_lines, sample_from_line
+from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, json_lines, sample_from_line
 
 
 @dataclass
@@ -88,49 +91,105 @@ class MixSampler(Sampler):
             yield self.epoch, draw, int(index)
 
 
-class TrainDataset(Dataset):
-    """Items are (sample, image, local view or None) after CDA; indexed by the MixSampler's triples."""
+@dataclass
+class TrainItem:
+    """One draw: the sample, the request for its image view, and the request for a paired local view (CDA)."""
 
-    def __init__(self, parts: list[MixPart], cda: CDASection, seed: int, image_loader):
+    sample: Sample
+    request: ViewRequest
+    view: ViewRequest | None = None
+
+
+class TrainDataset(Dataset):
+    """Items are :class:`TrainItem` s, indexed by the MixSampler's triples. Nothing is decoded here:
+    a view's pixels are made only when the collator's source has no features for it."""
+
+    def __init__(self, parts: list[MixPart], cda: CDASection, seed: int, image_loader, blind: bool = False):
         self.samples = [s for part in parts for s in part.samples]
         self.image_loader = image_loader
+        self.blind = blind
         self.augment = (
-            CDAugmenter(seed, cda.pair_prob, cda.cutout_prob, cda.max_cutout, cda.attribute_prob) if cda.enabled else None
+            CDAugmenter(seed, cda.pair_prob, cda.cutout_prob, cda.max_cutout, cda.attribute_prob, cda.variants)
+            if cda.enabled and not blind
+            else None
         )
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int, int]):
+    def __getitem__(self, key: tuple[int, int, int]) -> TrainItem:
         epoch, draw, index = key
         sample = self.samples[index]
-        image = self.image_loader(sample.image)
+        plain = image_request(sample.image, self.image_loader, blind=self.blind)
         if self.augment is None:
-            return sample, image, None
-        return self.augment(sample, image, epoch, draw)
+            return TrainItem(sample, plain)
+        variant = self.augment.variant(epoch, draw)
+        plan = self.augment.plan(sample, variant)
+        if not plan.changes_anything:
+            return TrainItem(sample, plain)
+        return _variant_item(self.augment, sample, variant, plain, self.image_loader, plan.pair)
+
+
+def _variant_item(augment: CDAugmenter, sample: Sample, variant: int, plain: ViewRequest, image_loader, paired: bool) -> TrainItem:
+    """The item of one CDA variant: the edited image (its edited sample kept with its features) and its local view."""
+    # The key names everything the variant depends on: the image's content, the augmenter's settings and the
+    # sample itself (an edited answer or box in the data is a new key, never the old edit).
+    settings = (augment.seed, variant, augment.pair_prob, augment.cutout_prob, augment.max_cutout, augment.attribute_prob)
+    record = {k: v for k, v in sample.to_dict().items() if k != "image"}
+    digest = hashlib.sha1(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
+    key = f"{plain.key.split('|')[0]}|cda:{':'.join(map(str, settings))}:{digest}"
+    made: list = []
+
+    def apply():  # once per item, whichever of the two requests misses first
+        if not made:
+            made.append(augment.apply(sample, image_loader(sample.image), variant))
+        return made[0]
+
+    def produce_image() -> Produced:
+        edited, image, view = apply()
+        return Produced(image, {"sample": edited.to_dict()})
+
+    def produce_view() -> Produced:
+        view = apply()[2]
+        return Produced(view.image, {"granularity": view.granularity.value, "size": list(view.image.size)})
+
+    view = ViewRequest(key + "|view", produce_view) if paired else None
+    return TrainItem(sample, ViewRequest(key, produce_image), view)
+
+
+def _edited(sample: Sample, meta: dict) -> Sample:
+    """The sample as its CDA variant edited it (kept with the variant's features), else the sample itself."""
+    if "sample" not in meta:
+        return sample
+    edited = Sample.from_dict(meta["sample"])
+    edited.image = sample.image  # the file may have moved since the entry was written; its content has not
+    return edited
 
 
 class TrainCollator:
-    """Processor collation plus the CDA local views appended as extra rows.
+    """Batches of items through a feature source (cached tower features, or pixels), plus CDA local views as extra rows.
 
     View rows carry only a granularity label: their answers are not
     supervised (labels -100) and their task is unknown (-100); ``cda_view``
     marks them so that metrics count real samples only.
     """
 
-    def __init__(self, processor):
+    def __init__(self, processor, source):
         self.processor = processor
+        self.source = source
 
-    def __call__(self, items) -> dict:
-        samples = [s for s, _, _ in items]
-        images = [im for _, im, _ in items]
-        views = [(s, v) for s, _, v in items if v is not None]
-        all_samples = samples + [view_sample(s, v) for s, v in views]
-        all_images = images + [v.image for _, v in views]
-        batch = self.processor.collate(all_samples, all_images)
+    def __call__(self, items: list[TrainItem]) -> dict:
+        entries = self.source.get([item.request for item in items])
+        samples = [_edited(item.sample, e.meta) for item, e in zip(items, entries)]
+        paired = [(item, s) for item, s in zip(items, samples) if item.view is not None]
+        view_entries = self.source.get([item.view for item, _ in paired])
+        view_samples = [view_sample(s, Granularity(e.meta["granularity"]), tuple(e.meta["size"])) for (_, s), e in zip(paired, view_entries)]
+        all_samples = samples + view_samples
+        tensors = torch.stack([e.tensor for e in entries + view_entries])
+        batch = self.processor.pad([self.processor.encode(s) for s in all_samples], tensors, image_key=self.source.batch_key)
         is_view = torch.zeros(len(all_samples), dtype=torch.bool)
         is_view[len(samples) :] = True
-        if views:
+        if view_samples:
             batch["labels"][is_view] = -100
             batch["task_labels"][is_view] = -100
         batch["cda_view"] = is_view

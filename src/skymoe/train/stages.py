@@ -71,6 +71,9 @@ def build(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | None):
     if cfg.stage == 1:
         return _build_stage1(cfg, parts, resume_from)
     dense, processor = load_stage1_output(cfg.model.init_from)
+    if cfg.data.blind != processor.blind:
+        raise ConfigError(f"'data.blind' is {cfg.data.blind} but the stage-1 model in {cfg.model.init_from} was trained "
+                          f"with blind={processor.blind}; stage 2 keeps the stage-1 setting: set data.blind: {processor.blind}")
     check_moe_layers(cfg.model.moe_layers, dense.config.text_config.num_hidden_layers)
     return dense, processor
 
@@ -101,7 +104,7 @@ def _build_stage1(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | No
     else:
         tokenizer = add_skymoe_tokens(AutoTokenizer.from_pretrained(pretrained_llm_folder(cfg.model.llm)))
     model = build_model(model_config(cfg, tokenizer), tokenizer=tokenizer)
-    processor = SkyMoEProcessor.from_model_config(model.config, tokenizer, max_length=cfg.data.max_length)
+    processor = SkyMoEProcessor.from_model_config(model.config, tokenizer, max_length=cfg.data.max_length, blind=cfg.data.blind)
     return model, processor
 
 

@@ -177,15 +177,17 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> _Run:
 
     from skymoe.data.imagery import load_image
     from skymoe.model.build import enable_activation_checkpointing
+    from skymoe.model.feature_source import feature_source
     from skymoe.train import stages
     from skymoe.train.data import MixSampler, TrainCollator, TrainDataset, load_mix
 
     parts = load_mix(cfg.data)
     model, processor = stages.build(cfg, parts, resume_from)
     parts = stages.check_samples(parts, processor, cfg.data.on_error, load_image)
-    dataset = TrainDataset(parts, cfg.cda, cfg.seed, load_image)
+    dataset = TrainDataset(parts, cfg.cda, cfg.seed, load_image, blind=processor.blind)
     sampler = MixSampler([len(p.samples) for p in parts], [p.weight for p in parts], cfg.seed)
-    collator = TrainCollator(processor)
+    source = feature_source(model, processor, cache=cfg.data.feature_cache, device=accelerator.device, root=cfg.data.feature_cache_dir)
+    collator = TrainCollator(processor, source)
     if cfg.stage == 2:
         check_batch = collator([dataset[(0, i, i)] for i in range(min(2, len(dataset)))])
         model = stages.upcycle_checked(model, cfg, check_batch)

@@ -1,0 +1,55 @@
+"""Where a batch's visual input comes from: the frozen tower's cached features, or pixels.
+
+:func:`feature_source` binds :class:`skymoe.data.feature_cache.FeatureCache` to a
+model's frozen tower and its processor (the cache's namespace is their
+fingerprint), or returns a :class:`~skymoe.data.feature_cache.PixelSource` when
+the tower trains or caching is off.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+import torch
+
+from skymoe.data.feature_cache import FeatureCache, PixelSource
+
+CACHE_FORMAT = 1  # bump when what a tower's features are changes without the fingerprint seeing it
+
+
+def tower_fingerprint(model, processor) -> str:
+    """SHA-1 (20 hex) of what the tower's output depends on: its config, layer, weights, input size, normalisation."""
+    h = hashlib.sha1()
+    settings = {
+        "format": CACHE_FORMAT,
+        "tower": type(model.vision_tower).__name__,
+        "vision_config": model.config.vision_config.to_dict(),
+        "feature_layer": model.config.vision_feature_layer,
+        "image": processor.to_dict() | {"max_length": None, "num_route_tokens": None, "blind": None},
+        "dtype": str(model.dtype),
+    }
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.vision_tower.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def feature_source(model, processor, *, cache: bool = True, device=None, **cache_kwargs):
+    """A FeatureCache over the model's frozen tower (a private frozen copy, so that wrapping or sharding the
+    model for training never touches it), or a PixelSource when the tower trains or ``cache`` is False."""
+    frozen = not any(p.requires_grad for p in model.vision_tower.parameters())
+    if not (cache and frozen and model.config.freeze_vision):
+        return PixelSource(processor.preprocess_images)
+    tower = copy.deepcopy(model.vision_tower).eval().requires_grad_(False)
+    device = device if device is not None else next(model.parameters()).device
+    tower.to(device)
+    dtype = model.dtype
+
+    def encode(images) -> torch.Tensor:
+        pixels = processor.preprocess_images(images).to(device, dtype)
+        with torch.no_grad():
+            return tower(pixels)
+
+    return FeatureCache(encode, tower_fingerprint(model, processor), **cache_kwargs)
