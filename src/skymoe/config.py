@@ -79,6 +79,8 @@ class DatasetSpec:
     # samples drawn per epoch = round(weight * len(dataset)); 2.0 = twice through, 0.5 = half
     weight: float = 1.0
     limit: int | None = None
+    # "task": the entry's draws are shared equally by its tasks (a VQA-heavy set still teaches grounding)
+    balance: str | None = None
 
 
 @dataclass
@@ -181,6 +183,8 @@ class TrainConfig:
                 raise ConfigError(f"'data.mix[{i}]' needs exactly one of 'name' (embedded dataset) or 'path' (JSONL file)")
             if spec.weight <= 0:
                 raise ConfigError(f"'data.mix[{i}].weight' must be > 0, got {spec.weight}")
+            if spec.balance not in (None, "task"):
+                raise ConfigError(f"'data.mix[{i}].balance' must be null or 'task', got {spec.balance!r}")
         return self
 
     def to_dict(self) -> dict:

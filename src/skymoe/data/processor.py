@@ -190,12 +190,16 @@ class SkyMoEProcessor:
             raise ValueError(f"{len(samples)} samples but {len(images)} images")
         return self.pad([self.encode(s) for s in samples], self.preprocess_images(images))
 
-    def prepare_generation(self, images, prompts, tasks=None) -> dict:
-        """Generation inputs (left padding, no labels). ``tasks`` (Task or str) adds ``task_labels``."""
+    def prepare_generation(self, images, prompts, tasks=None, *, visual=None, visual_key: str = "pixel_values") -> dict:
+        """Generation inputs (left padding, no labels). ``tasks`` (Task or str) adds ``task_labels``.
+
+        ``visual`` (a tensor under ``visual_key``, e.g. cached ``vision_features``) replaces ``images``.
+        """
         from skymoe.data.schema import Task
 
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        count = len(images) if visual is None else visual.shape[0]
+        if count != len(prompts):
+            raise ValueError(f"{count} images but {len(prompts)} prompts")
         features = []
         for i, prompt in enumerate(prompts):
             input_ids, instruction = self._encode_prompt(prompt)
@@ -203,7 +207,8 @@ class SkyMoEProcessor:
             if tasks is not None:
                 feature["task_label"] = Task(tasks[i]).index
             features.append(feature)
-        return self.pad(features, self.preprocess_images(images), padding_side="left")
+        visual = self.preprocess_images(images) if visual is None else visual
+        return self.pad(features, visual, padding_side="left", image_key=visual_key)
 
     def decode(self, token_ids) -> list[str]:
         """Generated ids (the new tokens only, or whole sequences) -> stripped answer strings."""

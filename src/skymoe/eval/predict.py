@@ -1,4 +1,9 @@
-"""Batched greedy generation for evaluation, with the router's decision for every sample."""
+"""Batched greedy generation for evaluation, with the router's decision for every sample.
+
+Samples are generated in batches of one task and question type (answers of a kind have similar
+lengths, and a batch runs until its longest answer ends), and their images come through a feature
+source: the frozen tower's cached features when it has them (:mod:`skymoe.model.feature_source`).
+"""
 from __future__ import annotations
 
 from tqdm.auto import tqdm
@@ -16,26 +21,38 @@ def build_prompt(sample: Sample, suite: Suite) -> list[Turn]:
     return [Turn("user", suite.prompt_for(sample))] + turns[1:]
 
 
-def generate_batch(model, processor, samples: list[Sample], suite: Suite) -> list[Prediction]:
+def generate_batch(model, processor, samples: list[Sample], suite: Suite, source=None) -> list[Prediction]:
+    """Predictions of one batch; ``source`` (a feature cache) defaults to decoding the images here."""
+    from skymoe.data.feature_cache import PixelSource, image_request
     from skymoe.data.imagery import load_image
-    from skymoe.model.inference import greedy_generate, routing_decisions
+    from skymoe.model.inference import generate_with_routing
 
-    images = [load_image(s.image) for s in samples]
-    inputs = processor.prepare_generation(images, [build_prompt(s, suite) for s in samples])
-    decisions = routing_decisions(model, inputs)
-    texts = greedy_generate(model, processor, inputs, suite.generation.max_new_tokens)
+    import torch
+
+    source = source if source is not None else PixelSource(processor.preprocess_images)
+    entries = source.get([image_request(s.image, load_image, blind=processor.blind) for s in samples])
+    visual = torch.stack([e.tensor for e in entries])
+    inputs = processor.prepare_generation(None, [build_prompt(s, suite) for s in samples], visual=visual, visual_key=source.batch_key)
+    texts, decisions = generate_with_routing(model, processor, inputs, suite.generation.max_new_tokens)
     return [
         Prediction.from_sample(s, text, scorer=suite.scorer_for(s.task.value), routing=routing)
         for s, text, routing in zip(samples, texts, decisions)
     ]
 
 
-def generate_predictions(model, processor, samples: list[Sample], suite: Suite, batch_size: int | None = None) -> list[Prediction]:
+def generate_predictions(model, processor, samples: list[Sample], suite: Suite, batch_size: int | None = None,
+                         source=None) -> list[Prediction]:
+    """Predictions in the order of ``samples``; ``source`` defaults to the model's feature cache."""
+    from skymoe.model.feature_source import feature_source
+
+    source = source if source is not None else feature_source(model, processor)
     batch_size = batch_size or suite.generation.batch_size
-    predictions: list[Prediction] = []
+    order = sorted(range(len(samples)), key=lambda i: (samples[i].task.value, samples[i].question_type or "", i))
+    predictions: list[Prediction | None] = [None] * len(samples)
     with tqdm(total=len(samples), desc="eval", unit="sample") as bar:
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            predictions += generate_batch(model, processor, batch, suite)
-            bar.update(len(batch))
-    return predictions
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for i, prediction in zip(chunk, generate_batch(model, processor, [samples[i] for i in chunk], suite, source)):
+                predictions[i] = prediction
+            bar.update(len(chunk))
+    return predictions  # type: ignore[return-value]

@@ -186,11 +186,11 @@ class Pipeline:
         return answers[0] if single else answers
 
     def _generate_batch(self, images, prompts, task: Task, routing: bool, max_new_tokens: int | None, on_text=None) -> list[Answer]:
-        from skymoe.model.inference import greedy_generate, routing_decisions
+        from skymoe.model.inference import generate_with_routing
 
         inputs = self.processor.prepare_generation(images, prompts)
-        decisions = routing_decisions(self.model, inputs) if routing else [None] * len(images)
-        texts = greedy_generate(self.model, self.processor, inputs, max_new_tokens or self.max_new_tokens, on_text)
+        texts, decisions = generate_with_routing(self.model, self.processor, inputs, max_new_tokens or self.max_new_tokens,
+                                                 on_text, routing=routing)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         return [self._answer(t, task, im.size, r, n) for t, im, r, n in zip(texts, images, decisions, lengths)]
 

@@ -114,7 +114,15 @@ def greedy_generate(model, processor, inputs: dict, max_new_tokens: int,
 
     ``on_text(row, text)``, if given, receives each row's answer piece by piece as it grows (see BatchTextStreamer).
     """
+    return generate_with_routing(model, processor, inputs, max_new_tokens, on_text, routing=False)[0]
+
+
+def generate_with_routing(model, processor, inputs: dict, max_new_tokens: int,
+                          on_text: Callable[[int, str], None] | None = None, *,
+                          routing: bool = True) -> tuple[list[str], list[Routing | None]]:
+    """Greedy answers and, with ``routing``, the router's decision per row, read from the one prefill."""
     streamer = BatchTextStreamer(processor, on_text) if on_text is not None else None
+    record: list | None = [] if routing else None
     with torch.no_grad():
         generated = model.generate(
             **inputs,
@@ -123,5 +131,8 @@ def greedy_generate(model, processor, inputs: dict, max_new_tokens: int,
             pad_token_id=processor.ids["pad"],
             eos_token_id=processor.ids["eos"],
             streamer=streamer,
+            **({"routing_record": record} if routing else {}),
         )
-    return processor.decode(generated[:, inputs["input_ids"].shape[1] :])
+    texts = processor.decode(generated[:, inputs["input_ids"].shape[1] :])
+    rows = range(inputs["input_ids"].shape[0])
+    return texts, [routing_of(record[0], i) if record else None for i in rows]

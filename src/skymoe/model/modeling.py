@@ -44,6 +44,15 @@ class SkyMoEOutput(ModelOutput):
     attentions: tuple | None = None
 
 
+@dataclass
+class RoutingReadout:
+    """What the router decided in one pass (the prefill, in generation)."""
+
+    task_logits: torch.Tensor  # [B, T]
+    granularity_logits: torch.Tensor  # [B, G]
+    sample_expert_weights: torch.Tensor | None  # [B, L, E]; None for a dense model
+
+
 class SkyMoEPreTrainedModel(PreTrainedModel):
     config_class = SkyMoEConfig
     base_model_prefix = ""
@@ -175,8 +184,11 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
         output_router_stats: bool = True,
+        routing_record: list | None = None,
         **kwargs,
     ) -> SkyMoEOutput:
+        """``routing_record``: a list that receives this pass's router read-out (:class:`RoutingReadout`) when the
+        router ran; ``generate(..., routing_record=[])`` so returns the prefill's routing without a second prefill."""
         embeds = self.get_input_embeddings()(input_ids)
         instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
         image_tokens = None
@@ -208,9 +220,35 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         records, context.records = context.records, []
-        return self._output(outputs, labels, router_out, routing_embedding, records, task_labels, granularity_labels, input_ids.shape[0])
+        targets = self._targets(labels, logits_to_keep)
+        output = self._output(outputs, targets, router_out, routing_embedding, records, task_labels, granularity_labels, input_ids.shape[0])
+        if routing_record is not None and router_out is not None:
+            routing_record.append(RoutingReadout(output.task_logits, output.granularity_logits, output.sample_expert_weights))
+        return output
 
-    def _output(self, outputs, labels, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size):
+    @staticmethod
+    def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+        """[B, S] bool: the positions whose logits predict a supervised label (for ``logits_to_keep``).
+
+        Training passes it so the output head (a large share of a small LLM's compute) runs on the
+        answer positions only; ``logits`` is then [M, V] for the M kept positions.
+        """
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        return keep
+
+    @staticmethod
+    def _targets(labels, logits_to_keep):
+        """The labels the kept logits predict, flat: next-token labels of every position, or of the kept ones."""
+        if labels is None:
+            return None
+        if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            return labels[:, 1:][logits_to_keep[:, :-1]]
+        if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("with labels, logits_to_keep must be 0 (all positions) or a supervised_positions() mask")
+        return labels[:, 1:].reshape(-1)
+
+    def _output(self, outputs, targets, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size):
         logits = outputs.logits
         aux: dict[str, torch.Tensor] = {}
         weights = {
@@ -223,16 +261,16 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             aux["load_balance"] = routing.load_balance_loss(records, self.num_experts)
             aux["router_z"] = routing.router_z_loss(records)
         if router_out is not None:
-            for name, logits_, targets in (
+            for name, logits_, classes in (
                 ("router_task_ce", router_out.task_logits, task_labels),
                 ("router_granularity_ce", router_out.granularity_logits, granularity_labels),
             ):
-                if targets is not None and bool((targets != IGNORE_INDEX).any()):
-                    aux[name] = F.cross_entropy(logits_.float(), targets, ignore_index=IGNORE_INDEX)
+                if classes is not None and bool((classes != IGNORE_INDEX).any()):
+                    aux[name] = F.cross_entropy(logits_.float(), classes, ignore_index=IGNORE_INDEX)
         lm_loss = loss = None
-        if labels is not None:
-            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-            lm_loss = F.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        if targets is not None:
+            kept = logits if logits.dim() == 2 else logits[:, :-1]  # a supervised_positions() mask flattens them
+            lm_loss = F.cross_entropy(kept.float().reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX)
             loss = lm_loss + sum(weights[name] * value for name, value in aux.items())
         return SkyMoEOutput(
             loss=loss,
@@ -250,10 +288,11 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         )
 
     # ---- generation -----------------------------------------------------------------------------
-    def prepare_inputs_for_generation(self, *args, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        # generate() returns only tokens: the per-step router losses and load statistics would be thrown away.
-        model_inputs["output_router_stats"] = False
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # generate() returns only tokens: gate statistics are kept only for the prefill, and only when a
+        # routing_record asks for the router's read-out.
+        model_inputs["output_router_stats"] = bool(is_first_iteration) and model_inputs.get("routing_record") is not None
         return model_inputs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):

@@ -21,6 +21,16 @@ class MixPart:
     label: str  # dataset name or JSONL path, for messages
     samples: list[Sample]
     weight: float
+    balance: str | None = None  # "task": draws shared equally by the part's tasks
+
+    def groups(self) -> list[list[int]] | None:
+        """Indices of the part's samples per task (in task order) when its draws are task-balanced."""
+        if self.balance != "task":
+            return None
+        by_task: dict[str, list[int]] = {}
+        for i, s in enumerate(self.samples):
+            by_task.setdefault(s.task.value, []).append(i)
+        return [by_task[t] for t in sorted(by_task)]
 
 
 def read_jsonl_part(path: str, on_error: str = "raise") -> SampleList:
@@ -51,7 +61,7 @@ def load_mix(data: DataSection) -> list[MixPart]:
         samples = samples[: spec.limit] if spec.limit is not None else samples
         if not samples:
             raise SkyMoEDataError(f"dataset mix entry {label} has no samples", field="data.mix")
-        parts.append(MixPart(label, samples, spec.weight))
+        parts.append(MixPart(label, samples, spec.weight, spec.balance))
     return parts
 
 
@@ -59,14 +69,17 @@ class MixSampler(Sampler):
     """Yields ``(epoch, draw_index, sample_index)``: a weighted, shuffled epoch fixed by (seed, epoch).
 
     Each part contributes ``round(weight * len(part))`` draws per epoch
-    (``floor(weight)`` full passes plus a random subset). Because an epoch's
+    (``floor(weight)`` full passes plus a random subset). A part with ``groups``
+    (sample indices per task) shares its draws equally among the groups, each
+    cycling through shuffled passes of its own samples. Because an epoch's
     order depends only on the seed and the epoch number, a resumed run that
     skips the batches already seen reproduces the uninterrupted order exactly;
     ``draw_index`` seeds the sample's augmentation.
     """
 
-    def __init__(self, sizes: list[int], weights: list[float], seed: int):
+    def __init__(self, sizes: list[int], weights: list[float], seed: int, groups: list[list[list[int]] | None] | None = None):
         self.sizes, self.weights, self.seed = sizes, weights, seed
+        self.groups = groups or [None] * len(sizes)
         self.offsets = np.cumsum([0, *sizes[:-1]])
         self.epoch = 0
 
@@ -79,11 +92,14 @@ class MixSampler(Sampler):
     def indices(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         draws = []
-        for n, w, offset in zip(self.sizes, self.weights, self.offsets):
+        for n, w, offset, groups in zip(self.sizes, self.weights, self.offsets, self.groups):
             total = int(round(w * n))
-            full, rest = divmod(total, n)
-            picks = [rng.permutation(n) for _ in range(full)] + [rng.permutation(n)[:rest]]
-            draws.append(np.concatenate(picks) + offset)
+            if groups is None:
+                draws.append(_passes(np.arange(n), total, rng) + offset)
+                continue
+            quota = np.full(len(groups), total // len(groups))
+            quota[rng.permutation(len(groups))[: total % len(groups)]] += 1
+            draws += [_passes(np.asarray(g), q, rng) + offset for g, q in zip(groups, quota)]
         return rng.permutation(np.concatenate(draws))
 
     def __iter__(self):
@@ -98,6 +114,12 @@ class TrainItem:
     sample: Sample
     request: ViewRequest
     view: ViewRequest | None = None
+
+
+def _passes(indices: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` draws from ``indices``: whole shuffled passes, then a random part of one more."""
+    full, rest = divmod(count, len(indices))
+    return np.concatenate([indices[rng.permutation(len(indices))] for _ in range(full)] + [indices[rng.permutation(len(indices))[:rest]]])
 
 
 class TrainDataset(Dataset):

@@ -221,5 +221,5 @@ def check_samples(parts: list[MixPart], processor, on_error: str, image_loader) 
             logger.warning("%s: skipped %d of %d samples\n%s", part.label, len(dataset.skipped), len(part.samples), dataset.report())
         if not good:
             raise SkyMoEDataError(f"dataset mix entry {part.label}: every sample was skipped", field="data.mix")
-        checked.append(MixPart(part.label, good, part.weight))
+        checked.append(MixPart(part.label, good, part.weight, part.balance))
     return checked

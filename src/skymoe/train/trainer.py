@@ -185,7 +185,7 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> _Run:
     model, processor = stages.build(cfg, parts, resume_from)
     parts = stages.check_samples(parts, processor, cfg.data.on_error, load_image)
     dataset = TrainDataset(parts, cfg.cda, cfg.seed, load_image, blind=processor.blind)
-    sampler = MixSampler([len(p.samples) for p in parts], [p.weight for p in parts], cfg.seed)
+    sampler = MixSampler([len(p.samples) for p in parts], [p.weight for p in parts], cfg.seed, [p.groups() for p in parts])
     source = feature_source(model, processor, cache=cfg.data.feature_cache, device=accelerator.device, root=cfg.data.feature_cache_dir)
     collator = TrainCollator(processor, source)
     if cfg.stage == 2:
@@ -324,11 +324,17 @@ def _resume_point(checkpoints_dir: Path, resume: bool) -> Path | None:
 def _forward(model, batch: dict, cfg: TrainConfig):
     """One forward pass; returns the loss terms, the output, which rows are CDA views, and the model batch."""
     is_view = batch.pop("cda_view")
-    output = model(**batch)
+    output = model(**batch, logits_to_keep=_supervised_positions(model, batch["labels"]))
     cda = None
     if cfg.stage == 2 and cfg.cda.enabled and output.routing_embedding is not None:
         cda = granularity_info_nce(output.routing_embedding, batch["granularity_labels"], cfg.cda.temperature)
     return loss_terms(output, cfg.loss, cda), output, is_view, batch
+
+
+def _supervised_positions(model, labels):
+    from skymoe.model.modeling import SkyMoEForConditionalGeneration
+
+    return SkyMoEForConditionalGeneration.supervised_positions(labels)
 
 
 def _check_finite(accelerator, terms: dict, position: TrainingPosition) -> dict[str, float]:
