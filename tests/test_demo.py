@@ -8,7 +8,7 @@ from skymoe.demo.splits import build_demo_splits
 
 @pytest.fixture(scope="module")
 def splits(real_assets):
-    return build_demo_splits(seed=0, mgrs_train=50, eval_limit=None)
+    return build_demo_splits(seed=0, mgrs_train=50)
 
 
 def test_unseen_images_never_train(splits):
@@ -31,9 +31,9 @@ def test_unseen_questions_are_of_seen_images_and_withheld(splits):
 
 
 def test_splits_are_deterministic(real_assets):
-    a = build_demo_splits(seed=3, mgrs_train=20, eval_limit=10)
-    b = build_demo_splits(seed=3, mgrs_train=20, eval_limit=10)
-    c = build_demo_splits(seed=4, mgrs_train=20, eval_limit=10)
+    a = build_demo_splits(seed=3, mgrs_train=20, eval_per_task=10, real_eval_limit=10)
+    b = build_demo_splits(seed=3, mgrs_train=20, eval_per_task=10, real_eval_limit=10)
+    c = build_demo_splits(seed=4, mgrs_train=20, eval_per_task=10, real_eval_limit=10)
     ids = lambda s: [x.id for x in s.train + s.unseen_questions + s.unseen_images]  # noqa: E731
     assert ids(a) == ids(b)
     assert ids(a) != ids(c)
@@ -47,11 +47,18 @@ def test_demo_smoke_writes_full_report(tmp_path, real_assets):
     run = json.loads((tmp_path / "demo_run.json").read_text())
     assert run["stage1"]["steps"] == 3 and run["stage2"]["steps"] == 3
     html = (tmp_path / "report.html").read_text()
-    for heading in ("Held-out question answering", "Per task and question type", "Loss curves", "Expert load", "Gallery", "Cost"):
+    for heading in ("Learning controls", "Held-out question answering", "Per task and question type", "Loss curves", "Expert load", "Gallery", "Cost"):
         assert heading in html
-    assert html.count("data:image/png;base64,") == 4  # headline bars, loss curves, routing heatmap, gallery
+    assert html.count("data:image/png;base64,") == 5  # learning controls, headline bars, loss curves, routing heatmap, gallery
     moe = json.loads((tmp_path / "eval_stage2" / "metrics.json").read_text())
     assert moe["routing"]["status"] == "ok"
     groups = set(moe["model"]["by_dataset"])
     assert {"rsvqa_lr/unseen-images", "rsvqa_lr/unseen-questions"} <= groups
     assert (tmp_path / "report.md").read_text().startswith("# SkyMoE demo report")
+    learning = json.loads((tmp_path / "learning.json").read_text())
+    assert set(learning) >= {"mgrs_mini", "rsvqa_lr"}
+    for controls in learning["mgrs_mini"].values():
+        assert set(controls) == {"metric", "n", "prior", "blind", "probe", "dense", "moe", "ci95"}
+        assert controls["n"] == 4  # the smoke budget's held-out samples per task
+    assert learning["mgrs_mini"]["classification"]["probe"] is not None
+    assert learning["mgrs_mini"]["grounding"]["probe"] is None

@@ -99,7 +99,7 @@ def test_add_skymoe_tokens_to_a_gpt2_style_tokenizer():
     assert gpt2_like.pad_token == SPECIAL_TOKENS["pad"]
     assert {ids["image"], ids["route"], ids["pad"]} == set(range(before, before + 3))
     assert gpt2_like("<image> road", add_special_tokens=False)["input_ids"][0] == ids["image"]
-    assert gpt2_like("<loc_7><loc_100>", add_special_tokens=False)["input_ids"] == gpt2_like.convert_tokens_to_ids(["<loc_7>", "<loc_100>"])
+    assert gpt2_like("<x_7><y_100>", add_special_tokens=False)["input_ids"] == gpt2_like.convert_tokens_to_ids(["<x_7>", "<y_100>"])
     add_skymoe_tokens(gpt2_like)  # idempotent
     assert len(gpt2_like) == before + 3 + len(LOC_TOKENS)
 
@@ -151,7 +151,7 @@ def test_multi_turn_supervises_every_answer_only(processor, tokenizer):
     assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == " 17</s> yes</s>"
     instruction = batch["input_ids"][0][batch["instruction_mask"][0].bool()]
     # the box is read as four location tokens, and decoded back to the canonical text
-    assert tokenizer.decode(instruction) == "how many buildings are in <loc_12><loc_40><loc_57><loc_88>?is there a road?"
+    assert tokenizer.decode(instruction) == "how many buildings are in <x_12><y_40><x_57><y_88>?is there a road?"
     assert processor.decode([instruction])[0] == "how many buildings are in [12, 40, 57, 88]?is there a road?"
     assert batch["task_labels"].tolist() == [6] and batch["granularity_labels"].tolist() == [1]
 

@@ -52,7 +52,11 @@ class ModelSection:
     num_kv_heads: int = 2
     intermediate_size: int = 128
     vocab_size: int = 1000
+    # EfficientNet-Lite: tokens from the last block at these output strides (e.g. [8, 16]); null = the head
+    vision_feature_strides: list[int] | None = None
     projector: str = "mlp2x_gelu"
+    projector_norm: bool = False  # LayerNorm on the tower features before the projector
+    position_code: bool = False  # add each visual token's grid-position code (pairs with the box location tokens)
     router_hidden_size: int = 64
     num_route_tokens: int = 2
     # stage 1: "full" trains the whole (small) LLM, "lora" a dense LoRA adapter on the frozen LLM

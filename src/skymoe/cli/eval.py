@@ -19,9 +19,22 @@ def run_eval(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from skymoe.eval import evaluate
 
-    metrics = evaluate(args.model, args.suite, args.out, limit=args.limit, batch_size=args.batch_size)
+    controls = dict(args.control or [])
+    metrics = evaluate(args.model, args.suite, args.out, limit=args.limit, batch_size=args.batch_size,
+                       controls=controls, probe=args.probe)
     _print_summary(metrics, args.out)
+    if controls or args.probe:
+        print(f"learning controls: {os.path.join(args.out, 'learning.json')}")
     return 0
+
+
+def _control(text: str) -> tuple[str, str]:
+    from skymoe.eval.controls import MODELS
+
+    name, sep, directory = text.partition("=")
+    if not sep or name not in MODELS or name == "moe" or not directory:
+        raise argparse.ArgumentTypeError(f"expected NAME=MODEL_DIR with NAME one of blind, dense; got {text!r}")
+    return name, directory
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -39,6 +52,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--limit", type=non_negative_int, default=None, help="at most N samples per dataset split")
     p.add_argument("--batch-size", type=positive_int, default=None, help="generation batch size (default: the suite's)")
+    p.add_argument("--control", type=_control, action="append", metavar="NAME=DIR",
+                   help="a control model evaluated on the same samples for learning.json: blind=DIR (trained with "
+                   "data.blind: true) or dense=DIR (stage 1); repeatable")
+    p.add_argument("--probe", action="store_true",
+                   help="fit linear probes on the model's frozen tower features (on the suite's baseline samples) "
+                   "and write learning.json")
     p.set_defaults(func=run_eval)
 
     s = subparsers.add_parser("score", help="re-score saved predictions without a model")

@@ -8,7 +8,7 @@ text appears only at the edges:
 style      text of one box                            range
 ========== ========================================== ========
 canonical  ``[x1, y1, x2, y2]``                       0-100
-loc        ``<loc_x1><loc_y1><loc_x2><loc_y2>``       0-100
+loc        ``<x_x1><y_y1><x_x2><y_y2>``               0-100
 geochat    ``{<x1><y1><x2><y2>|<θ>}``                 0-100
 teochat    ``[x1, y1, x2, y2]``                       0-100
 internvl   ``<box>[[x1, y1, x2, y2]]</box>``          0-1000
@@ -16,9 +16,10 @@ pixel      ``[x1, y1, x2, y2]``                       pixels
 ========== ========================================== ========
 
 ``loc`` is what our models read and write: one location token per coordinate
-(:data:`LOC_TOKENS`, added to the tokenizer), so a box is four tokens from one
-ordered set instead of ~17 digit and punctuation tokens a small model must
-learn to spell. The processor converts canonical boxes to it on the way in and
+(:data:`LOC_TOKENS`: ``<x_0>``..``<x_100>`` and ``<y_0>``..``<y_100>``, added to the
+tokenizer), so a box is four tokens instead of ~17 digit and punctuation tokens a
+small model must learn to spell; x and y have tokens of their own so that each
+can share the code of the visual tokens' x or y position (:mod:`skymoe.model.location`). The processor converts canonical boxes to it on the way in and
 back on the way out; every style's parser also reads it.
 
 Several boxes: ``; `` between bracketed boxes, GeoChat braces side by side,
@@ -40,7 +41,9 @@ from skymoe.data.schema import Box
 
 STYLES = ("canonical", "loc", "geochat", "teochat", "internvl", "pixel")
 _SCALE = {"canonical": 100, "loc": 100, "geochat": 100, "teochat": 100, "internvl": 1000, "pixel": None}
-LOC_TOKENS = tuple(f"<loc_{i}>" for i in range(_SCALE["loc"] + 1))
+X_TOKENS = tuple(f"<x_{i}>" for i in range(_SCALE["loc"] + 1))
+Y_TOKENS = tuple(f"<y_{i}>" for i in range(_SCALE["loc"] + 1))
+LOC_TOKENS = X_TOKENS + Y_TOKENS
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _FOUR_NUMBERS = re.compile(rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$")
@@ -48,8 +51,8 @@ _BRACKETS = re.compile(r"\[([^\[\]]*\d[^\[\]]*)\]")  # [...] groups holding a di
 _GEOCHAT_GROUP = re.compile(r"\{([^{}]*\d[^{}]*)\}")
 _GEOCHAT_BOX = re.compile(r"^\s*<(\d+)><(\d+)><(\d+)><(\d+)>\s*(?:\|\s*<?\s*-?\d+(?:\.\d+)?\s*>?\s*)?$")
 _INTERNVL_GROUP = re.compile(r"<box>(.*?)</box>", re.DOTALL)
-_LOC = re.compile(r"<loc_(\d+)>")
-_LOC_BOX = re.compile(r"<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>")
+_LOC = re.compile(r"<[xy]_(\d+)>")
+_LOC_BOX = re.compile(r"<x_(\d+)>\s*<y_(\d+)>\s*<x_(\d+)>\s*<y_(\d+)>")
 _CANONICAL_BOX = re.compile(r"\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
 
 
@@ -100,7 +103,7 @@ def format_box(box: Box, image_size: tuple[int, int], style: str = "canonical") 
     if style == "internvl":
         return f"<box>[[{x1}, {y1}, {x2}, {y2}]]</box>"
     if style == "loc":
-        return "".join(LOC_TOKENS[v] for v in (x1, y1, x2, y2))
+        return f"{X_TOKENS[x1]}{Y_TOKENS[y1]}{X_TOKENS[x2]}{Y_TOKENS[y2]}"
     return f"[{x1}, {y1}, {x2}, {y2}]"
 
 
@@ -177,8 +180,10 @@ def canonical_to_loc(text: str) -> str:
     """Every canonical box ``[x1, y1, x2, y2]`` (integers 0-100) in ``text`` as location tokens; other text unchanged."""
 
     def replace(match: re.Match) -> str:
-        values = [int(v) for v in match.groups()]
-        return "".join(LOC_TOKENS[v] for v in values) if max(values) <= _SCALE["loc"] else match.group(0)
+        x1, y1, x2, y2 = (int(v) for v in match.groups())
+        if max(x1, y1, x2, y2) > _SCALE["loc"]:
+            return match.group(0)
+        return f"{X_TOKENS[x1]}{Y_TOKENS[y1]}{X_TOKENS[x2]}{Y_TOKENS[y2]}"
 
     return _CANONICAL_BOX.sub(replace, text)
 
@@ -196,4 +201,4 @@ def strip_boxes(text: str) -> str:
 
 def hold_back_partial_box(text: str) -> str:
     """Decoded text (whole boxes already canonical) without its trailing location tokens: a box still being written."""
-    return re.sub(r"(?:<loc_\d+>\s*)+$", "", text)
+    return re.sub(r"(?:<[xy]_\d+>\s*)+$", "", text)

@@ -10,7 +10,7 @@ output for each *view* of an image:
   made from it (``plain``, a CDA variant, the blind control's constant image);
 * entries live under a *namespace*, the fingerprint of everything else that
   shapes the features: tower config and weights, input size, normalisation
-  (:func:`skymoe.model.vision.tower_fingerprint`). Another tower, resolution or
+  (:func:`skymoe.model.feature_source.tower_fingerprint`). Another tower, resolution or
   normalisation is another namespace, never a stale hit;
 * an entry is one ``.safetensors`` file (the features, float32, exactly what the
   tower gave) plus JSON metadata (e.g. the edited answer of a CDA variant),
@@ -118,7 +118,8 @@ class FeatureCache:
         self.disk = disk
         self._memory: OrderedDict[str, Entry] = OrderedDict()
         self._memory_size = 0
-        self._disk_index: OrderedDict[Path, int] | None = None  # path -> bytes, oldest first (built on first write)
+        self._disk_index: OrderedDict[str, int] | None = None  # path -> bytes, oldest first (built on first write)
+        self._disk_total = 0
         self.stats = {"hits": 0, "misses": 0, "recomputed_corrupt": 0}
 
     # ---- lookup -------------------------------------------------------------------------------
@@ -184,11 +185,12 @@ class FeatureCache:
             logger.warning("feature cache: cannot write %s (%s); continuing without storing it", path, exc)
             return
         index = self._index()
-        index[path] = written
-        index.move_to_end(path)
-        self._evict(index)
+        self._disk_total += written - index.pop(str(path), 0)
+        index[str(path)] = written
+        if self._disk_total > self.max_bytes:
+            self._evict(index)
 
-    def _index(self) -> OrderedDict[Path, int]:
+    def _index(self) -> OrderedDict[str, int]:
         """Every entry under the root (all namespaces), oldest first, read once per process."""
         if self._disk_index is None:
             files = []
@@ -198,21 +200,20 @@ class FeatureCache:
                         stat = path.stat()
                     except OSError:
                         continue
-                    files.append((stat.st_mtime_ns, path, stat.st_size))
+                    files.append((stat.st_mtime_ns, str(path), stat.st_size))
             self._disk_index = OrderedDict((p, size) for _, p, size in sorted(files))
+            self._disk_total = sum(self._disk_index.values())
         return self._disk_index
 
-    def _evict(self, index: OrderedDict[Path, int]) -> None:
-        total = sum(index.values())
-        if total <= self.max_bytes:
-            return
-        while index and total > _EVICT_TO * self.max_bytes:
+    def _evict(self, index: OrderedDict[str, int]) -> None:
+        while index and self._disk_total > _EVICT_TO * self.max_bytes:
             path, size = index.popitem(last=False)
-            path.unlink(missing_ok=True)
-            total -= size
+            Path(path).unlink(missing_ok=True)
+            self._disk_total -= size
 
     def disk_bytes(self) -> int:
-        return sum(self._index().values())
+        self._index()
+        return self._disk_total
 
 
 def _read_entry(path: Path) -> Entry:

@@ -28,6 +28,7 @@ PROCESSOR_CONFIG = "processor_config.json"
 IGNORE_INDEX = -100
 USER_PREFIX = "USER: "
 ASSISTANT_PREFIX = "\nASSISTANT:"
+_MEMO_SIZE = 200_000  # distinct text pieces remembered (see SkyMoEProcessor._ids)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class SkyMoEProcessor:
         self.ids = special_token_ids(tokenizer)
         # A tokenizer with location tokens: boxes are written with them (in) and read back as canonical text (out).
         self.location_tokens = has_location_tokens(tokenizer)
+        self._memo: dict[str, list[int]] = {}
 
     @classmethod
     def from_model_config(cls, config, tokenizer, max_length: int | None = None, blind: bool = False) -> "SkyMoEProcessor":
@@ -98,9 +100,20 @@ class SkyMoEProcessor:
 
     # ---- text -----------------------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
-        if self.location_tokens:
-            text = canonical_to_loc(text)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of a text piece. Templated prompts and short answers repeat: each distinct piece is
+        tokenised once (the tokenizer call costs more than a small model's step spends on the sample)."""
+        ids = self._memo.get(text)
+        if ids is None:
+            piece = canonical_to_loc(text) if self.location_tokens else text
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)  # the Rust tokenizer: no Python-side overhead
+            if backend is not None:
+                ids = backend.encode(piece, add_special_tokens=False).ids
+            else:
+                ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[text] = ids
+        return list(ids)
 
     def _prefix(self) -> list[int]:
         return [self.ids["bos"]] + [self.ids["route"]] * self.num_route_tokens + [self.ids["image"]] * self.num_image_tokens

@@ -19,6 +19,24 @@ logger = logging.getLogger(__name__)
 ON_ERROR = ("raise", "skip")
 
 
+_decoded: dict[str, tuple[int, int]] = {}  # file digest -> size, of files this process decoded without error
+
+
+def _checked_size(path: str) -> tuple[int, int] | None:
+    from skymoe.data.feature_cache import file_digest
+
+    try:
+        return _decoded.get(file_digest(path))
+    except OSError:
+        return None
+
+
+def _remember_size(path: str, size: tuple[int, int]) -> None:
+    from skymoe.data.feature_cache import file_digest
+
+    _decoded[file_digest(path)] = tuple(size)
+
+
 class SampleDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], processor, on_error: str = "raise", image_loader=None):
         if on_error not in ON_ERROR:
@@ -39,19 +57,67 @@ class SampleDataset(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         sample = self.samples[index]
         try:
-            features = self.processor.encode(sample)
             image = self._load(sample)
-            for box in sample.boxes:  # image_size may be absent or wrong: the opened image decides
-                box.validate(image.size, file=sample.image, record=sample.id)
+            features = self._encode(sample, image.size)
             features["pixel_values"] = self.processor.preprocess_images([image])[0]
         except SkyMoEDataError as exc:
-            if self.on_error == "raise":
-                raise
-            if sample.id not in self.skipped:
-                self.skipped[sample.id] = str(exc)
-                logger.warning("skipping sample %s: %s", sample.id, exc)
-            return None
+            return self._skip(sample, exc)
         return features
+
+    def _encode(self, sample: Sample, size: tuple[int, int]) -> dict:
+        features = self.processor.encode(sample)
+        for box in sample.boxes:  # image_size may be absent or wrong: the opened image decides
+            box.validate(size, file=sample.image, record=sample.id)
+        return features
+
+    def _usable(self, sample: Sample, size: tuple[int, int]) -> bool:
+        try:
+            self._encode(sample, size)
+            return True
+        except SkyMoEDataError as exc:
+            self._skip(sample, exc)
+            return False
+
+    def _skip(self, sample: Sample, exc: SkyMoEDataError) -> None:
+        if self.on_error == "raise":
+            raise exc
+        if sample.id not in self.skipped:
+            self.skipped[sample.id] = str(exc)
+            logger.warning("skipping sample %s: %s", sample.id, exc)
+        return None
+
+    def check_all(self, on_image=None) -> list[Sample]:
+        """The usable samples, opening each image once (``on_image(path, image)`` then sees it).
+
+        Samples of one image share its decode; every sample still has its text encoded and its boxes
+        checked against the opened image. Bad samples raise or are skipped as ``on_error`` says.
+        """
+        by_image: dict[str, list[Sample]] = {}
+        for sample in self.samples:
+            by_image.setdefault(sample.image, []).append(sample)
+        good = []
+        for path, members in by_image.items():
+            checked = _checked_size(path)
+            if checked is not None and on_image is None:  # this process decoded this very file already
+                good += [s for s in members if self._usable(s, checked)]
+                continue
+            try:
+                image = self._load(members[0])
+            except SkyMoEDataError as exc:
+                self._skip(members[0], exc)
+                for sample in members[1:]:  # each gets its own message (a bad file fails fast)
+                    try:
+                        self._load(sample)
+                    except SkyMoEDataError as again:
+                        self._skip(sample, again)
+                continue
+            _remember_size(path, image.size)
+            usable = [s for s in members if self._usable(s, image.size)]
+            if usable and on_image is not None:
+                on_image(path, image)
+            good += usable
+        order = {id(s): i for i, s in enumerate(self.samples)}
+        return sorted(good, key=lambda s: order[id(s)])
 
     def _load(self, sample: Sample):
         try:

@@ -3,7 +3,7 @@
 Sources: ``demo_run.json`` (timings, data counts, training summaries),
 ``stage*/metrics.jsonl`` (loss curves), ``eval_stage*/metrics.json`` and
 ``predictions.jsonl`` (scores, routing, gallery), the saved models (parameter
-counts). The tables and documents reuse :mod:`skymoe.eval.report`.
+counts), ``learning.json`` (learning controls). The tables and documents reuse :mod:`skymoe.eval.report`.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from skymoe.data.schema import iter_json_objects
 from skymoe.demo.splits import SYNTHETIC_DATASETS
+from skymoe.eval.controls import LEARNING, learning_section
 from skymoe.eval.records import Prediction, read_predictions
 from skymoe.eval.report import Section, routing_sections, to_html, to_markdown
 
@@ -209,6 +210,7 @@ def write_demo_report(out_dir: Path, run: dict) -> Path:
             shutil.copy(out_dir / "eval_stage2" / section.image, out_dir / section.image)
     sections = [
         data_section(run),
+        learning_section(json.loads((out_dir / LEARNING).read_text(encoding="utf-8"))),
         Section("Held-out question answering at a glance", image="headline.png"),
         *comparison_sections(moe, dense),
         Section("Loss curves", image="loss_curves.png"),

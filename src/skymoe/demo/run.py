@@ -7,6 +7,7 @@ metrics.json), never typed.
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -19,38 +20,48 @@ import yaml
 from skymoe.demo.splits import DemoSplits, build_demo_splits
 
 # What a demo run writes under its --out folder; a new run replaces them.
-RUN_FOLDERS = ("data", "stage1", "stage2", "eval_stage1", "eval_stage2")
+RUN_FOLDERS = ("data", "stage1", "blind", "stage2", "eval_stage1", "eval_blind", "eval_stage2")
 DEMO_ASSETS = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "efficientnet-lite0"]
 GEMMA_ASSET = "gemma3-270m"
-REAL_DATA_WEIGHT = 3.0  # draws per epoch of each real training sample (MGRS-mini: 1)
+# Share of the training draws that go to the real datasets (the rest: MGRS-mini, task-balanced). The real sets
+# hold 7-8 training images each: more draws buy memorised answers, not image understanding.
+REAL_DATA_SHARE = 0.2
+HELD_OUT = "unseen-images"  # the held-out set learning.json reports
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How much work a run does. Steps scale linearly with ``--minutes``."""
+    """How much work a run does. Training steps scale linearly with ``--minutes``."""
 
-    stage1_steps: int
+    stage1_steps: int  # the blind control trains as many
     stage2_steps: int
-    mgrs_train: int
-    eval_limit: int  # MGRS-mini held-out samples
+    mgrs_scenes: int  # MGRS-mini scenes generated (80% train, 10% test)
+    eval_per_task: int  # MGRS-mini held-out samples per task
     real_eval_limit: int | None = None  # real held-out samples per dataset and set; None = all
 
     @classmethod
     def for_minutes(cls, minutes: float) -> "Budget":
-        # Calibrated on an idle 2-core CPU (~95 samples/s at batch 16 in both stages): the default 8
-        # minutes train for ~5 and leave margin under the 10-minute goal for slower machines; fixed
-        # costs (assets, data, two evaluations of ~1,500 held-out samples, report) are ~1-2 minutes.
-        scale = max(minutes - 2.0, 0.5) / 6.0
+        # Calibrated on an idle 2-core CPU (docs/LEARNING.md): fixed costs (assets, MGRS-mini, one tower pass
+        # over every image, three evaluations, probes, report) take ~FIXED_MINUTES; the rest trains stage 1,
+        # the blind control (as many steps as stage 1) and stage 2 at ~STEPS_PER_MINUTE steps of 32 samples.
+        train_minutes = max(minutes - FIXED_MINUTES, 0.5)
+        steps = train_minutes * STEPS_PER_MINUTE
         return cls(
-            stage1_steps=max(10, round(1000 * scale)),
-            stage2_steps=max(10, round(600 * scale)),
-            mgrs_train=max(200, round(3000 * scale)),
-            eval_limit=150 if minutes <= 10 else 400,  # MGRS-mini; the real held-out sets are used whole
+            stage1_steps=max(10, round(steps * STAGE1_SHARE)),
+            stage2_steps=max(10, round(steps * (1 - 2 * STAGE1_SHARE))),
+            mgrs_scenes=MGRS_SCENES,
+            eval_per_task=250,
         )
 
     @classmethod
     def smoke(cls) -> "Budget":
-        return cls(stage1_steps=3, stage2_steps=3, mgrs_train=40, eval_limit=4, real_eval_limit=4)
+        return cls(stage1_steps=3, stage2_steps=3, mgrs_scenes=1000, eval_per_task=4, real_eval_limit=4)
+
+
+FIXED_MINUTES = 3.5
+STEPS_PER_MINUTE = 200
+STAGE1_SHARE = 0.375  # of the training steps; the blind control takes as many, stage 2 the rest
+MGRS_SCENES = 3000
 
 
 def _packaged_config(name: str) -> dict:
@@ -58,14 +69,13 @@ def _packaged_config(name: str) -> dict:
 
 
 def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, llm: str):
-    """The two TrainConfigs of the demo: packaged YAML + this run's data, steps, seed."""
+    """The demo's TrainConfigs (stage 1, the blind control, stage 2): packaged YAML + this run's data, steps, seed."""
     from skymoe.config import TrainConfig, from_dict
 
-    # The real questions are ~1/3 of the training samples; weighted up they are ~4/7 of the draws, so most
-    # steps go to the data the report is about while MGRS-mini still teaches the other tasks (x6 starved
-    # MGRS-mini below its prior baseline for no gain on unseen real images).
-    mix = [{"path": str(data_dir / "train_real.jsonl"), "weight": REAL_DATA_WEIGHT},
-           {"path": str(data_dir / "train_synthetic.jsonl"), "weight": 1.0}]
+    real = sum(1 for _ in (data_dir / "train_real.jsonl").open(encoding="utf-8"))
+    synthetic = sum(1 for _ in (data_dir / "train_synthetic.jsonl").open(encoding="utf-8"))
+    mix = [{"path": str(data_dir / "train_real.jsonl"), "weight": REAL_DATA_SHARE / (1 - REAL_DATA_SHARE) * synthetic / real},
+           {"path": str(data_dir / "train_synthetic.jsonl"), "weight": 1.0, "balance": "task"}]
     raw1, raw2 = _packaged_config("stage1.yaml"), _packaged_config("stage2.yaml")
     for raw, steps in ((raw1, budget.stage1_steps), (raw2, budget.stage2_steps)):
         raw["data"]["mix"] = mix
@@ -79,7 +89,9 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
         for raw in (raw1, raw2):
             raw["batch_size"] = 4
             raw["max_steps"] = max(3, raw["max_steps"] // 10)
-    return from_dict(TrainConfig, raw1).validate(), from_dict(TrainConfig, raw2).validate()
+    blind = copy.deepcopy(raw1)
+    blind["data"]["blind"] = True
+    return tuple(from_dict(TrainConfig, raw).validate() for raw in (raw1, blind, raw2))
 
 
 def write_suite(data_dir: Path, budget: Budget) -> Path:
@@ -87,7 +99,7 @@ def write_suite(data_dir: Path, budget: Budget) -> Path:
     suite = {
         "name": "demo-heldout",
         "description": "Held-out questions of the demo: unseen images, and unseen questions of seen images.",
-        "generation": {"max_new_tokens": 24, "batch_size": 16},
+        "generation": {"max_new_tokens": 24, "batch_size": 64},
         "baseline_path": "train.jsonl",
         "datasets": [{"path": "unseen_images.jsonl"}, {"path": "unseen_questions.jsonl"}],
     }
@@ -97,7 +109,7 @@ def write_suite(data_dir: Path, budget: Budget) -> Path:
 
 
 def prepare_data(data_dir: Path, budget: Budget, seed: int) -> DemoSplits:
-    splits = build_demo_splits(seed=seed, mgrs_train=budget.mgrs_train, eval_limit=budget.eval_limit,
+    splits = build_demo_splits(seed=seed, mgrs_scenes=budget.mgrs_scenes, eval_per_task=budget.eval_per_task,
                                real_eval_limit=budget.real_eval_limit)
     # The held-out sets are told apart in every metrics table by their split name.
     for sample in splits.unseen_images:
@@ -106,6 +118,25 @@ def prepare_data(data_dir: Path, budget: Budget, seed: int) -> DemoSplits:
         sample.split = "unseen-questions"
     splits.write(data_dir)
     return splits
+
+
+def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -> dict:
+    """learning.json (+ learning.png): the three models' held-out predictions beside the prior and the probes."""
+    from skymoe.eval.controls import learning_controls, learning_plot, write_learning
+    from skymoe.eval.records import read_predictions, write_predictions
+    from skymoe.eval.runner import probe_records
+    from skymoe.model.feature_source import feature_source
+    from skymoe.model.inference import load_model
+
+    models = {name: read_predictions(out_dir / folder / "predictions.jsonl")
+              for name, folder in (("dense", "eval_stage1"), ("blind", "eval_blind"), ("moe", "eval_stage2"))}
+    model, processor = load_model(model_dir)
+    probed = probe_records(splits.train, [s for s in splits.unseen_images], feature_source(model, processor))
+    write_predictions(probed, out_dir / "predictions_probe.jsonl")
+    learning = learning_controls(models, probed, split=HELD_OUT)
+    write_learning(learning, out_dir)
+    learning_plot(learning, out_dir / "learning.png")
+    return learning
 
 
 def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: int = 0, smoke: bool = False, llm: str = "tiny") -> Path:
@@ -133,15 +164,19 @@ def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: in
     suite = write_suite(data_dir, budget)
     t = lap("assets and data", t)
 
-    cfg1, cfg2 = stage_configs(data_dir, out_dir / "stage1", budget, seed, llm)
+    cfg1, cfg_blind, cfg2 = stage_configs(data_dir, out_dir / "stage1", budget, seed, llm)
     stage1 = train(cfg1, out_dir / "stage1")
     t = lap("stage 1 training", t)
+    blind = train(cfg_blind, out_dir / "blind")
+    t = lap("blind control training", t)
     stage2 = train(cfg2, out_dir / "stage2")
     t = lap("stage 2 training", t)
 
-    evaluate(stage1.model_dir, suite, out_dir / "eval_stage1")
-    evaluate(stage2.model_dir, suite, out_dir / "eval_stage2")
-    t = lap("evaluation (both models)", t)
+    for result, folder in ((stage1, "eval_stage1"), (blind, "eval_blind"), (stage2, "eval_stage2")):
+        evaluate(result.model_dir, suite, out_dir / folder)
+    t = lap("evaluation (three models)", t)
+    write_learning_controls(out_dir, splits, stage2.model_dir)
+    t = lap("probes and learning controls", t)
 
     timings["total"] = time.perf_counter() - start
     run = {
@@ -153,6 +188,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: in
         "data": splits.counts(),
         "timings_s": timings,
         "stage1": stage1.summary(),
+        "blind": blind.summary(),
         "stage2": stage2.summary(),
     }
     (out_dir / "demo_run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")

@@ -14,6 +14,7 @@ unseen_questions / unseen_images, and an unseen image never appears in train.
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,9 @@ def build_demo_splits(
     *,
     seed: int,
     question_holdout: float = 0.15,
+    mgrs_scenes: int = 1000,
     mgrs_train: int | None = None,
-    eval_limit: int | None = None,
+    eval_per_task: int | None = None,
     real_eval_limit: int | None = None,
     datasets: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = DEMO_SOURCES,
 ) -> DemoSplits:
@@ -83,27 +85,43 @@ def build_demo_splits(
 
     ``question_holdout`` of the questions of each training image go to
     ``unseen_questions`` (single-question images — BigEarthNet, HRVQA — stay in
-    train). ``mgrs_train`` caps the synthetic training samples; ``eval_limit``
-    caps its held-out samples (seeded sample). The real held-out sets are small
-    and kept whole (a sample of them would add noise to the numbers that matter)
-    unless ``real_eval_limit`` caps them too (smoke runs).
+    train). MGRS-mini is generated with ``mgrs_scenes`` scenes (80% train, 10% test);
+    ``mgrs_train`` caps its training samples and ``eval_per_task`` its held-out samples
+    of each task (seeded samples). The real held-out sets are small and kept whole (a
+    sample of them would add noise to the numbers that matter) unless
+    ``real_eval_limit`` caps them too (smoke runs).
     """
     rng = random.Random(seed)
     splits = DemoSplits()
     for name, (train_splits, heldout_splits) in datasets.items():
-        seen = [s for split in train_splits for s in load_dataset(name, split)]
+        load = _mgrs_loader(mgrs_scenes) if name in SYNTHETIC_DATASETS else functools.partial(load_dataset, name)
+        seen = [s for split in train_splits for s in load(split)]
+        unseen = [s for split in heldout_splits for s in load(split)]
         if name in SYNTHETIC_DATASETS:
             train, held_q = _limited(seen, mgrs_train, rng), []
+            unseen = [s for task in sorted({s.task for s in unseen}) for s in _limited([u for u in unseen if u.task == task], eval_per_task, rng)]
         else:
             held_q = _hold_out_questions(seen, question_holdout, rng)
             held_ids = {s.id for s in held_q}
             train = [s for s in seen if s.id not in held_ids]
-        unseen = [s for split in heldout_splits for s in load_dataset(name, split)]
+            held_q, unseen = _limited(held_q, real_eval_limit, rng), _limited(unseen, real_eval_limit, rng)
         splits.train += train
-        limit = eval_limit if name in SYNTHETIC_DATASETS else real_eval_limit
-        splits.unseen_questions += _limited(held_q, limit, rng)
-        splits.unseen_images += _limited(unseen, limit, rng)
+        splits.unseen_questions += held_q
+        splits.unseen_images += unseen
     return splits
+
+
+def _mgrs_loader(scenes: int):
+    """MGRS-mini splits of ``scenes`` scenes (generated once into the cache, on every core)."""
+    import os
+
+    from skymoe.data.mgrs_mini import ensure_generated, load_split
+
+    def load(split: str):
+        root = ensure_generated(n=scenes, workers=os.cpu_count() or 1)
+        return load_split(split, root)
+
+    return load
 
 
 def _hold_out_questions(samples: list[Sample], fraction: float, rng: random.Random) -> list[Sample]:

@@ -85,15 +85,20 @@ def routing_sections(metrics: dict, out_dir: Path) -> list[Section]:
         return [Section("Routing", text=f"Routing analysis unavailable: {routing.get('reason')}")]
     table = Section("Routing", ["what", "task", "granularity"])
     acc, spec = routing["router_accuracy"], routing["specialisation"]
-    table.rows.append(["router accuracy", acc["task"]["overall"], acc["granularity"]["overall"]])
+    table.rows.append(["router accuracy (all samples)", acc["task"]["overall"], acc["granularity"]["overall"]])
+    table.rows.append(["router accuracy (macro over classes)", acc["task"].get("macro"), acc["granularity"].get("macro")])
     table.rows.append(["specialisation I(C;E), bits (mean over layers)", spec["task"]["mean_bits"], spec["granularity"]["mean_bits"]])
     table.rows.append(["specialisation / H(C)", spec["task"]["normalized"], spec["granularity"]["normalized"]])
     table.text = f"{routing['n']} routed samples, {routing['num_layers']} MoE layers x {routing['num_experts']} experts."
     from skymoe.eval.plots import routing_heatmap
 
+    per_class = Section("Router accuracy per class", ["what", "class", "n", "accuracy"])
+    for key in ("task", "granularity"):
+        counts = acc[key].get("n_per_class", {})
+        per_class.rows += [[key, name, counts.get(name), value] for name, value in acc[key]["per_class"].items()]
     heatmap = Section("Expert load by task and granularity", image="routing_heatmap.png")
     routing_heatmap(routing, out_dir / heatmap.image)
-    return [table, heatmap]
+    return [table, per_class, heatmap]
 
 
 def question_type_plot(metrics: dict, out_dir: Path) -> list[Section]:

@@ -1,7 +1,7 @@
 """Routing analysis from the routing decisions stored in predictions.
 
 * **Router accuracy**: share of samples whose predicted task (granularity) equals the
-  true one, overall and per true class.
+  true one, overall, per true class (with its n) and the macro average over classes.
 * **Expert load** per MoE layer, by task and by granularity: the mean, over the
   samples of that task/granularity, of each sample's gate-weight distribution
   over experts (the model's ``sample_expert_weights``, rows renormalised to 1).
@@ -63,7 +63,10 @@ def _accuracy(routed: list[Prediction], key: str) -> dict:
     for p in routed:
         hits[getattr(p, key)].append(getattr(p.routing, key) == getattr(p, key))
     every = [h for v in hits.values() for h in v]
-    return {"overall": sum(every) / len(every), "per_class": {k: sum(v) / len(v) for k, v in sorted(hits.items())}}
+    per_class = {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+    # the overall share follows the mix (VQA-heavy sets inflate it); the macro average weighs classes equally
+    return {"overall": sum(every) / len(every), "macro": sum(per_class.values()) / len(per_class), "per_class": per_class,
+            "n_per_class": {k: len(v) for k, v in sorted(hits.items())}}
 
 
 def _specialisation(routed: list[Prediction], weights: np.ndarray, key: str) -> dict:

@@ -32,27 +32,41 @@ def collect_samples(suite: Suite, limit: int | None = None) -> list:
     return samples
 
 
-def fit_baseline(suite: Suite):
-    """The prior/nearest-neighbour baseline fitted on the suite's baseline split of every dataset that has it."""
+def baseline_samples(suite: Suite) -> list | None:
+    """The training samples the prior baseline and the probes are fitted on (None: the suite names none)."""
     from skymoe.data.datasets import dataset_splits, load_dataset
-    from skymoe.eval.baselines import Baseline
 
     if suite.baseline_path is not None:
-        return Baseline(list(read_jsonl(suite.baseline_path)))
+        return list(read_jsonl(suite.baseline_path))
     if suite.baseline_split is None:
         return None
-    train = [
+    return [
         s
         for e in suite.datasets
         if e.name is not None and suite.baseline_split in dataset_splits(e.name)
         for s in load_dataset(e.name, suite.baseline_split)
     ]
-    return Baseline(train)
 
 
-def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Path, *, limit: int | None = None, batch_size: int | None = None) -> dict:
-    """Generate predictions for a suite with a saved model, then score them (see :func:`score`)."""
+def fit_baseline(suite: Suite):
+    """The prior/nearest-neighbour baseline fitted on the suite's baseline samples."""
+    from skymoe.eval.baselines import Baseline
+
+    train = baseline_samples(suite)
+    return None if train is None else Baseline(train)
+
+
+def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Path, *, limit: int | None = None,
+             batch_size: int | None = None, controls: dict[str, str | Path] | None = None, probe: bool = False,
+             learning_split: str | None = None) -> dict:
+    """Generate predictions for a suite with a saved model, then score them (see :func:`score`).
+
+    With ``controls`` (``{"blind": dir, "dense": dir}``: other saved models evaluated on the same samples)
+    and/or ``probe`` (linear probes on the model's frozen tower, fitted on the baseline samples), also
+    writes ``learning.json`` (:mod:`skymoe.eval.controls`), on the records of ``learning_split`` (None: all).
+    """
     from skymoe.eval.predict import generate_predictions
+    from skymoe.model.feature_source import feature_source
     from skymoe.model.inference import load_model
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
@@ -60,8 +74,9 @@ def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Pa
     samples = collect_samples(suite, limit)
     baseline = fit_baseline(suite)
     model, processor = load_model(model_dir)
+    source = feature_source(model, processor)
     start = time.perf_counter()
-    predictions = generate_predictions(model, processor, samples, suite, batch_size)
+    predictions = generate_predictions(model, processor, samples, suite, batch_size, source)
     seconds = time.perf_counter() - start
     for sample, prediction in zip(samples, predictions):
         prediction.baseline = baseline.predict(sample) if baseline else None
@@ -74,7 +89,54 @@ def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Pa
         "samples_per_second": len(samples) / seconds if seconds > 0 else None,
     }
     (out_dir / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
-    return score(out_dir / PREDICTIONS, out_dir)
+    metrics = score(out_dir / PREDICTIONS, out_dir)
+    if controls or probe:
+        _learning(predictions, samples, suite, out_dir, controls or {}, source if probe else None, batch_size, learning_split)
+    return metrics
+
+
+def _learning(predictions, samples, suite: Suite, out_dir: Path, controls: dict, probe_source, batch_size, split) -> None:
+    """Evaluate the control models on the same samples, fit the probes, write learning.json (+ its plot)."""
+    from skymoe.eval.controls import learning_controls, learning_plot, learning_section, write_learning
+    from skymoe.eval.predict import generate_predictions
+    from skymoe.eval.report import to_markdown
+    from skymoe.model.inference import load_model
+
+    models = {"moe": predictions}
+    for name, directory in controls.items():
+        model, processor = load_model(directory)
+        models[name] = generate_predictions(model, processor, samples, suite, batch_size)
+        write_predictions(models[name], out_dir / f"predictions_{name}.jsonl")
+    probed = None
+    train = baseline_samples(suite)
+    if probe_source is not None and train:
+        probed = probe_records(train, samples, probe_source)
+        write_predictions(probed, out_dir / "predictions_probe.jsonl")
+    learning = learning_controls(models, probed, split=split)
+    write_learning(learning, out_dir)
+    learning_plot(learning, out_dir / "learning.png")
+    (out_dir / "learning.md").write_text(to_markdown([learning_section(learning)], "Learning controls") + "\n", encoding="utf-8")
+
+
+def probe_records(train: list, test: list, source) -> list[Prediction]:
+    """Linear-probe answers for ``test`` from the frozen tower features that ``source`` (a feature cache) reads."""
+    import numpy as np
+
+    from skymoe.data.feature_cache import image_request
+    from skymoe.data.imagery import load_image
+    from skymoe.eval.probe import probe_predictions
+
+    by_image: dict[str, np.ndarray] = {}  # the probes read the same images many times (per query, per label)
+
+    def features(samples) -> np.ndarray:
+        missing = list(dict.fromkeys(s.image for s in samples if s.image not in by_image))
+        for start in range(0, len(missing), 64):
+            chunk = missing[start : start + 64]
+            entries = source.get([image_request(image, load_image) for image in chunk])
+            by_image.update((image, e.tensor.float().numpy()) for image, e in zip(chunk, entries))
+        return np.stack([by_image[s.image] for s in samples])
+
+    return probe_predictions(train, test, features)
 
 
 def join_references(predictions_path: str | Path, references_path: str | Path) -> list[Prediction]:

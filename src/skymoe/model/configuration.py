@@ -92,6 +92,11 @@ class SkyMoEConfig(PreTrainedConfig):
     load_balance_weight: float = 0.01
     router_z_weight: float = 0.001
     router_ce_weight: float = 0.1
+    # Box location tokens (skymoe.data.boxes.LOC_TOKENS, consecutive ids from location_token_start): a target
+    # location token is learnt as a Gaussian of this width (in steps of the 0-100 scale) over its axis' tokens,
+    # so a near miss is a small error rather than as wrong as any other token; 0 = plain cross-entropy.
+    location_token_start: int | None = None
+    location_sigma: float = 0.0
     # Where build_model() takes pretrained weights from (local dirs / asset names); from_pretrained ignores them.
     vision_pretrained: str | None = None
     text_pretrained: str | None = None

@@ -38,9 +38,9 @@ def tower_fingerprint(model, processor) -> str:
 
 def feature_source(model, processor, *, cache: bool = True, device=None, **cache_kwargs):
     """A FeatureCache over the model's frozen tower (a private frozen copy, so that wrapping or sharding the
-    model for training never touches it), or a PixelSource when the tower trains or ``cache`` is False."""
-    frozen = not any(p.requires_grad for p in model.vision_tower.parameters())
-    if not (cache and frozen and model.config.freeze_vision):
+    model for training never touches it), or a PixelSource when the tower trains (``freeze_vision: false``)
+    or ``cache`` is False."""
+    if not (cache and model.config.freeze_vision):  # a loaded model's parameters all require grad: the config decides
         return PixelSource(processor.preprocess_images)
     tower = copy.deepcopy(model.vision_tower).eval().requires_grad_(False)
     device = device if device is not None else next(model.parameters()).device

@@ -1,18 +1,19 @@
 """One coordinate code for "where": visual tokens' grid positions and the location tokens of boxes.
 
 A small LLM trained from scratch must learn to point: read a box in the question
-(``<loc_12><loc_40>...``) and attend to the visual tokens there, or attend to an
+(``<x_12><y_40>...``) and attend to the visual tokens there, or attend to an
 object and write its box. Both are easy when a visual token's position and a
 location token share one code: attention matches the codes by a dot product and
 the answer copies the attended position. So the projector adds to each visual
 token the code of its centre (``ProjectorSettings.position_code``) and the
 location tokens' input and output embeddings start as the code of their value
-(:func:`init_location_embeddings`); the LLM refines both in training.
+(:func:`init_location_embeddings`); the LLM refines both in training. Attending
+to an object's visual tokens then puts the code of its x and y in the residual
+stream, and the output head already scores ``<x_v>``/``<y_v>`` by that code.
 
 The code of a value v on the canonical 0-100 box scale is [sin(πfv/100), cos(πfv/100)]
 for f = 1..D/4 (nearby values have similar codes, so a near miss is a small
-error), in the first half of the D dims for x and the second half for y; a
-location token (used for x and for y) holds both.
+error), in the first half of the D dims for x and the second half for y.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import math
 
 import torch
 
-from skymoe.data.boxes import LOC_TOKENS
+from skymoe.data.boxes import LOC_TOKENS, X_TOKENS
 
-SCALE = len(LOC_TOKENS) - 1  # the canonical 0-100 box scale
+SCALE = len(X_TOKENS) - 1  # the canonical 0-100 box scale
 
 
 def coordinate_code(values: torch.Tensor, size: int, axis: int) -> torch.Tensor:
@@ -44,13 +45,14 @@ def grid_code(grid: int, size: int) -> torch.Tensor:
 
 
 def location_code(size: int) -> torch.Tensor:
-    """[101, size] the code of every location token's value, on both axes."""
+    """[202, size] the code of every location token (LOC_TOKENS order: the x tokens, then the y tokens)."""
     values = torch.arange(SCALE + 1, dtype=torch.float32)
-    return coordinate_code(values, size, 0) + coordinate_code(values, size, 1)
+    return torch.cat([coordinate_code(values, size, 0), coordinate_code(values, size, 1)])
 
 
 def init_location_embeddings(language_model, tokenizer) -> bool:
-    """Set the input (and, if untied, output) embedding rows of the location tokens to their code.
+    """Set the input (and, if untied, output) embedding rows of the location tokens to their code,
+    scaled to the mean length of the other rows.
 
     Returns False, changing nothing, when the tokenizer has no location tokens.
     """
@@ -64,5 +66,9 @@ def init_location_embeddings(language_model, tokenizer) -> bool:
         embeddings.append(output.weight)
     with torch.no_grad():
         for weight in embeddings:
-            weight[ids] = location_code(weight.shape[1]).to(weight.dtype)
+            others = torch.ones(weight.shape[0], dtype=torch.bool)
+            others[ids] = False
+            # as long as the other rows: a longer code would make an untrained model prefer location tokens
+            scale = weight[others].float().norm(dim=1).mean()
+            weight[ids] = (location_code(weight.shape[1]) * scale).to(weight.dtype)
     return True

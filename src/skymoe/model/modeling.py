@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from skymoe.data.boxes import X_TOKENS
 from skymoe.model import router as routing
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.experts import FFNExperts, LoRAExperts, MoEDecoderLayer, install_experts
@@ -270,7 +271,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         lm_loss = loss = None
         if targets is not None:
             kept = logits if logits.dim() == 2 else logits[:, :-1]  # a supervised_positions() mask flattens them
-            lm_loss = F.cross_entropy(kept.float().reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX)
+            lm_loss = self._lm_loss(kept.float().reshape(-1, logits.shape[-1]), targets)
             loss = lm_loss + sum(weights[name] * value for name, value in aux.items())
         return SkyMoEOutput(
             loss=loss,
@@ -286,6 +287,26 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def _lm_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy; location-token targets as Gaussians over their neighbours (see the config)."""
+        start, sigma = self.config.location_token_start, self.config.location_sigma
+        if start is None or sigma <= 0:
+            return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+        valid = targets != IGNORE_INDEX
+        logits, targets = logits[valid], targets[valid]
+        log_probs = logits.log_softmax(dim=-1)
+        losses = -log_probs.gather(1, targets[:, None]).squeeze(1)
+        axis_size = len(X_TOKENS)  # the x tokens, then the y tokens: a target is smoothed over its own axis
+        offset = targets - start
+        is_loc = (offset >= 0) & (offset < 2 * axis_size)
+        if is_loc.any():
+            first = start + (offset[is_loc] // axis_size) * axis_size  # id of <x_0> or <y_0>
+            steps = torch.arange(axis_size, device=logits.device)
+            soft = (-0.5 * ((steps[None] - (offset[is_loc, None] % axis_size)).float() / sigma) ** 2).softmax(dim=-1)
+            axis_log_probs = log_probs[is_loc].gather(1, first[:, None] + steps[None])
+            losses[is_loc] = -(soft * axis_log_probs).sum(dim=-1)
+        return losses.sum() / valid.sum().clamp(min=1)
 
     # ---- generation -----------------------------------------------------------------------------
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):

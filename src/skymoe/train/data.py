@@ -149,11 +149,13 @@ class TrainDataset(Dataset):
         plan = self.augment.plan(sample, variant)
         if not plan.changes_anything:
             return TrainItem(sample, plain)
-        return _variant_item(self.augment, sample, variant, plain, self.image_loader, plan.pair)
+        return _variant_item(self.augment, sample, variant, plain, self.image_loader, plan)
 
 
-def _variant_item(augment: CDAugmenter, sample: Sample, variant: int, plain: ViewRequest, image_loader, paired: bool) -> TrainItem:
-    """The item of one CDA variant: the edited image (its edited sample kept with its features) and its local view."""
+def _variant_item(augment: CDAugmenter, sample: Sample, variant: int, plain: ViewRequest, image_loader, plan) -> TrainItem:
+    """The item of one CDA variant: the edited image (its edited sample kept with its features) and its local view.
+
+    A variant that only pairs a view keeps the plain image (and its cached features)."""
     # The key names everything the variant depends on: the image's content, the augmenter's settings and the
     # sample itself (an edited answer or box in the data is a new key, never the old edit).
     settings = (augment.seed, variant, augment.pair_prob, augment.cutout_prob, augment.max_cutout, augment.attribute_prob)
@@ -175,8 +177,9 @@ def _variant_item(augment: CDAugmenter, sample: Sample, variant: int, plain: Vie
         view = apply()[2]
         return Produced(view.image, {"granularity": view.granularity.value, "size": list(view.image.size)})
 
-    view = ViewRequest(key + "|view", produce_view) if paired else None
-    return TrainItem(sample, ViewRequest(key, produce_image), view)
+    view = ViewRequest(key + "|view", produce_view) if plan.pair else None
+    edits_pixels = plan.cutout or plan.recolour
+    return TrainItem(sample, ViewRequest(key, produce_image) if edits_pixels else plain, view)
 
 
 def _edited(sample: Sample, meta: dict) -> Sample:

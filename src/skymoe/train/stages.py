@@ -129,7 +129,7 @@ def model_config(cfg: TrainConfig, tokenizer):
             patch_size=m.patch_size,
         )
     elif m.vision == EFFICIENTNET_ASSET:
-        vision = EfficientNetLiteConfig()
+        vision = EfficientNetLiteConfig(feature_strides=m.vision_feature_strides)
     else:
         vision = vision_config_from(m.vision)
     if m.llm is None:
@@ -144,7 +144,7 @@ def model_config(cfg: TrainConfig, tokenizer):
     else:
         text = AutoConfig.from_pretrained(pretrained_llm_folder(m.llm))
     settings = {
-        "projector": {"type": m.projector},
+        "projector": {"type": m.projector, "norm": m.projector_norm, "position_code": m.position_code},
         "router": {"hidden_size": m.router_hidden_size},
         "num_route_tokens": m.num_route_tokens,
         "moe": {"num_experts": 0, "lora_rank": m.lora_rank, "lora_targets": m.lora_targets, "dense_lora": m.adapter == "lora"},
@@ -205,21 +205,45 @@ def upcycle_checked(dense, cfg: TrainConfig, batch: dict):
     return moe
 
 
-def check_samples(parts: list[MixPart], processor, on_error: str, image_loader) -> list[MixPart]:
+def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, source=None) -> list[MixPart]:
     """Encode every sample and open every image once, before training, so no epoch dies on bad data.
 
     ``on_error="raise"``: the first bad sample raises SkyMoEDataError naming it.
-    ``"skip"``: bad samples are dropped, counted and reported.
+    ``"skip"``: bad samples are dropped, counted and reported. With a feature cache as ``source``
+    the tower's features of every opened image are stored on the way (one decode per image in all).
     """
     from skymoe.data.torch_dataset import SampleDataset
 
+    warm = _CacheWarmer(source, image_loader) if getattr(source, "batch_key", None) == "vision_features" and not processor.blind else None
     checked = []
     for part in parts:
         dataset = SampleDataset(part.samples, processor, on_error=on_error, image_loader=image_loader)
-        good = [s for i, s in enumerate(part.samples) if dataset[i] is not None]
+        good = dataset.check_all(on_image=warm)
         if dataset.skipped:
             logger.warning("%s: skipped %d of %d samples\n%s", part.label, len(dataset.skipped), len(part.samples), dataset.report())
         if not good:
             raise SkyMoEDataError(f"dataset mix entry {part.label}: every sample was skipped", field="data.mix")
         checked.append(MixPart(part.label, good, part.weight, part.balance))
+    if warm is not None:
+        warm.flush()
     return checked
+
+
+class _CacheWarmer:
+    """Collects opened images and stores their plain-view features in batches."""
+
+    BATCH = 64
+
+    def __init__(self, cache, image_loader):
+        self.cache, self.image_loader, self.pending = cache, image_loader, []
+
+    def __call__(self, path: str, image) -> None:
+        from skymoe.data.feature_cache import image_request
+
+        self.pending.append(image_request(path, lambda _path, image=image: image))
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        self.cache.get(self.pending)
+        self.pending = []

@@ -183,10 +183,10 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> _Run:
 
     parts = load_mix(cfg.data)
     model, processor = stages.build(cfg, parts, resume_from)
-    parts = stages.check_samples(parts, processor, cfg.data.on_error, load_image)
+    source = feature_source(model, processor, cache=cfg.data.feature_cache, device=accelerator.device, root=cfg.data.feature_cache_dir)
+    parts = stages.check_samples(parts, processor, cfg.data.on_error, load_image, source)
     dataset = TrainDataset(parts, cfg.cda, cfg.seed, load_image, blind=processor.blind)
     sampler = MixSampler([len(p.samples) for p in parts], [p.weight for p in parts], cfg.seed, [p.groups() for p in parts])
-    source = feature_source(model, processor, cache=cfg.data.feature_cache, device=accelerator.device, root=cfg.data.feature_cache_dir)
     collator = TrainCollator(processor, source)
     if cfg.stage == 2:
         check_batch = collator([dataset[(0, i, i)] for i in range(min(2, len(dataset)))])
