@@ -72,3 +72,26 @@ def test_bad_suites_name_the_key_and_allowed_values(raw, message):
 def test_unknown_suite_file_is_a_cli_error(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path), "--suite", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "packaged: ['embedded', 'mgrs_mini']" in capsys.readouterr().err
+
+
+def test_eval_cli_writes_learning_controls(tiny_model_dir, tmp_path, monkeypatch):
+    """--control and --probe: the controls evaluated on the same samples, probes fitted on the train splits."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SKYMOE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny_model_dir), "--suite", "embedded", "--out", str(out), "--limit", "6",
+            "--batch-size", "4", "--control", f"blind={tiny_model_dir}", "--probe"]
+    assert main(argv) == 0
+    learning = json.loads((out / "learning.json").read_text())
+    assert set(learning) == {"rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet"}
+    multilabel = learning["bigearthnet"]["multilabel"]
+    assert multilabel["n"] == 6 and multilabel["metric"] == "micro_f1"
+    assert multilabel["blind"] == multilabel["moe"]  # the same model as its own control
+    assert multilabel["ci95"][1] <= 0.0  # a model never beats itself
+    assert multilabel["probe"] is not None and learning["rsvqa_lr"]["vqa"]["probe"] is None
+    probed = [json.loads(line) for line in (out / "predictions_probe.jsonl").read_text().splitlines()]
+    assert sum(p["task"] == "multilabel" for p in probed) == 6
+    assert all(p["task"] == "multilabel" or p["question_type"] == "count" for p in probed)  # what probes answer
+    assert (out / "learning.png").is_file() and "Learning controls" in (out / "learning.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(tiny_model_dir), "--suite", "embedded", "--out", str(out), "--control", "nonsense"])

@@ -390,3 +390,29 @@ def test_grouped_matmul_matches_per_expert_products_and_gradients(width, out):
     expected = torch.autograd.grad(reference, (x, weight), upstream)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected))
     assert grads[1][1].abs().sum() == 0
+
+
+def test_upcycled_token_routing_starts_at_the_routers_choice_per_prompt():
+    """The per-token gate term starts at zero: every token of a prompt goes to its prompt's experts until
+    training teaches tokens to depart (a random term scatters each task over all experts from step one)."""
+    dense = tiny_model().eval()
+    moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=4, routing="token").eval()
+    gates = [m for m in moe.modules() if isinstance(m, ExpertGate)]
+    assert gates and all(torch.count_nonzero(g.token_proj.weight) == 0 for g in gates)
+    batch = make_batch(moe.config, batch_size=3, text_len=7)
+    moe.routing_context.record = True
+    with torch.no_grad():
+        moe(**batch)
+    for record in moe.routing_context.records:
+        per_prompt = record.topk_index.view(3, -1, record.topk_index.shape[-1])
+        assert torch.equal(per_prompt, per_prompt[:, :1].expand_as(per_prompt))
+
+
+def test_projector_keeps_fan_in_initialisation():
+    """transformers' N(0, 0.02) init made the image content too faint for the LLM to learn from."""
+    model = tiny_model()
+    for layer in (m for m in model.projector.modules() if isinstance(m, nn.Linear)):
+        bound = layer.in_features ** -0.5  # PyTorch's kaiming-uniform(a=sqrt(5)) bound
+        weight = layer.weight.detach()
+        assert float(weight.abs().max()) <= bound
+        assert float(weight.std()) == pytest.approx(bound / 3**0.5, rel=0.2)

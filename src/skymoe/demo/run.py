@@ -58,8 +58,8 @@ class Budget:
         return cls(stage1_steps=3, stage2_steps=3, mgrs_scenes=1000, eval_per_task=4, real_eval_limit=4)
 
 
-FIXED_MINUTES = 3.5
-STEPS_PER_MINUTE = 200
+FIXED_MINUTES = 1.7
+STEPS_PER_MINUTE = 380
 STAGE1_SHARE = 0.375  # of the training steps; the blind control takes as many, stage 2 the rest
 MGRS_SCENES = 3000
 
@@ -139,7 +139,7 @@ def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -
     return learning
 
 
-def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: int = 0, smoke: bool = False, llm: str = "tiny") -> Path:
+def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 9.0, seed: int = 0, smoke: bool = False, llm: str = "tiny") -> Path:
     """Run the demo; returns the path of report.html."""
     from skymoe.assets import fetch_assets
     from skymoe.demo.report import write_demo_report

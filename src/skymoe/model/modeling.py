@@ -22,7 +22,7 @@ from skymoe.data.boxes import X_TOKENS
 from skymoe.model import router as routing
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.experts import FFNExperts, LoRAExperts, MoEDecoderLayer, install_experts
-from skymoe.model.projector import build_projector
+from skymoe.model.projector import FanInLinear, build_projector
 from skymoe.model.router import Router, RoutingContext
 from skymoe.model.vision import build_vision_tower
 
@@ -66,7 +66,7 @@ class SkyMoEPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         # transformers' init functions skip weights already loaded from a checkpoint.
-        if isinstance(module, LoRAExperts):
+        if isinstance(module, (LoRAExperts, FanInLinear)):
             module.reset_parameters()
         elif isinstance(module, Router) and module.num_route_tokens:
             for prompts in (module.prompt_base, module.task_prompts, module.granularity_prompts):
@@ -90,6 +90,12 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         if config.freeze_vision:
             self.vision_tower.requires_grad_(False)
         self.post_init()
+        # Token routing starts as the router's task-aware choice (a zero per-token term) and learns how tokens depart
+        # from it; a random per-token term would scatter every task over every expert from the first step. Set here:
+        # the LLM's own weight init (transformers applies it to the LLM's subtree) would overwrite it in _init_weights.
+        for gate in self.modules():
+            if isinstance(gate, routing.ExpertGate) and gate.token_proj is not None:
+                init.zeros_(gate.token_proj.weight)
         if self.generation_config is not None:
             # A generated placeholder would have no image/routing content to fill it.
             self.generation_config.suppress_tokens = [config.image_token_id, config.route_token_id]

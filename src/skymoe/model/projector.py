@@ -10,6 +10,16 @@ from skymoe.model.configuration import ProjectorSettings
 from skymoe.model.location import grid_code
 
 
+class FanInLinear(nn.Linear):
+    """A projector layer that keeps PyTorch's fan-in scaled initialisation (the model's ``_init_weights`` resets it).
+
+    transformers' N(0, 0.02) init shrinks a 2368 -> 128 -> 128 projection's output ~2.5x below the fan-in
+    init's; next to the position code and the text embeddings the image content is then too faint for
+    the LLM to pick up: a demo-sized model trained on it answered every scene with one class where the
+    fan-in init learnt 0.5 accuracy at the same step (docs/LEARNING.md).
+    """
+
+
 class MLPProjector(nn.Module):
     """LLaVA-1.5 ``mlp2x_gelu``: one visual token per patch.
 
@@ -21,7 +31,7 @@ class MLPProjector(nn.Module):
         super().__init__()
         settings = settings or ProjectorSettings()
         self.norm = nn.LayerNorm(vision_size) if settings.norm else None
-        self.net = nn.Sequential(nn.Linear(vision_size, text_size), nn.GELU(), nn.Linear(text_size, text_size))
+        self.net = nn.Sequential(FanInLinear(vision_size, text_size), nn.GELU(), FanInLinear(text_size, text_size))
         self.position_code = settings.position_code
         self._codes: dict[tuple, torch.Tensor] = {}  # (tokens, device, dtype) -> code; derived, never saved
 
@@ -51,7 +61,7 @@ class ResamplerBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(size)
         self.cross_attn = nn.MultiheadAttention(size, num_heads, batch_first=True)
         self.norm_ffn = nn.LayerNorm(size)
-        self.ffn = nn.Sequential(nn.Linear(size, 4 * size), nn.GELU(), nn.Linear(4 * size, size))
+        self.ffn = nn.Sequential(FanInLinear(size, 4 * size), nn.GELU(), FanInLinear(4 * size, size))
 
     def forward(self, queries, image, context=None, context_padding=None):
         num_queries = queries.shape[1]
@@ -81,10 +91,10 @@ class ResamplerProjector(nn.Module):
         self.instruction_aware = settings.instruction_aware
         self.norm = nn.LayerNorm(vision_size) if settings.norm else None
         self.queries = nn.Parameter(torch.randn(settings.num_queries, text_size) * 0.02)
-        self.image_in = nn.Linear(vision_size, text_size)
+        self.image_in = FanInLinear(vision_size, text_size)
         self.blocks = nn.ModuleList(ResamplerBlock(text_size, settings.num_heads) for _ in range(settings.num_layers))
         self.norm_out = nn.LayerNorm(text_size)
-        self.out = nn.Linear(text_size, text_size)
+        self.out = FanInLinear(text_size, text_size)
 
     def forward(self, features, instruction=None, instruction_mask=None) -> torch.Tensor:
         image = self.image_in(self.norm(features) if self.norm is not None else features)

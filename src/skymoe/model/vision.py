@@ -56,8 +56,10 @@ class EfficientNetLiteTower(nn.Module):
     each stride and folds the finer maps into channels on the coarsest grid (space-to-depth): at
     128 px, [8, 16] gives 8x8 tokens of 4x40 + 112 = 272 channels. ImageNet head features at stride
     32 are too coarse to locate 10-px objects; mid-level maps keep where things are, and folding
-    keeps the token count (the LLM's cost) at the coarse grid's. Blocks after the coarsest stride
-    are not built.
+    keeps the token count (the LLM's cost) at the coarse grid's. With 32 among the strides,
+    ``feature_layer`` picks the stride-32 map as without strides: -1 the 1280-channel head (what
+    ImageNet classes are read from), -2 the last block; [8, 16, 32] with the head gives 4x4 tokens
+    of 16x40 + 4x112 + 1280 = 2368 channels. Blocks after the coarsest stride are not built.
     """
 
     def __init__(self, config: EfficientNetLiteConfig, feature_layer: int = -1, image_size: int = 224):
@@ -78,16 +80,21 @@ class EfficientNetLiteTower(nn.Module):
         self.patch_size = config.patch_size
         self.num_blocks = len(self.model._blocks)  # drop-connect rates are set by the full depth
         self.taps = _stride_taps(self.model, config.feature_strides)  # block index -> its stride
+        # The head convolution reads the last block: with a stride-32 tap and feature_layer -1 it replaces that tap.
+        self.head_tap = self.num_blocks - 1 if feature_layer == -1 and self.num_blocks - 1 in self.taps else None
         if self.taps:
             last = max(self.taps)
-            del self.model._blocks[last + 1 :], self.model._conv_head, self.model._bn1
+            del self.model._blocks[last + 1 :]
+            if self.head_tap is None:
+                del self.model._conv_head, self.model._bn1
             coarsest = max(self.taps.values())
-            self.hidden_size = sum(
-                self.model._blocks[i]._block_args.output_filters * (coarsest // s) ** 2 for i, s in self.taps.items()
-            )
+            self.hidden_size = sum(self._tap_channels(i) * (coarsest // s) ** 2 for i, s in self.taps.items())
         else:
             head = self.model._conv_head
             self.hidden_size = head.out_channels if feature_layer == -1 else head.in_channels
+
+    def _tap_channels(self, index: int) -> int:
+        return self.model._conv_head.out_channels if index == self.head_tap else self.model._blocks[index]._block_args.output_filters
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -96,7 +103,9 @@ class EfficientNetLiteTower(nn.Module):
         for index, block in enumerate(m._blocks):
             rate = m._global_params.drop_connect_rate
             x = block(x, drop_connect_rate=rate * index / self.num_blocks if rate else None)
-            if index in self.taps:
+            if index == self.head_tap:
+                maps.append(m._swish(m._bn1(m._conv_head(x))))
+            elif index in self.taps:
                 maps.append(x)
         if self.taps:
             grid = maps[-1].shape[-1]
