@@ -139,7 +139,7 @@ def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -
     return learning
 
 
-def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 9.0, seed: int = 0, smoke: bool = False, llm: str = "tiny") -> Path:
+def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: int = 0, smoke: bool = False, llm: str = "tiny") -> Path:
     """Run the demo; returns the path of report.html."""
     from skymoe.assets import fetch_assets
     from skymoe.demo.report import write_demo_report
