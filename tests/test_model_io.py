@@ -289,3 +289,43 @@ def test_efficientnet_tower_loads_the_real_imagenet_weights():
         probs = reference._fc(theirs.mean(1)).softmax(-1)
     assert ours.shape == (1, 49, 1280) and torch.equal(ours, theirs)
     assert probs.max() > 0.05  # uniform over 1000 classes would be 0.001
+
+
+def test_efficientnet_stride_taps_fold_finer_maps_onto_the_coarse_grid():
+    from skymoe.model.configuration import EfficientNetLiteConfig
+    from skymoe.model.vision import EfficientNetLiteTower
+
+    torch.manual_seed(0)
+    plain = EfficientNetLiteTower(EfficientNetLiteConfig(), -1, 128).eval()
+    folded = EfficientNetLiteTower(EfficientNetLiteConfig(feature_strides=[8, 16, 32]), -1, 128).eval()
+    mid = EfficientNetLiteTower(EfficientNetLiteConfig(feature_strides=[8, 16]), -1, 128).eval()
+    for tower in (folded, mid):  # the same weights: a tap reads the block the plain tower runs through
+        tower.model.load_state_dict({k: v for k, v in plain.model.state_dict().items() if k in tower.model.state_dict()})
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        head, tokens, fine = plain(images), folded(images), mid(images)
+    assert (folded.hidden_size, mid.hidden_size) == (16 * 40 + 4 * 112 + 1280, 4 * 40 + 112)
+    assert tokens.shape == (2, 16, 2368) and fine.shape == (2, 64, 272)
+    assert torch.allclose(tokens[..., -1280:], head, atol=1e-5)  # the stride-32 tap is the ImageNet head
+    # a stride-16 token holds the 2x2 stride-16 cells under it: its top-left cell is the finer grid's token (0, 0)
+    assert torch.allclose(tokens[0, 0, 640:1088].view(112, 4)[:, 0], fine[0, 0, 160:], atol=1e-5)
+
+
+def test_location_targets_are_soft_over_their_own_axis():
+    """With location_sigma a box coordinate one bin off costs less than one far off; other tokens keep plain CE."""
+    from skymoe.data.boxes import X_TOKENS
+
+    model = tiny_model(vocab_size=300)
+    model.config.location_token_start, model.config.location_sigma = 50, 1.5
+    y0 = 50 + len(X_TOKENS)  # <y_0>
+    target = torch.tensor([y0 + 40])
+
+    def loss_with_mass_on(token: int) -> float:
+        logits = torch.zeros(1, 300)
+        logits[0, token] = 8.0
+        return float(model._lm_loss(logits, target))
+
+    assert loss_with_mass_on(y0 + 40) < loss_with_mass_on(y0 + 41) < loss_with_mass_on(y0 + 45) < loss_with_mass_on(50 + 40)
+    plain = torch.randn(3, 300)
+    words = torch.tensor([7, 12, -100])
+    assert torch.allclose(model._lm_loss(plain, words), torch.nn.functional.cross_entropy(plain, words, ignore_index=-100))

@@ -294,3 +294,13 @@ def test_dataset_skip_counts_and_reports(processor, tmp_path):
     assert len(dataset.skipped) == 2  # a sample seen twice is counted once
     with pytest.raises(ValueError, match="on_error"):
         SampleDataset(samples, processor, on_error="ignore")
+
+
+def test_blind_processor_gives_every_image_the_same_pixels_and_keeps_the_setting(tokenizer, tmp_path):
+    blind = SkyMoEProcessor(tokenizer, image_size=16, num_image_tokens=5, blind=True)
+    pixels = blind.preprocess_images([image((10, 200, 30)), image((250, 0, 0), size=(40, 40))])
+    assert torch.equal(pixels[0], pixels[1]) and float(pixels.abs().max()) == 0.0  # the mean image, normalised
+    seeing = SkyMoEProcessor(tokenizer, image_size=16, num_image_tokens=5).preprocess_images([image((10, 200, 30)), image((250, 0, 0))])
+    assert not torch.equal(seeing[0], seeing[1])
+    blind.save_pretrained(tmp_path)
+    assert SkyMoEProcessor.from_pretrained(tmp_path).blind

@@ -32,6 +32,18 @@ def test_mix_sampler_draws_each_part_by_weight_and_is_fixed_by_seed_and_epoch():
     assert [d[2] for d in again] != [d[2] for d in draws]
 
 
+def test_task_balanced_part_shares_its_draws_equally_among_its_tasks():
+    """One part of 20 VQA and 3 grounding samples, task-balanced: each task gets half of the 23 draws,
+    the small one cycling through whole shuffled passes of its samples."""
+    groups = [list(range(20)), [20, 21, 22]]
+    sampler = MixSampler([23], [1.0], seed=0, groups=[groups])
+    counts = Counter(index for _, _, index in sampler)
+    assert len(sampler) == 23
+    assert sum(counts[i] for i in range(20)) in (11, 12) and sum(counts[i] for i in (20, 21, 22)) in (11, 12)
+    assert all(counts[i] in (3, 4) for i in (20, 21, 22))
+    assert max(counts[i] for i in range(20)) == 1
+
+
 def test_info_nce_is_low_when_levels_separate_and_high_when_mixed():
     labels = torch.tensor([0, 0, 1, 1, 2, 2, -100])
     separated = torch.eye(3).repeat_interleave(2, dim=0)
