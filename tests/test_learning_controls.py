@@ -93,6 +93,8 @@ def test_place_mask_and_query_key():
     assert place_mask("how many ships are in the top right quadrant?", 2).tolist() == [0, 1, 0, 0]
     assert place_mask("how many cars are in the region [0, 0, 50, 50]?", 2).tolist() == [1, 0, 0, 0]
     assert place_mask("how many cars are there?", 2).tolist() == [1, 1, 1, 1]
+    # a cell half inside the box counts half: [0, 0, 75, 50] covers the top row's left cell and half its right one
+    assert place_mask("how many cars are in the region [0, 0, 75, 50]?", 2).tolist() == [1, 0.5, 0, 0]
     assert query_key(_sample("How many ships are in the top left quadrant?", "2", Task.COUNTING)) == "how many ships are ?"
     assert query_key(_sample("How many ships are in the region [1, 2, 3, 4]?", "2", Task.COUNTING)) == "how many ships are ?"
 
@@ -136,3 +138,11 @@ def test_probes_read_what_the_features_hold():
     for task, group in by_task(predictions).items():
         scorer = scorer_of(group)
         assert scorer.score(group)[scorer.primary] == pytest.approx(1.0), task
+
+
+def test_probes_refuse_a_tower_that_trained():
+    from skymoe.data.feature_cache import PixelSource
+    from skymoe.eval.runner import probe_records
+
+    with pytest.raises(ValueError, match="freeze_vision"):
+        probe_records([], [], PixelSource(lambda images: None))

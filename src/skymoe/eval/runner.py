@@ -126,6 +126,9 @@ def probe_records(train: list, test: list, source) -> list[Prediction]:
     from skymoe.data.imagery import load_image
     from skymoe.eval.probe import probe_predictions
 
+    if getattr(source, "batch_key", None) != "vision_features":
+        raise ValueError("the probes read the frozen tower's cached features; this model's tower was trained "
+                         "(freeze_vision: false), so no probe applies to it: drop --probe")
     by_image: dict[str, np.ndarray] = {}  # the probes read the same images many times (per query, per label)
 
     def features(samples) -> np.ndarray:
