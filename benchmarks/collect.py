@@ -15,6 +15,7 @@ HERE = Path(__file__).parent
 SECTIONS = [
     ("moe_layer.md", "moe_layer.py", "MoE layer cost: grouped LoRA / FFN experts vs dense, and vs transformers' Mixtral block (issue 3)"),
     ("train_throughput.md", "train_throughput.py", "Training throughput of the demo configuration: feature cache off / on, stage 2 / stage 1 (issues 4, 15)"),
+    ("projector_init.md", "projector_init.py", "Projector initialisation and whether the model reads its images (issue 15)"),
     ("generate.md", "generate.py", "Greedy generation, MoE vs the same model with experts removed (issue 6)"),
     ("int8.md", "int8.py", "Dynamic int8 on CPU: speed-up and score change (issue 6)"),
     ("scene.md", "scene.py", "Large GeoTIFF scenes: tiles/s and peak memory at two sizes (issue 6)"),
