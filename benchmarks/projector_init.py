@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from unittest import mock
@@ -36,8 +36,9 @@ def normal_init(self) -> None:
 
 
 def stage1_config(train_file: Path, steps: int):
-    import yaml
     from importlib import resources
+
+    import yaml
 
     from skymoe.config import TrainConfig, from_dict
 

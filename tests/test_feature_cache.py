@@ -5,10 +5,17 @@ import logging
 import numpy as np
 import pytest
 import torch
+from _model_helpers import make_batch, tiny_model
 from PIL import Image
 
-from _model_helpers import make_batch, tiny_model
-from skymoe.data.feature_cache import FeatureCache, PixelSource, Produced, ViewRequest, file_digest, image_request
+from skymoe.data.feature_cache import (
+    FeatureCache,
+    PixelSource,
+    Produced,
+    ViewRequest,
+    file_digest,
+    image_request,
+)
 from skymoe.data.imagery import load_image
 from skymoe.data.processor import SkyMoEProcessor
 from skymoe.data.tokenizer import build_tokenizer
