@@ -70,7 +70,8 @@ def file_digest(path: str | Path) -> str:
     stat = path.stat()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo not in _digests:
-        _digests[memo] = hashlib.file_digest(path.open("rb"), "sha1").hexdigest()
+        with path.open("rb") as f:
+            _digests[memo] = hashlib.file_digest(f, "sha1").hexdigest()
     return _digests[memo]
 
 

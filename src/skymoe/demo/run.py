@@ -121,8 +121,8 @@ def prepare_data(data_dir: Path, budget: Budget, seed: int) -> DemoSplits:
 
 
 def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -> dict:
-    """learning.json (+ learning.png): the three models' held-out predictions beside the prior and the probes."""
-    from skymoe.eval.controls import learning_controls, learning_plot, write_learning
+    """learning.json (+ plot and table): the three models' held-out predictions beside the prior and the probes."""
+    from skymoe.eval.controls import learning_controls, write_learning
     from skymoe.eval.records import read_predictions, write_predictions
     from skymoe.eval.runner import probe_records
     from skymoe.model.feature_source import feature_source
@@ -131,11 +131,10 @@ def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -
     models = {name: read_predictions(out_dir / folder / "predictions.jsonl")
               for name, folder in (("dense", "eval_stage1"), ("blind", "eval_blind"), ("moe", "eval_stage2"))}
     model, processor = load_model(model_dir)
-    probed = probe_records(splits.train, [s for s in splits.unseen_images], feature_source(model, processor))
+    probed = probe_records(splits.train, splits.unseen_images, feature_source(model, processor))
     write_predictions(probed, out_dir / "predictions_probe.jsonl")
     learning = learning_controls(models, probed, split=HELD_OUT)
     write_learning(learning, out_dir)
-    learning_plot(learning, out_dir / "learning.png")
     return learning
 
 

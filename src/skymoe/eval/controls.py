@@ -95,8 +95,14 @@ def _interval(model: SampleStats | None, controls: list[SampleStats | None], see
 
 
 def write_learning(learning: dict, out_dir: str | Path) -> Path:
-    path = Path(out_dir) / LEARNING
+    """``learning.json``, its plot ``learning.png`` and its table ``learning.md`` in ``out_dir``."""
+    from skymoe.eval.report import to_markdown
+
+    out_dir = Path(out_dir)
+    path = out_dir / LEARNING
     path.write_text(json.dumps(learning, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    learning_plot(learning, out_dir / "learning.png")
+    (out_dir / "learning.md").write_text(to_markdown([learning_section(learning)], "Learning controls") + "\n", encoding="utf-8")
     return path
 
 

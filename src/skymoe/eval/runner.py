@@ -96,10 +96,9 @@ def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Pa
 
 
 def _learning(predictions, samples, suite: Suite, out_dir: Path, controls: dict, probe_source, batch_size, split) -> None:
-    """Evaluate the control models on the same samples, fit the probes, write learning.json (+ its plot)."""
-    from skymoe.eval.controls import learning_controls, learning_plot, learning_section, write_learning
+    """Evaluate the control models on the same samples, fit the probes, write learning.json (+ plot and table)."""
+    from skymoe.eval.controls import learning_controls, write_learning
     from skymoe.eval.predict import generate_predictions
-    from skymoe.eval.report import to_markdown
     from skymoe.model.inference import load_model
 
     models = {"moe": predictions}
@@ -114,8 +113,6 @@ def _learning(predictions, samples, suite: Suite, out_dir: Path, controls: dict,
         write_predictions(probed, out_dir / "predictions_probe.jsonl")
     learning = learning_controls(models, probed, split=split)
     write_learning(learning, out_dir)
-    learning_plot(learning, out_dir / "learning.png")
-    (out_dir / "learning.md").write_text(to_markdown([learning_section(learning)], "Learning controls") + "\n", encoding="utf-8")
 
 
 def probe_records(train: list, test: list, source) -> list[Prediction]:

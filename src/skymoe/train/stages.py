@@ -214,7 +214,7 @@ def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, 
     """
     from skymoe.data.torch_dataset import SampleDataset
 
-    warm = _CacheWarmer(source, image_loader) if getattr(source, "batch_key", None) == "vision_features" and not processor.blind else None
+    warm = _CacheWarmer(source) if getattr(source, "batch_key", None) == "vision_features" and not processor.blind else None
     checked = []
     for part in parts:
         dataset = SampleDataset(part.samples, processor, on_error=on_error, image_loader=image_loader)
@@ -234,8 +234,8 @@ class _CacheWarmer:
 
     BATCH = 64
 
-    def __init__(self, cache, image_loader):
-        self.cache, self.image_loader, self.pending = cache, image_loader, []
+    def __init__(self, cache):
+        self.cache, self.pending = cache, []
 
     def __call__(self, path: str, image) -> None:
         from skymoe.data.feature_cache import image_request
