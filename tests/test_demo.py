@@ -39,6 +39,18 @@ def test_splits_are_deterministic(real_assets):
     assert ids(a) != ids(c)
 
 
+def test_tuning_splits_hold_out_validation_and_never_read_test(real_assets, monkeypatch):
+    from skymoe.demo import splits as demo_splits
+
+    read = []
+    real_load = demo_splits.load_dataset
+    monkeypatch.setattr(demo_splits, "load_dataset", lambda name, split: read.append(split) or real_load(name, split))
+    tuning = build_demo_splits(seed=0, mgrs_train=20, eval_per_task=10, datasets=demo_splits.DEMO_TUNING_SOURCES)
+    assert "test" not in read and "test_phili" not in read
+    assert {s.split for s in tuning.unseen_images} == {"val"}
+    assert not {s.image for s in tuning.train} & {s.image for s in tuning.unseen_images}
+
+
 @pytest.mark.slow
 def test_demo_smoke_writes_full_report(tmp_path, real_assets):
     from skymoe.cli import main

@@ -11,13 +11,17 @@ def register(subparsers) -> None:
     p.add_argument("--llm", choices=["tiny", "gemma3-270m"], default="tiny",
                    help="tiny: a small Llama trained from scratch; gemma3-270m: the pretrained Gemma-3-270M GGUF "
                    "(Gemma Terms of Use; 253 MB, ~2 s per step) as the frozen base of LoRA experts")
+    p.add_argument("--heldout", choices=["test", "val"], default="test",
+                   help="the held-out splits evaluated: test (the report's numbers) or val (for tuning a recipe: "
+                   "trains on the train splits only and never reads a test split)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from skymoe.demo.run import run_demo
 
-    report = run_demo(args.out, minutes=args.minutes, seed=args.seed, smoke=args.smoke, llm=args.llm)
+    report = run_demo(args.out, minutes=args.minutes, seed=args.seed, smoke=args.smoke, llm=args.llm,
+                      heldout=args.heldout)
     model = report.parent / "stage2" / "model"
     print(f"\nreport: {report}\n(also {report.with_suffix('.md')})")
     print(f"chat with the model:  skymoe chat --model {model} --image IMAGE.tif")

@@ -195,6 +195,9 @@ def data_section(run: dict) -> Section:
         "'unseen-questions' (a seeded 15% of the questions of training images, withheld from training). "
         "The prior baseline answers the most frequent training answer per dataset and question type."
     )
+    if run.get("heldout") == "val":
+        section.text += (" This run held out the VALIDATION splits (--heldout val, for tuning a recipe): "
+                         "'unseen-images' are validation images here, and no test split was read.")
     return section
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from skymoe.demo.splits import DemoSplits, build_demo_splits
+from skymoe.demo.splits import HELDOUT_SOURCES, DemoSplits, build_demo_splits
 
 # What a demo run writes under its --out folder; a new run replaces them.
 RUN_FOLDERS = ("data", "stage1", "blind", "stage2", "eval_stage1", "eval_blind", "eval_stage2")
@@ -108,9 +108,9 @@ def write_suite(data_dir: Path, budget: Budget) -> Path:
     return path
 
 
-def prepare_data(data_dir: Path, budget: Budget, seed: int) -> DemoSplits:
+def prepare_data(data_dir: Path, budget: Budget, seed: int, heldout: str = "test") -> DemoSplits:
     splits = build_demo_splits(seed=seed, mgrs_scenes=budget.mgrs_scenes, eval_per_task=budget.eval_per_task,
-                               real_eval_limit=budget.real_eval_limit)
+                               real_eval_limit=budget.real_eval_limit, datasets=HELDOUT_SOURCES[heldout])
     # The held-out sets are told apart in every metrics table by their split name.
     for sample in splits.unseen_images:
         sample.split = "unseen-images"
@@ -138,8 +138,10 @@ def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -
     return learning
 
 
-def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: int = 0, smoke: bool = False, llm: str = "tiny") -> Path:
-    """Run the demo; returns the path of report.html."""
+def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: int = 0, smoke: bool = False,
+             llm: str = "tiny", heldout: str = "test") -> Path:
+    """Run the demo; returns the path of report.html. ``heldout="val"`` holds out the validation splits instead of
+    the test splits, and never reads the latter: what a recipe change is tuned on."""
     from skymoe.assets import fetch_assets
     from skymoe.demo.report import write_demo_report
     from skymoe.eval import evaluate
@@ -159,7 +161,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: in
 
     t = time.perf_counter()
     fetch_assets(DEMO_ASSETS + ([GEMMA_ASSET] if llm == GEMMA_ASSET else []))
-    splits = prepare_data(data_dir, budget, seed)
+    splits = prepare_data(data_dir, budget, seed, heldout)
     suite = write_suite(data_dir, budget)
     t = lap("assets and data", t)
 
@@ -183,6 +185,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: in
         "minutes": None if smoke else minutes,
         "smoke": smoke,
         "llm": llm,
+        "heldout": heldout,
         "budget": budget.__dict__,
         "data": splits.counts(),
         "timings_s": timings,

@@ -30,6 +30,16 @@ DEMO_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bigearthnet": (("train", "val"), ("test",)),
     "mgrs_mini": (("train",), ("test",)),
 }
+# The same sources for tuning a recipe (`skymoe demo --heldout val`): the validation splits are held out and
+# the test splits are not read. HRVQA's embedded copy has no test split; its val split is held out in both.
+DEMO_TUNING_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "rsvqa_lr": (("train",), ("val",)),
+    "rsvqa_hr": (("train",), ("val",)),
+    "hrvqa": (("train",), ("val",)),
+    "bigearthnet": (("train",), ("val",)),
+    "mgrs_mini": (("train",), ("val",)),
+}
+HELDOUT_SOURCES = {"test": DEMO_SOURCES, "val": DEMO_TUNING_SOURCES}
 
 
 SYNTHETIC_DATASETS = {"mgrs_mini"}
