@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from skymoe.data.mgrs_mini import generate
 from skymoe.data.mgrs_mini.backgrounds import default_background_paths
@@ -146,3 +147,25 @@ def test_probes_refuse_a_tower_that_trained():
 
     with pytest.raises(ValueError, match="freeze_vision"):
         probe_records([], [], PixelSource(lambda images: None))
+
+
+def test_probes_leave_out_an_unreadable_image_with_a_warning(tmp_path, caplog):
+    """A training image that cannot be read (skipped by training under on_error: skip) never crashes the probes."""
+    from PIL import Image
+
+    from skymoe.data.feature_cache import FeatureCache
+    from skymoe.eval.runner import probe_records
+
+    samples = []
+    for i in range(12):
+        answer = ("dark", "light")[i % 2]
+        path = tmp_path / f"img{i}.png"
+        Image.new("RGB", (4, 4), (40, 40, 40) if answer == "dark" else (220, 220, 220)).save(path)
+        samples.append(replace(_sample("What scene is this?", answer, Task.CLASSIFICATION, i), image=str(path)))
+    (tmp_path / "img3.png").write_bytes(b"not a png")  # a training image gone bad
+    encode = lambda images: torch.stack([torch.tensor(np.asarray(im, dtype=np.float32)[:1, :1].reshape(1, 3) / 255) for im in images])  # noqa: E731
+    source = FeatureCache(encode, "toy", root=tmp_path / "cache")
+    with caplog.at_level("WARNING"):
+        predictions = probe_records(samples[:10], samples[10:], source)
+    assert "1 unreadable image(s) left out" in caplog.text and "img3.png" in caplog.text
+    assert [p.prediction for p in predictions] == ["dark", "light"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from skymoe.data.schema import SkyMoEDataError, iter_json_objects, read_jsonl
 from skymoe.eval.aggregate import compute_metrics, dumps_metrics
 from skymoe.eval.records import Prediction, prediction_text, read_predictions, write_predictions
 from skymoe.eval.suite import Suite, load_suite
+
+logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
@@ -116,27 +119,46 @@ def _learning(predictions, samples, suite: Suite, out_dir: Path, controls: dict,
 
 
 def probe_records(train: list, test: list, source) -> list[Prediction]:
-    """Linear-probe answers for ``test`` from the frozen tower features that ``source`` (a feature cache) reads."""
+    """Linear-probe answers for ``test`` from the frozen tower features that ``source`` (a feature cache) reads.
+
+    A sample whose image cannot be read is left out of the probe's fit (or answers) and counted in one warning:
+    training may have skipped it under ``data.on_error: skip``, and a probe must not crash the report on it."""
     import numpy as np
 
-    from skymoe.data.feature_cache import image_request
-    from skymoe.data.imagery import load_image
-    from skymoe.eval.probe import probe_predictions
+    from skymoe.eval.probe import probe_kind, probe_predictions
 
     if getattr(source, "batch_key", None) != "vision_features":
         raise ValueError("the probes read the frozen tower's cached features; this model's tower was trained "
                          "(freeze_vision: false), so no probe applies to it: drop --probe")
-    by_image: dict[str, np.ndarray] = {}  # the probes read the same images many times (per query, per label)
+    train, test = ([s for s in samples if probe_kind(s) is not None] for samples in (train, test))
+    by_image, unreadable = _read_features({s.image for s in train + test}, source)
+    if unreadable:
+        logger.warning("probes: %d unreadable image(s) left out (first: %s)", len(unreadable), next(iter(unreadable)))
+    train, test = ([s for s in samples if s.image in by_image] for samples in (train, test))
+    return probe_predictions(train, test, lambda samples: np.stack([by_image[s.image] for s in samples]))
 
-    def features(samples) -> np.ndarray:
-        missing = list(dict.fromkeys(s.image for s in samples if s.image not in by_image))
-        for start in range(0, len(missing), 64):
-            chunk = missing[start : start + 64]
-            entries = source.get([image_request(image, load_image) for image in chunk])
-            by_image.update((image, e.tensor.float().numpy()) for image, e in zip(chunk, entries))
-        return np.stack([by_image[s.image] for s in samples])
 
-    return probe_predictions(train, test, features)
+def _read_features(images: set[str], source, chunk: int = 64):
+    """{image: features} of every readable image (read once: the probes use an image many times), and the rest."""
+    from skymoe.data.feature_cache import image_request
+    from skymoe.data.imagery import load_image
+
+    by_image, unreadable = {}, {}
+    ordered = sorted(images)
+    for start in range(0, len(ordered), chunk):
+        part = ordered[start : start + chunk]
+        try:
+            entries = source.get([image_request(image, load_image) for image in part])
+        except Exception:  # one bad file in the chunk: read its images one by one to find it
+            entries = []
+            for image in part:
+                try:
+                    entries += source.get([image_request(image, load_image)])
+                except Exception as exc:
+                    unreadable[image] = str(exc).splitlines()[0][:200]
+                    entries.append(None)
+        by_image.update((image, e.tensor.float().numpy()) for image, e in zip(part, entries) if e is not None)
+    return by_image, unreadable
 
 
 def join_references(predictions_path: str | Path, references_path: str | Path) -> list[Prediction]:
