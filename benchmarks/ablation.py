@@ -1,29 +1,35 @@
 """Ablation study on MGRS-mini: do the SkyMoE paper's claims hold at small scale on CPU?
 
-    python benchmarks/ablation.py [--seeds 0 1 2] [--stage1-steps 150] [--stage2-steps 150]
-                                  [--eval-limit 300] [--rows dense moe-e1 ...] [--work runs/ablation]
+    python benchmarks/ablation.py [--seeds 0 1 2] [--stage1-steps 600] [--stage2-steps 300]
+                                  [--eval-per-task 150] [--rows dense moe-e1 ...] [--work runs/ablation]
 
-Rows (all from the same tiny model, same data, same batch size):
+Every row is the demo's recipe (``skymoe/demo/stage1.yaml`` and ``stage2.yaml``: the frozen EfficientNet-Lite0
+with its features cached, 4x4 visual tokens, a small Llama trained from scratch, batch 32, task-balanced
+MGRS-mini of the demo's 3000 scenes, answer-only loss), changed only where the row says:
 
 * ``dense``          stage 1 only, trained for stage1 + stage2 steps (the same number of samples as every MoE row);
-* ``moe-e1``         stage 2 with 1 expert, top-1, LoRA rank 2r (same active expert parameters as top-2 of rank r);
-* ``moe-e4``, ``moe-e8``  4 / 8 LoRA experts of rank r, top-2, token routing;
-* ``moe-e8-seq``     as moe-e8 with one routing decision per sequence;
-* ``moe-e8-cda``     as moe-e8 with context-disentangled augmentation;
+* ``moe-e1``         stage 2 with 1 expert, top-1, LoRA rank 2r (the active expert parameters of top-2 of rank r);
+* ``moe-e4``         4 LoRA experts of rank r, top-2, one routing decision per sequence (the demo's stage 2 without CDA);
+* ``moe-e8``         8 LoRA experts, top-2, sequence routing;
+* ``moe-e8-token``   as moe-e8 with one routing decision per token;
+* ``moe-e8-cda``     as moe-e8 with context-disentangled augmentation (the demo's CDA settings);
 * ``moe-e8-ffn``     as moe-e8 with upcycled FFN experts instead of LoRA experts (more active parameters:
                      upcycling copies the whole FFN, so this row cannot match the others; the table says so).
 
 Every MoE row starts from the same stage-1 model of its seed (trained for stage1 steps), so rows differ only
-in what the ablation changes. Each row is trained and evaluated for every seed; the table reports mean ± std
-over seeds of the suite's headline metrics, and the wall time of everything. Writes
-``benchmarks/results/ablation.md`` (``--report``), ``ablation.json`` and ``ablation.png`` next to it.
+in what the ablation changes. Each row is trained and evaluated for every seed on the same unseen test scenes
+(``--eval-per-task`` samples of each task); the table reports mean ± std over seeds of the primary metrics
+beside the prior baseline, and the wall time of everything. Writes ``benchmarks/results/ablation.md``
+(``--report``), ``ablation.json`` and ``ablation.png`` next to it.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -32,7 +38,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).parent / "results"
-LORA_RANK = 8
+SCENES = 3000  # the demo's MGRS-mini
 
 
 @dataclass(frozen=True)
@@ -46,20 +52,13 @@ class Row:
 
 ROWS: tuple[Row, ...] = (
     Row("dense", "dense (stage 1 only, same sample budget)", 1),
-    Row("moe-e1", "MoE E=1, top-1, LoRA r=2r", 2, {"num_experts": 1, "top_k": 1, "lora_rank": 2 * LORA_RANK}),
-    Row("moe-e4", "MoE E=4, top-2, LoRA", 2, {"num_experts": 4, "top_k": 2}),
-    Row("moe-e8", "MoE E=8, top-2, LoRA, token routing", 2, {"num_experts": 8, "top_k": 2}),
-    Row("moe-e8-seq", "MoE E=8, sequence routing", 2, {"num_experts": 8, "top_k": 2, "routing": "sequence"}),
+    Row("moe-e1", "MoE E=1, top-1, LoRA r=2r", 2, {"num_experts": 1, "top_k": 1, "lora_rank": "2r"}),
+    Row("moe-e4", "MoE E=4, top-2, LoRA, sequence routing", 2, {"num_experts": 4, "top_k": 2}),
+    Row("moe-e8", "MoE E=8, top-2, LoRA, sequence routing", 2, {"num_experts": 8, "top_k": 2}),
+    Row("moe-e8-token", "MoE E=8, token routing", 2, {"num_experts": 8, "top_k": 2, "routing": "token"}),
     Row("moe-e8-cda", "MoE E=8 + CDA", 2, {"num_experts": 8, "top_k": 2}, cda=True),
     Row("moe-e8-ffn", "MoE E=8, FFN experts (upcycled)", 2, {"num_experts": 8, "top_k": 2, "expert_type": "ffn"}),
 )
-
-# the tiny model every row shares (sizes chosen so one run takes minutes on 2 CPU cores)
-MODEL = {
-    "image_size": 64, "patch_size": 16, "vision_hidden_size": 64, "vision_layers": 2, "vision_heads": 2,
-    "hidden_size": 64, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 192,
-    "vocab_size": 1000, "router_hidden_size": 64, "num_route_tokens": 2, "adapter": "full", "lora_rank": LORA_RANK,
-}
 
 TASKS = ("classification", "caption", "vqa", "grounding", "region_caption", "counting")
 # columns of the main table: metric key -> title (per-task keys get the scorer's primary metric name added)
@@ -67,38 +66,50 @@ HEADLINE = {"overall": "overall", **{t: t for t in TASKS}, "spec_task": "expert-
             "spec_granularity": "expert-granularity MI (norm.)"}
 
 
-def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | None, args):
+def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | None):
+    """The demo's packaged stage-1 / stage-2 config with this row's changes, data, steps and seed."""
     from skymoe.config import TrainConfig, from_dict
+    from skymoe.demo.run import packaged_config
 
-    model = {**MODEL, **row.model}
+    raw = copy.deepcopy(packaged_config(f"stage{row.stage}.yaml"))
+    model = dict(row.model)
+    if model.get("lora_rank") == "2r":
+        model["lora_rank"] = 2 * raw["model"]["lora_rank"]
+    raw["model"].update(model)
     if init_from is not None:
-        model["init_from"] = str(init_from)
-    cfg = {
-        "stage": row.stage, "seed": seed, "model": model, "max_steps": steps, "batch_size": args.batch_size,
-        # the first scenes' samples (all tasks): enough for the step budget, and set-up stays short
-        "data": {"mix": [{"path": str(data), "limit": args.train_limit}], "max_length": 96},
-        # stage 2 adapts a trained model: half the from-scratch learning rate
-        "optim": {"lr": 2e-3 if row.stage == 1 else 1e-3, "warmup_steps": max(1, steps // 20)},
-        "cda": {"enabled": row.cda},
-        "checkpoint_every": 10_000, "log_every": 25,
-    }
-    return from_dict(TrainConfig, cfg).validate()
+        raw["model"]["init_from"] = str(init_from)
+    raw["data"]["mix"] = [{"path": str(data), "balance": "task"}]
+    if row.stage == 2:
+        raw["cda"]["enabled"] = row.cda
+    raw.update(seed=seed, max_steps=steps, log_every=50, checkpoint_every=100_000)
+    return from_dict(TrainConfig, raw).validate()
 
 
-def write_suite(path: Path, limit: int) -> Path:
+def write_suite(work: Path, per_task: int) -> tuple[Path, Path]:
+    """The training file (MGRS-mini train) and a suite of ``per_task`` seeded test samples of each task,
+    its prior baseline fitted on the training file."""
     import yaml
 
-    from skymoe.eval.suite import load_suite
+    from skymoe.data.mgrs_mini import ensure_generated, load_split
+    from skymoe.data.schema import write_jsonl
 
-    suite = load_suite("mgrs_mini")
+    root = ensure_generated(n=SCENES, workers=os.cpu_count() or 1)
+    test = load_split("test", root)
+    rng = random.Random(0)
+    chosen = []
+    for task in sorted({s.task.value for s in test}):
+        of_task = [s for s in test if s.task.value == task]
+        chosen += rng.sample(of_task, min(per_task, len(of_task)))
+    write_jsonl(chosen, work / "test.jsonl")
     raw = {
-        "name": "mgrs_mini_ablation", "description": f"{suite.description} (first {limit} test samples)",
-        "generation": {"max_new_tokens": suite.generation.max_new_tokens, "batch_size": suite.generation.batch_size},
-        "scorers": suite.scorers, "baseline_split": suite.baseline_split,
-        "datasets": [{"name": "mgrs_mini", "splits": ["test"], "limit": limit}],
+        "name": "mgrs_mini_ablation",
+        "description": f"MGRS-mini ({SCENES} scenes): {per_task} unseen test samples per task",
+        "generation": {"max_new_tokens": 24, "batch_size": 64},
+        "baseline_path": str(root / "train.jsonl"),
+        "datasets": [{"path": "test.jsonl"}],
     }
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    (work / "suite.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return root / "train.jsonl", work / "suite.yaml"
 
 
 def headline(metrics: dict, part: str = "model") -> dict[str, float]:
@@ -140,7 +151,7 @@ def run_one(row: Row, seed: int, args, data: Path, suite: Path, stage1: Path | N
         return json.loads((out / "result.json").read_text())
     start = time.perf_counter()
     steps = args.stage1_steps + args.stage2_steps if row.stage == 1 else args.stage2_steps
-    result = train(train_config(row, seed, steps, data, stage1 if row.stage == 2 else None, args), out / "train")
+    result = train(train_config(row, seed, steps, data, stage1 if row.stage == 2 else None), out / "train")
     train_s = time.perf_counter() - start
     metrics = evaluate(result.model_dir, str(suite), out / "eval")
     record = {"row": row.name, "seed": seed, "steps": result.steps, "samples": result.samples_seen,
@@ -159,7 +170,7 @@ def stage1_model(seed: int, args, data: Path) -> tuple[Path, float]:
     out = args.work / f"seed{seed}" / "stage1"
     done = out / "stage1.json"
     if not done.exists():
-        result = train(train_config(ROWS[0], seed, args.stage1_steps, data, None, args), out)
+        result = train(train_config(ROWS[0], seed, args.stage1_steps, data, None), out)
         done.write_text(json.dumps({"seconds": round(result.seconds, 1), "steps": result.steps}))
     return out, json.loads(done.read_text())["seconds"]
 
@@ -215,7 +226,7 @@ def claims(table: dict[str, dict[str, list[float]]]) -> list[str]:
     compare("MoE beats dense at equal sample budget", "moe-e8", "dense", "overall")
     compare("CDA helps counting (image + region counting task)", "moe-e8-cda", "moe-e8", "counting")
     compare("CDA helps VQA (count/presence/colour questions are edited)", "moe-e8-cda", "moe-e8", "vqa")
-    compare("Token-level routing beats sequence-level routing", "moe-e8", "moe-e8-seq", "overall")
+    compare("Token-level routing beats sequence-level routing", "moe-e8-token", "moe-e8", "overall")
     compare("LoRA experts beat FFN experts", "moe-e8", "moe-e8-ffn", "overall")
     for key in ("task", "granularity"):
         values = table.get("moe-e8", {}).get(f"spec_{key}")
@@ -286,9 +297,10 @@ def write_report(records: list[dict], rows: list[Row], args, stage1_seconds: flo
         "",
         f"Generated by `benchmarks/ablation.py` on {platform.processor() or platform.machine()} "
         f"({os.cpu_count()} CPUs, shared with other jobs; torch threads {args.threads}). Seeds: {args.seeds}. "
-        f"Budget: stage 1 {args.stage1_steps} steps, stage 2 {args.stage2_steps} steps, batch {args.batch_size} "
+        f"Recipe: the demo's (`skymoe/demo/stage1.yaml`, `stage2.yaml`), batch 32, on MGRS-mini's {SCENES} scenes. "
+        f"Budget: stage 1 {args.stage1_steps} steps, stage 2 {args.stage2_steps} steps "
         f"(dense: {args.stage1_steps + args.stage2_steps} steps of stage 1, the same number of samples). "
-        f"Evaluation: the first {args.eval_limit} MGRS-mini test samples (all tasks; test scenes unseen in training).",
+        f"Evaluation: {args.eval_per_task} seeded MGRS-mini test samples per task (test scenes unseen in training).",
         "",
         f"**Cost:** {len(records)} trained+evaluated runs plus {len(args.seeds)} shared stage-1 runs: "
         f"training {train_min:.1f} min, evaluation {eval_min:.1f} min, {train_min + eval_min:.1f} min of wall time in all.",
@@ -320,11 +332,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=[r.name for r in ROWS], choices=[r.name for r in ROWS])
-    parser.add_argument("--stage1-steps", type=int, default=150)
-    parser.add_argument("--stage2-steps", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--train-limit", type=int, default=6000, help="training samples used (first scenes first)")
-    parser.add_argument("--eval-limit", type=int, default=300)
+    parser.add_argument("--stage1-steps", type=int, default=600)
+    parser.add_argument("--stage2-steps", type=int, default=300)
+    parser.add_argument("--eval-per-task", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--report", type=Path, default=RESULTS / "ablation.md", help="also writes .json and .png beside it")
@@ -332,12 +342,9 @@ def main() -> None:
 
     import torch
 
-    from skymoe.data.mgrs_mini import ensure_generated
-
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    data = ensure_generated(workers=args.threads) / "train.jsonl"  # the default benchmark, as the suite reads it
-    suite = write_suite(args.work / "suite.yaml", args.eval_limit)
+    data, suite = write_suite(args.work, args.eval_per_task)
     rows = [r for r in ROWS if r.name in args.rows]
     stage1, stage1_seconds = {}, 0.0
     if any(r.stage == 2 for r in rows):

@@ -64,7 +64,7 @@ STAGE1_SHARE = 0.375  # of the training steps; the blind control takes as many, 
 MGRS_SCENES = 3000
 
 
-def _packaged_config(name: str) -> dict:
+def packaged_config(name: str) -> dict:
     return yaml.safe_load((resources.files("skymoe.demo") / name).read_text(encoding="utf-8"))
 
 
@@ -76,7 +76,7 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
     synthetic = sum(1 for _ in (data_dir / "train_synthetic.jsonl").open(encoding="utf-8"))
     mix = [{"path": str(data_dir / "train_real.jsonl"), "weight": REAL_DATA_SHARE / (1 - REAL_DATA_SHARE) * synthetic / real},
            {"path": str(data_dir / "train_synthetic.jsonl"), "weight": 1.0, "balance": "task"}]
-    raw1, raw2 = _packaged_config("stage1.yaml"), _packaged_config("stage2.yaml")
+    raw1, raw2 = packaged_config("stage1.yaml"), packaged_config("stage2.yaml")
     for raw, steps in ((raw1, budget.stage1_steps), (raw2, budget.stage2_steps)):
         raw["data"]["mix"] = mix
         raw["max_steps"] = steps
