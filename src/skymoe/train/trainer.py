@@ -227,8 +227,11 @@ def _loop(cfg: TrainConfig, accelerator, run: _Run, position: TrainingPosition, 
     model.train()
     try:
         while position.step < run.total_steps:
+            # The prepared loader hands the epoch to MixSampler; a skip loader's set_epoch does not reach it with
+            # several processes (accelerate's BatchSamplerShard sits between), so a resumed run would replay epoch 0.
+            run.loader.set_epoch(position.epoch)
             loader = accelerator.skip_first_batches(run.loader, position.batch_in_epoch) if position.batch_in_epoch else run.loader
-            loader.set_epoch(position.epoch)  # the prepared loader hands the epoch to MixSampler
+            loader.set_epoch(position.epoch)
             for batch in loader:
                 with accelerator.accumulate(model):
                     terms, output, is_view, batch = _forward(model, batch, cfg)
