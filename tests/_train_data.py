@@ -1,6 +1,9 @@
 """A small on-disk dataset and tiny configs for the training tests (images made here, no downloads)."""
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +94,22 @@ def one_torch_thread():
 
 
 SUBPROCESS_ENV = {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(config_name: str, *args) -> tuple[list[str], dict]:
+    """The command docs/TRAINING.md gives for 2 CPU processes: the `accelerate` console script with a repo
+    launch config (torchrun's local processes; ACCELERATE_USE_CPU=1 makes each use the CPU and gloo)."""
+    command = [
+        str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(ACCELERATE_CONFIGS / config_name),
+        "--main_process_port", str(free_port()), *map(str, args),
+    ]
+    return command, {**os.environ, **SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}

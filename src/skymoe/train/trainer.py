@@ -114,19 +114,15 @@ class _Run:
 
 
 def _train(cfg: TrainConfig, output_dir: Path, resume: bool, position: TrainingPosition) -> TrainResult:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    from skymoe.train.accelerator import make_accelerator
 
     cfg.validate()
     resume_from = _resume_point(output_dir / "checkpoints", resume)
     if resume_from is not None:
         _check_same_run(cfg, output_dir / "train_config.yaml")
-    accelerator = Accelerator(
-        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-        gradient_accumulation_steps=cfg.grad_accum,
-        # our schedule counts optimiser steps; accelerate would otherwise step it once per process
-        step_scheduler_with_optimizer=False,
-    )
+    accelerator = make_accelerator(cfg.precision, cfg.grad_accum)
     set_seed(cfg.seed)
     run = _prepare(cfg, accelerator, resume_from)  # every bad-input error happens here, before any step
     accelerator.register_for_checkpointing(position)
