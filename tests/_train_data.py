@@ -96,7 +96,9 @@ def one_torch_thread():
 SUBPROCESS_ENV = {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
 
-ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+REPO = Path(__file__).resolve().parents[1]
+# DeepSpeed JIT-compiles its CPU comm op once per machine (scripts/install_test_tools.sh warms this folder)
+TORCH_EXTENSIONS_DIR = Path(os.environ.get("SKYMOE_CACHE") or Path.home() / ".cache" / "skymoe") / "torch_extensions"
 
 
 def free_port() -> int:
@@ -105,11 +107,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_launch(config_name: str, *args) -> tuple[list[str], dict]:
-    """The command docs/TRAINING.md gives for 2 CPU processes: the `accelerate` console script with a repo
-    launch config (torchrun's local processes; ACCELERATE_USE_CPU=1 makes each use the CPU and gloo)."""
+def accelerate_launch(config_name: str, *args) -> dict:
+    """subprocess keywords for the command docs/TRAINING.md gives for 2 CPU processes: the `accelerate` console
+    script with a repo launch config, from the repo root (the DeepSpeed configs name their JSON relative to it).
+    ACCELERATE_USE_CPU=1 makes torchrun's local processes use the CPU and gloo; DeepSpeed goes without it."""
     command = [
-        str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(ACCELERATE_CONFIGS / config_name),
+        str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(REPO / "configs" / "accelerate" / config_name),
         "--main_process_port", str(free_port()), *map(str, args),
     ]
-    return command, {**os.environ, **SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}
+    env = {**os.environ, **SUBPROCESS_ENV, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(TORCH_EXTENSIONS_DIR))}
+    if not config_name.startswith("deepspeed"):
+        env["ACCELERATE_USE_CPU"] = "1"
+    return {"args": command, "env": env, "cwd": REPO}

@@ -38,8 +38,8 @@ def test_two_gloo_processes_agree_on_the_weights(tmp_path):
     config2 = write_config(tmp_path / "s2.yaml", data, stage=2, max_steps=2, log_every=1, checkpoint_every=2)
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    command, env = accelerate_launch("cpu_ddp.yaml", script, config1, config2, tmp_path / "out")
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(**accelerate_launch("cpu_ddp.yaml", script, config1, config2, tmp_path / "out"),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1
