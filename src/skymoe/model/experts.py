@@ -117,7 +117,9 @@ class DispatchPlan:
 
     def combine(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Weighted sum of the expert outputs back onto their tokens -> ``shape``."""
-        out = rows.new_zeros(self.num_tokens, rows.shape[-1]).index_add_(0, self.token_index, rows * self.weight)
+        # under bf16 autocast the expert matmuls give bf16 rows and the gate weights stay fp32: sum in the product's dtype
+        weighted = rows * self.weight
+        out = weighted.new_zeros(self.num_tokens, rows.shape[-1]).index_add_(0, self.token_index, weighted)
         return out.reshape(*shape[:-1], rows.shape[-1])
 
     def accumulate(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
