@@ -69,7 +69,7 @@ def free_port() -> int:
 def sharded_run(name: str, launch_config: str, dry: bool, work: Path) -> str:
     """Stage 1 then stage 2 (MoE) of the toy configuration on one process: the launch path of a real run."""
     sys.path.insert(0, str(REPO / "tests"))
-    from _train_data import write_config, write_toy_dataset
+    from _toy_data import write_config, write_toy_dataset  # the test suite's toy set; no pytest needed
 
     folder = work / launch_config.removesuffix(".yaml")
     data = write_toy_dataset(folder / "toy")
