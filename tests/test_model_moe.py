@@ -431,3 +431,14 @@ def test_bf16_autocast_training_step_matches_fp32(expert_type):
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16)
     torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0.0)  # bf16 keeps ~3 significant digits
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameter_groups()["experts"].values())
+
+
+def test_grouped_mm_under_autocast_computes_in_the_autocast_dtype_like_the_loop():
+    # autocast does not cover grouped_mm: without the cast a bf16 step would multiply fp32 there (or fail on GPU)
+    x, weight = torch.randn(10, 128), torch.randn(2, 128, 128)
+    offsets = torch.tensor([4, 10], dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grouped = experts_module.grouped_matmul(x, weight, offsets)  # 128 wide: the kernel path on CPU
+        loop = torch.cat([part @ w for part, w in zip(x.split([4, 6]), weight.unbind(0))])
+    assert grouped.dtype == loop.dtype == torch.bfloat16
+    torch.testing.assert_close(grouped, loop)

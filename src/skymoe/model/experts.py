@@ -152,6 +152,9 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
     aligned = all(t.shape[-1] * t.element_size() % 16 == 0 for t in (x, weight))  # the kernel's stride rule
     kernel = getattr(F, "grouped_mm", None)  # absent from older torch
     if kernel is not None and aligned and (x.device.type != "cpu" or min(weight.shape[1:]) >= 128):
+        if torch.is_autocast_enabled(x.device.type):  # autocast does not cover grouped_mm; do what it does for `@`
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
         return kernel(x, weight, offs=offsets)
     # torch's CPU grouped_mm kernel is slow for narrow (LoRA-rank) matrices; there one GEMM per expert
     # slice is faster. split/unbind (not x[s:e] / weight[e]) so that backward assembles each gradient
