@@ -1,6 +1,7 @@
 """Greedy generation speed: the MoE model vs the same model with its experts removed (dense), in one run.
 
     python benchmarks/generate.py [--new-tokens 48] [--repeats 15] [--out benchmarks/results/generate.md]
+    python benchmarks/generate.py --device cuda --dtype bf16 --out ...   (scripts/gpu_check.sh)
 
 The dense model is a stage-1 SkyMoE (frozen base LLM + one LoRA adapter on the
 FFN linears); the MoE models are upcycled from it, top-2 (LoRA experts, the
@@ -101,6 +102,8 @@ def time_rounds(models: dict, inputs: dict, new_tokens: int, repeats: int, seed:
         start = time.perf_counter()
         with torch.inference_mode():
             model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        if model.device.type == "cuda":  # kernels run asynchronously
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     for model in models.values():  # warm-up
@@ -144,15 +147,19 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--sizes", default="tiny,small,demo")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU makes more threads spin, not work)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.md"))
     args = parser.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.set_num_threads(args.threads)
     rows, worst, bounds, described = [], {}, {}, []
     for size in args.sizes.split(","):
-        models = build_models(size)
+        models = {name: model.to(args.device, dtype) for name, model in build_models(size).items()}
         dense_name = next(iter(models))
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            inputs = make_inputs(models[dense_name].config, batch_size)
+            inputs = {k: v.to(args.device, dtype if v.is_floating_point() else None)
+                      for k, v in make_inputs(models[dense_name].config, batch_size).items()}
             speeds = time_rounds(models, inputs, args.new_tokens, args.repeats)
             for name in models:
                 ratio = speeds.ratio(name, dense_name)
@@ -173,7 +180,8 @@ def main() -> None:
     text = "\n".join([
         "# Greedy generation: MoE vs dense (`benchmarks/generate.py`)",
         "",
-        f"Machine: {machine()}; {args.threads} torch thread(s).",
+        f"Machine: {machine()}; {args.threads} torch thread(s); {args.dtype} on {args.device}"
+        + (f" ({torch.cuda.get_device_name()})." if args.device.startswith("cuda") else "."),
         f"ViT tower 1 layer, 64 px image, vocabulary 2,000; {args.new_tokens} new tokens per sequence (EOS suppressed), "
         f"{args.repeats} rounds after a warm-up; each round runs every model once, in a shuffled order. tokens/s: median over rounds; "
         "vs dense: median over rounds of the speed ratio within a round.",

@@ -1,4 +1,4 @@
-"""MoE layer cost on CPU: forward+backward, fp32, hidden 1024, FFN 2816, 2,048 tokens, E=8, top-2.
+"""MoE layer cost (CPU by default; --device cuda --dtype bf16 on a GPU): forward+backward, fp32, hidden 1024, FFN 2816, 2,048 tokens, E=8, top-2.
 
 (a) LoRA experts (r=16 on gate/up/down, frozen base) / the same FFN with one dense LoRA r=16 (target <= 1.15x)
 (b) FFN experts / twice the dense FFN (4,096 token-rows: what top-2 costs at least) (target <= 1.2x),
@@ -30,6 +30,7 @@ from skymoe.model.experts import FFNExperts, LayerDispatch, LoRAExperts, MoEDeco
 from skymoe.model.router import ExpertGate, RoutingContext
 
 ROUTING_SIZE = 128
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SAMPLES = 8  # 2,048 tokens = 8 samples x 256 tokens (the gate is conditioned on a per-sample routing embedding)
 
 
@@ -65,12 +66,20 @@ def mixtral(hidden: int, ffn: int, experts: int, top_k: int, implementation: str
     return block
 
 
+def synchronize(device: torch.device) -> None:
+    """GPU kernels run asynchronously: wait for them before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fwd_bwd_seconds(module: nn.Module, x: torch.Tensor) -> float:
     """Seconds of one forward + backward (input gradient included, as inside a network)."""
     module.zero_grad(set_to_none=True)
     x.grad = None
+    synchronize(x.device)
     start = time.perf_counter()
     module(x).float().pow(2).mean().backward()
+    synchronize(x.device)
     return time.perf_counter() - start
 
 
@@ -93,7 +102,8 @@ def machine() -> str:
         cpus = fields.get("CPU(s)", "?").strip()
     except (OSError, subprocess.CalledProcessError):
         model, cpus = platform.processor() or "?", "?"
-    return f"{model}, {cpus} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{model}, {cpus} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads{gpu}"
 
 
 def load_average() -> str:
@@ -101,10 +111,11 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
 
 
-def run(hidden: int, ffn: int, tokens: int, experts: int, top_k: int, rank: int, repeats: int) -> dict[str, float]:
+def run(hidden: int, ffn: int, tokens: int, experts: int, top_k: int, rank: int, repeats: int,
+        device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, float]:
     torch.manual_seed(0)
-    x = torch.randn(SAMPLES, tokens // SAMPLES, hidden, requires_grad=True)
-    x2 = torch.randn(2 * SAMPLES, tokens // SAMPLES, hidden, requires_grad=True)
+    x = torch.randn(SAMPLES, tokens // SAMPLES, hidden, device=device, dtype=dtype, requires_grad=True)
+    x2 = torch.randn(2 * SAMPLES, tokens // SAMPLES, hidden, device=device, dtype=dtype, requires_grad=True)
     dense_lora = with_lora(mlp(hidden, ffn), 1, rank, LayerDispatch())  # plan stays None: the dense adapter path
     dispatch = LayerDispatch()
     lora_moe = moe_layer(with_lora(mlp(hidden, ffn), experts, rank, dispatch), hidden, experts, top_k, dispatch)
@@ -121,7 +132,14 @@ def run(hidden: int, ffn: int, tokens: int, experts: int, top_k: int, rank: int,
     # ([tokens*k, hidden, 2*ffn], ~94 GB here), so only the two that fit in memory are timed.
     for implementation in ("eager", "grouped_mm"):
         layers[f"transformers Mixtral block ({implementation})"] = (mixtral(hidden, ffn, experts, top_k, implementation), x)
-    return time_round_robin(layers, repeats)
+    return time_round_robin({name: (place(module, device, dtype), inp) for name, (module, inp) in layers.items()}, repeats)
+
+
+def place(module: nn.Module, device, dtype) -> nn.Module:
+    """``module.to(device, dtype)``, and the routing embedding a MoE layer reads from its context (not a parameter)."""
+    if isinstance(module, MoEDecoderLayer):
+        module.context.routing_embedding = module.context.routing_embedding.to(device, dtype)
+    return module.to(device, dtype)
 
 
 def report(results: dict[str, float], args) -> str:
@@ -131,7 +149,7 @@ def report(results: dict[str, float], args) -> str:
     mixtral_best = min(v for k, v in results.items() if k.startswith("transformers Mixtral"))
     lines = [
         f"Shapes: hidden {args.hidden}, FFN {args.ffn}, {args.tokens} tokens, E={args.experts}, top-{args.top_k}, "
-        f"LoRA r={args.rank}; fp32, forward+backward, median of {args.repeats} round-robin rounds after 1 warm-up.",
+        f"LoRA r={args.rank}; {args.dtype} on {args.device}, forward+backward, median of {args.repeats} round-robin rounds after 1 warm-up.",
         f"Machine: {machine()}",
         "",
         "| layer | ms / fwd+bwd |",
@@ -154,10 +172,13 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     args = parser.parse_args()
     load_before = load_average()
-    results = run(args.hidden, args.ffn, args.tokens, args.experts, args.top_k, args.rank, args.repeats)
+    results = run(args.hidden, args.ffn, args.tokens, args.experts, args.top_k, args.rank, args.repeats,
+                  torch.device(args.device), DTYPES[args.dtype])
     text = report(results, args) + f"\nLoad average (1 min) before / after the run: {load_before} / {load_average()}"
     print(text)
     if args.out:

@@ -416,3 +416,29 @@ def test_projector_keeps_fan_in_initialisation():
         weight = layer.weight.detach()
         assert float(weight.abs().max()) <= bound
         assert float(weight.std()) == pytest.approx(bound / 3**0.5, rel=0.2)
+
+
+@pytest.mark.parametrize("expert_type", ["ffn", "lora"])
+def test_bf16_autocast_training_step_matches_fp32(expert_type):
+    # bf16 autocast (accelerate's mixed_precision bf16) gives bf16 expert rows next to fp32 gate weights
+    dense = tiny_model(moe={"dense_lora": False})
+    model = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=4, top_k=2, expert_type=expert_type, perturb=0.01)
+    batch = make_batch(model.config, batch_size=4)
+    fp32 = model(**batch).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(**batch).loss
+    bf16.backward()
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16)
+    torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0.0)  # bf16 keeps ~3 significant digits
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameter_groups()["experts"].values())
+
+
+def test_grouped_mm_under_autocast_computes_in_the_autocast_dtype_like_the_loop():
+    # autocast does not cover grouped_mm: without the cast a bf16 step would multiply fp32 there (or fail on GPU)
+    x, weight = torch.randn(10, 128), torch.randn(2, 128, 128)
+    offsets = torch.tensor([4, 10], dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grouped = experts_module.grouped_matmul(x, weight, offsets)  # 128 wide: the kernel path on CPU
+        loop = torch.cat([part @ w for part, w in zip(x.split([4, 6]), weight.unbind(0))])
+    assert grouped.dtype == loop.dtype == torch.bfloat16
+    torch.testing.assert_close(grouped, loop)

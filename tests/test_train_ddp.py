@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from _train_data import SUBPROCESS_ENV, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
+from _train_data import accelerate_launch, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
 
 # Runs on every rank: train stage 1 then stage 2, and record what this rank ended with.
 RANK_SCRIPT = '''
@@ -35,15 +31,6 @@ report["tokenizer"] = hashlib.sha256((out / "s1" / "model" / "tokenizer.json").r
 '''
 
 
-CPU_DDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_ddp.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_agree_on_the_weights(tmp_path):
     data = write_toy_dataset(tmp_path / "toy")
@@ -51,14 +38,8 @@ def test_two_gloo_processes_agree_on_the_weights(tmp_path):
     config2 = write_config(tmp_path / "s2.yaml", data, stage=2, max_steps=2, log_every=1, checkpoint_every=2)
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    # The command docs/TRAINING.md gives: the `accelerate` console script with the repo's cpu_ddp.yaml
-    # (torchrun's local processes; ACCELERATE_USE_CPU=1 makes each of them use the CPU and gloo).
-    command = [
-        str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_DDP_CONFIG),
-        "--main_process_port", str(free_port()), str(script), str(config1), str(config2), str(tmp_path / "out"),
-    ]
-    env = {**os.environ, **SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(**accelerate_launch("cpu_ddp.yaml", script, config1, config2, tmp_path / "out"),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1

@@ -117,7 +117,9 @@ class DispatchPlan:
 
     def combine(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Weighted sum of the expert outputs back onto their tokens -> ``shape``."""
-        out = rows.new_zeros(self.num_tokens, rows.shape[-1]).index_add_(0, self.token_index, rows * self.weight)
+        # under bf16 autocast the expert matmuls give bf16 rows and the gate weights stay fp32: sum in the product's dtype
+        weighted = rows * self.weight
+        out = weighted.new_zeros(self.num_tokens, rows.shape[-1]).index_add_(0, self.token_index, weighted)
         return out.reshape(*shape[:-1], rows.shape[-1])
 
     def accumulate(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -150,6 +152,9 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
     aligned = all(t.shape[-1] * t.element_size() % 16 == 0 for t in (x, weight))  # the kernel's stride rule
     kernel = getattr(F, "grouped_mm", None)  # absent from older torch
     if kernel is not None and aligned and (x.device.type != "cpu" or min(weight.shape[1:]) >= 128):
+        if torch.is_autocast_enabled(x.device.type):  # autocast does not cover grouped_mm; do what it does for `@`
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
         return kernel(x, weight, offs=offsets)
     # torch's CPU grouped_mm kernel is slow for narrow (LoRA-rank) matrices; there one GEMM per expert
     # slice is faster. split/unbind (not x[s:e] / weight[e]) so that backward assembles each gradient

@@ -114,19 +114,15 @@ class _Run:
 
 
 def _train(cfg: TrainConfig, output_dir: Path, resume: bool, position: TrainingPosition) -> TrainResult:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    from skymoe.train.accelerator import make_accelerator
 
     cfg.validate()
     resume_from = _resume_point(output_dir / "checkpoints", resume)
     if resume_from is not None:
         _check_same_run(cfg, output_dir / "train_config.yaml")
-    accelerator = Accelerator(
-        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-        gradient_accumulation_steps=cfg.grad_accum,
-        # our schedule counts optimiser steps; accelerate would otherwise step it once per process
-        step_scheduler_with_optimizer=False,
-    )
+    accelerator = make_accelerator(cfg.precision, cfg.grad_accum)
     set_seed(cfg.seed)
     run = _prepare(cfg, accelerator, resume_from)  # every bad-input error happens here, before any step
     accelerator.register_for_checkpointing(position)
@@ -227,8 +223,11 @@ def _loop(cfg: TrainConfig, accelerator, run: _Run, position: TrainingPosition, 
     model.train()
     try:
         while position.step < run.total_steps:
+            # The prepared loader hands the epoch to MixSampler; a skip loader's set_epoch does not reach it with
+            # several processes (accelerate's BatchSamplerShard sits between), so a resumed run would replay epoch 0.
+            run.loader.set_epoch(position.epoch)
             loader = accelerator.skip_first_batches(run.loader, position.batch_in_epoch) if position.batch_in_epoch else run.loader
-            loader.set_epoch(position.epoch)  # the prepared loader hands the epoch to MixSampler
+            loader.set_epoch(position.epoch)
             for batch in loader:
                 with accelerator.accumulate(model):
                     terms, output, is_view, batch = _forward(model, batch, cfg)
