@@ -72,10 +72,10 @@ def _rings(geometry: dict, point_size: float, inverse) -> list[Polygon]:
         points = [coords] if kind == "Point" else coords
         half = point_size / 2
         return [[(x - half, y - half), (x + half, y - half), (x + half, y + half), (x - half, y + half)]
-                for x, y in (inverse * tuple(p[:2]) for p in points)]
+                for x, y in (inverse @ tuple(p[:2]) for p in points)]
     else:
         raise ValueError(f"geometry type {kind!r} is not a polygon or point")
-    return [[inverse * tuple(p[:2]) for p in ring[:-1]] for ring in parts]  # GeoJSON rings repeat the first point
+    return [[inverse @ tuple(p[:2]) for p in ring[:-1]] for ring in parts]  # GeoJSON rings repeat the first point
 
 
 def read_vector(source: Path, options: ConvertOptions) -> Converted:
