@@ -110,3 +110,30 @@ def test_label_raster_value_missing_from_the_class_file_is_an_error(tmp_path, ca
     labels, raster, classes = write_land_cover(tmp_path, extra_value=7)
     assert run_cli("convert", "label-raster", labels, "--raster", raster, "--classes", classes, "--out", tmp_path / "o.jsonl") == 2
     assert f"file {labels}, field 'class': holds class values [7] that the class file {classes} does not name" in capsys.readouterr().err
+
+
+def test_a_shapefile_in_web_mercator_is_read_through_fiona(tmp_path, scene):
+    fiona = pytest.importorskip("fiona")
+    from rasterio.warp import transform
+
+    x, y = transform("EPSG:32633", "EPSG:3857", [500000 + 10 * 40], [5000000 - 10 * 25])
+    schema = {"geometry": "Point", "properties": {"kind": "str"}}
+    with fiona.open(tmp_path / "wells.shp", "w", driver="ESRI Shapefile", crs="EPSG:3857", schema=schema) as layer:
+        layer.write({"geometry": {"type": "Point", "coordinates": (x[0], y[0])}, "properties": {"kind": "well"}})
+    out = tmp_path / "w.jsonl"
+    assert run_cli("convert", "vector", tmp_path / "wells.shp", "--raster", scene, "--label-field", "kind", "--point-size", "4",
+                   "--out", out, "--tasks", "counting,grounding") == 0
+    counting, grounding = list(read_jsonl(out))
+    assert counting.answer == "1" and np.allclose(grounding.boxes[0].as_tuple(), (38, 23, 42, 27), atol=1e-3)
+
+
+def test_a_label_raster_on_a_coarser_grid_is_resampled_by_nearest_neighbour(tmp_path):
+    labels = np.ones((10, 10), np.uint8)
+    labels[:, 5:] = 2  # east half forest, on 20 m pixels over the same 200 m x 200 m as the 10 m imagery
+    write_geotiff(tmp_path / "lc.tif", labels, pixel=20.0)
+    write_geotiff(tmp_path / "img.tif", np.zeros((3, 20, 20), np.uint8))
+    out = tmp_path / "o.jsonl"
+    assert run_cli("convert", "label-raster", tmp_path / "lc.tif", "--raster", tmp_path / "img.tif", "--tile", "10",
+                   "--tasks", "classification", "--out", out) == 0
+    assert [(s.meta["window"], s.answer) for s in read_jsonl(out)] == [([0, 0, 10, 10], "1"), ([10, 0, 10, 10], "2"),
+                                                                     ([0, 10, 10, 10], "1"), ([10, 10, 10, 10], "2")]
