@@ -29,14 +29,15 @@ class Deriver:
         self.by_label: dict[str, list[Box]] = {}
         for box in image.boxes:
             self.by_label.setdefault(box.label or "object", []).append(box)
+        # the outline of each box object (equal boxes may have different outlines, so by identity)
+        self.outline = {id(b): p for b, p in zip(image.boxes, image.polygons)}
 
     def _add(self, kind: str, task: Task, granularity: Granularity, question: str, answer: str, *,
              question_type: str, boxes: list[Box] = (), meta: dict | None = None) -> None:
         image = self.image
         extra = {"window": list(image.window)} if image.window else {}
         if image.keep_polygons and boxes:
-            index = {id(b): i for i, b in enumerate(image.boxes)}
-            extra["polygons"] = [[list(p) for p in image.polygons[index[id(b)]]] for b in boxes if id(b) in index]
+            extra["polygons"] = [[list(p) for p in self.outline[id(b)]] for b in boxes]
         self.samples.append(Sample(
             id=f"{self.dataset}/{image.name}/{len(self.samples):03d}-{kind}",
             image=str(image.image), task=task, granularity=granularity,
@@ -95,13 +96,15 @@ class Deriver:
         return self.classes.index(label) if label in self.classes else len(self.classes)
 
 
-def derive_samples(images: list[LabelledImage], tasks, classes: list[str], *, dataset: str, split: str, seed: int = 0) -> list[Sample]:
-    """Every task's samples for every image, in image order then task order."""
+def derive_samples(images: list[LabelledImage], tasks, classes: list[str], *, dataset: str, split: str,
+                   seed: int = 0) -> list[tuple[LabelledImage, list[Sample]]]:
+    """(image, its samples of every task in task order) for every image that gives any."""
     rng = np.random.default_rng(seed)
-    samples = []
+    out = []
     for image in images:
         deriver = Deriver(image, classes, dataset=dataset, split=split, rng=rng)
         for task in tasks:
             getattr(deriver, task)()
-        samples += deriver.samples
-    return samples
+        if deriver.samples:
+            out.append((image, deriver.samples))
+    return out

@@ -19,22 +19,32 @@ def finish(images: list[LabelledImage], options: ConvertOptions, tally: Tally, c
 
     ``chipped``: the format cut its own chips (label rasters). ``whole_window``: apply the half-area rule at the image border too (vector labels may reach past the raster).
     """
+    _unique_names(images)
     if options.tile and not chipped:
         images = [chip for image in images for chip in tile_image(image, options.tile, options.overlap)]
     elif whole_window:
         images = [crop(image, (0, 0, *image.size), image.name) for image in images]
     tasks = options.tasks or default_tasks
     classes = classes or sorted({b.label for image in images for b in image.boxes if b.label})
-    samples = derive_samples(images, tasks, classes, dataset=dataset, split=options.split, seed=options.seed)
-    names = {s.id.split("/")[-2] for s in samples}
-    used = [image for image in images if image.name in names]
-    if options.bands or any(image.window for image in used):
+    derived = derive_samples(images, tasks, classes, dataset=dataset, split=options.split, seed=options.seed)
+    used = [image for image, _ in derived]
+    if options.bands or any(image.window for image in used):  # chips and composites are written; whole images used in place
         paths = write_images(used, options)
-        for sample in samples:
-            sample.image = str(paths[sample.id.split("/")[-2]])
+        for image, samples in derived:
+            for sample in samples:
+                sample.image = str(paths[image.name])
     tally.images = len(used)
     tally.objects = sum(len(image.boxes) for image in used)
-    return Converted.from_tally(samples, tally)
+    return Converted.from_tally([s for _, samples in derived for s in samples], tally)
+
+
+def _unique_names(images: list[LabelledImage]) -> None:
+    """Names become sample ids and chip file names: two images named alike (a/x.png, b/x.png) get -2, -3, ..."""
+    seen: dict[str, int] = {}
+    for image in images:
+        n = seen[image.name] = seen.get(image.name, 0) + 1
+        if n > 1:
+            image.name = f"{image.name}-{n}"
 
 
 def write_images(images: list[LabelledImage], options: ConvertOptions) -> dict[str, Path]:

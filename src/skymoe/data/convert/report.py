@@ -49,6 +49,9 @@ class Converted:
 
     def summary(self, out: str) -> str:
         text = f"wrote {len(self.samples):,} samples from {self.images:,} images ({self.objects:,} objects) to {out}"
+        excluded = getattr(self.samples, "excluded", None)
+        if excluded:  # not errors: records the data itself marks as unused (RSVQA inactive, chips without labels)
+            text += " (left out: " + ", ".join(f"{n:,} {why}" for why, n in excluded.items()) + ")"
         if not self.skipped:
             return text + "; skipped 0"
         reasons = Counter(_reason(r) for r in self.skipped.values())
