@@ -66,3 +66,16 @@ def test_check_reports_every_bad_box_and_missing_image(tmp_path, capsys):
 def test_check_a_config_converts_its_format_entries(tmp_path, capsys):
     assert run_cli("check", coco_config(tmp_path)) == 0
     assert "samples, 2 images" in capsys.readouterr().out
+
+
+def test_a_tiled_entry_writes_its_chips_once_into_the_cache(tmp_path, monkeypatch):
+    from skymoe.data.convert.mix import load_format_entry
+
+    monkeypatch.setenv("SKYMOE_CACHE", str(tmp_path / "cache"))
+    spec = load_config(coco_config(tmp_path, tile=32, overlap=8)).data.mix[0]
+    first = load_format_entry(spec)
+    chip = first[0].image
+    assert "/derived/convert/" in chip and chip.endswith("a_0_0.png")
+    stamp = (tmp_path / chip).stat().st_mtime_ns
+    again = load_format_entry(spec)
+    assert [s.to_dict() for s in again] == [s.to_dict() for s in first] and (tmp_path / chip).stat().st_mtime_ns == stamp

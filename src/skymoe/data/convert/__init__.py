@@ -57,6 +57,7 @@ class ConvertOptions:
     point_size: float = 8.0  # vector: side in pixels of the box around a point label
     on_error: str = "raise"
     derived_dir: Path | None = None  # where chips / band composites go (None: nothing may be written)
+    reuse_images: bool = False  # derived_dir is a cache keyed by the labels: keep the images already there
     dataset: str | None = None
     seed: int = 0
     extra: dict = field(default_factory=dict)

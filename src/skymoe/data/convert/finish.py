@@ -1,6 +1,7 @@
 """From a format's labelled images to written samples: chips, band composites, derived tasks, counts."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -53,21 +54,25 @@ def write_images(images: list[LabelledImage], options: ConvertOptions) -> dict[s
     if options.derived_dir is None:
         raise SkyMoEDataError("chips (--tile) and band composites (--bands) need a folder to be written to", field="derived_dir")
     final = Path(options.derived_dir)
-    staging = final.with_name(final.name + ".partial")
+    paths = {image.name: final / f"{image.name}.png" for image in images}
+    if options.reuse_images and all(p.is_file() for p in paths.values()):
+        return paths  # a cache folder keyed by the labels: written by an earlier run (or another DDP rank)
+    staging = final.with_name(f"{final.name}.{os.getpid()}.partial")  # per process: ranks may convert at once
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     limits: dict[Path, object] = {}
-    paths = {}
     try:
         for image in images:
             if image.image not in limits:  # one stretch per source image, so its chips agree
                 limits[image.image] = scene_limits(image.image, bands=options.bands)
             x, y, w, h = image.window or (0, 0, *image_size(image.image))
             read_window(image.image, x, y, w, h, bands=options.bands, limits=limits[image.image]).save(staging / f"{image.name}.png")
-            paths[image.name] = final / f"{image.name}.png"
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if options.reuse_images and final.is_dir():  # another process finished first with the same content
+        shutil.rmtree(staging, ignore_errors=True)
+        return paths
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     return paths

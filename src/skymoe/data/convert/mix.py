@@ -40,5 +40,5 @@ def _derived_dir(spec, options: ConvertOptions) -> Path:
 def load_format_entry(spec, on_error: str = "raise") -> SampleList:
     """Samples of a mix entry with ``format``: the same conversion ``skymoe data convert`` runs."""
     options = entry_options(spec, on_error)
-    options.derived_dir = _derived_dir(spec, options)
+    options.derived_dir, options.reuse_images = _derived_dir(spec, options), True
     return convert(spec.format, spec.labels, options).samples
