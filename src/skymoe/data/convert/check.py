@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skymoe.data.imagery import load_image
+from skymoe.data.imagery import DEFAULT_MAX_PIXELS, image_size, load_image
 from skymoe.data.schema import Sample, SkyMoEDataError, json_lines, sample_from_line
 
 
@@ -53,7 +53,7 @@ def check_samples(samples: list[Sample], result: CheckResult | None = None) -> C
         result.samples += 1
         if sample.image not in sizes:
             try:
-                sizes[sample.image] = load_image(sample.image).size
+                sizes[sample.image] = _open(sample.image)
             except SkyMoEDataError as exc:
                 sizes[sample.image] = None
                 result.errors.append(f"sample {sample.id}: {exc}")
@@ -70,6 +70,15 @@ def check_samples(samples: list[Sample], result: CheckResult | None = None) -> C
             except SkyMoEDataError as exc:
                 result.errors.append(str(exc))
     return result
+
+
+def _open(path: str) -> tuple[int, int]:
+    """The image's size after decoding it whole (a truncated file fails here, not mid-training); a scene too
+    large to decode at once (training reads it in windows) is checked from its header."""
+    size = image_size(path)
+    if size[0] * size[1] <= DEFAULT_MAX_PIXELS:
+        load_image(path)
+    return size
 
 
 def check_jsonl(path: str | Path) -> CheckResult:

@@ -7,6 +7,7 @@ inverse geotransform. Each Polygon is one object (its outer ring; a MultiPolygon
 part); a Point becomes a box of ``point_size`` pixels around it. The class is the feature's
 ``label_field`` property (default: the first of label, class, name, category).
 Objects reaching past the raster keep their clipped box by the half-area rule (:mod:`.chips`).
+Under ``on_error="skip"`` a bad feature is skipped alone (not the whole scene, which is the only image).
 """
 from __future__ import annotations
 
