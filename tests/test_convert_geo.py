@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from _convert_fixtures import feature, lonlat_ring, read_out, rect, run_cli, write_geotiff
-from skymoe.data.schema import Box, read_jsonl
+from skymoe.data.schema import read_jsonl
 
 
 @pytest.fixture()

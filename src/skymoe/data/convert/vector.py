@@ -11,7 +11,6 @@ Under ``on_error="skip"`` a bad feature is skipped alone (not the whole scene, w
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from skymoe.data.convert import ConvertOptions
