@@ -102,6 +102,9 @@ def test_label_raster_gives_per_chip_class_and_multilabel_on_band_composites(tmp
         ("s2_20_20.png", "classification", "urban"), ("s2_20_20.png", "multilabel", "urban"),
     ]
     assert "water, forest, urban" in samples[0].question  # the classification template lists every class
+    assert run_cli("convert", "label-raster", labels, "--raster", raster, "--classes", classes, "--tile", "20", "--min-share", "0.5",
+                   "--tasks", "multilabel", "--out", out) == 0
+    assert next(read_jsonl(out)).answer == "water"  # forest covers 30% of the first chip: below the 50% asked for
     chip = Image.open(tmp_path / "lc_images" / "s2_0_0.png")
     assert chip.mode == "RGB" and chip.size == (20, 20)
 

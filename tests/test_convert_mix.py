@@ -32,6 +32,7 @@ def test_a_coco_entry_trains_a_few_steps_from_yaml_only(tmp_path):
     ({"labels": None}, "'data.mix[0].labels' is required with 'format'"),
     ({"tasks": ["captioning"]}, "'data.mix[0].tasks[]' must be one of"),
     ({"format": "kml"}, "'data.mix[0].format' must be one of"),
+    ({"options": {"labelfield": "x"}}, "unknown keys ['labelfield'] under 'data.mix[0].options'"),
     ({"path": "x.jsonl"}, "'data.mix[0]' needs exactly one of 'name' (embedded dataset), 'path' (JSONL file) or 'format'"),
 ])
 def test_a_format_entry_is_checked_when_the_config_loads(tmp_path, change, message):

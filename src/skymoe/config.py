@@ -212,9 +212,12 @@ def _check_mix_entry(i: int, spec: DatasetSpec) -> None:
         raise ConfigError(f"'data.mix[{i}]' needs exactly one of 'name' (embedded dataset), 'path' (JSONL file) or 'format' (labels); got {given or 'none'}")
     if spec.format is None:
         return
-    from skymoe.data.convert import BOX_TASKS, FORMATS
+    from skymoe.data.convert import BOX_TASKS, FORMATS, MIX_OPTIONS
 
     _choice(f"data.mix[{i}].format", spec.format, tuple(FORMATS))
+    unknown = sorted(set(spec.options) - set(MIX_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown keys {unknown} under 'data.mix[{i}].options'; allowed: {', '.join(MIX_OPTIONS)}")
     if not spec.labels:
         raise ConfigError(f"'data.mix[{i}].labels' is required with 'format' (the label file or folder, or the dataset root)")
     for task in spec.tasks or []:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skymoe.cli.options import band_list, non_negative_int, positive_float, positive_int
+from skymoe.cli.options import band_list, non_negative_int, number_type, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--bands", type=band_list, help="1-based bands of multiband/grey rasters written as RGB, e.g. 4,3,2")
     p.add_argument("--label-field", help="vector: the property holding the class (default: label, class, name or category)")
     p.add_argument("--point-size", type=positive_float, default=8.0, help="vector: box side in pixels around a point label")
+    p.add_argument("--min-share", type=number_type(float, lambda v: 0 <= v <= 1, "a fraction from 0 to 1"), default=0.01,
+                   help="label-raster: least share of a chip's labelled pixels for a class to be present (default: %(default)s)")
     p.add_argument("--dataset", help="dataset name recorded in the samples (default: from the source)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="stop at the first bad record, or skip and count it")
     p.set_defaults(func=_convert)
@@ -54,7 +56,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     options = ConvertOptions(
         images=args.images, raster=args.raster, classes=args.classes, split=args.split, tasks=args.tasks, tile=args.tile,
-        overlap=args.overlap, bands=args.bands, label_field=args.label_field, point_size=args.point_size,
+        overlap=args.overlap, bands=args.bands, label_field=args.label_field, point_size=args.point_size, min_share=args.min_share,
         on_error=args.on_error, derived_dir=images_dir(args.out), dataset=args.dataset,
     )
     converted = convert(args.format, args.source, options)

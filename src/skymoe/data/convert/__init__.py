@@ -14,7 +14,7 @@ Two families:
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from skymoe.data.schema import SkyMoEDataError
@@ -39,6 +39,8 @@ FORMATS = {
 }
 BOX_TASKS = ("grounding", "counting", "region_caption", "classification", "multilabel")
 DEFAULT_BOX_TASKS = ("grounding", "counting", "region_caption")
+# ConvertOptions fields a data.mix entry sets under ``options:`` (the others are entry keys of their own)
+MIX_OPTIONS = ("label_field", "point_size", "min_share", "dataset", "seed")
 
 
 @dataclass
@@ -55,12 +57,12 @@ class ConvertOptions:
     bands: list[int] | None = None  # 1-based bands written as RGB chips/images
     label_field: str | None = None  # vector: the property holding the class name
     point_size: float = 8.0  # vector: side in pixels of the box around a point label
+    min_share: float = 0.01  # label raster: least area share for a class to count as present (multilabel)
     on_error: str = "raise"
     derived_dir: Path | None = None  # where chips / band composites go (None: nothing may be written)
     reuse_images: bool = False  # derived_dir is a cache keyed by the labels: keep the images already there
     dataset: str | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def format_names() -> list[str]:

@@ -5,7 +5,7 @@ resampled onto the imagery's grid (nearest neighbour: class values must not be a
 names come from ``--classes`` (``VALUE: NAME`` lines); without it a value is its own name. The
 label raster's nodata value is no class; a chip with no labelled pixel gives no samples.
 Per chip: ``classification`` = the class with the largest area, ``multilabel`` = the classes
-covering at least ``min_share`` of the labelled pixels (default 1%: a few stray pixels of a class
+covering at least ``options.min_share`` of the labelled pixels (default 1%: a few stray pixels of a class
 are label noise, not content).
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def read_label_raster(source: Path, options: ConvertOptions) -> Converted:
     names = _names(options, np.unique(labels[valid]), source)
     height, width = labels.shape
     tile = options.tile or max(width, height)
-    min_share = float(options.extra.get("min_share", 0.01))
+    min_share = options.min_share
     tally, chips = Tally(options.on_error), []
     for y in starts(height, tile, options.overlap):
         for x in starts(width, tile, options.overlap):

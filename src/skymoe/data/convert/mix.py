@@ -19,12 +19,10 @@ _PATHS = ("images", "raster", "classes")
 
 def entry_options(spec, on_error: str) -> ConvertOptions:
     """ConvertOptions of a mix entry (any object with the DatasetSpec format fields)."""
-    extra = dict(spec.options or {})
-    known = {k: extra.pop(k) for k in ("label_field", "point_size", "dataset", "seed") if k in extra}
     return ConvertOptions(
         **{k: Path(getattr(spec, k)) if getattr(spec, k) else None for k in _PATHS},
         split=spec.split, tasks=tuple(spec.tasks) if spec.tasks else None, tile=spec.tile, overlap=spec.overlap,
-        bands=list(spec.bands) if spec.bands else None, on_error=on_error, extra=extra, **known,
+        bands=list(spec.bands) if spec.bands else None, on_error=on_error, **(spec.options or {}),
     )
 
 
