@@ -75,10 +75,22 @@ class ModelSection:
 
 @dataclass
 class DatasetSpec:
-    """One entry of the mix: an embedded dataset ``name`` or a JSONL ``path``."""
+    """One entry of the mix: an embedded dataset ``name``, a JSONL ``path``, or labels in a ``format``
+    (converted at start-up like ``skymoe data convert``: :mod:`skymoe.data.convert`)."""
 
     name: str | None = None
     path: str | None = None
+    # format entries: format + labels (the label file/folder) and the convert options they need
+    format: str | None = None
+    labels: str | None = None
+    images: str | None = None
+    raster: str | None = None
+    classes: str | None = None
+    tasks: list[str] | None = None
+    tile: int | None = None
+    overlap: int = 0
+    bands: list[int] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # label_field, point_size, dataset, seed, min_share
     split: str = "train"
     # samples drawn per epoch = round(weight * len(dataset)); 2.0 = twice through, 0.5 = half
     weight: float = 1.0
@@ -183,8 +195,7 @@ class TrainConfig:
                     f"'model.top_k' must be in 1..model.num_experts={self.model.num_experts}, got {self.model.top_k}"
                 )
         for i, spec in enumerate(self.data.mix):
-            if (spec.name is None) == (spec.path is None):
-                raise ConfigError(f"'data.mix[{i}]' needs exactly one of 'name' (embedded dataset) or 'path' (JSONL file)")
+            _check_mix_entry(i, spec)
             if spec.weight <= 0:
                 raise ConfigError(f"'data.mix[{i}].weight' must be > 0, got {spec.weight}")
             if spec.balance not in (None, "task"):
@@ -193,6 +204,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_mix_entry(i: int, spec: DatasetSpec) -> None:
+    given = [k for k in ("name", "path", "format") if getattr(spec, k) is not None]
+    if len(given) != 1:
+        raise ConfigError(f"'data.mix[{i}]' needs exactly one of 'name' (embedded dataset), 'path' (JSONL file) or 'format' (labels); got {given or 'none'}")
+    if spec.format is None:
+        return
+    from skymoe.data.convert import BOX_TASKS, FORMATS, MIX_OPTIONS
+
+    _choice(f"data.mix[{i}].format", spec.format, tuple(FORMATS))
+    unknown = sorted(set(spec.options) - set(MIX_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown keys {unknown} under 'data.mix[{i}].options'; allowed: {', '.join(MIX_OPTIONS)}")
+    if not spec.labels:
+        raise ConfigError(f"'data.mix[{i}].labels' is required with 'format' (the label file or folder, or the dataset root)")
+    for task in spec.tasks or []:
+        _choice(f"data.mix[{i}].tasks[]", task, BOX_TASKS)
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:

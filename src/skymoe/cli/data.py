@@ -1,4 +1,4 @@
-"""``skymoe data list|show|tour`` (and ``make-mgrs-mini`` where that module is installed)."""
+"""``skymoe data list|show|tour|convert|check`` (and ``make-mgrs-mini`` where that module is installed)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from skymoe.cli.options import non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="inspect the embedded datasets")
+    parser = subparsers.add_parser("data", help="inspect the embedded datasets, convert your own labels, check JSONL files")
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("list", help="every embedded dataset with sample counts per split and task")
@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--per-dataset", type=positive_int, default=4)
     p.add_argument("names", nargs="*", metavar="NAME", help="only these datasets (default: all)")
     p.set_defaults(func=_tour)
+
+    importlib.import_module("skymoe.cli.data_convert").register(sub)
 
     # MGRS-mini adds its own sub-command when present (optional part of the package)
     if importlib.util.find_spec("skymoe.cli.data_mgrs") is not None:

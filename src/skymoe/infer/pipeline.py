@@ -24,19 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from skymoe.data.boxes import format_box, parse_boxes
-from skymoe.data.readers.bigearthnet import LABEL_SEPARATOR
-from skymoe.data.readers.bigearthnet import QUESTION as MULTILABEL_QUESTION
+from skymoe.data.prompts import LABEL_SEPARATOR, PROMPTS
 from skymoe.data.schema import Box, Granularity, Routing, Sample, Task, Turn
 
-# Phrasings the embedded training data uses (skymoe.data.mgrs_mini.questions), so a trained model recognises the task.
-PROMPTS = {
-    Task.CAPTION: "Describe this image.",
-    Task.CLASSIFICATION: "What type of scene is this?",
-    Task.MULTILABEL: MULTILABEL_QUESTION,  # the multilabel training data (BigEarthNet) asks this and answers "a; b; c"
-    Task.GROUNDING: "Where is {query}? Answer with a box.",
-    Task.REGION_CAPTION: "Describe the region {box}.",
-    Task.COUNTING: "How many {object} are there in the image?",
-}
 _INTEGER = re.compile(r"-?\d+")
 # What Pipeline.run's ``prompt`` means for the tasks that need one.
 PROMPT_MEANING = {Task.VQA: "a question", Task.GROUNDING: "what to locate", Task.COUNTING: "what to count"}

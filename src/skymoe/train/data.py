@@ -52,17 +52,25 @@ def load_mix(data: DataSection) -> list[MixPart]:
         raise SkyMoEDataError("the dataset mix is empty: set data.mix to at least one embedded dataset or JSONL file")
     parts = []
     for spec in data.mix:
-        if spec.name is not None:
-            from skymoe.data.datasets import load_dataset
-
-            label, samples = f"{spec.name}:{spec.split}", load_dataset(spec.name, spec.split, on_error=data.on_error)
-        else:
-            label, samples = spec.path, read_jsonl_part(spec.path, data.on_error)
+        label, samples = load_mix_entry(spec, data.on_error)
         samples = samples[: spec.limit] if spec.limit is not None else samples
         if not samples:
             raise SkyMoEDataError(f"dataset mix entry {label} has no samples", field="data.mix")
         parts.append(MixPart(label, samples, spec.weight, spec.balance))
     return parts
+
+
+def load_mix_entry(spec, on_error: str = "raise") -> tuple[str, SampleList]:
+    """(label for messages, samples) of one mix entry: embedded dataset, JSONL file or labels in a format."""
+    if spec.name is not None:
+        from skymoe.data.datasets import load_dataset
+
+        return f"{spec.name}:{spec.split}", load_dataset(spec.name, spec.split, on_error=on_error)
+    if spec.format is not None:
+        from skymoe.data.convert.mix import load_format_entry
+
+        return f"{spec.format}:{spec.labels}", load_format_entry(spec, on_error)
+    return spec.path, read_jsonl_part(spec.path, on_error)
 
 
 class MixSampler(Sampler):

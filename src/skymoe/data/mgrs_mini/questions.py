@@ -26,36 +26,12 @@ from skymoe.data.mgrs_mini.facts import (
     unique_references,
 )
 from skymoe.data.mgrs_mini.scene import Scene
+from skymoe.data.prompts import TEMPLATES
+from skymoe.data.prompts import a as _a
+from skymoe.data.prompts import pick as _pick
 from skymoe.data.schema import Box, Granularity, Sample, Task, Turn
 
 DATASET = "mgrs_mini"
-
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "classification": (
-        "What type of scene is this? Answer with one of: {classes}.",
-        "Classify this remote-sensing scene ({classes}).",
-        "Which scene category fits this image best: {classes}?",
-    ),
-    "caption": ("Describe this image.", "Write a short caption for this aerial image.", "What does this scene show?"),
-    "caption_answer": ("An aerial view of {a_scene} with {contents}.", "{A_scene} seen from above, with {contents}.",
-                       "This remote-sensing image shows {a_scene} containing {contents}."),
-    "presence": ("Is there {a_cat} {where}?", "Does {where_short} contain {a_cat}?", "Can you see {a_cat} {where}?"),
-    "count": ("How many {plural} are there {where}?", "What is the number of {plural} {where}?", "How many {plural} can you see {where}?"),
-    "colour": ("What colour is {ref}?", "What is the colour of {ref}?", "Which colour does {ref} have?"),
-    "position": ("Is {a} {relation} {b}?", "Is it true that {a} is {relation} {b}?", "Looking at the image, is {a} {relation} {b}?"),
-    "comparison": ("Are there {more} {plural_a} than {plural_b}?", "Does the image contain {more} {plural_a} than {plural_b}?",
-                   "Compared with the {plural_b}, are there {more} {plural_a}?"),
-    "grounding": ("Where is {ref}? Answer with a box.", "Locate {ref}.", "Give the bounding box of {ref}."),
-    "region_caption_object": ("What is the object at {box}?", "Describe the object in {box}.", "Identify the object at {box}."),
-    "region_caption_region": ("Describe the region {box}.", "What is in the region {box}?", "List the objects in the region {box}."),
-    "counting": ("Count the {plural} {where}.", "How many {plural} are {where}? Answer with a number.",
-                 "Give the number of {plural} {where}."),
-}
-
-
-def _pick(rng: np.random.Generator, options):
-    return options[int(rng.integers(len(options)))]
-
 
 def _where(region: Region | None, box_text: str | None) -> tuple[str, str]:
     """('in the image', 'the image') / ('in the top left quadrant', ...) / ('in the region [..]', ...)."""
@@ -66,10 +42,6 @@ def _where(region: Region | None, box_text: str | None) -> tuple[str, str]:
     else:
         place = f"the region {box_text}"
     return f"in {place}", place
-
-
-def _a(noun: str) -> str:
-    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def _contents(scene: Scene, indices: list[int]) -> str:

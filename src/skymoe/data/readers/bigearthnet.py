@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from skymoe.data.imagery import load_image
+from skymoe.data.prompts import LABEL_SEPARATOR
+from skymoe.data.prompts import MULTILABEL_QUESTION as QUESTION
 from skymoe.data.readers import Collector, SampleList
 from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
 
-QUESTION = "Which land-cover classes are present in this image?"
-LABEL_SEPARATOR = "; "
 RGB_BANDS = ("B04", "B03", "B02")
 LMDB_DIR = "BigEarthNetEncoded.lmdb"
 

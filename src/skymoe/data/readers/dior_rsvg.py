@@ -23,15 +23,15 @@ GROUNDING_PROMPT = "Give the bounding box of: {description}"
 REGION_PROMPT = "Describe the object in {box}."
 
 
-def _text(node: ET.Element, path: str, *, file: str, record: str) -> str:
+def xml_text(node: ET.Element, path: str, *, file: str, record: str) -> str:
     found = node.find(path)
     if found is None or found.text is None or not found.text.strip():
         raise SkyMoEDataError("missing element", file=file, record=record, field=path)
     return found.text.strip()
 
 
-def _number(node: ET.Element, path: str, *, file: str, record: str) -> float:
-    value = _text(node, path, file=file, record=record)
+def xml_number(node: ET.Element, path: str, *, file: str, record: str) -> float:
+    value = xml_text(node, path, file=file, record=record)
     try:
         return float(value)
     except ValueError:
@@ -78,11 +78,11 @@ def read_dior_rsvg(root: str | Path, split: str, *, task: str | Task = Task.GROU
         file, record = str(xml), f"object {k}"
         ann = ET.parse(xml).getroot()
         obj = ann.findall("object")[k]
-        size = (int(_number(ann, "size/width", file=file, record=record)), int(_number(ann, "size/height", file=file, record=record)))
-        box = Box(*(_number(obj, f"bndbox/{c}", file=file, record=record) for c in ("xmin", "ymin", "xmax", "ymax")),
-                  label=_text(obj, "name", file=file, record=record))  # fmt: skip
+        size = (int(xml_number(ann, "size/width", file=file, record=record)), int(xml_number(ann, "size/height", file=file, record=record)))
+        box = Box(*(xml_number(obj, f"bndbox/{c}", file=file, record=record) for c in ("xmin", "ymin", "xmax", "ymax")),
+                  label=xml_text(obj, "name", file=file, record=record))  # fmt: skip
         box.validate(size, file=file, record=record)
-        description = _text(obj, "description", file=file, record=record)
+        description = xml_text(obj, "description", file=file, record=record)
         box_text = format_box(box, size)
         if task == Task.GROUNDING:
             turns = [Turn("user", GROUNDING_PROMPT.format(description=description)), Turn("assistant", box_text)]
