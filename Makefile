@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 $(TEST_STAMP): $(STAMP) scripts/install_test_tools.sh
-	$(PIP) -q -e ".[serve,gguf,test]"
+	$(PIP) -q -e ".[serve,gguf,test,vector]"
 	bash scripts/install_test_tools.sh $(VENV)
 	touch $@
 
