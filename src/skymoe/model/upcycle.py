@@ -96,6 +96,7 @@ def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, se
             continue
         if perturb:
             for param in module.parameters(recurse=False):
-                param.add_(torch.randn(param.shape, generator=generator).to(param) * perturb)
+                # the generator's device, not the default one: callers build models under `with torch.device("cuda")`
+                param.add_(torch.randn(param.shape, generator=generator, device=generator.device).to(param) * perturb)
     moe_model.train(dense_model.training)
     return moe_model
