@@ -441,3 +441,18 @@ def test_grouped_mm_under_autocast_computes_in_the_autocast_dtype_like_the_loop(
         loop = torch.cat([part @ w for part, w in zip(x.split([4, 6]), weight.unbind(0))])
     assert grouped.dtype == loop.dtype == torch.bfloat16
     torch.testing.assert_close(grouped, loop)
+
+
+@pytest.mark.parametrize("text_model_type,path", [("llama", "model.layers"), ("gpt2", "transformer.h"), ("gemma3_text", "model.layers")])
+def test_decoder_layers_are_found_through_get_decoder(text_model_type, path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from skymoe.model.build import TINY_TEXT
+    from skymoe.model.install import find_decoder_layers
+
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(text_model_type, vocab_size=32, **TINY_TEXT[text_model_type]))
+    assert find_decoder_layers(llm, 2) is llm.get_submodule(path)
+    with pytest.raises(TypeError, match="has 2 layers, the config says 3"):
+        find_decoder_layers(llm, 3)
+    with pytest.raises(TypeError, match=r"no decoder layers found in Sequential: .*\('layers', 'h'\)"):
+        find_decoder_layers(nn.Sequential(nn.ModuleList([nn.Linear(2, 2)] * 2)), 2)

@@ -56,12 +56,23 @@ class MoEDecoderLayer(nn.Module):
                 and not (gate._forward_hooks or gate._forward_pre_hooks))
 
 
+# Where a decoder keeps its layers: ``layers`` in Llama/Qwen2/Gemma/Mistral, ``h`` in GPT-2.
+LAYER_LIST_NAMES = ("layers", "h")
+
+
 def find_decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The ModuleList of decoder layers (``model.layers`` for Llama/Qwen2/Gemma, ``transformer.h`` for GPT-2)."""
-    for module in language_model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise TypeError(f"no ModuleList of {num_layers} decoder layers found in {type(language_model).__name__}")
+    """The ModuleList of decoder layers of ``language_model.get_decoder()`` (or of the model itself)."""
+    decoder = language_model.get_decoder() if hasattr(language_model, "get_decoder") else language_model
+    for name in LAYER_LIST_NAMES:
+        layers = getattr(decoder, name, None)
+        if isinstance(layers, nn.ModuleList):
+            if len(layers) != num_layers:
+                raise TypeError(f"{type(decoder).__name__}.{name} has {len(layers)} layers, the config says {num_layers}")
+            return layers
+    raise TypeError(
+        f"no decoder layers found in {type(language_model).__name__}: expected get_decoder() (or the model) "
+        f"to have a ModuleList named one of {LAYER_LIST_NAMES}"
+    )
 
 
 def resolve_lora_targets(layer: nn.Module, targets: list[str]) -> list[str]:
