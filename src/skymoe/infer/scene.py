@@ -40,7 +40,8 @@ from typing import Sequence
 
 import numpy as np
 
-from skymoe.data.schema import Box, SkyMoEDataError, Task
+from skymoe.data.schema import Box, Task
+from skymoe.errors import ConfigError, DataError
 from skymoe.infer.georef import GeoReference, georeference, ground_pixel_size
 
 SCENE_TASKS = (Task.CAPTION, Task.GROUNDING, Task.COUNTING, Task.CLASSIFICATION)
@@ -52,27 +53,27 @@ def _as_is(name: str) -> str:
 
 
 def check_tiling(tile_size: int, overlap: int, spell=_as_is) -> None:
-    """SkyMoEDataError unless a tile is at least a pixel and each step at least one (0 <= overlap < tile_size).
+    """ConfigError unless a tile is at least a pixel and each step at least one (0 <= overlap < tile_size).
 
     ``spell`` shows a parameter name the way the caller's user knows it (the CLI: ``tile_size`` -> ``--tile-size``).
     """
     if tile_size < 1:
-        raise SkyMoEDataError(f"{spell('tile_size')} {tile_size} must be at least 1 pixel")
+        raise ConfigError(f"{spell('tile_size')} {tile_size} must be at least 1 pixel")
     if overlap < 0:
-        raise SkyMoEDataError(f"{spell('overlap')} {overlap} must be 0 or more")
+        raise ConfigError(f"{spell('overlap')} {overlap} must be 0 or more")
     if overlap >= tile_size:
-        raise SkyMoEDataError(f"{spell('overlap')} {overlap} must be smaller than {spell('tile_size')} {tile_size}")
+        raise ConfigError(f"{spell('overlap')} {overlap} must be smaller than {spell('tile_size')} {tile_size}")
 
 
 def check_scene_options(task: Task | str, query: str | None, tile_size: int, overlap: int, gsd: float | None = None, spell=_as_is) -> Task:
-    """The scene task, once its settings are checked (SkyMoEDataError naming the setting otherwise); see check_tiling."""
+    """The scene task, once its settings are checked (ConfigError naming the setting otherwise); see check_tiling."""
     task = Task(task)
     if task not in SCENE_TASKS:
-        raise SkyMoEDataError(f"{spell('task')} {task.value}: expected one of {', '.join(t.value for t in SCENE_TASKS)}")
+        raise ConfigError(f"{spell('task')} {task.value}: expected one of {', '.join(t.value for t in SCENE_TASKS)}")
     if task in (Task.GROUNDING, Task.COUNTING) and not query:
-        raise SkyMoEDataError(f"{spell('task')} {task.value} needs {spell('query')} (what to find or count)")
+        raise ConfigError(f"{spell('task')} {task.value} needs {spell('query')} (what to find or count)")
     if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
-        raise SkyMoEDataError(f"{spell('gsd')} {gsd} must be a positive ground resolution in metres/pixel")
+        raise ConfigError(f"{spell('gsd')} {gsd} must be a positive ground resolution in metres/pixel")
     check_tiling(tile_size, overlap, spell)
     return task
 
@@ -249,7 +250,7 @@ def _source_tile(georef: GeoReference, info, tile_size: int, gsd: float | None, 
     if gsd is None:
         return tile_size, tile_size
     if not georef.georeferenced:
-        raise SkyMoEDataError(f"gsd={gsd} m needs a georeferenced scene (a CRS and a geotransform)", file=scene, field="gsd")
+        raise DataError(f"gsd={gsd} m needs a georeferenced scene (a CRS and a geotransform)", file=scene, field="gsd")
     pixel_x, pixel_y = ground_pixel_size(georef, info.width, info.height)
     return max(1, round(tile_size * gsd / pixel_x)), max(1, round(tile_size * gsd / pixel_y))
 

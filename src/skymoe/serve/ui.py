@@ -5,7 +5,8 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from skymoe.data.schema import SkyMoEDataError, Task
+from skymoe.data.schema import Task
+from skymoe.errors import DataError
 
 TASK_CHOICES = [
     ("Ask a question", Task.VQA.value),
@@ -34,7 +35,7 @@ def respond(pipeline, file_path: str | None, task: str, prompt: str):
     try:
         image = pipeline.load(file_path, max_pixels=MAX_UPLOAD_PIXELS)
         answer = pipeline.run(image, task, prompt, routing=True)
-    except SkyMoEDataError as exc:
+    except DataError as exc:
         raise gr.Error(f"Cannot use this file: {exc}") from None
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
