@@ -12,7 +12,8 @@ from skymoe.data.schema import Box
 from skymoe.errors import ConfigError, DataError
 from skymoe.infer.pipeline import Answer
 from skymoe.infer.georef import GeoReference
-from skymoe.infer.scene import centrality, nms, run_scene, tile_grid
+from skymoe.infer.scene import run_scene
+from skymoe.infer.tiles import centrality, nms, tile_grid
 
 
 @pytest.mark.parametrize("width,height,tile,overlap", [(1000, 700, 256, 32), (256, 256, 256, 0), (100, 90, 256, 64), (513, 300, 128, 127)])
@@ -125,7 +126,7 @@ def test_ground_resolution_resamples_each_window(tmp_path):
 
 
 def test_centrality_prefers_the_tile_that_sees_a_box_in_its_middle():
-    from skymoe.infer.scene import Tile
+    from skymoe.infer.tiles import Tile
 
     box = Box(100, 100, 120, 120)
     assert centrality(box, Tile(0, 0, 0, 50, 50, 128, 128)) > centrality(box, Tile(1, 0, 1, 0, 0, 128, 128)) >= 0
