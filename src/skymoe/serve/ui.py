@@ -1,4 +1,4 @@
-"""Gradio demo: upload an image (GeoTIFF too), pick a task or ask a question, see the answer,
+"""Gradio web UI (`skymoe demo-ui`): upload an image (GeoTIFF too), pick a task or ask a question, see the answer,
 the boxes drawn on the image and the expert weights the router chose."""
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def respond(pipeline, file_path: str | None, task: str, prompt: str):
     return answer.text, (image, boxes), expert_table(answer), summary
 
 
-def build_demo(pipeline) -> gr.Blocks:
+def build_web_ui(pipeline) -> gr.Blocks:
     with gr.Blocks(title="SkyMoE demo") as demo:
         gr.Markdown("# SkyMoE\nUpload a remote-sensing image, choose a task or ask a question.")
         with gr.Row():
