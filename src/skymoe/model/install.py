@@ -14,7 +14,7 @@ from skymoe.model.router import ExpertGate, RoutingContext
 
 
 class MoEDecoderLayer(nn.Module):
-    """Wraps one HF decoder layer: computes the routing plan, then runs the layer whose linears are experts.
+    """Wraps one HF decoder layer: computes its dispatch plan, then runs the layer whose linears are experts.
 
     Attribute lookups the host model does on its layers (e.g. ``attention_type``) fall through to the
     wrapped layer, so the wrapper works for any decoder family.
