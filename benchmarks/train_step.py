@@ -6,7 +6,7 @@
 Sizes: ``demo`` (the LLM ``make demo`` trains, 4 rank-16 LoRA experts in layers 1 and 3), ``qwen2-0.5b`` (Qwen2-0.5B's
 shapes, random weights, 8 FFN experts top-2 in every other layer, as in the SkyMoE paper) and ``tiny`` (for the dry run).
 Every size runs twice in one process: with ``torch.nn.functional.grouped_mm`` (what
-``skymoe.model.experts.grouped_matmul`` uses where the kernel exists and the shapes are aligned), and with the kernel
+``skymoe.model.dispatch.grouped_matmul`` uses where the kernel exists and the shapes are aligned), and with the kernel
 hidden, so the same code takes its one-GEMM-per-expert loop. Synthetic batches; the vision tower is a 1-layer ViT.
 """
 from __future__ import annotations

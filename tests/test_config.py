@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from skymoe.config import ConfigError, TrainConfig, load_config, save_config
+from skymoe.config import TrainConfig, load_config, save_config
+from skymoe.errors import ConfigError
 
 YAML = """
 stage: 1

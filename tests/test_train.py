@@ -8,7 +8,7 @@ import torch
 
 from _train_data import one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
 from skymoe.config import load_config
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 from skymoe.train import StageError, TrainingDivergedError, TrainingError, train
 
 
@@ -68,7 +68,7 @@ def test_stage2_upcycles_and_trains_router_experts_with_aux_and_cda_losses(stage
 
 def test_empty_mix_fails_before_training(data, tmp_path):
     cfg = load_config(write_config(tmp_path / "c.yaml", data), ["data.mix=[]"])
-    with pytest.raises(SkyMoEDataError, match="mix is empty"):
+    with pytest.raises(DataError, match="mix is empty"):
         train(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "checkpoints").exists()
 
@@ -160,7 +160,7 @@ def test_activation_checkpointing_trains_stage2_to_the_same_weights(data, stage1
 
 
 def test_an_llm_that_is_neither_a_local_folder_nor_an_asset_is_a_config_error_not_a_download(data, tmp_path):
-    from skymoe.config import ConfigError
+    from skymoe.errors import ConfigError
 
     cfg = load_config(write_config(tmp_path / "c.yaml", data), ["model.llm=google/gemma-3-270m", "model.adapter=lora"])
     with pytest.raises(ConfigError, match="expected a local causal-LM directory .* nothing is downloaded"):
@@ -212,7 +212,7 @@ def test_a_missing_image_fails_before_training_or_is_skipped_and_counted(data, t
     broken = tmp_path / "broken.jsonl"
     write_jsonl(samples, broken)
     config = write_config(tmp_path / "c.yaml", broken, max_steps=1)
-    with pytest.raises(SkyMoEDataError, match="gone.png"):
+    with pytest.raises(DataError, match="gone.png"):
         train(load_config(config), tmp_path / "raise")
     assert not (tmp_path / "raise" / "checkpoints").exists()
     result = train(load_config(config, ["data.on_error=skip"]), tmp_path / "skip")

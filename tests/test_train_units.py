@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from skymoe.config import DataSection, DatasetSpec
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 from skymoe.train.checkpoint import CheckpointWarning, latest_good_checkpoint, save_checkpoint, verify_checkpoint
 from skymoe.train.data import MixSampler, load_mix
 from skymoe.train.losses import granularity_info_nce
@@ -155,7 +155,7 @@ def write_bad_mix_file(path) -> None:
 
 def test_jsonl_mix_entry_raises_on_the_first_bad_record_by_default(tmp_path):
     write_bad_mix_file(tmp_path / "mix.jsonl")
-    with pytest.raises(SkyMoEDataError, match="malformed JSON") as err:
+    with pytest.raises(DataError, match="malformed JSON") as err:
         load_mix(DataSection(mix=[DatasetSpec(path=str(tmp_path / "mix.jsonl"))]))
     assert err.value.file == str(tmp_path / "mix.jsonl") and err.value.record == "line 2"
 

@@ -17,9 +17,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """An invalid training configuration; the message names the key."""
+from skymoe.errors import ConfigError
 
 
 @dataclass

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from skymoe.errors import ConfigError
 
 GGUF_LLM_ASSETS = ("gemma3-270m",)  # registry assets holding a GGUF causal LM
 
@@ -20,8 +21,6 @@ def pretrained_llm_folder(llm: str) -> Path:
 
     Anything else is a config error: a hub id would mean a download, and nothing is downloaded at run time.
     """
-    from skymoe.config import ConfigError
-
     if llm in GGUF_LLM_ASSETS:
         from skymoe.assets import cache_dir, get_asset
 

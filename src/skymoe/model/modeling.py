@@ -21,7 +21,8 @@ from transformers.utils import ModelOutput
 from skymoe.data.boxes import X_TOKENS
 from skymoe.model import router as routing
 from skymoe.model.configuration import SkyMoEConfig
-from skymoe.model.experts import FFNExperts, LoRAExperts, MoEDecoderLayer, install_experts
+from skymoe.model.experts import FFNExperts, LoRAExperts
+from skymoe.model.install import MoEDecoderLayer, install_experts
 from skymoe.model.projector import FanInLinear, build_projector
 from skymoe.model.router import Router, RoutingContext
 from skymoe.model.vision import build_vision_tower

@@ -13,7 +13,9 @@ from dataclasses import asdict
 import torch
 
 from skymoe.model.configuration import resolve_settings
-from skymoe.model.experts import FFNExperts, LayerDispatch, LoRAExperts, MoEDecoderLayer
+from skymoe.model.dispatch import LayerDispatch
+from skymoe.model.experts import FFNExperts, LoRAExperts
+from skymoe.model.install import MoEDecoderLayer
 
 
 def _plain_names(model) -> dict[str, str]:

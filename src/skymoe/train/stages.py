@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from skymoe.config import ConfigError, TrainConfig
+from skymoe.config import TrainConfig
+from skymoe.errors import ConfigError, DataError
 from skymoe.model.gguf import pretrained_llm_folder
-from skymoe.data.schema import SkyMoEDataError
 from skymoe.train.data import MixPart
 from skymoe.train.errors import StageError
 
@@ -208,7 +208,7 @@ def upcycle_checked(dense, cfg: TrainConfig, batch: dict):
 def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, source=None) -> list[MixPart]:
     """Encode every sample and open every image once, before training, so no epoch dies on bad data.
 
-    ``on_error="raise"``: the first bad sample raises SkyMoEDataError naming it.
+    ``on_error="raise"``: the first bad sample raises DataError naming it.
     ``"skip"``: bad samples are dropped, counted and reported. With a feature cache as ``source``
     the tower's features of every opened image are stored on the way (one decode per image in all).
     """
@@ -222,7 +222,7 @@ def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, 
         if dataset.skipped:
             logger.warning("%s: skipped %d of %d samples\n%s", part.label, len(dataset.skipped), len(part.samples), dataset.report())
         if not good:
-            raise SkyMoEDataError(f"dataset mix entry {part.label}: every sample was skipped", field="data.mix")
+            raise DataError(f"dataset mix entry {part.label}: every sample was skipped", field="data.mix")
         checked.append(MixPart(part.label, good, part.weight, part.balance))
     if warm is not None:
         warm.flush()
