@@ -202,14 +202,17 @@ class ModelSettings:
 
     # The flat keys of the old layout, and where they went.
     MOVED: ClassVar[dict[str, str]] = {
-        "vision_type": "model.vision.type", "vision_hidden_size": "model.vision.hidden_size", "vision_layers": "model.vision.num_layers",
-        "vision_heads": "model.vision.num_heads", "patch_size": "model.vision.patch_size", "vision_feature_strides": "model.vision.feature_strides",
-        "llm_type": "model.llm.type", "hidden_size": "model.llm.hidden_size", "num_layers": "model.llm.num_layers", "num_heads": "model.llm.num_heads",
-        "num_kv_heads": "model.llm.num_kv_heads", "intermediate_size": "model.llm.intermediate_size", "vocab_size": "model.llm.vocab_size",
-        "projector_norm": "model.projector.norm", "position_code": "model.projector.position_code", "router_hidden_size": "model.router.hidden_size",
-        "adapter": "model.moe.dense_lora (adapter: lora = true, full = false)", "lora_rank": "model.moe.lora_rank",
-        "lora_targets": "model.moe.lora_targets", "num_experts": "model.moe.num_experts", "top_k": "model.moe.top_k",
-        "expert_type": "model.moe.expert_type", "routing": "model.moe.routing", "moe_layers": "model.moe.moe_layers",
+        **{old: f"model.vision.{new}" for old, new in (
+            ("vision_type", "type"), ("vision_hidden_size", "hidden_size"), ("vision_layers", "num_layers"),
+            ("vision_heads", "num_heads"), ("patch_size", "patch_size"), ("vision_feature_strides", "feature_strides"))},
+        **{old: f"model.llm.{new}" for old, new in (
+            ("llm_type", "type"), ("hidden_size", "hidden_size"), ("num_layers", "num_layers"), ("num_heads", "num_heads"),
+            ("num_kv_heads", "num_kv_heads"), ("intermediate_size", "intermediate_size"), ("vocab_size", "vocab_size"))},
+        **{key: f"model.moe.{key}" for key in ("lora_rank", "lora_targets", "num_experts", "top_k", "expert_type", "routing", "moe_layers")},
+        "projector_norm": "model.projector.norm",
+        "position_code": "model.projector.position_code",
+        "router_hidden_size": "model.router.hidden_size",
+        "adapter": "model.moe.dense_lora (adapter: lora = true, full = false)",
         "extra": "its own key (model.vision.feature_layer, model.router.jitter_noise, model.moe.lora_alpha ...)",
     }
 
