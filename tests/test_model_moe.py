@@ -292,7 +292,7 @@ def test_router_statistics_can_be_skipped_without_changing_the_logits():
         lean = model(**batch, output_router_stats=False)
     assert torch.equal(full.logits, lean.logits) and full.expert_load is not None
     assert lean.expert_load is None and lean.sample_expert_weights is None
-    assert "load_balance" in full.aux_losses and "load_balance" not in lean.aux_losses
+    assert "load_balance" in full.loss_terms and "load_balance" not in lean.loss_terms
 
 
 def test_gate_without_routing_embedding_is_a_clear_error():
@@ -369,7 +369,7 @@ def test_upcycle_rejects_bad_requests():
         SkyMoEForConditionalGeneration.upcycle(moe, num_experts=4)
     with pytest.raises(ValueError, match="top_k"):
         SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2, top_k=3)
-    with pytest.raises(ValueError, match="unknown moe setting"):
+    with pytest.raises(ValueError, match="unknown key 'moe.experts_per_token' under 'moe'"):
         SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2, experts_per_token=1)
 
 

@@ -70,7 +70,7 @@ def packaged_config(name: str) -> dict:
 
 def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, llm: str):
     """The demo's TrainConfigs (stage 1, the blind control, stage 2): packaged YAML + this run's data, steps, seed."""
-    from skymoe.config import TrainConfig, from_dict
+    from skymoe.train.config import parse_config
 
     real = sum(1 for _ in (data_dir / "train_real.jsonl").open(encoding="utf-8"))
     synthetic = sum(1 for _ in (data_dir / "train_synthetic.jsonl").open(encoding="utf-8"))
@@ -85,13 +85,14 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
     if llm == GEMMA_ASSET:
         # A pretrained LM is the frozen base of a dense LoRA adapter, then of the LoRA experts.
         # Its 262k-token vocabulary makes a step ~30x dearer than the tiny LM's: smaller batches, fewer steps.
-        raw1["model"].update(llm=GEMMA_ASSET, adapter="lora")
+        raw1["model"]["llm"]["pretrained"] = GEMMA_ASSET
+        raw1["model"]["moe"]["dense_lora"] = True
         for raw in (raw1, raw2):
             raw["batch_size"] = 4
             raw["max_steps"] = max(3, raw["max_steps"] // 10)
     blind = copy.deepcopy(raw1)
     blind["data"]["blind"] = True
-    return tuple(from_dict(TrainConfig, raw).validate() for raw in (raw1, blind, raw2))
+    return tuple(parse_config(raw) for raw in (raw1, blind, raw2))
 
 
 def write_suite(data_dir: Path, budget: Budget) -> Path:

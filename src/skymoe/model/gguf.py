@@ -26,7 +26,7 @@ def pretrained_llm_folder(llm: str) -> Path:
 
         return gguf_as_hf_folder(get_asset(llm), cache_dir() / "converted" / llm)
     if not (Path(llm) / "config.json").is_file():
-        raise ConfigError(f"'model.llm' {llm!r}: expected a local causal-LM directory (with config.json) or one of the "
+        raise ConfigError(f"'model.llm.pretrained' {llm!r}: expected a local causal-LM directory (with config.json) or one of the "
                           f"assets {list(GGUF_LLM_ASSETS)}; nothing is downloaded at run time")
     return Path(llm)
 

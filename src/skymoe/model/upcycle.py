@@ -69,8 +69,6 @@ def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, se
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     config = copy.deepcopy(dense_model.config)
     config.moe = asdict(resolve_settings("moe", {**config.moe, **moe_kwargs, "num_experts": num_experts}))
-    if not 1 <= config.moe["top_k"] <= num_experts:
-        raise ValueError(f"moe.top_k={config.moe['top_k']} must be in 1..{num_experts}")
     moe_model = model_class(config).to(dense_model.dtype)
 
     moe_renames = _plain_names(moe_model)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from skymoe.config import CDASection, DataSection
+from skymoe.train.config import CDASection, DataSection
 from skymoe.data.cda import CDAugmenter, view_sample
 from skymoe.data.feature_cache import Produced, ViewRequest, image_request
 from skymoe.data.readers import Collector, SampleList
