@@ -28,12 +28,12 @@ DEMO_STAGE1_STEPS = 898  # what `make demo` (8 minutes) gives stage 1
 VARIANTS: dict[str, dict] = {
     "base": {},
     "steps4x": {"steps": 4 * DEMO_STAGE1_STEPS},
-    "sigma2": {"model.extra.location_sigma": 2.0},
-    "grid8": {"model.vision_feature_strides": [8, 16]},
-    "grid8_sigma2": {"model.vision_feature_strides": [8, 16], "model.extra.location_sigma": 2.0},
-    "wide192": {"model.hidden_size": 192, "model.intermediate_size": 512},
-    "grid8_steps4x": {"model.vision_feature_strides": [8, 16], "steps": 4 * DEMO_STAGE1_STEPS},
-    "sigma2_steps4x": {"model.extra.location_sigma": 2.0, "steps": 4 * DEMO_STAGE1_STEPS},
+    "sigma2": {"model.location_sigma": 2.0},
+    "grid8": {"model.vision.feature_strides": [8, 16]},
+    "grid8_sigma2": {"model.vision.feature_strides": [8, 16], "model.location_sigma": 2.0},
+    "wide192": {"model.llm.hidden_size": 192, "model.llm.intermediate_size": 512},
+    "grid8_steps4x": {"model.vision.feature_strides": [8, 16], "steps": 4 * DEMO_STAGE1_STEPS},
+    "sigma2_steps4x": {"model.location_sigma": 2.0, "steps": 4 * DEMO_STAGE1_STEPS},
 }
 METRICS = {"caption": "CIDEr", "classification": "overall_accuracy", "counting": "exact_accuracy", "grounding": "acc@0.5",
            "region_caption": "CIDEr", "vqa": "overall_accuracy"}
@@ -71,7 +71,7 @@ def java_free_caption_scorer() -> bool:
 
 
 def config_for(name: str, data_dir: Path, out: Path, scale: float):
-    from skymoe.config import TrainConfig, from_dict
+    from skymoe.train.config import parse_config
     from skymoe.demo.run import packaged_config
 
     changes = dict(VARIANTS[name])
@@ -85,7 +85,7 @@ def config_for(name: str, data_dir: Path, out: Path, scale: float):
         for key in path:
             section = section.setdefault(key, {})
         section[last] = value
-    return from_dict(TrainConfig, raw).validate()
+    return parse_config(raw)
 
 
 def run_variant(name: str, out: Path, scale: float) -> dict:
