@@ -18,6 +18,7 @@ SECTIONS = [
     ("projector_init.md", "projector_init.py", "Projector initialisation and whether the model reads its images (issue 15)"),
     ("generate.md", "generate.py", "Greedy generation, MoE vs the same model with experts removed (issue 6)"),
     ("int8.md", "int8.py", "Dynamic int8 on CPU: speed-up and score change (issue 6)"),
+    ("batching.md", "batching.py", "One prefill per eval batch, and the server's dynamic batching at 16 concurrent clients (issue 18)"),
     ("scene.md", "scene.py", "Large GeoTIFF scenes: tiles/s and peak memory at two sizes (issue 6)"),
     ("mgrs_mini_speed.md", "mgrs_mini_speed.py", "MGRS-mini generator speed (issue 8)"),
     ("recipe_variants.md", "recipe_variants.py", "Stage-1 recipe variants of the demo on MGRS-mini validation: visual grid, location-label smoothing, steps, width (issue 15)"),

@@ -42,8 +42,8 @@ def score_rows(model_dir: str, suite_name: str, limit: int) -> list[str]:
     from skymoe.eval.predict import generate_predictions
     from skymoe.eval.runner import collect_samples
     from skymoe.eval.suite import load_suite
+    from skymoe.model.generation import load_model
     from skymoe.model.quantize import quantize_int8
-    from skymoe.model.inference import load_model
 
     suite = load_suite(suite_name)
     samples = collect_samples(suite, limit)

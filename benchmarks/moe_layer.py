@@ -26,10 +26,9 @@ from transformers import LlamaConfig, MixtralConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-from skymoe.model.dispatch import LayerDispatch
 from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.install import MoEDecoderLayer
-from skymoe.model.router import ExpertGate, RoutingContext
+from skymoe.model.router import ExpertGate
 
 ROUTING_SIZE = 128
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -43,18 +42,29 @@ def mlp(hidden: int, ffn: int) -> LlamaMLP:
     return module
 
 
-def with_lora(module: LlamaMLP, experts: int, rank: int, dispatch: LayerDispatch) -> LlamaMLP:
+def with_lora(module: LlamaMLP, experts: int, rank: int) -> LlamaMLP:
     for name in ("gate_proj", "up_proj", "down_proj"):
-        lora = LoRAExperts(getattr(module, name), experts, rank, 2.0 * rank, dispatch)
+        lora = LoRAExperts(getattr(module, name), experts, rank, 2.0 * rank)
         nn.init.normal_(lora.lora_B, std=0.02)
         setattr(module, name, lora)
     return module
 
 
-def moe_layer(inner: nn.Module, hidden: int, experts: int, top_k: int, dispatch: LayerDispatch) -> MoEDecoderLayer:
-    context = RoutingContext(routing_embedding=torch.randn(SAMPLES, ROUTING_SIZE))
+class Routed(nn.Module):
+    """An MoE layer called with a fixed routing embedding, as the SkyMoE model passes it."""
+
+    def __init__(self, layer: MoEDecoderLayer):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("routing_embedding", torch.randn(SAMPLES, ROUTING_SIZE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, routing_embedding=self.routing_embedding)
+
+
+def moe_layer(inner: nn.Module, hidden: int, experts: int, top_k: int) -> Routed:
     gate = ExpertGate(hidden, ROUTING_SIZE, experts, top_k, "token", jitter=0.0)
-    return MoEDecoderLayer(inner, gate, context, dispatch)
+    return Routed(MoEDecoderLayer(inner, gate))
 
 
 def mixtral(hidden: int, ffn: int, experts: int, top_k: int, implementation: str) -> MixtralSparseMoeBlock:
@@ -118,12 +128,10 @@ def run(hidden: int, ffn: int, tokens: int, experts: int, top_k: int, rank: int,
     torch.manual_seed(0)
     x = torch.randn(SAMPLES, tokens // SAMPLES, hidden, device=device, dtype=dtype, requires_grad=True)
     x2 = torch.randn(2 * SAMPLES, tokens // SAMPLES, hidden, device=device, dtype=dtype, requires_grad=True)
-    dense_lora = with_lora(mlp(hidden, ffn), 1, rank, LayerDispatch())  # plan stays None: the dense adapter path
-    dispatch = LayerDispatch()
-    lora_moe = moe_layer(with_lora(mlp(hidden, ffn), experts, rank, dispatch), hidden, experts, top_k, dispatch)
-    form = "rank-space" if lora_moe.layer.gate_proj.rank_space else "grouped"
-    dispatch = LayerDispatch()
-    ffn_moe = moe_layer(FFNExperts(mlp(hidden, ffn), experts, dispatch), hidden, experts, top_k, dispatch)
+    dense_lora = with_lora(mlp(hidden, ffn), 1, rank)  # run outside any MoE layer: the dense adapter path
+    lora_moe = moe_layer(with_lora(mlp(hidden, ffn), experts, rank), hidden, experts, top_k)
+    form = "rank-space" if lora_moe.layer.layer.gate_proj.rank_space else "grouped"
+    ffn_moe = moe_layer(FFNExperts(mlp(hidden, ffn), experts), hidden, experts, top_k)
     layers = {
         "dense FFN + dense LoRA (frozen base)": (dense_lora, x),
         f"LoRA experts (frozen base, {form} form)": (lora_moe, x),

@@ -50,7 +50,7 @@ def stage1_config(train_file: Path, steps: int):
 
 def score(model_dir: Path, samples, suite) -> dict:
     from skymoe.eval.predict import generate_predictions
-    from skymoe.model.inference import load_model
+    from skymoe.model.generation import load_model
 
     model, processor = load_model(model_dir)
     predictions = generate_predictions(model, processor, samples, suite)

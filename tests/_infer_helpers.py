@@ -54,7 +54,10 @@ def script_answers(pipeline, text: str) -> None:
 
     ids = pipeline.processor.tokenizer(" " + text, add_special_tokens=False)["input_ids"] + [pipeline.processor.ids["eos"]]
 
-    def generate(input_ids, max_new_tokens=None, **kwargs):
-        return torch.cat([input_ids, torch.tensor([ids] * input_ids.shape[0])], dim=1)
+    def generate(input_ids, max_new_tokens=None, output_routing=False, **kwargs):
+        from skymoe.model.outputs import SkyMoEGenerateOutput
+
+        sequences = torch.cat([input_ids, torch.tensor([ids] * input_ids.shape[0])], dim=1)
+        return SkyMoEGenerateOutput(sequences=sequences) if output_routing else sequences  # no prefill: no routing
 
     pipeline.model.generate = generate

@@ -17,7 +17,7 @@ def test_the_message_names_the_file_record_and_field():
 def test_each_site_raises_its_kind(tmp_path):
     from skymoe.assets import asset_spec
     from skymoe.infer.tiles import tile_grid
-    from skymoe.model.inference import load_model
+    from skymoe.model.generation import load_model
 
     with pytest.raises(AssetError, match="unknown asset 'nope'"):
         asset_spec("nope")

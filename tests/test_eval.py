@@ -94,3 +94,31 @@ def test_eval_cli_writes_learning_controls(tiny_model_dir, tmp_path, monkeypatch
     assert (out / "learning.png").is_file() and "Learning controls" in (out / "learning.md").read_text()
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(tiny_model_dir), "--suite", "embedded", "--out", str(out), "--control", "nonsense"])
+
+
+def test_eval_runs_one_prefill_per_batch_and_reads_the_routing_from_it(tiny_model_dir, monkeypatch):
+    """The routing of each prediction comes from its batch's generate prefill: no second pass over the prompts."""
+    import functools
+
+    from skymoe.data.datasets import load_dataset
+    from skymoe.data.feature_cache import PixelSource
+    from skymoe.eval.predict import generate_predictions
+    from skymoe.model import SkyMoEForConditionalGeneration
+    from skymoe.model.generation import load_model
+
+    model, processor = load_model(tiny_model_dir)
+    samples = list(load_dataset("rsvqa_lr", "test"))[:5]
+    prompts_seen = []
+    forward = SkyMoEForConditionalGeneration.forward
+
+    @functools.wraps(forward)  # generate() checks its kwargs against forward's signature
+    def counting_forward(self, *args, **kwargs):
+        prompts_seen.append(kwargs["input_ids"].shape[1] > 1)  # decode steps feed one token
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SkyMoEForConditionalGeneration, "forward", counting_forward)
+    suite = load_suite("embedded")
+    suite.generation.max_new_tokens = 4
+    predictions = generate_predictions(model, processor, samples, suite, batch_size=2, source=PixelSource(processor.preprocess_images))
+    assert sum(prompts_seen) == 3  # batches of 2, 2 and 1
+    assert all(p.routing is not None and len(p.routing.expert_weights[0]) == 4 for p in predictions)

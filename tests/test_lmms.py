@@ -47,7 +47,7 @@ def test_lmms_eval_cli_runs_offline_and_answers_like_skymoe(tiny_model_dir, tmp_
     # lmms-eval's answers are exactly SkyMoE's own greedy answers to the same questions
     from skymoe.data.datasets import load_dataset
     from skymoe.eval.predict import generate_batch
-    from skymoe.model.inference import load_model
+    from skymoe.model.generation import load_model
     from skymoe.eval.suite import parse_suite
 
     logged = [json.loads(line) for line in next(out.rglob("*skymoe_rsvqa_lr*.jsonl")).read_text().splitlines()]

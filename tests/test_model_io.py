@@ -1,6 +1,7 @@
 """Save/load through the Auto classes, generation with KV cache, vision towers, local checkpoints, summary."""
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -329,3 +330,68 @@ def test_location_targets_are_soft_over_their_own_axis():
     plain = torch.randn(3, 300)
     words = torch.tensor([7, 12, -100])
     assert torch.allclose(model._lm_loss(plain, words), torch.nn.functional.cross_entropy(plain, words, ignore_index=-100))
+
+
+def test_generate_returns_the_prefill_routing_from_that_one_prefill(monkeypatch):
+    """``generate(output_routing=True)``: the router's decision read from the prefill, with the tokens of a plain generate."""
+    from skymoe.model.generation import routing_of
+
+    model = tiny_model(moe={"num_experts": 4}).eval()
+    randomize_adapters(model, std=0.2)
+    inputs = generation_inputs(model.config)
+    prompt_len = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        expected = model(**inputs)
+        plain = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    lengths = []
+    forward = SkyMoEForConditionalGeneration.forward
+
+    @functools.wraps(forward)  # generate() checks its kwargs against forward's signature
+    def counting_forward(self, *args, **kwargs):
+        lengths.append(kwargs["input_ids"].shape[1])
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SkyMoEForConditionalGeneration, "forward", counting_forward)
+    with torch.no_grad():
+        result = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_routing=True)
+    assert lengths.count(prompt_len) == 1 and len(lengths) == 6  # one prefill, then one-token decode steps
+    assert torch.equal(result.sequences, plain)
+    assert torch.equal(result.routing.task_logits, expected.task_logits)
+    assert torch.allclose(result.routing.sample_expert_weights, expected.sample_expert_weights, atol=1e-6)
+    assert routing_of(result.routing, 1) == routing_of(expected, 1)
+
+
+@pytest.mark.parametrize("moe", [{"num_experts": 4}, {"num_experts": 4, "routing": "sequence", "expert_type": "ffn"}])
+def test_one_model_answers_concurrent_callers_as_it_answers_each_alone(moe):
+    """Two threads call one model at once with different inputs: each gets what a lone call gives
+    (routing embedding, dispatch plans and gate records are per call, not state on the model)."""
+    import threading
+
+    model = tiny_model(moe=moe).eval()
+    randomize_adapters(model, std=0.2)
+    batches = [make_batch(model.config, batch_size=n, seed=n) for n in (2, 3)]
+    prompts = [generation_inputs(model.config, batch_size=n, seed=n) for n in (2, 3)]
+    with torch.no_grad():
+        alone = [model(**b) for b in batches]
+        generated = [model.generate(**p, max_new_tokens=5, do_sample=False) for p in prompts]
+    start, failures = threading.Barrier(2), []
+
+    def call(i: int) -> None:
+        start.wait()
+        try:
+            with torch.no_grad():
+                for _ in range(8):
+                    out = model(**batches[i])
+                    if not (torch.equal(out.logits, alone[i].logits) and torch.equal(out.expert_load, alone[i].expert_load)):
+                        failures.append(("forward", i))
+                    if not torch.equal(model.generate(**prompts[i], max_new_tokens=5, do_sample=False), generated[i]):
+                        failures.append(("generate", i))
+        except Exception as exc:  # e.g. one caller's routing embedding reaching the other's layers
+            failures.append((type(exc).__name__, i))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

@@ -11,9 +11,9 @@ from transformers.pytorch_utils import Conv1D
 from _model_helpers import make_batch, randomize_adapters, tiny_model
 from skymoe.model import SkyMoEForConditionalGeneration
 from skymoe.model import experts as experts_module
-from skymoe.model.dispatch import DispatchPlan, LayerDispatch, OneTokenPlan, grouped_matmul
+from skymoe.model.dispatch import DispatchPlan, OneTokenPlan, dispatching, grouped_matmul
 from skymoe.model.experts import FFNExperts, LoRAExperts
-from skymoe.model.router import ExpertGate, RoutingContext
+from skymoe.model.router import ExpertGate
 
 TOKENS, EXPERTS, TOP_K = 13, 5, 2
 
@@ -43,19 +43,19 @@ def test_lora_experts_dispatch_matches_naive_reference(base, form, monkeypatch):
     monkeypatch.setattr(experts_module, "RANK_SPACE_RATIO", 0 if form == "rank-space" else 10**6)
     monkeypatch.setattr(experts_module, "FEW_TOKENS", TOKENS if form == "few-tokens" else 0)
     torch.manual_seed(0)
-    dispatch = LayerDispatch()
-    module = LoRAExperts(base, EXPERTS, rank=3, alpha=6.0, dispatch=dispatch)
+    module = LoRAExperts(base, EXPERTS, rank=3, alpha=6.0)
     assert module.rank_space == (form == "rank-space")
     if form != "grouped":  # only the grouped form sorts the assignments
-        module.dispatch.plan = DispatchPlan.from_topk(*random_routing(), EXPERTS)
-        module(torch.randn(1, TOKENS, 12))
-        assert "order" not in vars(module.dispatch.plan)
+        plan = DispatchPlan.from_topk(*random_routing(), EXPERTS)
+        with dispatching(plan):
+            module(torch.randn(1, TOKENS, 12))
+        assert "order" not in vars(plan)
     nn.init.normal_(module.lora_B)
     x = torch.randn(1, TOKENS, 12)
     index, weight = random_routing()
-    dispatch.plan = DispatchPlan.from_topk(index, weight, EXPERTS)
-    assert torch.allclose(module(x), naive_lora(module, x, index, weight), atol=1e-5)
-    module(x).sum().backward()
+    with dispatching(DispatchPlan.from_topk(index, weight, EXPERTS)):
+        assert torch.allclose(module(x), naive_lora(module, x, index, weight), atol=1e-5)
+        module(x).sum().backward()
     used = set(index.unique().tolist())
     for e in range(EXPERTS):  # only the experts that got tokens get gradient
         assert bool(module.lora_A.grad[e].abs().sum() > 0) == (e in used)
@@ -70,16 +70,16 @@ def test_chosen_experts_decode_path_matches_naive_reference(grad, monkeypatch):
     """
     torch.manual_seed(0)
     num_experts, tokens = 8, 1
-    module = LoRAExperts(nn.Linear(12, 7), num_experts, rank=3, alpha=6.0, dispatch=LayerDispatch())
+    module = LoRAExperts(nn.Linear(12, 7), num_experts, rank=3, alpha=6.0)
     nn.init.normal_(module.lora_B)
     logits = torch.randn(tokens, num_experts, requires_grad=True)
     top, index = logits.topk(TOP_K, dim=-1)
     weight = top.softmax(-1)
-    plan = module.dispatch.plan = DispatchPlan.from_topk(index, weight, num_experts)
+    plan = DispatchPlan.from_topk(index, weight, num_experts)
     x = torch.randn(1, tokens, 12)
     monkeypatch.setattr(LoRAExperts, "_add_rank_space_delta", None)  # neither other form may run
     monkeypatch.setattr(experts_module, "grouped_matmul", None)
-    with torch.set_grad_enabled(grad):
+    with torch.set_grad_enabled(grad), dispatching(plan):
         got = module(x)
     assert ("chosen_pairs" in vars(plan)) == (not grad)
     expected = module.base(x[0]).clone()
@@ -89,7 +89,7 @@ def test_chosen_experts_decode_path_matches_naive_reference(grad, monkeypatch):
             expected[t] += weight[t, j] * (x[0, t] @ module.lora_A[e] @ module.lora_B[e]) * module.scale
     assert torch.allclose(got[0], expected, atol=1e-5)
     if not grad:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), dispatching(plan):
             low = module(x)
         assert low.dtype == torch.bfloat16 and torch.allclose(low[0].float(), expected, atol=0.1, rtol=0.05)
         return
@@ -105,13 +105,13 @@ def test_every_lora_form_runs_under_bf16_autocast_with_gradients(form, tokens, m
     monkeypatch.setattr(experts_module, "RANK_SPACE_RATIO", 0 if form == "rank-space" else 10**6)
     monkeypatch.setattr(experts_module, "FEW_TOKENS", 64 if form in ("few-tokens", "one-token") else 0)
     num_experts = 8
-    module = LoRAExperts(nn.Linear(16, 16), num_experts, rank=2, alpha=4.0, dispatch=LayerDispatch())
+    module = LoRAExperts(nn.Linear(16, 16), num_experts, rank=2, alpha=4.0)
     nn.init.normal_(module.lora_B)
     logits = torch.randn(tokens, num_experts, requires_grad=True)
     top, index = logits.topk(TOP_K, dim=-1)
-    module.dispatch.plan = DispatchPlan.from_topk(index, top.softmax(-1), num_experts)
+    plan = DispatchPlan.from_topk(index, top.softmax(-1), num_experts)
     x = torch.randn(1, tokens, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), dispatching(plan):
         out = module(x)
     out.float().sum().backward()
     assert out.dtype == torch.bfloat16 and module.lora_B.grad is not None and logits.grad is not None
@@ -129,8 +129,7 @@ def test_decode_forms_see_in_place_updates_and_new_storage_without_autograd(toke
 
     An optimizer-style in-place update and a dtype move (new storage) must both reach the output.
     """
-    dispatch = LayerDispatch()
-    module = LoRAExperts(nn.Linear(12, 7), 8, rank=3, alpha=6.0, dispatch=dispatch)
+    module = LoRAExperts(nn.Linear(12, 7), 8, rank=3, alpha=6.0)
     nn.init.normal_(module.lora_B)
     x = torch.randn(1, tokens, 12)
     logits = torch.randn(tokens, 8)
@@ -143,8 +142,7 @@ def test_decode_forms_see_in_place_updates_and_new_storage_without_autograd(toke
         return m.base(flat) + delta.to(flat.dtype) * m.scale
 
     assert tokens <= experts_module.FEW_TOKENS  # a decode-step form runs
-    with torch.no_grad():
-        dispatch.plan = DispatchPlan.from_topk(index, weight, 8)
+    with torch.no_grad(), dispatching(DispatchPlan.from_topk(index, weight, 8)):
         module(x)
         clone = copy.deepcopy(module)  # caches are not copied (they would be extra copies of A and B)
         assert clone._columns_cache is None and clone._views_cache is None and torch.equal(clone(x), module(x))
@@ -152,7 +150,7 @@ def test_decode_forms_see_in_place_updates_and_new_storage_without_autograd(toke
         module.lora_B.add_(1.0)
         assert torch.allclose(module(x).reshape(tokens, -1), reference(module, x), atol=1e-5)
         module.double()
-        dispatch.plan = DispatchPlan.from_topk(index, weight.double(), 8)
+    with torch.no_grad(), dispatching(DispatchPlan.from_topk(index, weight.double(), 8)):
         got = module(x.double())
         assert got.dtype == torch.float64 and torch.allclose(got.reshape(tokens, -1), reference(module, x.double()), atol=1e-9)
 
@@ -174,16 +172,15 @@ def test_ffn_experts_grouped_dispatch_matches_naive_reference(text_model_type):
     model = tiny_model(text_model_type=text_model_type, moe={"dense_lora": False})
     mlp = model.language_model.base_model.h[0].mlp if text_model_type == "gpt2" else model.language_model.model.layers[0].mlp
     mlp.eval()
-    dispatch = LayerDispatch()
-    experts = FFNExperts(mlp, EXPERTS, dispatch)
+    experts = FFNExperts(mlp, EXPERTS)
     with torch.no_grad():
         for p in experts.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # make the experts different
     hidden = model.config.text_config.hidden_size
     x = torch.randn(1, TOKENS, hidden)
     index, weight = random_routing(2)
-    dispatch.plan = DispatchPlan.from_topk(index, weight, EXPERTS)
-    fast = experts(x)
+    with dispatching(DispatchPlan.from_topk(index, weight, EXPERTS)):
+        fast = experts(x)
 
     reference = torch.zeros(TOKENS, hidden)
     for t in range(TOKENS):
@@ -203,26 +200,25 @@ def test_ffn_experts_grouped_dispatch_matches_naive_reference(text_model_type):
 def test_identical_ffn_experts_equal_the_dense_mlp():
     model = tiny_model(text_model_type="gpt2", moe={"dense_lora": False})
     mlp = model.language_model.base_model.h[1].mlp.eval()
-    dispatch = LayerDispatch()
-    experts = FFNExperts(mlp, EXPERTS, dispatch)
+    experts = FFNExperts(mlp, EXPERTS)
     x = torch.randn(2, 7, model.config.text_config.hidden_size)
     g = torch.Generator().manual_seed(0)
     index = torch.stack([torch.randperm(EXPERTS, generator=g)[:TOP_K] for _ in range(14)])
     weight = torch.rand(14, TOP_K, generator=g)
-    dispatch.plan = DispatchPlan.from_topk(index, weight / weight.sum(-1, keepdim=True), EXPERTS)
-    assert torch.allclose(experts(x), mlp(x), atol=1e-6)
+    with dispatching(DispatchPlan.from_topk(index, weight / weight.sum(-1, keepdim=True), EXPERTS)):
+        assert torch.allclose(experts(x), mlp(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("routing", ["token", "sequence"])
 def test_gate_picks_k_distinct_experts_with_weights_summing_to_one(routing):
     torch.manual_seed(0)
     gate = ExpertGate(16, 8, EXPERTS, TOP_K, routing, jitter=0.0)
-    context = RoutingContext(routing_embedding=torch.randn(3, 8))
-    index, weight = gate(torch.randn(3, 4, 16), context)
+    records = []
+    index, weight = gate(torch.randn(3, 4, 16), torch.randn(3, 8), records)
     assert index.shape == weight.shape == (12, TOP_K)
     assert torch.allclose(weight.sum(-1), torch.ones(12))
     assert all(len(set(row.tolist())) == TOP_K for row in index)
-    record = context.records[-1]
+    (record,) = records
     expected = record.logits.softmax(-1).topk(TOP_K).indices
     top_probs = record.logits.softmax(-1).topk(TOP_K).values  # weights = renormalised top-k probabilities
     assert torch.allclose(record.topk_weight, top_probs / top_probs.sum(-1, keepdim=True), atol=1e-6)
@@ -238,11 +234,11 @@ def test_gate_decode_step_decides_like_the_full_sequence(dtype):
     """A one-token forward (a cached decode step) gives the logits and choice of the full forward, in bf16 too."""
     torch.manual_seed(0)
     gate = ExpertGate(16, 8, EXPERTS, TOP_K, "token", jitter=0.0).to(dtype)
-    context = RoutingContext(routing_embedding=torch.randn(3, 8, dtype=dtype))
+    embedding, records = torch.randn(3, 8, dtype=dtype), []
     hidden = torch.randn(3, 4, 16, dtype=dtype)
-    index, weight = gate(hidden, context)
-    step_index, step_weight = gate(hidden[:, -1:], context)
-    full, step = context.records
+    index, weight = gate(hidden, embedding, records)
+    step_index, step_weight = gate(hidden[:, -1:], embedding, records)
+    full, step = records
     assert torch.equal(step.logits, full.logits.view(3, 4, EXPERTS)[:, -1])
     assert torch.equal(step_index, index.view(3, 4, TOP_K)[:, -1])
     assert torch.equal(step_weight, weight.view(3, 4, TOP_K)[:, -1])
@@ -253,17 +249,16 @@ def test_one_token_choice_in_python_numbers_is_the_gate_choice(dtype):
     """choose_for_one_token (CPU decode steps) picks the experts and weights that forward picks."""
     torch.manual_seed(0)
     gate = ExpertGate(16, 8, 8, 3, "token", jitter=0.0).to(dtype)
-    context = RoutingContext(routing_embedding=torch.randn(1, 8, dtype=dtype), record=False)
+    embedding = torch.randn(1, 8, dtype=dtype)
     for _ in range(50):
         hidden = torch.randn(1, 1, 16, dtype=dtype)
-        index, weight = gate(hidden, context)
-        chosen = dict(gate.choose_for_one_token(hidden, context))
+        index, weight = gate(hidden, embedding)
+        chosen = dict(gate.choose_for_one_token(hidden, embedding))
         assert list(chosen) == index[0].tolist()
         assert torch.allclose(torch.tensor(list(chosen.values()), dtype=dtype), weight[0], rtol=1e-6, atol=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # 16-bit logits: left to forward (topk's tie order)
-        assert (gate.choose_for_one_token(hidden, context) is None) == (dtype == torch.float32)  # autocast leaves fp64 alone
-    context = RoutingContext(routing_embedding=context.routing_embedding.bfloat16(), record=False)
-    assert gate.to(torch.bfloat16).choose_for_one_token(hidden.bfloat16(), context) is None
+        assert (gate.choose_for_one_token(hidden, embedding) is None) == (dtype == torch.float32)  # autocast leaves fp64 alone
+    assert gate.to(torch.bfloat16).choose_for_one_token(hidden.bfloat16(), embedding.bfloat16()) is None
 
 
 def test_one_token_plan_builds_the_tensors_other_forms_need():
@@ -272,13 +267,13 @@ def test_one_token_plan_builds_the_tensors_other_forms_need():
     assert plan.topk_index.tolist() == [[5, 2]] and plan.topk_weight.tolist() == [[0.75, 0.25]]
     assert plan.dense_weight.tolist() == [[0, 0, 0.25, 0, 0, 0.75, 0, 0]]
     assert plan.rank_weights(2).tolist() == [[0, 0, 0, 0, 0.25, 0.25, 0, 0, 0, 0, 0.75, 0.75, 0, 0, 0, 0]]
-    module = LoRAExperts(nn.Linear(12, 7), 8, rank=3, alpha=6.0, dispatch=LayerDispatch())
+    module = LoRAExperts(nn.Linear(12, 7), 8, rank=3, alpha=6.0)
     nn.init.normal_(module.lora_B)
-    module.dispatch.plan = plan
     x = torch.randn(1, 1, 12)
-    with torch.no_grad():
-        loop = module(x)
-    gathered = module(x)  # with autograd: the gathered form, from the plan's tensors
+    with dispatching(plan):
+        with torch.no_grad():
+            loop = module(x)
+        gathered = module(x)  # with autograd: the gathered form, from the plan's tensors
     expected = module.base(x[0, 0]) + sum(w * (x[0, 0] @ module.lora_A[e] @ module.lora_B[e]) for e, w in [(5, 0.75), (2, 0.25)]) * module.scale
     assert torch.allclose(loop[0, 0], expected, atol=1e-5) and torch.allclose(gathered[0, 0], expected, atol=1e-5)
 
@@ -298,20 +293,20 @@ def test_router_statistics_can_be_skipped_without_changing_the_logits():
 def test_gate_without_routing_embedding_is_a_clear_error():
     gate = ExpertGate(16, 8, EXPERTS, TOP_K, "token", jitter=0.0)
     with pytest.raises(RuntimeError, match="routing embedding"):
-        gate(torch.randn(1, 2, 16), RoutingContext())
+        gate(torch.randn(1, 2, 16), None)
 
 
 def test_cached_routing_logits_follow_in_place_weight_updates():
     """Decode steps reuse the routing embedding's gate logits; an in-place update of the gate must refresh them."""
     gate = ExpertGate(16, 8, EXPERTS, TOP_K, "sequence", jitter=0.0)
-    context = RoutingContext(routing_embedding=torch.randn(1, 8), record=False)
+    embedding = torch.randn(1, 8)
     hidden = torch.randn(1, 1, 16)
     with torch.no_grad():
-        first, _ = gate(hidden, context)
-        assert torch.equal(gate(hidden, context)[0], first)  # same embedding: the cached projection
+        first, _ = gate(hidden, embedding)
+        assert torch.equal(gate(hidden, embedding)[0], first)  # same embedding: the cached projection
         gate.routing_proj.weight.neg_()
         gate.routing_proj.bias.neg_()
-        assert torch.equal(gate(hidden, context)[0], gate.routing_proj(context.routing_embedding).topk(TOP_K)[1])
+        assert torch.equal(gate(hidden, embedding)[0], gate.routing_proj(embedding).topk(TOP_K)[1])
 
 
 MOE_VARIANTS = {
@@ -399,10 +394,10 @@ def test_upcycled_token_routing_starts_at_the_routers_choice_per_prompt():
     gates = [m for m in moe.modules() if isinstance(m, ExpertGate)]
     assert gates and all(torch.count_nonzero(g.token_proj.weight) == 0 for g in gates)
     batch = make_batch(moe.config, batch_size=3, text_len=7)
-    moe.routing_context.record = True
     with torch.no_grad():
-        moe(**batch)
-    for record in moe.routing_context.records:
+        records = moe(**batch).gate_records
+    assert len(records) == len(moe.moe_layers())
+    for record in records:
         per_prompt = record.topk_index.view(3, -1, record.topk_index.shape[-1])
         assert torch.equal(per_prompt, per_prompt[:, :1].expand_as(per_prompt))
 

@@ -139,11 +139,14 @@ def test_concurrent_requests_are_batched_and_all_answered(server, pipeline):
 
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
     urls = [data_url(png_bytes(seed=s)) for s in range(4)]
+    tasks = ["vqa", "counting", "vqa", "caption"]  # a batch may mix tasks: each answer is read as its own task
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        replies = list(pool.map(lambda u: client.chat.completions.create(model="tiny", messages=user_message("What is this?", u), max_tokens=5), urls))
-    for url, reply in zip(urls, replies):
+        replies = list(pool.map(lambda u, t: client.chat.completions.create(model="tiny", messages=user_message("What is this?", u),
+                                                                            max_tokens=5, extra_body={"task": t}), urls, tasks))
+    for url, task, reply in zip(urls, tasks, replies):
         image = Image.open(io.BytesIO(base64.b64decode(url.split(",")[1]))).convert("RGB")
         assert reply.choices[0].message.content == pipeline.ask(image, "What is this?", max_new_tokens=5).text
+        assert reply.model_extra["skymoe"]["task"] == task
 
 
 def test_ground_endpoint_returns_structured_boxes(server):
@@ -308,3 +311,36 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(pipeline):
             time.sleep(0.05)
         assert httpx.get(f"{base}/health").json()["pending"] == 0  # released while generate still runs
         fake.release.set()
+
+
+def test_queue_runs_requests_of_any_task_and_routing_flag_as_one_batch():
+    """Dynamic batching: what arrives together runs as one generate call when max_tokens agrees; task and
+    routing are per row (routing is dropped for the rows that did not ask), and held requests batch together."""
+    import asyncio
+
+    from skymoe.data.schema import Routing
+    from skymoe.infer.pipeline import Answer
+    from skymoe.serve.queue import BatchQueue, Job
+
+    calls = []
+
+    class RecordingPipeline:
+        def generate(self, images, prompts, *, task, routing, max_new_tokens, on_text):
+            calls.append((list(prompts), max_new_tokens, routing))
+            return [Answer(text=p, task=str(t), image_size=(1, 1), routing=Routing("vqa", "image", [[1.0]])) for p, t in zip(prompts, task)]
+
+    async def serve(jobs):
+        queue = BatchQueue(RecordingPipeline(), max_batch=3, max_wait_s=0.2)
+        queue.start()
+        try:
+            return await asyncio.gather(*(queue.submit(job) for job in jobs))
+        finally:
+            await queue.stop()
+
+    requests = [("q0", "vqa", 4, True), ("q1", "caption", 4, False), ("q2", "grounding", 8, True),
+                ("q3", "counting", 4, False), ("q4", "vqa", 8, False), ("q5", "vqa", 4, False)]
+    answers = asyncio.run(serve([Job(None, prompt, task, tokens, routing) for prompt, task, tokens, routing in requests]))
+    assert calls == [(["q0", "q1", "q3"], 4, True), (["q2", "q4"], 8, True), (["q5"], 4, False)]
+    assert [a.text for a in answers] == ["q0", "q1", "q2", "q3", "q4", "q5"]
+    assert [a.task for a in answers] == [task for _, task, _, _ in requests]
+    assert [a.routing is not None for a in answers] == [routing for *_, routing in requests]

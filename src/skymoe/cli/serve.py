@@ -13,6 +13,10 @@ def register(subparsers) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=port_number, default=8000, help="port to listen on (default: %(default)s)")
     serve.add_argument("--api-key", default=os.environ.get("SKYMOE_API_KEY"), help="required bearer key (default: $SKYMOE_API_KEY; none = open)")
+    serve.add_argument("--max-batch", type=positive_int, default=16, help="concurrent requests run together as one batch "
+                       "(dynamic batching; 1 = one request at a time; default: %(default)s)")
+    serve.add_argument("--batch-wait-ms", type=non_negative_int, default=10, help="how long a batch waits for more requests "
+                       "after its first (default: %(default)s)")
     serve.add_argument("--max-queue", type=non_negative_int, default=16, help="requests that may wait; beyond that: 429 (default: %(default)s)")
     serve.add_argument("--max-tokens", type=positive_int, default=256, help="largest max_tokens a request may ask for (default: %(default)s)")
     serve.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096, help="largest image, width x height; beyond: 413 (default: %(default)s)")
@@ -32,7 +36,9 @@ def run_serve(args) -> int:
     from skymoe.serve.api import ServerLimits, create_app
 
     limits = ServerLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
-                          max_tokens=args.max_tokens, max_batch=args.batch_size, max_queue=args.max_queue)
+                          max_tokens=args.max_tokens, max_batch=args.max_batch, max_queue=args.max_queue,
+                          batch_wait_s=args.batch_wait_ms / 1000)
+    args.batch_size = max(args.batch_size, args.max_batch)  # a batch of requests is one generate call
     uvicorn.run(create_app(load_pipeline(args), api_key=args.api_key, limits=limits), host=args.host, port=args.port)
     return 0
 

@@ -127,7 +127,7 @@ def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -
     from skymoe.eval.records import read_predictions, write_predictions
     from skymoe.eval.runner import probe_records
     from skymoe.model.feature_source import feature_source
-    from skymoe.model.inference import load_model
+    from skymoe.model.generation import load_model
 
     models = {name: read_predictions(out_dir / folder / "predictions.jsonl")
               for name, folder in (("dense", "eval_stage1"), ("blind", "eval_blind"), ("moe", "eval_stage2"))}

@@ -41,7 +41,7 @@ class SkyMoE(lmms):
     def __init__(self, pretrained: str, batch_size: int | str = 4, max_new_tokens: int | str = 32, **kwargs) -> None:
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from skymoe.model.inference import load_model
+        from skymoe.model.generation import load_model
 
         self.model, self.processor = load_model(pretrained)
         self.batch_size_per_gpu = int(batch_size)
@@ -52,7 +52,7 @@ class SkyMoE(lmms):
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         from skymoe.data.imagery import load_image
-        from skymoe.model.inference import greedy_generate
+        from skymoe.model.generation import greedy_generate
 
         answers: list[str] = []
         args = [r.args for r in requests]

@@ -25,18 +25,18 @@ def generate_batch(model, processor, samples: list[Sample], suite: Suite, source
     """Predictions of one batch; ``source`` (a feature cache) defaults to decoding the images here."""
     from skymoe.data.feature_cache import PixelSource, image_request
     from skymoe.data.imagery import load_image
-    from skymoe.model.inference import generate_with_routing
+    from skymoe.model.generation import generate_answers
 
     import torch
 
     source = source if source is not None else PixelSource(processor.preprocess_images)
     entries = source.get([image_request(s.image, load_image, blind=processor.blind) for s in samples])
     visual = torch.stack([e.tensor for e in entries])
-    inputs = processor.prepare_generation(None, [build_prompt(s, suite) for s in samples], visual=visual, visual_key=source.batch_key)
-    texts, decisions = generate_with_routing(model, processor, inputs, suite.generation.max_new_tokens)
+    prompts = [build_prompt(s, suite) for s in samples]
+    answers = generate_answers(model, processor, None, prompts, suite.generation.max_new_tokens, visual=visual, visual_key=source.batch_key)
     return [
-        Prediction.from_sample(s, text, scorer=suite.scorer_for(s.task.value), routing=routing)
-        for s, text, routing in zip(samples, texts, decisions)
+        Prediction.from_sample(s, answer.text, scorer=suite.scorer_for(s.task.value), routing=answer.routing)
+        for s, answer in zip(samples, answers)
     ]
 
 

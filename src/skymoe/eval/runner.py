@@ -71,7 +71,7 @@ def evaluate(model_dir: str | Path, suite: str | Path | Suite, out_dir: str | Pa
     """
     from skymoe.eval.predict import generate_predictions
     from skymoe.model.feature_source import feature_source
-    from skymoe.model.inference import load_model
+    from skymoe.model.generation import load_model
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     out_dir = Path(out_dir)
@@ -103,7 +103,7 @@ def _learning(predictions, samples, suite: Suite, out_dir: Path, controls: dict,
     """Evaluate the control models on the same samples, fit the probes, write learning.json (+ plot and table)."""
     from skymoe.eval.controls import learning_controls, write_learning
     from skymoe.eval.predict import generate_predictions
-    from skymoe.model.inference import load_model
+    from skymoe.model.generation import load_model
 
     models = {"moe": predictions}
     for name, directory in controls.items():

@@ -109,7 +109,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, quantize: str | None = None, **kwargs) -> "Pipeline":
         """Model + processor from a ``save_pretrained`` directory; ``quantize="int8"`` for CPU dynamic int8."""
-        from skymoe.model.inference import load_model
+        from skymoe.model.generation import load_model
         from skymoe.model.quantize import quantize_int8
 
         if quantize not in (None, "int8"):
@@ -132,11 +132,12 @@ class Pipeline:
         bands = self.bands if is_raster_source(image) else None
         return load_image(image, bands=bands, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
 
-    def generate(self, images, prompts, *, task: Task | str = Task.VQA, routing: bool = False, max_new_tokens: int | None = None,
+    def generate(self, images, prompts, *, task=Task.VQA, routing: bool = False, max_new_tokens: int | None = None,
                  on_text: Callable[[int, str], None] | None = None):
         """Answers to ``prompts`` about ``images``: one prompt for all images or one per image.
 
-        A prompt is a question, or a conversation (list of Turns ending with a user turn).
+        A prompt is a question, or a conversation (list of Turns ending with a user turn). ``task``
+        (one for all images, or a list of one per image) says how each answer is read (boxes, count, labels).
         ``on_text(index, piece)`` streams each answer as it is generated (index into ``images``).
         """
         images, single = _as_list(images)
@@ -146,22 +147,21 @@ class Pipeline:
             text = prompt[-1].text if isinstance(prompt, list) else prompt
             if not isinstance(text, str) or not text.strip():
                 raise ValueError("empty prompt: give a question or instruction")
-        task = Task(task)
+        tasks = [Task(t) for t in _broadcast(task, len(images), "tasks")]
         answers = []
         for start in range(0, len(images), self.batch_size):
-            pil = [self.load(im) for im in images[start : start + self.batch_size]]
+            end = start + self.batch_size
+            pil = [self.load(im) for im in images[start:end]]
             stream = None if on_text is None else functools.partial(_offset_rows, on_text, start)
-            answers += self._generate_batch(pil, prompts[start : start + self.batch_size], task, routing, max_new_tokens, stream)
+            answers += self._generate_batch(pil, prompts[start:end], tasks[start:end], routing, max_new_tokens, stream)
         return answers[0] if single else answers
 
-    def _generate_batch(self, images, prompts, task: Task, routing: bool, max_new_tokens: int | None, on_text=None) -> list[Answer]:
-        from skymoe.model.inference import generate_with_routing
+    def _generate_batch(self, images, prompts, tasks: list[Task], routing: bool, max_new_tokens: int | None, on_text=None) -> list[Answer]:
+        from skymoe.model.generation import generate_answers
 
-        inputs = self.processor.prepare_generation(images, prompts)
-        texts, decisions = generate_with_routing(self.model, self.processor, inputs, max_new_tokens or self.max_new_tokens,
-                                                 on_text, routing=routing)
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        return [self._answer(t, task, im.size, r, n) for t, im, r, n in zip(texts, images, decisions, lengths)]
+        generated = generate_answers(self.model, self.processor, images, prompts, max_new_tokens or self.max_new_tokens,
+                                     routing=routing, on_text=on_text)
+        return [self._answer(g.text, task, im.size, g.routing, g.prompt_tokens) for g, task, im in zip(generated, tasks, images)]
 
     @staticmethod
     def _answer(text: str, task: Task, image_size: tuple[int, int], routing: Routing | None, prompt_tokens: int) -> Answer:
@@ -230,7 +230,7 @@ class Pipeline:
         """Scene class: free generation, or with ``labels`` the most likely label (mean log-likelihood per token)."""
         if not labels:
             return self.generate(images, PROMPTS[Task.CLASSIFICATION], task=Task.CLASSIFICATION, **kwargs)
-        from skymoe.model.inference import routing_decisions
+        from skymoe.model.generation import routing_decisions
 
         items, single = _as_list(images)
         answers = []

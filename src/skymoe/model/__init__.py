@@ -3,7 +3,8 @@
 Importing this package registers ``skymoe`` with transformers' Auto classes.
 """
 from skymoe.model.configuration import EfficientNetLiteConfig, SkyMoEConfig
-from skymoe.model.modeling import SkyMoEForConditionalGeneration, SkyMoEOutput, register_auto_classes
+from skymoe.model.modeling import SkyMoEForConditionalGeneration, register_auto_classes
+from skymoe.model.outputs import SkyMoEOutput
 
 register_auto_classes()
 

@@ -6,8 +6,10 @@ expert sees one contiguous slice; the work is two grouped matmuls over
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import cached_property
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import cached_property, partial
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +154,39 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
     return torch.cat([part @ w for part, w in zip(x.split(counts), weight.unbind(0))])
 
 
-class LayerDispatch:
-    """Holder for the current plan of one decoder layer, shared by its expert modules (not a Module)."""
+# The plan of the decoder layer now running, read by its expert modules: the host model's layer code calls
+# its linears/MLP without extra arguments, so the plan cannot reach them as one. A ContextVar, as transformers'
+# output collector uses, is per thread and per asyncio task: concurrent forwards on one model do not mix plans.
+_ACTIVE_PLAN: ContextVar[DispatchPlan | None] = ContextVar("skymoe_dispatch_plan", default=None)
 
-    plan: DispatchPlan | None = None
+
+def active_plan() -> DispatchPlan | None:
+    """The plan of the MoE layer being run (None: a dense adapter, or outside any MoE layer)."""
+    return _ACTIVE_PLAN.get()
+
+
+@contextmanager
+def dispatching(plan: DispatchPlan | None) -> Iterator[None]:
+    """Run a layer's experts under ``plan``."""
+    token = _ACTIVE_PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _ACTIVE_PLAN.reset(token)
+
+
+def _run_under(plan: DispatchPlan | None, function: Callable, *args, **kwargs):
+    with dispatching(plan):
+        return function(*args, **kwargs)
+
+
+def keeping_plan(checkpoint: Callable) -> Callable:
+    """``checkpoint`` (a torch.utils.checkpoint-like function) whose recompute runs under the plan of the first run.
+
+    The backward pass recomputes a checkpointed decoder layer after its forward returned, outside
+    :func:`dispatching`; the plan travels with the recomputed function instead.
+    """
+    def checkpoint_keeping_plan(function: Callable, *args, **kwargs):
+        return checkpoint(partial(_run_under, active_plan(), function), *args, **kwargs)
+
+    return checkpoint_keeping_plan

@@ -4,7 +4,7 @@ Why hand-written: peft cannot express token-routed LoRA experts (a different
 adapter mix per token chosen by a gate), and transformers' MoE blocks are tied
 to their model families. The same :class:`LoRAExperts` with one expert and no
 gate is the dense stage-1 adapter, which makes upcycling an exact copy.
-The experts read the layer's :class:`~skymoe.model.dispatch.DispatchPlan` (see ``dispatch.py``).
+The experts read the running layer's :class:`~skymoe.model.dispatch.DispatchPlan` (:func:`~skymoe.model.dispatch.active_plan`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.pytorch_utils import Conv1D
 
-from skymoe.model.dispatch import DispatchPlan, LayerDispatch, grouped_matmul
+from skymoe.model.dispatch import DispatchPlan, active_plan, grouped_matmul
 
 
 # LoRA experts use the rank-space form while E * r * RANK_SPACE_RATIO <= min(in, out) (see LoRAExperts.rank_space);
@@ -37,7 +37,7 @@ def linear_features(module: nn.Module) -> tuple[int, int]:
 class LoRAExperts(nn.Module):
     """``base(x) + sum_e w_e * (x A_e B_e) * alpha/r`` with the frozen base linear; E=1 without a gate = dense LoRA."""
 
-    def __init__(self, base: nn.Module, num_experts: int, rank: int, alpha: float, dispatch: LayerDispatch):
+    def __init__(self, base: nn.Module, num_experts: int, rank: int, alpha: float):
         super().__init__()
         self.base = base
         for p in self.base.parameters():
@@ -46,7 +46,6 @@ class LoRAExperts(nn.Module):
         self.num_experts, self.rank, self.scale = num_experts, rank, alpha / rank
         self.lora_A = nn.Parameter(torch.empty(num_experts, in_features, rank))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, rank, out_features))
-        self.dispatch = dispatch
         self._columns_cache: tuple | None = None  # see _lora_A_columns
         self._views_cache: tuple | None = None  # see _expert_views
         self.reset_parameters()
@@ -60,7 +59,7 @@ class LoRAExperts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        plan = self.dispatch.plan
+        plan = active_plan()
         if plan is None:  # dense adapter
             return out + (x @ self.lora_A[0]) @ self.lora_B[0] * self.scale
         if plan.num_tokens == 1 and plan.top_k * 2 <= self.num_experts:
@@ -123,11 +122,15 @@ class LoRAExperts(nn.Module):
         return out
 
     def _expert_views(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """Per-expert views of ``lora_A`` and ``lora_B``; they see in-place updates, so they are kept until the storage changes."""
+        """Per-expert views of ``lora_A`` and ``lora_B``; they see in-place updates, so they are kept until the storage changes.
+
+        The cache is read once into a local (here and in :meth:`_lora_A_columns`): concurrent forwards may replace it.
+        """
         key = (self.lora_A.data_ptr(), self.lora_B.data_ptr())
-        if self._views_cache is None or self._views_cache[0] != key:
-            self._views_cache = (key, self.lora_A.detach().unbind(0), self.lora_B.detach().unbind(0))
-        return self._views_cache[1], self._views_cache[2]
+        cached = self._views_cache
+        if cached is None or cached[0] != key:
+            self._views_cache = cached = (key, self.lora_A.detach().unbind(0), self.lora_B.detach().unbind(0))
+        return cached[1], cached[2]
 
     def _apply(self, fn, recurse=True):
         # .to()/.cuda()/.half() give the parameters new storage: drop what was built from the old one
@@ -164,10 +167,11 @@ class LoRAExperts(nn.Module):
         if (torch.is_grad_enabled() and self.lora_A.requires_grad) or self.lora_A.is_inference():
             return self.lora_A.permute(1, 0, 2).reshape(in_features, experts * rank)
         key = (self.lora_A.data_ptr(), self.lora_A.dtype, self.lora_A._version)
-        if self._columns_cache is None or self._columns_cache[0] != key:
+        cached = self._columns_cache
+        if cached is None or cached[0] != key:
             with torch.no_grad():
-                self._columns_cache = (key, self.lora_A.permute(1, 0, 2).reshape(in_features, experts * rank))
-        return self._columns_cache[1]
+                self._columns_cache = cached = (key, self.lora_A.permute(1, 0, 2).reshape(in_features, experts * rank))
+        return cached[1]
 
     @torch.no_grad()
     def merged_base(self) -> nn.Module:
@@ -189,9 +193,8 @@ class FFNExperts(nn.Module):
     Llama, Qwen2, Gemma 3, Mistral) and the plain one (``c_fc``/``c_proj`` + ``act``: GPT-2).
     """
 
-    def __init__(self, mlp: nn.Module, num_experts: int, dispatch: LayerDispatch):
+    def __init__(self, mlp: nn.Module, num_experts: int):
         super().__init__()
-        self.dispatch = dispatch
         if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
             self.gated, self.act = True, mlp.act_fn
             ins, out = [mlp.gate_proj, mlp.up_proj], mlp.down_proj
@@ -208,7 +211,7 @@ class FFNExperts(nn.Module):
         self.b_out = nn.Parameter(out.bias.detach().repeat(num_experts, 1)) if out.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plan = self.dispatch.plan
+        plan = active_plan()
         hidden = grouped_matmul(plan.gather(x), self.w_in, plan.offsets)
         if self.b_in is not None:
             hidden = hidden + self.b_in[plan.expert_index]

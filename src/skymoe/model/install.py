@@ -1,6 +1,10 @@
 """Install experts into any HF decoder by module replacement: each chosen decoder layer is wrapped
 by a :class:`MoEDecoderLayer` that computes its dispatch plan, and its linears (LoRA) or MLP (FFN)
 become experts.
+
+The routing inputs reach the MoE layers as forward arguments: the top model passes ``routing_embedding``,
+``routing_mask`` and ``gate_records`` to the LLM's forward, whose keyword arguments HF decoders hand to
+every decoder layer; each :class:`MoEDecoderLayer` takes them out before calling the layer it wraps.
 """
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from skymoe.model.dispatch import DispatchPlan, LayerDispatch, OneTokenPlan
+from skymoe.model.dispatch import DispatchPlan, OneTokenPlan, dispatching
 from skymoe.model.experts import FFNExperts, LoRAExperts, linear_features
-from skymoe.model.router import ExpertGate, RoutingContext
+from skymoe.model.router import ExpertGate, GateRecord
 
 
 class MoEDecoderLayer(nn.Module):
@@ -20,12 +24,10 @@ class MoEDecoderLayer(nn.Module):
     wrapped layer, so the wrapper works for any decoder family.
     """
 
-    def __init__(self, layer: nn.Module, gate: ExpertGate | None, context: RoutingContext, dispatch: LayerDispatch):
+    def __init__(self, layer: nn.Module, gate: ExpertGate | None):
         super().__init__()
         self.layer = layer
         self.gate = gate
-        self.context = context
-        self.dispatch = dispatch
 
     def __getattr__(self, name: str):
         try:
@@ -33,25 +35,30 @@ class MoEDecoderLayer(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("layer"), name)
 
-    def forward(self, hidden_states, *args, **kwargs):
+    def forward(self, hidden_states, *args, routing_embedding: torch.Tensor | None = None, routing_mask: torch.Tensor | None = None,
+                gate_records: list[GateRecord] | None = None, **kwargs):
+        """``routing_embedding`` [B, H] conditions the gate, ``routing_mask`` [B, S] marks the real tokens in
+        the gate's record, ``gate_records`` (None: keep none) collects this pass's gate decisions."""
+        plan = None
         if self.gate is not None:
-            self.dispatch.plan = self._plan(hidden_states)
-        return self.layer(hidden_states, *args, **kwargs)
+            plan = self._plan(hidden_states, routing_embedding, routing_mask, gate_records)
+        with dispatching(plan):
+            return self.layer(hidden_states, *args, **kwargs)
 
-    def _plan(self, hidden_states: torch.Tensor) -> DispatchPlan:
+    def _plan(self, hidden_states: torch.Tensor, routing_embedding, routing_mask, gate_records) -> DispatchPlan:
         gate = self.gate
-        if self._is_cpu_decode_step(hidden_states):  # the choice as Python numbers (see ExpertGate.choose_for_one_token)
-            pairs = gate.choose_for_one_token(hidden_states, self.context)
+        if gate_records is None and self._is_cpu_decode_step(hidden_states, routing_embedding):
+            pairs = gate.choose_for_one_token(hidden_states, routing_embedding)  # Python numbers (see choose_for_one_token)
             if pairs is not None:
                 return OneTokenPlan(pairs, gate.num_experts, hidden_states.dtype, hidden_states.device)
-        index, weight = gate(hidden_states, self.context)
+        index, weight = gate(hidden_states, routing_embedding, gate_records, routing_mask)
         return DispatchPlan.from_topk(index, weight, gate.num_experts)
 
-    def _is_cpu_decode_step(self, hidden_states: torch.Tensor) -> bool:
-        """One token, token routing, CPU inference without gate records, and no hooks on the gate (they would not run)."""
+    def _is_cpu_decode_step(self, hidden_states: torch.Tensor, routing_embedding) -> bool:
+        """One token, token routing, CPU inference, and no hooks on the gate (they would not run)."""
         batch, seq = hidden_states.shape[:2]
-        gate, context = self.gate, self.context
-        return (batch * seq == 1 and gate.routing == "token" and not context.record and context.routing_embedding is not None
+        gate = self.gate
+        return (batch * seq == 1 and gate.routing == "token" and routing_embedding is not None
                 and not gate.training and not torch.is_grad_enabled() and hidden_states.device.type == "cpu"
                 and not (gate._forward_hooks or gate._forward_pre_hooks))
 
@@ -90,7 +97,7 @@ def resolve_lora_targets(layer: nn.Module, targets: list[str]) -> list[str]:
     return names
 
 
-def install_experts(language_model: nn.Module, config, context: RoutingContext) -> None:
+def install_experts(language_model: nn.Module, config) -> None:
     """Replace the chosen decoder layers by MoE layers (or dense-LoRA layers when num_experts == 0)."""
     moe = config.moe_settings
     if moe.num_experts == 0 and not moe.dense_lora:
@@ -98,7 +105,6 @@ def install_experts(language_model: nn.Module, config, context: RoutingContext) 
     layers = find_decoder_layers(language_model, config.text_config.num_hidden_layers)
     for index in config.moe_layer_indices:
         layer = layers[index]
-        dispatch = LayerDispatch()
         gate = None
         if moe.num_experts:
             gate = ExpertGate(
@@ -110,11 +116,11 @@ def install_experts(language_model: nn.Module, config, context: RoutingContext) 
                 config.router_settings.jitter_noise,
             )
         if moe.num_experts and moe.expert_type == "ffn":
-            layer.mlp = FFNExperts(layer.mlp, moe.num_experts, dispatch)
+            layer.mlp = FFNExperts(layer.mlp, moe.num_experts)
         else:
             for name in resolve_lora_targets(layer, moe.lora_targets):
                 parent_name, _, child = name.rpartition(".")
                 parent = layer.get_submodule(parent_name) if parent_name else layer
-                lora = LoRAExperts(getattr(parent, child), max(moe.num_experts, 1), moe.lora_rank, moe.lora_alpha, dispatch)
+                lora = LoRAExperts(getattr(parent, child), max(moe.num_experts, 1), moe.lora_rank, moe.lora_alpha)
                 setattr(parent, child, lora)
-        layers[index] = MoEDecoderLayer(layer, gate, context, dispatch)
+        layers[index] = MoEDecoderLayer(layer, gate)

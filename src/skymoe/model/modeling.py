@@ -2,55 +2,34 @@
 
 Forward: the LLM's input embeddings get the projected visual tokens at the
 ``<image>`` positions and the router's routing instructions at the ``<route>``
-positions (masked_scatter, as LLaVA does); the MoE layers read the routing
-embedding from a shared :class:`RoutingContext`. In cached generation the
-routing embedding computed at prefill is carried in the model kwargs, so
-routing is decided once per sequence.
+positions (masked_scatter, as LLaVA does). The routing embedding goes down to
+the MoE layers as an argument of the LLM's forward, and their gate decisions
+come back in a per-call list (``gate_records``), as transformers' output
+recorders collect router logits: no state is kept on the model between or
+during calls, so one model can serve concurrent forwards. In cached generation
+the routing embedding computed at prefill is carried in the model kwargs, so
+routing is decided once per sequence, and ``generate(..., output_routing=True)``
+returns that prefill's decision with the tokens.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from skymoe.data.boxes import X_TOKENS
 from skymoe.model import router as routing
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.experts import FFNExperts, LoRAExperts
+from skymoe.model.dispatch import keeping_plan
 from skymoe.model.install import MoEDecoderLayer, install_experts
 from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, weighted_total
+from skymoe.model.outputs import RoutingReadout, SkyMoEGenerateOutput, SkyMoEOutput
 from skymoe.model.projector import FanInLinear, build_projector
-from skymoe.model.router import Router, RoutingContext
+from skymoe.model.router import Router
 from skymoe.model.vision import build_vision_tower
-
-
-@dataclass
-class SkyMoEOutput(ModelOutput):
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: object | None = None
-    loss_terms: dict | None = None  # every term of ``loss``, unweighted: "lm" and the router/CDA terms (skymoe.model.losses)
-    task_logits: torch.FloatTensor | None = None
-    granularity_logits: torch.FloatTensor | None = None
-    routing_embedding: torch.FloatTensor | None = None
-    expert_load: torch.FloatTensor | None = None
-    sample_expert_weights: torch.FloatTensor | None = None
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None
-
-
-@dataclass
-class RoutingReadout:
-    """What the router decided in one pass (the prefill, in generation)."""
-
-    task_logits: torch.Tensor  # [B, T]
-    granularity_logits: torch.Tensor  # [B, G]
-    sample_expert_weights: torch.Tensor | None  # [B, L, E]; None for a dense model
 
 
 class SkyMoEPreTrainedModel(PreTrainedModel):
@@ -73,6 +52,14 @@ class SkyMoEPreTrainedModel(PreTrainedModel):
         elif not isinstance(module, FFNExperts):  # FFN experts are built as copies of the initialised MLP
             super()._init_weights(module)
 
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1):
+        # A checkpointed decoder layer is recomputed in backward, after its MoE wrapper returned: the recompute
+        # must run under the dispatch plan of the forward (see dispatch.keeping_plan).
+        from torch.utils.checkpoint import checkpoint
+
+        func = keeping_plan(gradient_checkpointing_func or checkpoint)
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func=func, every_n_layers=every_n_layers)
+
 
 class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
     def __init__(self, config: SkyMoEConfig):
@@ -83,9 +70,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         text_size = config.text_config.hidden_size
         self.projector = build_projector(config.projector_settings, self.vision_tower.hidden_size, text_size)
         self.router = Router(text_size, config.router_settings.hidden_size, config.num_route_tokens) if config.has_router else None
-        # Shared with the MoE layers; holds no parameters (see RoutingContext).
-        self.routing_context = RoutingContext()
-        install_experts(self.language_model, config, self.routing_context)
+        install_experts(self.language_model, config)
         if config.freeze_vision:
             self.vision_tower.requires_grad_(False)
         self.post_init()
@@ -193,8 +178,9 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         routing_record: list | None = None,
         **kwargs,
     ) -> SkyMoEOutput:
-        """``routing_record``: a list that receives this pass's router read-out (:class:`RoutingReadout`) when the
-        router ran; ``generate(..., routing_record=[])`` so returns the prefill's routing without a second prefill."""
+        """``output_router_stats``: keep the gate decisions (aux losses, ``expert_load``, ``gate_records``).
+        ``routing_record``: a list that receives this pass's router read-out (:class:`RoutingReadout`) when the
+        router ran; ``generate(..., output_routing=True)`` passes one to return the prefill's routing."""
         embeds = self.get_input_embeddings()(input_ids)
         instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
         image_tokens = None
@@ -211,11 +197,10 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             if router_out.prompts is not None:
                 embeds = self._scatter(embeds, input_ids, self.config.route_token_id, router_out.prompts, "route tokens")
 
-        context = self.routing_context
-        context.routing_embedding = routing_embedding
-        context.token_mask = attention_mask if attention_mask is not None and attention_mask.shape == input_ids.shape else None
-        context.records = []
-        context.record = output_router_stats
+        records = [] if output_router_stats else None
+        if self.num_experts:  # the MoE layers' inputs (see install.py)
+            token_mask = attention_mask if attention_mask is not None and attention_mask.shape == input_ids.shape else None
+            kwargs.update(routing_embedding=routing_embedding, routing_mask=token_mask, gate_records=records)
         outputs = self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -225,7 +210,6 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
-        records, context.records = context.records, []
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, targets, router_out, routing_embedding, records, task_labels, granularity_labels, input_ids.shape[0])
         if routing_record is not None and router_out is not None:
@@ -272,6 +256,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             routing_embedding=routing_embedding,
             expert_load=routing.expert_load(records, self.num_experts) if records else None,
             sample_expert_weights=routing.sample_expert_weights(records, self.num_experts, batch_size) if records else None,
+            gate_records=tuple(records) if records else None,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -297,6 +282,16 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         return losses.sum() / valid.sum().clamp(min=1)
 
     # ---- generation -----------------------------------------------------------------------------
+    def generate(self, *args, output_routing: bool = False, **kwargs):
+        """transformers' generate; with ``output_routing`` a :class:`SkyMoEGenerateOutput` whose ``routing``
+        is the router's decision at the prefill (read from that pass: no second prefill)."""
+        if not output_routing:
+            return super().generate(*args, **kwargs)
+        readouts: list[RoutingReadout] = []
+        kwargs["return_dict_in_generate"] = True
+        result = super().generate(*args, routing_record=readouts, **kwargs)
+        return SkyMoEGenerateOutput(**result, routing=readouts[0] if readouts else None)
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # generate() returns only tokens: gate statistics are kept only for the prefill, and only when a

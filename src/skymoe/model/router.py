@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -79,16 +79,6 @@ class GateRecord:
     row_sample: torch.Tensor  # [rows] sample index of each row
 
 
-@dataclass
-class RoutingContext:
-    """Per-forward state shared by the top model and its MoE layers (set before the LLM runs)."""
-
-    routing_embedding: torch.Tensor | None = None
-    token_mask: torch.Tensor | None = None  # [B, S] attention mask of the current forward, if it covers it
-    records: list[GateRecord] = field(default_factory=list)
-    record: bool = True  # False: the gates keep no records (nothing will read them, e.g. in generate())
-
-
 class ExpertGate(nn.Module):
     """Top-k softmax gate with renormalised weights; dropless (every token gets k experts)."""
 
@@ -104,7 +94,8 @@ class ExpertGate(nn.Module):
 
         Cached generation passes the prefill's routing embedding (the same tensor) to every decode
         step, so outside autograd the projection is kept while the embedding and the projection's
-        weights are unchanged (an in-place weight update bumps their version counters).
+        weights are unchanged (an in-place weight update bumps their version counters). The cache is
+        read once into a local: a concurrent pass with another embedding replaces it, and each recomputes.
         """
         if torch.is_grad_enabled():
             self._routing_logits = None
@@ -116,12 +107,17 @@ class ExpertGate(nn.Module):
             self._routing_logits = cached = (routing_embedding, versions, self.routing_proj(routing_embedding))
         return cached[2]
 
-    def forward(self, hidden_states: torch.Tensor, context: RoutingContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns top-k expert index and weight per token, each [B*S, k]; records the decision."""
-        if context.routing_embedding is None:
+    def forward(self, hidden_states: torch.Tensor, routing_embedding: torch.Tensor | None,
+                records: list[GateRecord] | None = None, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k expert index and weight per token, each [B*S, k].
+
+        ``records``, if given, receives the decision (a :class:`GateRecord`; ``token_mask`` [B, S] marks
+        the real tokens in it): the caller's collector for this pass, so concurrent passes keep their own.
+        """
+        if routing_embedding is None:
             raise RuntimeError("MoE layer called without a routing embedding: run the full SkyMoE model, not its LLM")
         batch, seq = hidden_states.shape[:2]
-        routing_logits = self.routing_logits(context.routing_embedding)  # [B, E]
+        routing_logits = self.routing_logits(routing_embedding)  # [B, E]
         if self.routing == "token":
             x = hidden_states.reshape(batch * seq, -1)
             if self.training and self.jitter:
@@ -135,13 +131,13 @@ class ExpertGate(nn.Module):
         # Renormalised top-k softmax probabilities == softmax over the k largest logits (fewer ops per step).
         top_logits, index = logits.float().topk(self.top_k, dim=-1)
         weight = top_logits.softmax(dim=-1).to(hidden_states.dtype)
-        if context.record:
-            context.records.append(self._record(logits, index, weight, context, batch, seq))
+        if records is not None:
+            records.append(self._record(logits, index, weight, token_mask, batch, seq))
         if self.routing == "sequence":  # one decision per sample, shared by all its tokens
             index, weight = index.repeat_interleave(seq, dim=0), weight.repeat_interleave(seq, dim=0)
         return index, weight
 
-    def choose_for_one_token(self, hidden_states: torch.Tensor, context: RoutingContext) -> list[tuple[int, float]] | None:
+    def choose_for_one_token(self, hidden_states: torch.Tensor, routing_embedding: torch.Tensor) -> list[tuple[int, float]] | None:
         """:meth:`forward`'s choice for a single token (token routing, no records), as (expert, weight) Python numbers.
 
         A CPU decode step's cost is mostly operator dispatch, and the chosen experts are needed as
@@ -151,7 +147,7 @@ class ExpertGate(nn.Module):
         ``None`` for 16-bit logits (a 16-bit model or autocast): ties are common there, and topk
         orders them its own way.
         """
-        bias = self.routing_logits(context.routing_embedding)
+        bias = self.routing_logits(routing_embedding)
         logits = torch.addmm(bias, hidden_states.reshape(1, -1), self.token_proj.weight.t())
         if logits.dtype not in (torch.float32, torch.float64):
             return None
@@ -161,12 +157,12 @@ class ExpertGate(nn.Module):
         total = sum(exps)
         return [(e, x / total) for e, x in zip(chosen, exps)]
 
-    def _record(self, logits, index, weight, context: RoutingContext, batch: int, seq: int) -> GateRecord:
+    def _record(self, logits, index, weight, token_mask: torch.Tensor | None, batch: int, seq: int) -> GateRecord:
         row_mask = None
         if self.routing == "token":
             row_sample = torch.arange(batch, device=logits.device).repeat_interleave(seq)
-            mask = context.token_mask
-            row_mask = mask.reshape(-1).bool() if mask is not None and mask.shape == (batch, seq) else None
+            if token_mask is not None and token_mask.shape == (batch, seq):
+                row_mask = token_mask.reshape(-1).bool()
         else:
             row_sample = torch.arange(batch, device=logits.device)
         if row_mask is None:

@@ -13,7 +13,6 @@ from dataclasses import asdict
 import torch
 
 from skymoe.model.configuration import resolve_settings
-from skymoe.model.dispatch import LayerDispatch
 from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.install import MoEDecoderLayer
 
@@ -90,7 +89,7 @@ def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, se
             module.lora_A.copy_(lora_a.expand_as(module.lora_A))
             module.lora_B.copy_(lora_b.expand_as(module.lora_B))
         elif isinstance(module, FFNExperts):
-            copies = FFNExperts(dense_copy.get_submodule(plain), num_experts, LayerDispatch())
+            copies = FFNExperts(dense_copy.get_submodule(plain), num_experts)
             module.load_state_dict(copies.state_dict())
         else:
             continue

@@ -43,7 +43,7 @@ class ServerLimits:
     max_body_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_tokens: int = 256
-    max_batch: int = 4
+    max_batch: int = 16  # requests run together as one generate call (dynamic batching)
     max_queue: int = 16
     batch_wait_s: float = 0.01
 

@@ -1,9 +1,14 @@
-"""A bounded request queue that runs compatible requests together as one batched generate call.
+"""A bounded request queue that batches concurrent requests dynamically into one generate call.
 
-One batch runs at a time: the model keeps per-forward routing state
-(``RoutingContext``), so concurrent forwards on one model would clobber each
-other. The concurrency limit is therefore the batch size; up to ``max_queue``
-further requests wait, and beyond that ``submit`` raises :class:`QueueFull`
+The worker takes the first waiting request, then every request that arrives
+within ``max_wait_s`` (and whatever queued while the previous batch ran), up
+to ``max_batch``, and runs them as one batch: a decode step costs about the
+same for 1 row as for 16 on a model this size, so throughput grows with the
+batch. Requests share a batch when they ask for the same ``max_tokens`` (a
+batch runs until its longest answer ends); task and routing are per row. One
+batch runs at a time: the model is re-entrant, but concurrent batches would
+only split the same cores or accelerator between them. Up to ``max_queue``
+further requests wait; beyond that ``submit`` raises :class:`QueueFull`
 (HTTP 429) instead of letting latency grow without bound.
 """
 from __future__ import annotations
@@ -29,9 +34,9 @@ class Job:
     future: asyncio.Future = field(default=None, repr=False)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> int:
         """Jobs with the same key can share one generate call."""
-        return (self.task, self.max_tokens, self.routing)
+        return self.max_tokens
 
 
 class BatchQueue:
@@ -65,7 +70,7 @@ class BatchQueue:
 
     async def _next_batch(self) -> list[Job]:
         first = self._held.popleft() if self._held else await self._queue.get()
-        batch = [first]
+        batch = [first] + self._take_held(first.key, self.max_batch - 1)
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while len(batch) < self.max_batch:
             timeout = deadline - asyncio.get_running_loop().time()
@@ -78,6 +83,12 @@ class BatchQueue:
             (batch if job.key == first.key else self._held).append(job)
         return batch
 
+    def _take_held(self, key, limit: int) -> list[Job]:
+        """Up to ``limit`` held jobs with ``key``, oldest first; the others stay held in order."""
+        taken = [job for job in self._held if job.key == key][:limit]
+        self._held = collections.deque(job for job in self._held if not any(job is t for t in taken))
+        return taken
+
     def _generate(self, batch: list[Job]):
         first = batch[0]
 
@@ -86,8 +97,13 @@ class BatchQueue:
                 batch[index].on_text(text)
 
         streaming = any(job.on_text is not None for job in batch)  # re-decoding every step costs: only when asked
-        return self.pipeline.generate([j.image for j in batch], [j.prompt for j in batch], task=first.task,
-                                      routing=first.routing, max_new_tokens=first.max_tokens, on_text=on_text if streaming else None)
+        answers = self.pipeline.generate([j.image for j in batch], [j.prompt for j in batch], task=[j.task for j in batch],
+                                         routing=any(j.routing for j in batch), max_new_tokens=first.max_tokens,
+                                         on_text=on_text if streaming else None)
+        for job, answer in zip(batch, answers):
+            if not job.routing:  # read from the batch's one prefill for the rows that asked
+                answer.routing = None
+        return answers
 
     async def _run(self) -> None:
         while True:

@@ -1,12 +1,13 @@
-"""Running a trained model: load it, decode greedily, read the router's decision per sample.
+"""Generating answers from a trained model: load it, decode greedily, read the router's decision per sample.
 
 Shared by evaluation (:mod:`skymoe.eval.predict`) and inference (:mod:`skymoe.infer.pipeline`),
-which must not import each other.
+which must not import each other: both answer a batch through :func:`generate_answers`.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -123,7 +124,6 @@ def generate_with_routing(model, processor, inputs: dict, max_new_tokens: int,
                           routing: bool = True) -> tuple[list[str], list[Routing | None]]:
     """Greedy answers and, with ``routing``, the router's decision per row, read from the one prefill."""
     streamer = BatchTextStreamer(processor, on_text) if on_text is not None else None
-    record: list | None = [] if routing else None
     with torch.no_grad():
         generated = model.generate(
             **inputs,
@@ -132,8 +132,33 @@ def generate_with_routing(model, processor, inputs: dict, max_new_tokens: int,
             pad_token_id=processor.ids["pad"],
             eos_token_id=processor.ids["eos"],
             streamer=streamer,
-            **({"routing_record": record} if routing else {}),
+            output_routing=routing,
         )
-    texts = processor.decode(generated[:, inputs["input_ids"].shape[1] :])
     rows = range(inputs["input_ids"].shape[0])
-    return texts, [routing_of(record[0], i) if record else None for i in rows]
+    readout = generated.routing if routing else None
+    sequences = generated.sequences if routing else generated
+    texts = processor.decode(sequences[:, inputs["input_ids"].shape[1] :])
+    return texts, [routing_of(readout, i) if readout is not None else None for i in rows]
+
+
+@dataclass
+class Generated:
+    """One row's answer."""
+
+    text: str
+    routing: Routing | None
+    prompt_tokens: int  # model input tokens (image and routing placeholders included)
+
+
+def generate_answers(model, processor, images, prompts: list, max_new_tokens: int, *, visual=None,
+                     visual_key: str = "pixel_values", routing: bool = True,
+                     on_text: Callable[[int, str], None] | None = None) -> list[Generated]:
+    """Greedy answers to ``prompts`` (questions or lists of Turns), one per image, from one prefill.
+
+    ``images`` are PIL images, or None with ``visual`` a tensor under ``visual_key`` (e.g. cached tower features).
+    """
+    visual_inputs = {} if visual is None else {"visual": visual, "visual_key": visual_key}
+    inputs = processor.prepare_generation(images, prompts, **visual_inputs)
+    texts, decisions = generate_with_routing(model, processor, inputs, max_new_tokens, on_text, routing=routing)
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    return [Generated(text, decision, n) for text, decision, n in zip(texts, decisions, lengths)]
