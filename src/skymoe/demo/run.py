@@ -21,7 +21,7 @@ from skymoe.demo.splits import HELDOUT_SOURCES, DemoSplits, build_demo_splits
 
 # What a demo run writes under its --out folder; a new run replaces them.
 RUN_FOLDERS = ("data", "stage1", "blind", "stage2", "eval_stage1", "eval_blind", "eval_stage2")
-DEMO_ASSETS = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "efficientnet-lite0"]
+DEMO_ASSETS = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "neon_trees", "landsat_landcover", "efficientnet-lite0"]
 GEMMA_ASSET = "gemma3-270m"
 # Share of the training draws that go to the real datasets (the rest: MGRS-mini, task-balanced). The real sets
 # hold 7-8 training images each: more draws buy memorised answers, not image understanding.

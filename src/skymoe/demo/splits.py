@@ -28,6 +28,8 @@ DEMO_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rsvqa_hr": (("train", "val"), ("test", "test_phili")),  # test_phili: RSVQA-HR's second test city
     "hrvqa": (("train",), ("val",)),
     "bigearthnet": (("train", "val"), ("test",)),
+    "neon_trees": (("train", "val"), ("test",)),  # spatial splits: no test chip overlaps a training chip
+    "landsat_landcover": (("train", "val"), ("test",)),
     "mgrs_mini": (("train",), ("test",)),
 }
 # The same sources for tuning a recipe (`skymoe demo --heldout val`): the validation splits are held out and
@@ -37,6 +39,8 @@ DEMO_TUNING_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rsvqa_hr": (("train",), ("val",)),
     "hrvqa": (("train",), ("val",)),
     "bigearthnet": (("train",), ("val",)),
+    "neon_trees": (("train",), ("val",)),
+    "landsat_landcover": (("train",), ("val",)),
     "mgrs_mini": (("train",), ("val",)),
 }
 HELDOUT_SOURCES = {"test": DEMO_SOURCES, "val": DEMO_TUNING_SOURCES}
