@@ -3,8 +3,9 @@
 Importing this package registers ``skymoe`` with transformers' Auto classes.
 """
 from skymoe.model.configuration import EfficientNetLiteConfig, SkyMoEConfig
+from skymoe.model.geoembed import GeoEmbedConfig
 from skymoe.model.modeling import SkyMoEForConditionalGeneration, SkyMoEOutput, register_auto_classes
 
 register_auto_classes()
 
-__all__ = ["EfficientNetLiteConfig", "SkyMoEConfig", "SkyMoEForConditionalGeneration", "SkyMoEOutput"]
+__all__ = ["EfficientNetLiteConfig", "GeoEmbedConfig", "SkyMoEConfig", "SkyMoEForConditionalGeneration", "SkyMoEOutput"]

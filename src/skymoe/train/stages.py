@@ -115,6 +115,7 @@ def model_config(cfg: TrainConfig, tokenizer):
     from skymoe.data.tokenizer import special_token_ids
     from skymoe.model.build import make_config, vision_config_for, vision_config_from
     from skymoe.model.configuration import EfficientNetLiteConfig
+    from skymoe.model.geoembed import GEOEMBED_ASSET, GeoEmbedConfig
     from skymoe.model.vision import EFFICIENTNET_ASSET
 
     m = cfg.model
@@ -130,6 +131,8 @@ def model_config(cfg: TrainConfig, tokenizer):
         )
     elif m.vision == EFFICIENTNET_ASSET:
         vision = EfficientNetLiteConfig(feature_strides=m.vision_feature_strides)
+    elif m.vision == GEOEMBED_ASSET:
+        vision = GeoEmbedConfig()
     else:
         vision = vision_config_from(m.vision)
     if m.llm is None:
