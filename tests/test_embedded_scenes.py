@@ -157,3 +157,16 @@ def test_landsat_patches_classify_by_the_main_labelled_class(landsat):
         assert s.conversation[1].text == LANDSAT_CLASSES[int(values[counts.argmax()])]
     train = {tuple(s.meta["window"]) for s in splits["train"]}
     assert not any(_overlap(tuple(s.meta["window"]), w) for s in splits["test"] for w in train)
+
+
+def test_bigearthnet_examples_are_six_patches_configilm_does_not_ship():
+    from skymoe.data.datasets import load_dataset
+
+    _asset("bigearthnet_examples")
+    examples = load_dataset("bigearthnet_examples", "test")
+    names = {s.meta["patch"] for s in examples}
+    assert len(names) == 6 and "S2B_MSIL2A_20170924T93020_69_24" in names
+    configilm = {s.meta["patch"] for split in ("train", "val", "test") for s in load_dataset("bigearthnet", split)}
+    assert not names & configilm
+    pastures = next(s for s in examples if s.meta["patch"] == "S2A_MSIL2A_20170617T113321_4_55")
+    assert pastures.conversation[1].text == "Pastures" and pastures.image_size == (120, 120)

@@ -12,6 +12,8 @@ hrvqa        train 5, val 5             HRVQA: one question per 1024 px aerial i
                                         so ``test`` is not offered
 bigearthnet  train 10, val 10, test 10  BigEarthNet v1: 30 Sentinel-2 patches, 19-class
                                         multi-label
+bigearthnet_ test 6                     6 more Sentinel-2 patches (bigearthnet-common),
+examples                                43-class multi-label only
 neon_trees   train, val, test           NEON airborne RGB (~10 cm): tree grounding and
              (spatial)                  counting on 128 px chips of 4 DeepForest scenes
 landsat_     train, val, test           Landsat-7 (28.5 m): land-cover class of 8 px
@@ -55,6 +57,8 @@ _DATASETS = {
                         "HRVQA: 1024 px aerial VQA (yes/no, numbers, colour, scene, size, area, location, transport)", "hrvqa"),
         EmbeddedDataset("bigearthnet", ("train", "val", "test"), "skymoe.data.readers.bigearthnet:read_bigearthnet",
                         "BigEarthNet v1: Sentinel-2 multi-label land cover (19 classes), RGB composites", "bigearthnet"),
+        EmbeddedDataset("bigearthnet_examples", ("test",), "skymoe.data.readers.bigearthnet_examples:read_bigearthnet_examples",
+                        "BigEarthNet-S2: 6 more patches (bigearthnet-common), 43-class multi-label", "bigearthnet_examples"),
         EmbeddedDataset("neon_trees", ("train", "val", "test"), "skymoe.data.convert.embedded:read_neon_trees",
                         "NEON trees: airborne RGB chips, tree grounding and counting (live / dead at SOAP)", "neon_trees"),
         EmbeddedDataset("landsat_landcover", ("train", "val", "test"), "skymoe.data.convert.embedded:read_landsat_landcover",

@@ -33,7 +33,7 @@ NEON_NAMES = {"Tree": "tree", "Alive": "live tree", "Dead": "dead tree"}
 LANDSAT_IMAGE = "landsat_multiband.tif"
 LANDSAT_LABELS = "landsat96_labelled_pixels.tif"
 LANDSAT_TILE = 8  # px: 228 m at 28.5 m; 138 patches hold labelled pixels
-LANDSAT_BLOCK = 64  # px: 1.8 km blocks keep every class in training (docs/DATA.md)
+LANDSAT_BLOCK = 64  # px: 1.8 km blocks, few patches at a split border; every class keeps training patches, 6 of 7 are tested
 LANDSAT_BANDS = [3, 2, 1]  # ETM+ red, green, blue
 # The pixel values' names, as landsat96_polygons.dbf (fields id, label) gives them: GRASS's landclass96.
 LANDSAT_CLASSES = {1: "developed", 2: "agriculture", 3: "herbaceous", 4: "shrubland", 5: "forest", 6: "water", 7: "sediment"}
