@@ -12,23 +12,14 @@ from skymoe.data.convert.spatial import block_split, split_chips
 from skymoe.data.schema import Granularity, Sample, Task, Turn
 
 
-def _asset(name: str) -> Path:
-    from skymoe.assets import AssetError, get_asset
-
-    try:
-        return get_asset(name)
-    except AssetError as exc:
-        pytest.skip(f"asset {name} cannot be fetched here: {exc}")
+@pytest.fixture(scope="module")
+def neon(asset_or_skip) -> Path:
+    return asset_or_skip("neon_trees")
 
 
 @pytest.fixture(scope="module")
-def neon() -> Path:
-    return _asset("neon_trees")
-
-
-@pytest.fixture(scope="module")
-def landsat() -> Path:
-    return _asset("landsat_landcover")
+def landsat(asset_or_skip) -> Path:
+    return asset_or_skip("landsat_landcover")
 
 
 def _chip(name: str, window) -> Sample:
@@ -159,10 +150,10 @@ def test_landsat_patches_classify_by_the_main_labelled_class(landsat):
     assert not any(_overlap(tuple(s.meta["window"]), w) for s in splits["test"] for w in train)
 
 
-def test_bigearthnet_examples_are_six_patches_configilm_does_not_ship():
+def test_bigearthnet_examples_are_six_patches_configilm_does_not_ship(asset_or_skip):
     from skymoe.data.datasets import load_dataset
 
-    _asset("bigearthnet_examples")
+    asset_or_skip("bigearthnet_examples")
     examples = load_dataset("bigearthnet_examples", "test")
     names = {s.meta["patch"] for s in examples}
     assert len(names) == 6 and "S2B_MSIL2A_20170924T93020_69_24" in names

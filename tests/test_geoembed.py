@@ -12,23 +12,19 @@ from skymoe.model.geoembed import GeoEmbedConfig, GeoEmbedTower
 REFERENCE = Path(__file__).parent / "data" / "geoembed_v3_reference.npz"
 
 
-def _asset(name: str) -> Path:
-    from skymoe.assets import AssetError, get_asset
-
-    try:
-        return get_asset(name)
-    except AssetError as exc:
-        pytest.skip(f"asset {name} cannot be fetched here: {exc}")
+@pytest.fixture(scope="module")
+def weights(asset_or_skip) -> Path:
+    return asset_or_skip("geoembed-v3") / "weights" / "v3.npz"
 
 
 @pytest.fixture(scope="module")
-def tower() -> GeoEmbedTower:
+def tower(weights) -> GeoEmbedTower:
     tower = GeoEmbedTower(GeoEmbedConfig()).eval()
-    tower.load_pretrained(str(_asset("geoembed-v3") / "weights" / "v3.npz"))
+    tower.load_pretrained(str(weights))
     return tower
 
 
-def test_port_matches_the_package_to_1e_5(tower):
+def test_port_matches_the_package_to_1e_5(tower, asset_or_skip):
     """benchmarks/geoembed_reference.py wrote the package's (netcl, numpy backend) embeddings of four NEON crops."""
     import sys
 
@@ -36,7 +32,7 @@ def test_port_matches_the_package_to_1e_5(tower):
     from geoembed_reference import tiles
 
     reference = np.load(REFERENCE)
-    x = torch.from_numpy(tiles(_asset("neon_trees")))
+    x = torch.from_numpy(tiles(asset_or_skip("neon_trees")))
     with torch.no_grad():
         ours = tower.embed(x).numpy()
     assert ours.shape == (4, 256)
@@ -59,7 +55,7 @@ def test_wrong_archive_is_refused(tmp_path):
         GeoEmbedTower(GeoEmbedConfig()).load_pretrained(str(tmp_path / "bad.npz"))
 
 
-def test_vision_geoembed_v3_trains_and_reloads(tmp_path):
+def test_vision_geoembed_v3_trains_and_reloads(tmp_path, weights):
     """``vision: geoembed-v3`` in a YAML config: a stage-1 model on the real weights, saved and loaded back."""
     from _toy_data import write_config, write_toy_dataset
 
@@ -67,7 +63,6 @@ def test_vision_geoembed_v3_trains_and_reloads(tmp_path):
     from skymoe.model import SkyMoEForConditionalGeneration
     from skymoe.train import train
 
-    weights = _asset("geoembed-v3") / "weights" / "v3.npz"
     data = write_toy_dataset(tmp_path / "toy", n=8)
     overrides = ["model.vision=geoembed-v3", "model.image_size=128", "max_steps=2", "checkpoint_every=2"]
     result = train(load_config(write_config(tmp_path / "c.yaml", data), overrides), tmp_path / "run")
