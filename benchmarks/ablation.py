@@ -46,7 +46,7 @@ class Row:
     name: str
     description: str
     stage: int
-    model: dict = field(default_factory=dict)
+    moe: dict = field(default_factory=dict)  # model.moe settings of the row
     cda: bool = False
 
 
@@ -68,21 +68,21 @@ HEADLINE = {"overall": "overall", **{t: t for t in TASKS}, "spec_task": "expert-
 
 def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | None):
     """The demo's packaged stage-1 / stage-2 config with this row's changes, data, steps and seed."""
-    from skymoe.config import TrainConfig, from_dict
+    from skymoe.train.config import parse_config
     from skymoe.demo.run import packaged_config
 
     raw = copy.deepcopy(packaged_config(f"stage{row.stage}.yaml"))
-    model = dict(row.model)
-    if model.get("lora_rank") == "2r":
-        model["lora_rank"] = 2 * raw["model"]["lora_rank"]
-    raw["model"].update(model)
+    moe = dict(row.moe)
+    if moe.get("lora_rank") == "2r":
+        moe["lora_rank"] = 2 * raw["model"]["moe"]["lora_rank"]
+    raw["model"]["moe"].update(moe)
     if init_from is not None:
         raw["model"]["init_from"] = str(init_from)
     raw["data"]["mix"] = [{"path": str(data), "balance": "task"}]
     if row.stage == 2:
         raw["cda"]["enabled"] = row.cda
     raw.update(seed=seed, max_steps=steps, log_every=50, checkpoint_every=100_000)
-    return from_dict(TrainConfig, raw).validate()
+    return parse_config(raw)
 
 
 def write_suite(work: Path, per_task: int) -> tuple[Path, Path]:

@@ -20,6 +20,7 @@ SECTIONS = [
     ("int8.md", "int8.py", "Dynamic int8 on CPU: speed-up and score change (issue 6)"),
     ("scene.md", "scene.py", "Large GeoTIFF scenes: tiles/s and peak memory at two sizes (issue 6)"),
     ("mgrs_mini_speed.md", "mgrs_mini_speed.py", "MGRS-mini generator speed (issue 8)"),
+    ("recipe_variants.md", "recipe_variants.py", "Stage-1 recipe variants of the demo on MGRS-mini validation: visual grid, location-label smoothing, steps, width (issue 15)"),
     ("ablation.md", "ablation.py", "Ablation on MGRS-mini: the papers' claims, as measured here (issue 8)"),
     ("memory_estimate.md", "memory_estimate.py", "Memory and time on paper for the papers' sizes on 8 x 80 GB GPUs (issue 19)"),
     ("gpu.md", "gpu_check.py", "One-GPU check: bf16 training steps, MoE layer, generation and sharded training on a GPU (`scripts/gpu_check.sh`, issue 19)"),

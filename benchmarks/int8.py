@@ -3,7 +3,7 @@
     python benchmarks/int8.py [--model DIR --suite embedded --limit 40] [--out benchmarks/results/int8.md]
 
 Speed: the upcycled MoE of ``benchmarks/generate.py`` (8 LoRA experts, top-2), float32
-vs ``Pipeline``'s ``quantize_int8``, same inputs, one run. Scores: with ``--model``
+vs ``skymoe.model.quantize.quantize_int8`` (what ``Pipeline`` uses), same inputs, one run. Scores: with ``--model``
 (a trained SkyMoE directory) the suite is predicted with both versions and scored
 with ``skymoe.eval``; the table shows each task's primary metric.
 """
@@ -20,7 +20,7 @@ from generate import build_models, make_inputs, time_rounds
 
 
 def speed_rows(new_tokens: int, repeats: int, batch_sizes: list[int]) -> list[str]:
-    from skymoe.infer.pipeline import quantize_int8
+    from skymoe.model.quantize import quantize_int8
 
     moe = build_models("tiny")["MoE 8 lora experts, top-2"]
     int8 = quantize_int8(copy.deepcopy(moe))
@@ -42,7 +42,7 @@ def score_rows(model_dir: str, suite_name: str, limit: int) -> list[str]:
     from skymoe.eval.predict import generate_predictions
     from skymoe.eval.runner import collect_samples
     from skymoe.eval.suite import load_suite
-    from skymoe.infer.pipeline import quantize_int8
+    from skymoe.model.quantize import quantize_int8
     from skymoe.model.inference import load_model
 
     suite = load_suite(suite_name)

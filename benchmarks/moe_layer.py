@@ -26,7 +26,9 @@ from transformers import LlamaConfig, MixtralConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-from skymoe.model.experts import FFNExperts, LayerDispatch, LoRAExperts, MoEDecoderLayer
+from skymoe.model.dispatch import LayerDispatch
+from skymoe.model.experts import FFNExperts, LoRAExperts
+from skymoe.model.install import MoEDecoderLayer
 from skymoe.model.router import ExpertGate, RoutingContext
 
 ROUTING_SIZE = 128

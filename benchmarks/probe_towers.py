@@ -4,9 +4,9 @@ On the demo's splits (``skymoe.demo.splits.build_demo_splits``: the real dataset
 Landsat land cover, and MGRS-mini), a linear probe (``skymoe.eval.probe``, as the demo's learning
 controls fit it) is fitted on the training samples' frozen features and scored on the unseen
 images, for every dataset and task a probe applies to (classification, multilabel, counting).
-Each tower as the demo would use it at 128 px: EfficientNet-Lite0 with the demo's multi-scale
-tokens (strides 8, 16, 32 folded onto 4x4, 2,368 channels), GeoEmbed V3's pooled 4x4 grid (512
-channels). The prior (most frequent training answer per question type) is printed beside them.
+Each tower at 128 px on the same 4x4 grid: EfficientNet-Lite0 with multi-scale tokens (strides
+8, 16, 32 folded onto 4x4, 2,368 channels: the demo's setting when this was measured), GeoEmbed V3's
+pooled 4x4 grid (512 channels). The prior (most frequent training answer per question type) is printed beside them.
 
     python benchmarks/probe_towers.py [--scenes 1000] [--out benchmarks/results/probe_towers.md]
 

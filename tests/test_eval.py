@@ -7,7 +7,7 @@ import pytest
 from _eval_helpers import save_tiny_model
 
 from skymoe.cli import main
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import ConfigError
 from skymoe.eval.suite import load_suite, parse_suite
 
 
@@ -65,7 +65,7 @@ def test_packaged_suites_are_valid():
     ],
 )
 def test_bad_suites_name_the_key_and_allowed_values(raw, message):
-    with pytest.raises(SkyMoEDataError, match=message):
+    with pytest.raises(ConfigError, match=message):
         parse_suite(raw, file="suite.yaml")
 
 

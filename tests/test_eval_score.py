@@ -6,7 +6,7 @@ import json
 import pytest
 
 from skymoe.cli import main
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 from skymoe.eval import score
 from skymoe.eval.records import Prediction, Routing, write_predictions
 
@@ -61,13 +61,13 @@ def test_bad_predictions_files_give_clear_errors(tmp_path, capsys):
     path = tmp_path / "p.jsonl"
     good = records()[0].to_dict()
     path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
-    with pytest.raises(SkyMoEDataError, match="duplicate id"):
+    with pytest.raises(DataError, match="duplicate id"):
         score(path, tmp_path / "out")
     path.write_text(json.dumps(good) + "\n{not json\n")
     assert main(["score", "--predictions", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "line 2" in capsys.readouterr().err
     path.write_text(json.dumps({**good, "scorer": "bleu"}) + "\n")
-    with pytest.raises(SkyMoEDataError, match="unknown scorer 'bleu'"):
+    with pytest.raises(DataError, match="unknown scorer 'bleu'"):
         score(path, tmp_path / "out")
 
 
@@ -86,10 +86,10 @@ def test_external_predictions_must_match_reference_ids(tmp_path):
     metrics = score(preds, tmp_path / "out", references=refs)
     assert metrics["model"]["by_task"]["vqa"]["overall_accuracy"] == pytest.approx(1 / 3)
     preds.write_text(json.dumps({"id": "q0", "prediction": "yes"}) + "\n" + json.dumps({"id": "q0", "prediction": "no"}) + "\n")
-    with pytest.raises(SkyMoEDataError, match="duplicate prediction"):
+    with pytest.raises(DataError, match="duplicate prediction"):
         score(preds, tmp_path / "out", references=refs)
     preds.write_text(json.dumps({"id": "q0", "prediction": "yes"}) + "\n" + json.dumps({"id": "zzz", "prediction": "no"}) + "\n")
-    with pytest.raises(SkyMoEDataError, match=r"1 unknown \(e.g. \[.zzz.\]\), 2 without a prediction"):
+    with pytest.raises(DataError, match=r"1 unknown \(e.g. \[.zzz.\]\), 2 without a prediction"):
         score(preds, tmp_path / "out", references=refs)
 
 
@@ -104,7 +104,7 @@ def test_external_predictions_join_on_dataset_split_and_id(tmp_path):
     refs, preds = tmp_path / "refs.jsonl", tmp_path / "preds.jsonl"
     write_jsonl([sample("lr", 1, "yes"), sample("lr", 2, "no"), sample("hr", 1, "no"), sample("hr", 2, "no")], refs)
     preds.write_text("".join(json.dumps({"id": i, "prediction": "yes" if i == 1 else "no"}) + "\n" for i in (1, 2)))
-    with pytest.raises(SkyMoEDataError, match="is in several reference splits"):
+    with pytest.raises(DataError, match="is in several reference splits"):
         score(preds, tmp_path / "out", references=refs)
     lines = [("lr", 1, "yes"), ("lr", 2, "no"), ("hr", 1, "yes"), ("hr", 2, "no")]
     preds.write_text("".join(json.dumps({"dataset": d, "split": "test", "id": i, "prediction": a}) + "\n" for d, i, a in lines))

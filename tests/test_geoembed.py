@@ -59,12 +59,12 @@ def test_vision_geoembed_v3_trains_and_reloads(tmp_path, weights):
     """``vision: geoembed-v3`` in a YAML config: a stage-1 model on the real weights, saved and loaded back."""
     from _toy_data import write_config, write_toy_dataset
 
-    from skymoe.config import load_config
+    from skymoe.train.config import load_config
     from skymoe.model import SkyMoEForConditionalGeneration
     from skymoe.train import train
 
     data = write_toy_dataset(tmp_path / "toy", n=8)
-    overrides = ["model.vision=geoembed-v3", "model.image_size=128", "max_steps=2", "checkpoint_every=2"]
+    overrides = ["model.vision.pretrained=geoembed-v3", "model.image_size=128", "max_steps=2", "checkpoint_every=2"]
     result = train(load_config(write_config(tmp_path / "c.yaml", data), overrides), tmp_path / "run")
     model = SkyMoEForConditionalGeneration.from_pretrained(result.model_dir)
     assert isinstance(model.vision_tower, GeoEmbedTower) and model.config.num_image_tokens == 16

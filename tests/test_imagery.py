@@ -8,7 +8,7 @@ from affine import Affine
 from PIL import Image
 
 from skymoe.data.imagery import image_size, load_image, raster_info, read_window, scene_limits, to_uint8
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,9 @@ def test_uint16_multiband_stretch_nodata_and_band_selection(tmp_path):
     lo, hi = np.percentile(data[3][data[3] != 0], [2, 98])
     expected = np.round(np.clip((data[3].astype(float) - lo) / (hi - lo), 0, 1) * 255)
     assert np.array_equal(rgb[5:, :, 0], expected[5:])
-    with pytest.raises(SkyMoEDataError, match="bands"):
+    with pytest.raises(DataError, match="bands"):
         load_image(path, bands=[14, 3, 2])
-    with pytest.raises(SkyMoEDataError, match="bands"):
+    with pytest.raises(DataError, match="bands"):
         load_image(path, bands=[1, 2])
 
 
@@ -110,10 +110,10 @@ def test_cubes_with_more_bands_than_pixels_and_narrow_pil_images_keep_their_layo
 def test_pixel_guard_refuses_before_decoding(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(path)
-    with pytest.raises(SkyMoEDataError, match="exceeds the limit") as err:
+    with pytest.raises(DataError, match="exceeds the limit") as err:
         load_image(path, max_pixels=50_000)
     assert str(path) in str(err.value)
-    with pytest.raises(SkyMoEDataError, match="exceeds the limit"):
+    with pytest.raises(DataError, match="exceeds the limit"):
         load_image(np.zeros((300, 300, 3), np.uint8), max_pixels=1000)
 
 
@@ -128,7 +128,7 @@ def test_bad_files_name_the_file(tmp_path, suffix):
     garbage = tmp_path / f"garbage{suffix}"
     garbage.write_bytes(b"this is not an image at all" * 10)
     for bad in (truncated, empty, garbage, tmp_path / f"missing{suffix}"):
-        with pytest.raises(SkyMoEDataError) as err:
+        with pytest.raises(DataError) as err:
             load_image(bad)
         assert str(bad) in str(err.value)
 
@@ -139,7 +139,7 @@ def test_read_window_matches_full_read_and_checks_bounds(scene):
     window = np.asarray(read_window(path, 100, 50, 64, 32))
     assert window.shape == (32, 64, 3)
     assert np.array_equal(window, full[50:82, 100:164])
-    with pytest.raises(SkyMoEDataError, match="not inside the raster"):
+    with pytest.raises(DataError, match="not inside the raster"):
         read_window(path, 450, 0, 64, 64)
 
 
@@ -179,10 +179,10 @@ def cut_short(path, fraction=2 / 3):
 
 def test_truncated_geotiff_is_a_data_error_naming_the_file_and_what_was_read(tmp_path):
     path = cut_short(write_geotiff(tmp_path / "ramp.tif", np.arange(3 * 120 * 80, dtype=np.uint16).reshape(3, 120, 80)))
-    with pytest.raises(SkyMoEDataError, match="overview for the stretch limits: truncated or corrupt") as err:
+    with pytest.raises(DataError, match="overview for the stretch limits: truncated or corrupt") as err:
         scene_limits(path)  # was a bare RasterioIOError
     assert str(path) in str(err.value)
-    with pytest.raises(SkyMoEDataError, match="window x=0 y=100 w=80 h=20: truncated or corrupt"):
+    with pytest.raises(DataError, match="window x=0 y=100 w=80 h=20: truncated or corrupt"):
         read_window(path, 0, 100, 80, 20, limits=[(0, 1)] * 3)
 
 
@@ -191,10 +191,10 @@ def test_truncated_png_read_whole_as_one_window_is_an_error(tmp_path):
     Image.fromarray(np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)).save(tmp_path / "small.png")
     path = cut_short(tmp_path / "small.png")
     # GDAL's PNG driver returns garbage for this read without an error; PIL notices the missing data
-    with pytest.raises(SkyMoEDataError, match="window x=0 y=0 w=64 h=48: truncated or corrupt") as err:
+    with pytest.raises(DataError, match="window x=0 y=0 w=64 h=48: truncated or corrupt") as err:
         read_window(path, 0, 0, 64, 48)
     assert str(path) in str(err.value)
-    with pytest.raises(SkyMoEDataError, match="window x=0 y=0 w=32 h=32: truncated or corrupt"):
+    with pytest.raises(DataError, match="window x=0 y=0 w=32 h=32: truncated or corrupt"):
         read_window(path, 0, 0, 32, 32)
     assert np.array_equal(np.asarray(read_window(tmp_path / "small.png", 0, 0, 64, 48)), np.asarray(load_image(tmp_path / "small.png")))
 
@@ -203,5 +203,5 @@ def test_truncated_png_read_whole_as_one_window_is_an_error(tmp_path):
 def test_a_folder_is_named_as_a_folder(tmp_path, name):
     (tmp_path / name).mkdir()
     for read in (load_image, raster_info):
-        with pytest.raises(SkyMoEDataError, match="is a folder; expected an image file"):
+        with pytest.raises(DataError, match="is a folder; expected an image file"):
             read(tmp_path / name)

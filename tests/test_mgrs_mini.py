@@ -20,7 +20,8 @@ from skymoe.data.mgrs_mini import SPLITS, generate, load_split
 from skymoe.data.mgrs_mini.backgrounds import BackgroundPool, default_background_paths
 from skymoe.data.mgrs_mini.catalogue import CATEGORY_BY_NAME, NUMBER_WORDS, SCENE_OF_DOMINANT
 from skymoe.data.mgrs_mini.scene import compose_scene
-from skymoe.data.schema import Box, SkyMoEDataError, read_jsonl
+from skymoe.data.schema import Box, read_jsonl
+from skymoe.errors import DataError
 
 N, SIZE, SEED = 40, 128, 3
 EXPECTED = {
@@ -277,7 +278,7 @@ def test_load_split_generates_the_cache_once(tmp_path, monkeypatch, backgrounds)
     assert [s.to_dict() for s in again] == [s.to_dict() for s in first] and first
     assert (folders[0] / "val.jsonl").stat().st_mtime_ns == stamp
     assert all(Path(s.image).is_file() for s in first)
-    with pytest.raises(SkyMoEDataError, match="unknown split"):
+    with pytest.raises(DataError, match="unknown split"):
         load_split("dev", n=10, size=SIZE, seed=1)
 
 

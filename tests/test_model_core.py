@@ -24,7 +24,7 @@ def test_training_steps_give_every_trainable_parameter_a_gradient(text_model_typ
     losses = []
     for step in range(3):
         out = model(**make_batch(model.config, seed=step))
-        assert torch.isfinite(out.loss) and all(torch.isfinite(v) for v in out.aux_losses.values())
+        assert torch.isfinite(out.loss) and all(torch.isfinite(v) for v in out.loss_terms.values())
         losses.append(out.loss.item())
         optimizer.zero_grad()
         out.loss.backward()
@@ -33,8 +33,8 @@ def test_training_steps_give_every_trainable_parameter_a_gradient(text_model_typ
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable - touched == set()
     assert not any(p.requires_grad for p in model.vision_tower.parameters())  # frozen by default
-    expected_aux = {"router_task_ce", "router_granularity_ce"} | ({"load_balance", "router_z"} if setting != "dense" else set())
-    assert set(out.aux_losses) == expected_aux
+    moe_terms = {"load_balance", "router_z", "cda"} if setting != "dense" else set()  # CDA contrasts an MoE's routing
+    assert set(out.loss_terms) == {"lm", "router_task_ce", "router_granularity_ce"} | moe_terms
 
 
 @pytest.mark.parametrize("setting,text_model_type", [("lora-token", "llama"), ("ffn-sequence", "llama"), ("lora-token", "gpt2")])
@@ -67,21 +67,28 @@ def test_activation_checkpointing_gives_the_gradients_of_a_plain_backward(settin
 
 
 def test_loss_is_the_weighted_sum_of_its_terms():
-    model = tiny_model(moe={"num_experts": 4}, load_balance_weight=0.5, router_z_weight=0.25, router_ce_weight=2.0)
-    out = model(**make_batch(model.config))
-    aux = out.aux_losses
+    from skymoe.model.losses import granularity_info_nce
+
+    loss = {"load_balance": 0.5, "router_z": 0.25, "router_ce": 2.0, "cda": 0.125, "cda_temperature": 0.5}
+    model = tiny_model(moe={"num_experts": 4}, loss=loss)
+    batch = make_batch(model.config)
+    out = model(**batch)
+    terms = out.loss_terms
     expected = (
-        out.lm_loss
-        + 0.5 * aux["load_balance"]
-        + 0.25 * aux["router_z"]
-        + 2.0 * (aux["router_task_ce"] + aux["router_granularity_ce"])
+        terms["lm"]
+        + 0.5 * terms["load_balance"]
+        + 0.25 * terms["router_z"]
+        + 2.0 * (terms["router_task_ce"] + terms["router_granularity_ce"])
+        + 0.125 * terms["cda"]
     )
     assert torch.allclose(out.loss, expected)
+    assert torch.allclose(terms["cda"], granularity_info_nce(out.routing_embedding, batch["granularity_labels"], 0.5))
+    assert SkyMoEForConditionalGeneration(model.config).config.loss == loss  # the weights travel in the config
     # the LM term is plain next-token cross-entropy over the supervised tokens
     batch = make_batch(model.config)
     logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
     ref = torch.nn.functional.cross_entropy(logits, batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
-    assert torch.allclose(out.lm_loss, ref)
+    assert torch.allclose(out.loss_terms["lm"], ref)
 
 
 def test_routing_statistics_have_the_documented_shapes_and_sums():
@@ -116,7 +123,7 @@ def test_router_ce_ignores_unknown_labels():
     batch = make_batch(model.config)
     batch["granularity_labels"][:] = -100
     out = model(**batch)
-    assert "router_granularity_ce" not in out.aux_losses and "router_task_ce" in out.aux_losses
+    assert "router_granularity_ce" not in out.loss_terms and "router_task_ce" in out.loss_terms
 
 
 def test_placeholder_mismatch_is_a_clear_error():

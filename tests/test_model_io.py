@@ -109,7 +109,7 @@ def test_generation_end_to_end_with_tokenizer_and_processor(tmp_path):
     losses = []
     for _ in range(8):
         out = model(**batch)
-        losses.append(out.lm_loss.item())
+        losses.append(out.loss_terms["lm"].item())
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()

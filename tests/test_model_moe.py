@@ -11,7 +11,8 @@ from transformers.pytorch_utils import Conv1D
 from _model_helpers import make_batch, randomize_adapters, tiny_model
 from skymoe.model import SkyMoEForConditionalGeneration
 from skymoe.model import experts as experts_module
-from skymoe.model.experts import DispatchPlan, FFNExperts, LayerDispatch, LoRAExperts
+from skymoe.model.dispatch import DispatchPlan, LayerDispatch, OneTokenPlan, grouped_matmul
+from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.router import ExpertGate, RoutingContext
 
 TOKENS, EXPERTS, TOP_K = 13, 5, 2
@@ -266,7 +267,7 @@ def test_one_token_choice_in_python_numbers_is_the_gate_choice(dtype):
 
 
 def test_one_token_plan_builds_the_tensors_other_forms_need():
-    plan = experts_module.OneTokenPlan([(5, 0.75), (2, 0.25)], 8, torch.float32, torch.device("cpu"))
+    plan = OneTokenPlan([(5, 0.75), (2, 0.25)], 8, torch.float32, torch.device("cpu"))
     assert plan.num_tokens == 1 and plan.top_k == 2 and "topk_index" not in vars(plan)
     assert plan.topk_index.tolist() == [[5, 2]] and plan.topk_weight.tolist() == [[0.75, 0.25]]
     assert plan.dense_weight.tolist() == [[0, 0, 0.25, 0, 0, 0.75, 0, 0]]
@@ -291,7 +292,7 @@ def test_router_statistics_can_be_skipped_without_changing_the_logits():
         lean = model(**batch, output_router_stats=False)
     assert torch.equal(full.logits, lean.logits) and full.expert_load is not None
     assert lean.expert_load is None and lean.sample_expert_weights is None
-    assert "load_balance" in full.aux_losses and "load_balance" not in lean.aux_losses
+    assert "load_balance" in full.loss_terms and "load_balance" not in lean.loss_terms
 
 
 def test_gate_without_routing_embedding_is_a_clear_error():
@@ -368,7 +369,7 @@ def test_upcycle_rejects_bad_requests():
         SkyMoEForConditionalGeneration.upcycle(moe, num_experts=4)
     with pytest.raises(ValueError, match="top_k"):
         SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2, top_k=3)
-    with pytest.raises(ValueError, match="unknown moe setting"):
+    with pytest.raises(ValueError, match="unknown key 'moe.experts_per_token' under 'moe'"):
         SkyMoEForConditionalGeneration.upcycle(dense, num_experts=2, experts_per_token=1)
 
 
@@ -376,8 +377,6 @@ def test_upcycle_rejects_bad_requests():
     "width,out", [(16, 132), (128, 132), (128, 130)], ids=["per-slice-gemms", "grouped-mm-kernel", "unaligned-fallback"]
 )
 def test_grouped_matmul_matches_per_expert_products_and_gradients(width, out):
-    from skymoe.model.experts import grouped_matmul
-
     g = torch.Generator().manual_seed(0)
     x = torch.randn(11, width, generator=g, requires_grad=True)
     weight = torch.randn(4, width, out, generator=g, requires_grad=True)
@@ -438,7 +437,22 @@ def test_grouped_mm_under_autocast_computes_in_the_autocast_dtype_like_the_loop(
     x, weight = torch.randn(10, 128), torch.randn(2, 128, 128)
     offsets = torch.tensor([4, 10], dtype=torch.int32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        grouped = experts_module.grouped_matmul(x, weight, offsets)  # 128 wide: the kernel path on CPU
+        grouped = grouped_matmul(x, weight, offsets)  # 128 wide: the kernel path on CPU
         loop = torch.cat([part @ w for part, w in zip(x.split([4, 6]), weight.unbind(0))])
     assert grouped.dtype == loop.dtype == torch.bfloat16
     torch.testing.assert_close(grouped, loop)
+
+
+@pytest.mark.parametrize("text_model_type,path", [("llama", "model.layers"), ("gpt2", "transformer.h"), ("gemma3_text", "model.layers")])
+def test_decoder_layers_are_found_through_get_decoder(text_model_type, path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from skymoe.model.build import TINY_TEXT
+    from skymoe.model.install import find_decoder_layers
+
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(text_model_type, vocab_size=32, **TINY_TEXT[text_model_type]))
+    assert find_decoder_layers(llm, 2) is llm.get_submodule(path)
+    with pytest.raises(TypeError, match="has 2 layers, the config says 3"):
+        find_decoder_layers(llm, 3)
+    with pytest.raises(TypeError, match=r"no decoder layers found in Sequential: .*\('layers', 'h'\)"):
+        find_decoder_layers(nn.Sequential(nn.ModuleList([nn.Linear(2, 2)] * 2)), 2)

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from _infer_helpers import save_tiny_model, script_answers, write_geotiff
-from skymoe.data.schema import TASKS, GRANULARITIES, Box, SkyMoEDataError
+from skymoe.data.schema import TASKS, GRANULARITIES, Box
+from skymoe.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_describe_region_puts_the_box_in_canonical_text(model_dir, pixels):
     pipe.processor.prepare_generation = lambda images, prompts: seen.extend(prompts) or original(images, prompts)
     pipe.describe_region(pixels, (14, 10, 42, 40))
     assert seen == ["Describe the region [25, 25, 75, 100]."]
-    with pytest.raises(SkyMoEDataError, match="outside the image"):
+    with pytest.raises(DataError, match="outside the image"):
         pipe.describe_region(pixels, (0, 0, 100, 10))
     seen.clear()  # a list of images: one box for all, or one per image
     assert len(pipe.describe_region([pixels, pixels], (14, 10, 42, 40))) == 2 and seen == ["Describe the region [25, 25, 75, 100]."] * 2
@@ -115,10 +116,10 @@ def test_bad_inputs_are_clear_errors(pipeline, pixels, tmp_path):
     with pytest.raises(ValueError, match="empty prompt"):
         pipeline.ask(pixels, "   ")
     (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(SkyMoEDataError, match="0 bytes"):
+    with pytest.raises(DataError, match="0 bytes"):
         pipeline.caption(tmp_path / "empty.png")
     (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(SkyMoEDataError, match="text.png"):
+    with pytest.raises(DataError, match="text.png"):
         pipeline.caption(tmp_path / "text.png")
     with pytest.raises(ValueError, match="2 images but 3"):
         pipeline.ask([pixels, pixels], ["a?", "b?", "c?"])
@@ -147,7 +148,7 @@ def test_bands_pick_the_rgb_of_rasters_and_leave_rgb_images_alone(model_dir, tmp
     assert np.array_equal(np.asarray(pipe.load(tmp_path / "rgb.png")), np.asarray(rgb))  # PNG and PIL are RGB already
     assert np.array_equal(np.asarray(pipe.load(rgb)), np.asarray(rgb))
     assert pipe.caption(s2).text == pipe.caption(Image.fromarray(chosen)).text
-    with pytest.raises(SkyMoEDataError, match=r"rgb3\.tif.*bands \[4, 3, 2\] invalid"):
+    with pytest.raises(DataError, match=r"rgb3\.tif.*bands \[4, 3, 2\] invalid"):
         pipe.caption(write_geotiff(tmp_path / "rgb3.tif", 30, 30, bands=3))
 
 

@@ -8,9 +8,10 @@ from PIL import Image
 
 from skymoe.data.boxes import LOC_TOKENS
 from skymoe.data.processor import IGNORE_INDEX, SkyMoEProcessor
-from skymoe.data.schema import Box, Sample, SkyMoEDataError, Turn
+from skymoe.data.schema import Box, Sample, Turn
 from skymoe.data.tokenizer import SPECIAL_TOKENS, add_skymoe_tokens, build_tokenizer, special_token_ids
 from skymoe.data.torch_dataset import SampleDataset
+from skymoe.errors import DataError
 
 TEXTS = [
     "Is there a road in the image?",
@@ -193,11 +194,11 @@ def test_generation_inputs_are_left_padded_and_end_with_the_assistant_cue(proces
 
 def test_bad_samples_raise_typed_errors(tokenizer):
     processor = SkyMoEProcessor(tokenizer, image_size=16, num_image_tokens=5, max_length=20)
-    with pytest.raises(SkyMoEDataError, match="max_length"):
+    with pytest.raises(DataError, match="max_length"):
         processor.encode(vqa())
     unanswered = vqa()
     unanswered.conversation = unanswered.conversation[:1]
-    with pytest.raises(SkyMoEDataError, match="q1.*assistant"):
+    with pytest.raises(DataError, match="q1.*assistant"):
         processor.encode(unanswered)
     with pytest.raises(ValueError, match="2 samples but 1 images"):
         processor.collate([vqa(), vqa()], [image()])
@@ -266,7 +267,7 @@ def test_dataset_raises_on_bad_images_by_default(processor, tmp_path):
     _, corrupt, missing = write_images(tmp_path)
     for path in (corrupt, missing):
         dataset = SampleDataset([vqa("bad", image=path)], processor)
-        with pytest.raises(SkyMoEDataError, match=f"record bad.*{path}"):
+        with pytest.raises(DataError, match=f"record bad.*{path}"):
             dataset[0]
 
 

@@ -18,7 +18,8 @@ from skymoe.data.readers.dior_rsvg import read_dior_rsvg
 from skymoe.data.readers.hrvqa import read_hrvqa
 from skymoe.data.readers.image_folder import read_image_folder
 from skymoe.data.readers.rsvqa import count_bin, read_rsvqa
-from skymoe.data.schema import Box, Granularity, Sample, SkyMoEDataError, Task
+from skymoe.data.schema import Box, Granularity, Sample, Task
+from skymoe.errors import DataError
 
 
 # ---------------------------------------------------------------- RSVQA (real)
@@ -90,7 +91,7 @@ def test_rsvqa_bad_input(real_assets, tmp_path, caplog):
     data["questions"][3]["type"] = "colour"
     bad_id = data["questions"][3]["id"]
     qfile.write_text(json.dumps(data))
-    with pytest.raises(SkyMoEDataError, match="unknown question type 'colour'") as err:
+    with pytest.raises(DataError, match="unknown question type 'colour'") as err:
         read_rsvqa(root, "train")
     assert err.value.file == str(qfile) and err.value.record == bad_id and err.value.field == "type"
     with caplog.at_level(logging.WARNING, logger="skymoe.data"):
@@ -99,15 +100,15 @@ def test_rsvqa_bad_input(real_assets, tmp_path, caplog):
     assert "skipped 1 bad record" in caplog.text
 
     (root / "Images_LR" / "72.tif").write_bytes(b"")  # 0-byte image: all its 100 questions
-    with pytest.raises(SkyMoEDataError, match="0 bytes"):
+    with pytest.raises(DataError, match="0 bytes"):
         read_rsvqa(root, "train")
     assert len(read_rsvqa(root, "train", on_error="skip").skipped) == 100
 
     (root / "LR_split_val_answers.json").write_text('{"answers": [')
-    with pytest.raises(SkyMoEDataError, match="malformed JSON") as err:
+    with pytest.raises(DataError, match="malformed JSON") as err:
         read_rsvqa(root, "val")
     assert "LR_split_val_answers.json" in str(err.value)
-    with pytest.raises(SkyMoEDataError, match="file not found"):
+    with pytest.raises(DataError, match="file not found"):
         read_rsvqa(root, "nosuchsplit")
 
 
@@ -141,7 +142,7 @@ def test_bigearthnet_refuses_foreign_pickles():
         def __reduce__(self):
             return (print, ("pwned",))
 
-    with pytest.raises(SkyMoEDataError, match="cannot decode BigEarthNet patch") as err:
+    with pytest.raises(DataError, match="cannot decode BigEarthNet patch") as err:
         decode_patch(pickle.dumps(Evil()), file="x.lmdb", record="p1")
     assert err.value.record == "p1"
 
@@ -150,7 +151,7 @@ def test_bigearthnet_missing_patch(real_assets, tmp_path):
     root = tmp_path / "ben"
     shutil.copytree(real_assets["bigearthnet"], root)
     (root / "val.csv").write_text("S2_NOT_A_PATCH\n" + (root / "val.csv").read_text())
-    with pytest.raises(SkyMoEDataError, match="patch not in the LMDB"):
+    with pytest.raises(DataError, match="patch not in the LMDB"):
         read_bigearthnet(root, "val", derived_dir=tmp_path / "d")
     samples = read_bigearthnet(root, "val", derived_dir=tmp_path / "d", on_error="skip")
     assert len(samples) == 10 and list(samples.skipped) == ["S2_NOT_A_PATCH"]
@@ -190,7 +191,7 @@ def test_karpathy_bad_input(shared_dir, tmp_path):
     data["images"][2]["sentences"] = []
     (tmp_path / "images" / data["images"][4]["filename"]).unlink()
     path.write_text(json.dumps(data))
-    with pytest.raises(SkyMoEDataError, match="no .*caption sentence") as err:
+    with pytest.raises(DataError, match="no .*caption sentence") as err:
         read_karpathy(path, "test")
     assert err.value.record == "2" and err.value.field == "sentences"
     samples = read_karpathy(path, "test", on_error="skip")
@@ -240,14 +241,14 @@ def test_dior_rsvg_sorted_indices(tmp_path):
 def test_dior_rsvg_bad_input(tmp_path):
     files = {**DIOR_FILES, "00003": [("tank", (700, 700, 900, 750), "a tank outside the image")]}
     root = write_dior(tmp_path / "dior", files, {"train": [0, 3, 9]})
-    with pytest.raises(SkyMoEDataError, match="outside the image") as err:
+    with pytest.raises(DataError, match="outside the image") as err:
         read_dior_rsvg(root, "train")
     assert err.value.file.endswith("00003.xml") and err.value.field == "boxes"
     samples = read_dior_rsvg(root, "train", on_error="skip")
     assert len(samples) == 1 and set(samples.skipped) == {"3", "9"}
     assert "out of range" in samples.skipped["9"]
     (root / "Annotations" / "00004.xml").write_text("<annotation><object>")
-    with pytest.raises(SkyMoEDataError, match="malformed XML"):
+    with pytest.raises(DataError, match="malformed XML"):
         read_dior_rsvg(root, "train")
 
 
@@ -322,7 +323,7 @@ def test_conversation_bad_input(tmp_path):
     records[3]["image"] = "missing.png"
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n{not json\n")
-    with pytest.raises(SkyMoEDataError, match="conversation is empty") as err:
+    with pytest.raises(DataError, match="conversation is empty") as err:
         read_conversations(path)
     assert err.value.record == "line 2" and err.value.field == "conversations" and err.value.file == str(path)
     samples = read_conversations(path, on_error="skip")
@@ -343,12 +344,12 @@ def test_image_folder(tmp_path):
     assert all(s.task == Task.CLASSIFICATION for s in samples)
     only = read_image_folder(tmp_path / "ucm", classes={"harbor": "harbour"}, on_error="skip")
     assert [s.answer for s in only] == ["harbour"] * 3 and len(only.skipped) == 2
-    with pytest.raises(SkyMoEDataError, match="not one of the classes"):
+    with pytest.raises(DataError, match="not one of the classes"):
         read_image_folder(tmp_path / "ucm", classes=["harbor"])
-    with pytest.raises(SkyMoEDataError, match="class folders \\['airport'\\] not found"):
+    with pytest.raises(DataError, match="class folders \\['airport'\\] not found"):
         read_image_folder(tmp_path / "ucm", classes=["harbor", "airport"])
     (tmp_path / "ucm" / "harbor" / "harbor01.tif").write_bytes(b"GIF89a truncated")
-    with pytest.raises(SkyMoEDataError) as err:
+    with pytest.raises(DataError) as err:
         read_image_folder(tmp_path / "ucm")
     assert "harbor01.tif" in str(err.value)
 
@@ -378,13 +379,13 @@ def sample_record(**changes) -> dict:
     ],
 )
 def test_sample_from_dict_names_the_malformed_field(changes, field, message):
-    with pytest.raises(SkyMoEDataError, match=message) as err:
+    with pytest.raises(DataError, match=message) as err:
         Sample.from_dict(sample_record(**changes), file="data.jsonl")
     assert (err.value.file, err.value.record, err.value.field) == ("data.jsonl", "r1", field)
 
 
 def test_sample_checks_image_size_when_built_directly():
-    with pytest.raises(SkyMoEDataError, match="two positive integers") as err:
+    with pytest.raises(DataError, match="two positive integers") as err:
         Sample("r2", "x.png", Task.VQA, Granularity.IMAGE, [], image_size=("big",))
     assert err.value.record == "r2" and err.value.field == "image_size"
     assert Sample("r3", "x.png", Task.VQA, Granularity.IMAGE, [], image_size=[128, 64]).image_size == (128, 64)

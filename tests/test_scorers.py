@@ -7,8 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 from skymoe.eval.records import Prediction, Routing
 from skymoe.eval.routing import analyse_routing
 from skymoe.eval.scorers import classification, counting, vqa
@@ -101,7 +100,7 @@ def test_counting_metrics_and_unparsable_as_miss():
 
 
 def test_counting_reference_without_number_is_a_data_error():
-    with pytest.raises(SkyMoEDataError, match="holds no count"):
+    with pytest.raises(DataError, match="holds no count"):
         counting.score([rec("3", "several", task="counting")])
 
 
@@ -119,11 +118,11 @@ def test_garbage_output_scores_low_and_never_crashes(garbage):
 
 def test_prediction_record_validation_names_field():
     good = rec("yes", "yes").to_dict()
-    with pytest.raises(SkyMoEDataError, match="task"):
+    with pytest.raises(DataError, match="task"):
         Prediction.from_dict({**good, "task": "dance"}, file="p.jsonl")
-    with pytest.raises(SkyMoEDataError, match="gt_boxes"):
+    with pytest.raises(DataError, match="gt_boxes"):
         Prediction.from_dict({**good, "gt_boxes": [[1, 2, 3]]}, file="p.jsonl")
-    with pytest.raises(SkyMoEDataError, match="references"):
+    with pytest.raises(DataError, match="references"):
         Prediction.from_dict({**good, "references": []}, file="p.jsonl")
     assert Prediction.from_dict({**good, "prediction": None}).prediction == ""
     assert Prediction.from_dict({**good, "prediction": float("nan")}).prediction == ""
@@ -194,5 +193,5 @@ def test_multilabel_prediction_parts_that_name_no_class_are_false_positives():
 def test_grounding_without_true_box_is_a_data_error():
     from skymoe.eval.scorers import grounding
 
-    with pytest.raises(SkyMoEDataError, match="gt_boxes"):
+    with pytest.raises(DataError, match="gt_boxes"):
         grounding.score([rec("[1, 2, 3, 4]", [""], task="grounding", image_size=[10, 10])])

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from _train_data import one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
-from skymoe.config import load_config
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 from skymoe.train import StageError, TrainingDivergedError, TrainingError, train
+from skymoe.train.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,36 @@ def test_stage2_upcycles_and_trains_router_experts_with_aux_and_cda_losses(stage
     assert tok1 == tok2
 
 
+def test_the_model_config_owns_the_loss_weights_and_its_loss_is_the_logged_objective(stage1, data, tmp_path, monkeypatch):
+    """loss.load_balance=0.037 lands in the saved config.json, and the saved model's ``loss`` on the training
+    batch is the ``loss/total`` that was logged (lr 0: the saved weights are those of the logged step)."""
+    import skymoe.train.loop as loop
+    from skymoe.model import SkyMoEForConditionalGeneration
+
+    real, batches = loop._forward, []
+
+    def recording_forward(model, batch):
+        output, is_view, batch = real(model, batch)
+        batches.append(batch)
+        return output, is_view, batch
+
+    monkeypatch.setattr(loop, "_forward", recording_forward)
+    overrides = [f"model.init_from={stage1.output_dir}", "loss.load_balance=0.037", "max_steps=1", "log_every=1", "optim.lr=0"]
+    train(load_config(write_config(tmp_path / "s2.yaml", data, stage=2), overrides), tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert saved["loss"]["load_balance"] == 0.037 and saved["loss"]["cda"] == 0.05
+    model = SkyMoEForConditionalGeneration.from_pretrained(tmp_path / "out" / "model")
+    with torch.no_grad():
+        output = model(**batches[0])
+    logged = read_metrics(tmp_path / "out")[0]
+    assert output.loss.item() == pytest.approx(logged["loss/total"], rel=1e-5)
+    assert output.loss_terms["load_balance"].item() == pytest.approx(logged["loss/load_balance"], rel=1e-5)
+    assert {"lm", "load_balance", "router_z", "cda"} <= set(output.loss_terms)
+
+
 def test_empty_mix_fails_before_training(data, tmp_path):
     cfg = load_config(write_config(tmp_path / "c.yaml", data), ["data.mix=[]"])
-    with pytest.raises(SkyMoEDataError, match="mix is empty"):
+    with pytest.raises(DataError, match="mix is empty"):
         train(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "checkpoints").exists()
 
@@ -94,17 +121,17 @@ def test_existing_run_needs_resume(stage1, data, tmp_path):
 
 
 def test_nan_loss_stops_names_the_term_and_keeps_the_last_checkpoint(stage1, data, tmp_path, monkeypatch):
-    import skymoe.train.trainer as trainer
+    import skymoe.model.losses as losses
 
-    real = trainer.granularity_info_nce
+    real = losses.granularity_info_nce
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         value = real(*args, **kwargs)
-        return value * float("nan") if calls["n"] > 5 else value
+        return value * float("nan") if calls["n"] > 6 else value  # call 1: the upcycling check's forward
 
-    monkeypatch.setattr(trainer, "granularity_info_nce", poisoned)
+    monkeypatch.setattr(losses, "granularity_info_nce", poisoned)
     cfg = load_config(
         write_config(tmp_path / "c.yaml", data, stage=2),
         [f"model.init_from={stage1.output_dir}", "checkpoint_every=2", "cda.pair_prob=1.0"],
@@ -119,7 +146,7 @@ def test_nan_loss_stops_names_the_term_and_keeps_the_last_checkpoint(stage1, dat
 def test_bf16_grad_accumulation_and_a_dense_lora_adapter(data, tmp_path):
     cfg = load_config(
         write_config(tmp_path / "c.yaml", data),
-        ["precision=bf16", "grad_accum=2", "max_steps=2", "log_every=1", "model.adapter=lora", "optim.lm_lr=1e-2"],
+        ["precision=bf16", "grad_accum=2", "max_steps=2", "log_every=1", "model.moe.dense_lora=true", "optim.lm_lr=1e-2"],
     )
     result = train(cfg, tmp_path / "out")
     assert result.steps == 2 and result.samples_seen == 2 * 2 * 4
@@ -160,9 +187,9 @@ def test_activation_checkpointing_trains_stage2_to_the_same_weights(data, stage1
 
 
 def test_an_llm_that_is_neither_a_local_folder_nor_an_asset_is_a_config_error_not_a_download(data, tmp_path):
-    from skymoe.config import ConfigError
+    from skymoe.errors import ConfigError
 
-    cfg = load_config(write_config(tmp_path / "c.yaml", data), ["model.llm=google/gemma-3-270m", "model.adapter=lora"])
+    cfg = load_config(write_config(tmp_path / "c.yaml", data), ["model.llm.pretrained=google/gemma-3-270m", "model.moe.dense_lora=true"])
     with pytest.raises(ConfigError, match="expected a local causal-LM directory .* nothing is downloaded"):
         train(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "checkpoints").exists()
@@ -197,7 +224,7 @@ def test_upcycling_that_changes_the_model_is_caught_before_training(stage1, data
 
     monkeypatch.setattr(SkyMoEForConditionalGeneration, "upcycle", classmethod(perturbed))
     cfg = load_config(
-        write_config(tmp_path / "c.yaml", data, stage=2), [f"model.init_from={stage1.output_dir}", "model.expert_type=ffn"]
+        write_config(tmp_path / "c.yaml", data, stage=2), [f"model.init_from={stage1.output_dir}", "model.moe.expert_type=ffn"]
     )
     with pytest.raises(StageError, match="upcycling changed the model"):
         train(cfg, tmp_path / "out")
@@ -212,7 +239,7 @@ def test_a_missing_image_fails_before_training_or_is_skipped_and_counted(data, t
     broken = tmp_path / "broken.jsonl"
     write_jsonl(samples, broken)
     config = write_config(tmp_path / "c.yaml", broken, max_steps=1)
-    with pytest.raises(SkyMoEDataError, match="gone.png"):
+    with pytest.raises(DataError, match="gone.png"):
         train(load_config(config), tmp_path / "raise")
     assert not (tmp_path / "raise" / "checkpoints").exists()
     result = train(load_config(config, ["data.on_error=skip"]), tmp_path / "skip")
@@ -221,7 +248,7 @@ def test_a_missing_image_fails_before_training_or_is_skipped_and_counted(data, t
 
 @pytest.mark.parametrize(
     "layers, message",
-    [("[7]", r"'model.moe_layers' \[7\] out of range: the stage-1 LLM has 2 layers, valid 0..1"),
+    [("[7]", r"'model.moe.moe_layers' \[7\] out of range: the stage-1 LLM has 2 layers, valid 0..1"),
      ("[]", "stage 2 needs at least one MoE layer")],
 )
 def test_cli_bad_stage2_moe_layers_is_one_config_error_line(stage1, data, tmp_path, capsys, layers, message):
@@ -231,19 +258,19 @@ def test_cli_bad_stage2_moe_layers_is_one_config_error_line(stage1, data, tmp_pa
 
     config = write_config(tmp_path / "c.yaml", data, stage=2)
     args = ["train", "--config", str(config), "--output", str(tmp_path / "out"), f"model.init_from={stage1.output_dir}"]
-    assert main([*args, f"model.moe_layers={layers}"]) == 2
+    assert main([*args, f"model.moe.moe_layers={layers}"]) == 2
     err = capsys.readouterr().err.splitlines()[-1]  # after the model-loading progress bar
-    assert err.startswith("skymoe train: error: 'model.moe_layers'") and re.search(message, err)
+    assert err.startswith("skymoe train: error: 'model.moe.moe_layers'") and re.search(message, err)
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("after, expected", [(0, "interrupted before the first training step; no checkpoint was written yet"),
                                              (5, "interrupted at step 5; the last checkpoint is step 4 (")])
 def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_exits_130(data, tmp_path, capsys, monkeypatch, after, expected):
-    import skymoe.train.trainer as trainer
+    import skymoe.train.loop as loop
     from skymoe.cli import main
 
-    real, calls = trainer._forward, {"n": 0}
+    real, calls = loop._forward, {"n": 0}
 
     def forward_then_ctrl_c(*args, **kwargs):
         if calls["n"] == after:
@@ -251,7 +278,7 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_exits_130(data, tmp_pa
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_forward", forward_then_ctrl_c)
+    monkeypatch.setattr(loop, "_forward", forward_then_ctrl_c)
     out = tmp_path / "out"
     assert main(["train", "--config", str(write_config(tmp_path / "c.yaml", data)), "--output", str(out)]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]

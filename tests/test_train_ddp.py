@@ -13,7 +13,7 @@ RANK_SCRIPT = '''
 import hashlib, json, sys
 from pathlib import Path
 from accelerate import PartialState
-from skymoe.config import load_config
+from skymoe.train.config import load_config
 from skymoe.train import train
 
 config1, config2, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])

@@ -45,7 +45,7 @@ RANK_SCRIPT = '''
 import json, sys, torch
 from pathlib import Path
 from accelerate import PartialState
-from skymoe.config import load_config
+from skymoe.train.config import load_config
 from skymoe.train import train
 
 config1, config2, out, tests = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]

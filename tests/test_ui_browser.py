@@ -24,16 +24,16 @@ pytestmark = [
 def app(tmp_path_factory):
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     from skymoe.infer import Pipeline
-    from skymoe.serve.ui import build_demo
+    from skymoe.serve.ui import build_web_ui
 
     pipeline = Pipeline.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("model")), max_new_tokens=6)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = build_demo(pipeline)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    web_ui = build_web_ui(pipeline)
+    web_ui.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield pipeline, f"http://127.0.0.1:{port}/"
-    demo.close()
+    web_ui.close()
 
 
 @pytest.fixture(scope="module")

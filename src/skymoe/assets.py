@@ -31,17 +31,10 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import AssetError
 
 CACHE_ENV = "SKYMOE_CACHE"
 _CHUNK = 1 << 20
-
-
-class AssetError(SkyMoEDataError):
-    """An asset is unknown, missing, corrupt or could not be fetched; the message says how to fix it.
-
-    A data error, so the CLI prints it as one line without a traceback.
-    """
 
 
 @dataclass(frozen=True)

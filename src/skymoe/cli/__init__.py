@@ -15,7 +15,7 @@ import select
 import sys
 
 from skymoe import __version__
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import SkyMoEError
 
 # Order = order in `skymoe --help`.
 COMMAND_MODULES = [
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         # to devnull so that the interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE
-    except SkyMoEDataError as exc:  # bad user input: one clear line, no traceback
+    except SkyMoEError as exc:  # bad user input: one clear line, no traceback
         print(f"skymoe: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

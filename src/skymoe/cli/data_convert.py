@@ -71,7 +71,7 @@ def _check(args: argparse.Namespace) -> int:
     if Path(args.target).suffix.lower() not in (".yaml", ".yml"):
         result = check_jsonl(args.target)
     else:  # every entry of the config's mix, bad records collected rather than raised
-        from skymoe.config import load_config
+        from skymoe.train.config import load_config
         from skymoe.train.data import load_mix_entry
 
         result = CheckResult()

@@ -18,6 +18,6 @@ def register(subparsers) -> None:
 def run_summary(args: argparse.Namespace) -> int:
     from skymoe.model.summary import format_summary, summarize
 
-    result = summarize(args.path, context=args.context)  # a bad path or config: SkyMoEDataError, one line
+    result = summarize(args.path, context=args.context)  # a bad path or config: ModelFolderError, one line
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
     return 0

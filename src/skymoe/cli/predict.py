@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from skymoe.cli.options import band_list, positive_int
-from skymoe.data.schema import Box, SkyMoEDataError, Task
+from skymoe.data.schema import Box, Task
+from skymoe.errors import ConfigError, DataError, SkyMoEError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -24,7 +25,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_pipeline(args):
-    """The Pipeline of ``--model``; a broken model folder is a one-line SkyMoEDataError (see load_model)."""
+    """The Pipeline of ``--model``; a broken model folder is a one-line ModelFolderError (see load_model)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,24 +80,24 @@ def check_task_arguments(args) -> None:
     try:
         check_request(args.task, args.prompt, args.box)
     except ValueError as exc:
-        raise SkyMoEDataError(str(exc), field="--box" if args.task == Task.REGION_CAPTION.value else "--prompt") from None
+        raise ConfigError(str(exc), field="--box" if args.task == Task.REGION_CAPTION.value else "--prompt") from None
 
 
 def run_predict(args) -> int:
     check_task_arguments(args)
     if args.images:
         if not args.out:
-            raise SkyMoEDataError("batch mode (--images) needs --out PREDS.jsonl", field="--out")
+            raise ConfigError("batch mode (--images) needs --out PREDS.jsonl", field="--out")
         return predict_many(args)
     if args.out:
-        raise SkyMoEDataError("--out is for batch mode (--images); for one --image use --json > FILE", field="--out")
+        raise ConfigError("--out is for batch mode (--images); for one --image use --json > FILE", field="--out")
     pipeline = load_pipeline(args)
     try:
         answer = pipeline.run(args.image, args.task, args.prompt, labels=_labels(args), box=args.box, routing=args.routing)
     except ValueError as exc:
-        if isinstance(exc, SkyMoEDataError) and exc.file:  # already names the image
+        if isinstance(exc, SkyMoEError) and exc.file:  # already names the image
             raise
-        raise SkyMoEDataError(str(exc), file=args.image) from None
+        raise DataError(str(exc), file=args.image) from None
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
     else:
@@ -120,7 +121,7 @@ def find_images(pattern: str) -> list[Path]:
     paths = root.rglob("*") if root.is_dir() else (Path(p) for p in glob.glob(pattern, recursive=True))
     images = sorted(p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise SkyMoEDataError("no images found (png, jpg, tif, ...)", file=pattern)
+        raise DataError("no images found (png, jpg, tif, ...)", file=pattern)
     return images
 
 
@@ -145,14 +146,14 @@ def check_same_run(out: Path, record: dict, settings: dict) -> None:
         held = {"task": record.get("task")}
     for key, value in held.items():
         if key in settings and value != settings[key]:
-            raise SkyMoEDataError(f"holds predictions made with {key} {value!r}; this run asks for {settings[key]!r}: "
+            raise DataError(f"holds predictions made with {key} {value!r}; this run asks for {settings[key]!r}: "
                                   "use another --out", file=str(out), field=key)
 
 
 def finished_ids(out: Path, settings: dict) -> set[str]:
     """Ids already written to ``out`` by a run with ``settings``; a last line cut off by a crash is dropped so the run can go on."""
     if out.is_dir():
-        raise SkyMoEDataError("is a directory; expected a JSONL file to write", file=str(out), field="--out")
+        raise DataError("is a directory; expected a JSONL file to write", file=str(out), field="--out")
     if not out.is_file():
         return set()
     lines = out.read_text(encoding="utf-8").splitlines()
@@ -163,7 +164,7 @@ def finished_ids(out: Path, settings: dict) -> set[str]:
             done.add(record["id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             if number != len(lines):
-                raise SkyMoEDataError("malformed line; expected a JSON record with an 'id'", file=str(out), record=f"line {number}") from None
+                raise DataError("malformed line; expected a JSON record with an 'id'", file=str(out), record=f"line {number}") from None
             out.write_text("".join(l + "\n" for l in lines[:-1]), encoding="utf-8")
             continue
         check_same_run(out, record, settings)
@@ -181,7 +182,7 @@ def load_batch(chunk: list[tuple[str, Path]], box, failed: dict[str, str]) -> li
             if box is not None:  # region_caption: a box outside one image skips that image, not the whole run
                 Box(*box).validate(image.size, file=str(path))
             batch.append((image_id, image))
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             failed[image_id] = str(exc)
     return batch
 

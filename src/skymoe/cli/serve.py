@@ -19,11 +19,11 @@ def register(subparsers) -> None:
     serve.add_argument("--max-body-mb", type=positive_float, default=16.0, help="largest request body; beyond: 413 (default: %(default)s)")
     serve.set_defaults(func=run_serve)
 
-    demo = subparsers.add_parser("demo-ui", help="Gradio web demo: upload an image, ask, see boxes and expert weights")
-    add_model_arguments(demo)
-    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    demo.add_argument("--port", type=port_number, default=7860, help="port to listen on (default: %(default)s)")
-    demo.set_defaults(func=run_demo)
+    web_ui = subparsers.add_parser("demo-ui", help="Gradio web demo: upload an image, ask, see boxes and expert weights")
+    add_model_arguments(web_ui)
+    web_ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    web_ui.add_argument("--port", type=port_number, default=7860, help="port to listen on (default: %(default)s)")
+    web_ui.set_defaults(func=run_web_ui)
 
 
 def run_serve(args) -> int:
@@ -37,9 +37,9 @@ def run_serve(args) -> int:
     return 0
 
 
-def run_demo(args) -> int:
+def run_web_ui(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from skymoe.serve.ui import build_demo
+    from skymoe.serve.ui import build_web_ui
 
-    build_demo(load_pipeline(args)).launch(server_name=args.host, server_port=args.port)
+    build_web_ui(load_pipeline(args)).launch(server_name=args.host, server_port=args.port)
     return 0

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from skymoe.config import ConfigError, load_config
+    from skymoe.errors import ConfigError
+    from skymoe.train.config import load_config
     from skymoe.train import TrainingError, train
 
     try:

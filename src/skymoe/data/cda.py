@@ -7,7 +7,7 @@ that a (seed, sample, variant) triple always gives the same result:
   granularity) or a random window (``region``) paired with the whole image
   (``image``). The trainer feeds the views through the model and an InfoNCE
   loss on the routing embeddings pulls same-level views together and pushes
-  levels apart (:func:`skymoe.train.losses.granularity_info_nce`).
+  levels apart (:func:`skymoe.model.losses.granularity_info_nce`).
 * **count-varying cutout** — remove k annotated objects by in-painting each box
   from a neighbouring patch, then update count and presence answers.
 * **attribute editing** — recolour the queried object(s) inside their boxes and

@@ -33,7 +33,8 @@ import importlib
 from dataclasses import dataclass, field
 
 from skymoe.data.readers import ON_ERROR, SampleList
-from skymoe.data.schema import Sample, SkyMoEDataError
+from skymoe.data.schema import Sample
+from skymoe.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def dataset_info(name: str) -> EmbeddedDataset:
     try:
         return _DATASETS[name]
     except KeyError:
-        raise SkyMoEDataError(f"unknown dataset {name!r}; expected one of {list(_DATASETS)}", field="dataset") from None
+        raise DataError(f"unknown dataset {name!r}; expected one of {list(_DATASETS)}", field="dataset") from None
 
 
 def dataset_splits(name: str) -> list[str]:
@@ -88,7 +89,7 @@ def load_dataset(name: str, split: str = "train", on_error: str = "raise") -> Sa
     """Samples of one split of an embedded dataset (assets are fetched on first use)."""
     info = dataset_info(name)
     if split not in info.splits:
-        raise SkyMoEDataError(f"dataset {name!r} has no split {split!r}; expected one of {list(info.splits)}", field="split")
+        raise DataError(f"dataset {name!r} has no split {split!r}; expected one of {list(info.splits)}", field="split")
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     module, function = info.loader.split(":")

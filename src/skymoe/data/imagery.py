@@ -12,7 +12,7 @@ Conventions:
 * A pixel-count guard (``max_pixels``) refuses images that would not fit in
   memory (decompression bombs) before they are decoded; large scenes are read
   with :func:`read_window`.
-* Unreadable, truncated or empty files raise :class:`SkyMoEDataError` naming the file.
+* Unreadable, truncated or empty files raise :class:`DataError` naming the file.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 DEFAULT_MAX_PIXELS = 120_000_000  # ~11k x 11k: larger scenes go through read_window
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -53,21 +53,21 @@ def _rasterio_open(path: Path):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise SkyMoEDataError(f"not a readable raster ({exc})", file=str(path)) from None
+        raise DataError(f"not a readable raster ({exc})", file=str(path)) from None
 
 
 def _check_file(path: Path) -> None:
     if path.is_dir():
-        raise SkyMoEDataError("is a folder; expected an image file", file=str(path))
+        raise DataError("is a folder; expected an image file", file=str(path))
     if not path.is_file():
-        raise SkyMoEDataError("image file not found", file=str(path))
+        raise DataError("image file not found", file=str(path))
     if path.stat().st_size == 0:
-        raise SkyMoEDataError("image file is empty (0 bytes)", file=str(path))
+        raise DataError("image file is empty (0 bytes)", file=str(path))
 
 
 def _check_pixels(width: int, height: int, max_pixels: int, file: str | None) -> None:
     if width * height > max_pixels:
-        raise SkyMoEDataError(
+        raise DataError(
             f"image of {width}x{height} pixels exceeds the limit of {max_pixels:,}; read it in windows (read_window)",
             file=file,
         )
@@ -95,7 +95,7 @@ def _default_bands(count: int) -> list[int]:
 def check_bands(bands: Sequence[int], count: int, file: str | None) -> list[int]:
     bands = list(bands)
     if not bands or len(bands) not in (1, 3) or any(not 1 <= b <= count for b in bands):
-        raise SkyMoEDataError(f"bands {bands} invalid: give 1 or 3 band indices in 1..{count}", file=file, field="bands")
+        raise DataError(f"bands {bands} invalid: give 1 or 3 band indices in 1..{count}", file=file, field="bands")
     return bands
 
 
@@ -147,7 +147,7 @@ def _as_chw(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         return array[None]
     if array.ndim != 3:
-        raise SkyMoEDataError(f"array of shape {array.shape} is not an image; expected HW, HWC or CHW", field="image")
+        raise DataError(f"array of shape {array.shape} is not an image; expected HW, HWC or CHW", field="image")
     # Channels-last only when the last axis is strictly the shortest (a 120x120x12 Sentinel-2 stack);
     # otherwise channels-first (13x120x120, and a 200x145x145 hyperspectral cube).
     first, middle, last = array.shape
@@ -177,15 +177,15 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         # PIL's "cannot identify image file '<path>'" would name the file a second time
         reason = "not an image format PIL or GDAL decodes" if isinstance(exc, Image.UnidentifiedImageError) else exc
-        raise SkyMoEDataError(f"cannot decode image ({reason})", file=str(path)) from None
+        raise DataError(f"cannot decode image ({reason})", file=str(path)) from None
 
 
-def _unreadable(file: str | None, what: str, reason) -> SkyMoEDataError:
-    return SkyMoEDataError(f"cannot read {what}: truncated or corrupt file ({reason})", file=file)
+def _unreadable(file: str | None, what: str, reason) -> DataError:
+    return DataError(f"cannot read {what}: truncated or corrupt file ({reason})", file=file)
 
 
 def _read(ds, bands: list[int], what: str, **kwargs) -> np.ndarray:
-    """``ds.read(bands, **kwargs)``; a failed read raises SkyMoEDataError naming the file and ``what`` was read."""
+    """``ds.read(bands, **kwargs)``; a failed read raises DataError naming the file and ``what`` was read."""
     from rasterio.errors import RasterioError
 
     try:
@@ -209,7 +209,7 @@ def _read_raster(ds, bands: Sequence[int] | None, max_pixels: int, window=None) 
 
 
 def _verify_pil(path: Path, what: str) -> None:
-    """Raise SkyMoEDataError if PIL finds ``path`` cut short (PNG: every chunk and its checksum, without decoding)."""
+    """Raise DataError if PIL finds ``path`` cut short (PNG: every chunk and its checksum, without decoding)."""
     try:
         with Image.open(path) as im:
             im.verify()
@@ -265,7 +265,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
             with Image.open(path) as im:
                 return im.size
         except (OSError, SyntaxError, ValueError) as exc:
-            raise SkyMoEDataError(f"cannot decode image ({exc})", file=str(path)) from None
+            raise DataError(f"cannot decode image ({exc})", file=str(path)) from None
     info = raster_info(path)
     return info.width, info.height
 
@@ -293,7 +293,7 @@ def read_window(
     path = Path(path)
     with _rasterio_open(path) as ds:
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > ds.width or y + h > ds.height:
-            raise SkyMoEDataError(
+            raise DataError(
                 f"{_window_text(x, y, w, h)} is not inside the raster of {ds.width}x{ds.height}", file=str(path), field="window"
             )
         if (w, h) == (ds.width, ds.height) and path.suffix.lower() in _PIL_SUFFIXES:

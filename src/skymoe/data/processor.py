@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from skymoe.data.boxes import canonical_to_loc, loc_to_canonical
-from skymoe.data.schema import Sample, SkyMoEDataError, Turn
+from skymoe.data.schema import Sample, Turn
 from skymoe.data.tokenizer import has_location_tokens, special_token_ids
+from skymoe.errors import DataError
 
 if TYPE_CHECKING:  # torch is imported lazily: building a processor must not load it
     import torch
@@ -140,12 +141,12 @@ class SkyMoEProcessor:
         """Unpadded training features of one sample (lists of ints)."""
         turns = sample.conversation
         if not turns or turns[-1].role != "assistant":
-            raise SkyMoEDataError("conversation must end with an assistant answer", record=sample.id, field="conversation")
+            raise DataError("conversation must end with an assistant answer", record=sample.id, field="conversation")
         prefix = self._prefix()
         input_ids, labels, instruction = self._answered_turns(turns)
         input_ids = prefix + input_ids
         if self.max_length is not None and len(input_ids) > self.max_length:
-            raise SkyMoEDataError(
+            raise DataError(
                 f"{len(input_ids)} tokens exceed max_length={self.max_length}", record=sample.id, field="conversation"
             )
         return {

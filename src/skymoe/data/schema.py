@@ -16,26 +16,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-
-class SkyMoEDataError(ValueError):
-    """Bad input data. The message names the file, the record and the field."""
-
-    def __init__(self, message: str, *, file: str | None = None, record: Any = None, field: str | None = None):
-        self.file, self.record, self.field = file, record, field
-        where = ", ".join(
-            part
-            for part in (
-                f"file {file}" if file else "",
-                f"record {record}" if record is not None else "",
-                f"field '{field}'" if field else "",
-            )
-            if part
-        )
-        super().__init__(f"{where}: {message}" if where else message)
+from skymoe.errors import DataError
 
 
 def check_image_size(value: Any, *, file: str | None = None, record: Any = None) -> tuple[int, int] | None:
-    """``value`` as (width, height), or None when absent; anything else is a SkyMoEDataError."""
+    """``value`` as (width, height), or None when absent; anything else is a DataError."""
     if value is None:
         return None
     # bool is an Integral too, but true/false is never a pixel size
@@ -44,7 +29,7 @@ def check_image_size(value: Any, *, file: str | None = None, record: Any = None)
         or len(value) != 2
         or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value)
     ):
-        raise SkyMoEDataError(
+        raise DataError(
             f"expected [width, height] as two positive integers, got {value!r}", file=file, record=record, field="image_size"
         )
     return int(value[0]), int(value[1])
@@ -127,13 +112,13 @@ class Box:
         """Return self if finite, non-empty and inside ``image_size`` (W, H); raise otherwise."""
         values = self.as_tuple()
         if not all(math.isfinite(v) for v in values):
-            raise SkyMoEDataError(f"box {values} has non-finite coordinates", file=file, record=record, field="boxes")
+            raise DataError(f"box {values} has non-finite coordinates", file=file, record=record, field="boxes")
         if self.x2 <= self.x1 or self.y2 <= self.y1:
-            raise SkyMoEDataError(f"box {values} is empty; expected x1<x2 and y1<y2", file=file, record=record, field="boxes")
+            raise DataError(f"box {values} is empty; expected x1<x2 and y1<y2", file=file, record=record, field="boxes")
         if image_size is not None:
             w, h = image_size
             if self.x1 < 0 or self.y1 < 0 or self.x2 > w or self.y2 > h:
-                raise SkyMoEDataError(
+                raise DataError(
                     f"box {values} lies outside the image of size {w}x{h}", file=file, record=record, field="boxes"
                 )
         return self
@@ -194,19 +179,19 @@ class Sample:
 
     def validate(self, *, file: str | None = None) -> "Sample":
         if not self.conversation:
-            raise SkyMoEDataError("conversation is empty", file=file, record=self.id, field="conversation")
+            raise DataError("conversation is empty", file=file, record=self.id, field="conversation")
         for i, turn in enumerate(self.conversation):
             if not isinstance(turn.text, str):
-                raise SkyMoEDataError(
+                raise DataError(
                     f"expected a string, got {turn.text!r}", file=file, record=self.id, field=f"conversation[{i}].text"
                 )
             expected = "user" if i % 2 == 0 else "assistant"
             if turn.role != expected:
-                raise SkyMoEDataError(
+                raise DataError(
                     f"turn {i} has role '{turn.role}', expected '{expected}'", file=file, record=self.id, field="conversation"
                 )
         if not self.image:
-            raise SkyMoEDataError("no image reference", file=file, record=self.id, field="image")
+            raise DataError("no image reference", file=file, record=self.id, field="image")
         for box in self.boxes:
             box.validate(self.image_size, file=file, record=self.id)
         return self
@@ -224,17 +209,17 @@ class Sample:
         record = d.get("id", "?")
         for key in ("id", "image", "task", "granularity", "conversation"):
             if key not in d:
-                raise SkyMoEDataError("missing required field", file=file, record=record, field=key)
+                raise DataError("missing required field", file=file, record=record, field=key)
         try:
             task = Task(d["task"])
         except ValueError:
-            raise SkyMoEDataError(
+            raise DataError(
                 f"unknown task {d['task']!r}; expected one of {[t.value for t in Task]}", file=file, record=record, field="task"
             ) from None
         try:
             granularity = Granularity(d["granularity"])
         except ValueError:
-            raise SkyMoEDataError(
+            raise DataError(
                 f"unknown granularity {d['granularity']!r}; expected one of {[g.value for g in Granularity]}",
                 file=file,
                 record=record,
@@ -244,12 +229,12 @@ class Sample:
         try:
             boxes = [Box.from_dict(b) for b in d.get("boxes") or []]
         except (KeyError, TypeError, ValueError) as exc:
-            raise SkyMoEDataError(
+            raise DataError(
                 f"malformed box ({exc}); expected objects {{xyxy: [x1, y1, x2, y2], label}}", file=file, record=record, field="boxes"
             ) from None
         meta = d.get("meta")
         if meta is not None and not isinstance(meta, dict):
-            raise SkyMoEDataError(f"expected an object, got {meta!r}", file=file, record=record, field="meta")
+            raise DataError(f"expected an object, got {meta!r}", file=file, record=record, field="meta")
         return cls(
             id=str(d["id"]),
             image=str(d["image"]),
@@ -268,10 +253,10 @@ class Sample:
 def _turns_from_list(raw: Any, *, file: str | None, record: Any) -> list[Turn]:
     """Turns of a record's ``conversation``; the value types are checked by :meth:`Sample.validate`."""
     if not isinstance(raw, list):
-        raise SkyMoEDataError("expected a list of {role, text} objects", file=file, record=record, field="conversation")
+        raise DataError("expected a list of {role, text} objects", file=file, record=record, field="conversation")
     for i, t in enumerate(raw):
         if not isinstance(t, dict) or "role" not in t or "text" not in t:
-            raise SkyMoEDataError("expected an object with 'role' and 'text'", file=file, record=record, field=f"conversation[{i}]")
+            raise DataError("expected an object with 'role' and 'text'", file=file, record=record, field=f"conversation[{i}]")
     return [Turn(t["role"], t["text"]) for t in raw]
 
 
@@ -289,15 +274,15 @@ def write_jsonl(samples: Iterable[Sample], path: str | Path) -> int:
     return n
 
 
-def json_lines(path: str | Path) -> Iterator[tuple[int, dict | SkyMoEDataError]]:
+def json_lines(path: str | Path) -> Iterator[tuple[int, dict | DataError]]:
     """(line number, object) for every non-blank line of a JSON-lines file.
 
-    A malformed line is yielded as its SkyMoEDataError rather than raised, so a
+    A malformed line is yielded as its DataError rather than raised, so a
     reader that skips bad records can go on to the next line; a missing file raises.
     """
     path = Path(path)
     if not path.is_file():
-        raise SkyMoEDataError("file not found", file=str(path))
+        raise DataError("file not found", file=str(path))
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -305,24 +290,24 @@ def json_lines(path: str | Path) -> Iterator[tuple[int, dict | SkyMoEDataError]]
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield lineno, SkyMoEDataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}")
+                yield lineno, DataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}")
                 continue
             if not isinstance(d, dict):
-                d = SkyMoEDataError("expected a JSON object", file=str(path), record=f"line {lineno}")
+                d = DataError("expected a JSON object", file=str(path), record=f"line {lineno}")
             yield lineno, d
 
 
 def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a JSON-lines file; malformed lines are errors."""
     for lineno, d in json_lines(path):
-        if isinstance(d, SkyMoEDataError):
+        if isinstance(d, DataError):
             raise d
         yield lineno, d
 
 
-def sample_from_line(d: dict | SkyMoEDataError, path: str | Path) -> Sample:
+def sample_from_line(d: dict | DataError, path: str | Path) -> Sample:
     """The Sample of one :func:`json_lines` item (raising its error); a relative image resolves against the file's folder."""
-    if isinstance(d, SkyMoEDataError):
+    if isinstance(d, DataError):
         raise d
     path = Path(path)
     sample = Sample.from_dict(d, file=str(path))

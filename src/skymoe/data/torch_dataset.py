@@ -13,7 +13,8 @@ from typing import Sequence
 
 from torch.utils.data import Dataset
 
-from skymoe.data.schema import Sample, SkyMoEDataError
+from skymoe.data.schema import Sample
+from skymoe.errors import DataError
 
 logger = logging.getLogger(__name__)
 ON_ERROR = ("raise", "skip")
@@ -60,7 +61,7 @@ class SampleDataset(Dataset):
             image = self._load(sample)
             features = self._encode(sample, image.size)
             features["pixel_values"] = self.processor.preprocess_images([image])[0]
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             return self._skip(sample, exc)
         return features
 
@@ -74,11 +75,11 @@ class SampleDataset(Dataset):
         try:
             self._encode(sample, size)
             return True
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             self._skip(sample, exc)
             return False
 
-    def _skip(self, sample: Sample, exc: SkyMoEDataError) -> None:
+    def _skip(self, sample: Sample, exc: DataError) -> None:
         if self.on_error == "raise":
             raise exc
         if sample.id not in self.skipped:
@@ -103,12 +104,12 @@ class SampleDataset(Dataset):
                 continue
             try:
                 image = self._load(members[0])
-            except SkyMoEDataError as exc:
+            except DataError as exc:
                 self._skip(members[0], exc)
                 for sample in members[1:]:  # each gets its own message (a bad file fails fast)
                     try:
                         self._load(sample)
-                    except SkyMoEDataError as again:
+                    except DataError as again:
                         self._skip(sample, again)
                 continue
             _remember_size(path, image.size)
@@ -122,12 +123,12 @@ class SampleDataset(Dataset):
     def _load(self, sample: Sample):
         try:
             return self.image_loader(sample.image)
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             if exc.record is not None:
                 raise
-            raise SkyMoEDataError(str(exc), record=sample.id, field=exc.field or "image") from exc
+            raise DataError(str(exc), record=sample.id, field=exc.field or "image") from exc
         except (OSError, ValueError) as exc:  # missing/corrupt files surface as typed data errors
-            raise SkyMoEDataError(f"cannot read image ({exc})", file=sample.image, record=sample.id, field="image") from exc
+            raise DataError(f"cannot read image ({exc})", file=sample.image, record=sample.id, field="image") from exc
 
     def collate(self, batch: list[dict | None]) -> dict | None:
         """DataLoader collate_fn: drops skipped samples; ``None`` when the whole batch was skipped."""

@@ -10,7 +10,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 
-from skymoe.data.schema import SkyMoEDataError, Task
+from skymoe.data.schema import Task
+from skymoe.errors import DataError
 from skymoe.eval.records import Prediction
 from skymoe.eval.routing import analyse_routing
 from skymoe.eval.scorers import DEFAULT_SCORER, SCORERS, Scorer, vqa
@@ -23,10 +24,10 @@ NO_BASELINE = {"status": "unavailable", "reason": "no record carries a baseline 
 def scorer_of(predictions: list[Prediction]) -> Scorer:
     names = {p.scorer or DEFAULT_SCORER[p.task] for p in predictions}
     if len(names) != 1:
-        raise SkyMoEDataError(f"records of task {predictions[0].task!r} name different scorers {sorted(names)}", field="scorer")
+        raise DataError(f"records of task {predictions[0].task!r} name different scorers {sorted(names)}", field="scorer")
     name = names.pop()
     if name not in SCORERS:
-        raise SkyMoEDataError(f"unknown scorer {name!r}; allowed: {sorted(SCORERS)}", record=predictions[0].id, field="scorer")
+        raise DataError(f"unknown scorer {name!r}; allowed: {sorted(SCORERS)}", record=predictions[0].id, field="scorer")
     return SCORERS[name]
 
 

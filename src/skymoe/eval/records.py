@@ -10,7 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from skymoe.data.schema import Granularity, Routing, Sample, SkyMoEDataError, Task, iter_json_objects
+from skymoe.data.schema import Granularity, Routing, Sample, Task, iter_json_objects
+from skymoe.errors import DataError
 
 
 @dataclass
@@ -66,14 +67,14 @@ class Prediction:
         record = d.get("id", "?")
         for key in ("id", "dataset", "split", "task", "granularity", "references"):
             if key not in d:
-                raise SkyMoEDataError("missing required field", file=file, record=record, field=key)
+                raise DataError("missing required field", file=file, record=record, field=key)
         _check_choice(d["task"], [t.value for t in Task], file, record, "task")
         _check_choice(d["granularity"], [g.value for g in Granularity], file, record, "granularity")
         references = d["references"]
         if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
-            raise SkyMoEDataError("expected a list of strings", file=file, record=record, field="references")
+            raise DataError("expected a list of strings", file=file, record=record, field="references")
         if not references and d["task"] != Task.GROUNDING.value:
-            raise SkyMoEDataError("no reference answer", file=file, record=record, field="references")
+            raise DataError("no reference answer", file=file, record=record, field="references")
         routing = d.get("routing")
         return cls(
             id=str(d["id"]),
@@ -103,7 +104,7 @@ def prediction_text(value) -> str:
 
 def _check_choice(value, allowed: list[str], file, record, name: str) -> None:
     if value not in allowed:
-        raise SkyMoEDataError(f"unknown {name} {value!r}; expected one of {allowed}", file=file, record=record, field=name)
+        raise DataError(f"unknown {name} {value!r}; expected one of {allowed}", file=file, record=record, field=name)
 
 
 def _boxes(value, file, record) -> list[list[float]]:
@@ -112,7 +113,7 @@ def _boxes(value, file, record) -> list[list[float]]:
     except (TypeError, ValueError):
         boxes = None
     if boxes is None or any(len(b) != 4 or not all(math.isfinite(v) for v in b) for b in boxes):
-        raise SkyMoEDataError(f"expected a list of [x1, y1, x2, y2] pixel boxes, got {value!r}", file=file, record=record, field="gt_boxes")
+        raise DataError(f"expected a list of [x1, y1, x2, y2] pixel boxes, got {value!r}", file=file, record=record, field="gt_boxes")
     return boxes
 
 
@@ -132,9 +133,9 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     for _, d in iter_json_objects(path):
         p = Prediction.from_dict(d, file=str(path))
         if (p.group, p.id) in seen:
-            raise SkyMoEDataError("duplicate id", file=str(path), record=p.id, field="id")
+            raise DataError("duplicate id", file=str(path), record=p.id, field="id")
         seen.add((p.group, p.id))
         predictions.append(p)
     if not predictions:
-        raise SkyMoEDataError("no predictions", file=str(path))
+        raise DataError("no predictions", file=str(path))
     return predictions

@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 from skymoe.eval.records import Prediction
 
 
@@ -25,10 +24,10 @@ def _weights(routed: list[Prediction]) -> np.ndarray:
     """[N, L, E] gate-weight distributions (each row sums to 1)."""
     shapes = {np.shape(p.routing.expert_weights) for p in routed}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise SkyMoEDataError(f"routing.expert_weights must be [layers][experts] of one shape for all records; found {sorted(shapes)}")
+        raise DataError(f"routing.expert_weights must be [layers][experts] of one shape for all records; found {sorted(shapes)}")
     w = np.asarray([p.routing.expert_weights for p in routed], dtype=np.float64)
     if not np.isfinite(w).all() or (w < 0).any():
-        raise SkyMoEDataError("routing.expert_weights holds negative or non-finite values")
+        raise DataError("routing.expert_weights holds negative or non-finite values")
     totals = w.sum(axis=2, keepdims=True)
     return np.divide(w, totals, out=np.full_like(w, 1.0 / w.shape[2]), where=totals > 0)
 

@@ -6,7 +6,8 @@ import logging
 import time
 from pathlib import Path
 
-from skymoe.data.schema import SkyMoEDataError, iter_json_objects, read_jsonl
+from skymoe.data.schema import iter_json_objects, read_jsonl
+from skymoe.errors import ConfigError, DataError
 from skymoe.eval.aggregate import compute_metrics, dumps_metrics
 from skymoe.eval.records import Prediction, prediction_text, read_predictions, write_predictions
 from skymoe.eval.suite import Suite, load_suite
@@ -31,7 +32,7 @@ def collect_samples(suite: Suite, limit: int | None = None) -> list:
         for split in entry.splits:
             samples += load_dataset(entry.name, split)[:cap]
     if not samples:
-        raise SkyMoEDataError(f"suite {suite.name!r} selects no samples")
+        raise ConfigError(f"suite {suite.name!r} selects no samples")
     return samples
 
 
@@ -175,15 +176,15 @@ def join_references(predictions_path: str | Path, references_path: str | Path) -
     answers = {}
     for lineno, d in iter_json_objects(predictions_path):
         if "id" not in d:
-            raise SkyMoEDataError('expected {"id": ..., "prediction": ...}', file=str(predictions_path), record=f"line {lineno}", field="id")
+            raise DataError('expected {"id": ..., "prediction": ...}', file=str(predictions_path), record=f"line {lineno}", field="id")
         key = _reference_key(d, by_id, predictions_path, lineno)
         if key in answers:
-            raise SkyMoEDataError("duplicate prediction", file=str(predictions_path), record=f"line {lineno}: {_key_text(key)}", field="id")
+            raise DataError("duplicate prediction", file=str(predictions_path), record=f"line {lineno}: {_key_text(key)}", field="id")
         answers[key] = d.get("prediction")
     keys = {(s.dataset, s.split, s.id): s for s in samples}
     unknown, missing = sorted(set(answers) - set(keys)), sorted(set(keys) - set(answers))
     if unknown or missing:
-        raise SkyMoEDataError(
+        raise DataError(
             f"ids do not match the references {references_path}: {len(unknown)} unknown (e.g. {[_key_text(k) for k in unknown[:5]]}), "
             f"{len(missing)} without a prediction (e.g. {[_key_text(k) for k in missing[:5]]})", file=str(predictions_path), field="id")
     return [Prediction.from_sample(s, prediction_text(answers[key])) for key, s in keys.items()]
@@ -197,7 +198,7 @@ def _reference_key(line: dict, by_id: dict, predictions_path, lineno: int) -> tu
     candidates = by_id.get(record_id, [])
     if len(candidates) > 1:
         groups = sorted(f"{s.dataset}/{s.split}" for s in candidates)
-        raise SkyMoEDataError(f"id {record_id!r} is in several reference splits ({', '.join(groups)}): give \"dataset\" and \"split\" too",
+        raise DataError(f"id {record_id!r} is in several reference splits ({', '.join(groups)}): give \"dataset\" and \"split\" too",
                               file=str(predictions_path), record=f"line {lineno}", field="id")
     sample = candidates[0] if candidates else None
     return (sample.dataset, sample.split, record_id) if sample else ("", "", record_id)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from skymoe.data.schema import Sample, SkyMoEDataError, Task
+from skymoe.data.schema import Sample, Task
+from skymoe.errors import ConfigError
 from skymoe.eval.scorers import DEFAULT_SCORER, SCORERS
 
 QUESTION = "{question}"
@@ -79,21 +80,21 @@ def load_suite(path_or_name: str | Path, *, check_data: bool = True) -> Suite:
     path = Path(path_or_name)
     if not path.is_file():
         if str(path_or_name) not in packaged_suites():
-            raise SkyMoEDataError(f"no suite file {path} and no packaged suite of that name; packaged: {packaged_suites()}")
+            raise ConfigError(f"no suite file {path} and no packaged suite of that name; packaged: {packaged_suites()}")
         path = Path(str(resources.files("skymoe.suites") / f"{path_or_name}.yaml"))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise SkyMoEDataError(f"malformed YAML ({exc})", file=str(path)) from None
+        raise ConfigError(f"malformed YAML ({exc})", file=str(path)) from None
     return parse_suite(raw, file=str(path), check_data=check_data)
 
 
 def _check_keys(raw, allowed: set[str], file: str, where: str) -> dict:
     if not isinstance(raw, dict):
-        raise SkyMoEDataError(f"expected a mapping, got {type(raw).__name__}", file=file, field=where)
+        raise ConfigError(f"expected a mapping, got {type(raw).__name__}", file=file, field=where)
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise SkyMoEDataError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}", file=file, field=where)
+        raise ConfigError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}", file=file, field=where)
     return raw
 
 
@@ -101,9 +102,9 @@ def _check_tasks(mapping: dict, file: str, where: str) -> dict[str, str]:
     tasks = [t.value for t in Task]
     for task, value in (mapping or {}).items():
         if task not in tasks:
-            raise SkyMoEDataError(f"unknown task {task!r}; allowed: {tasks}", file=file, field=where)
+            raise ConfigError(f"unknown task {task!r}; allowed: {tasks}", file=file, field=where)
         if not isinstance(value, str):
-            raise SkyMoEDataError(f"expected a string for task {task!r}", file=file, field=where)
+            raise ConfigError(f"expected a string for task {task!r}", file=file, field=where)
     return dict(mapping or {})
 
 
@@ -114,10 +115,10 @@ def parse_suite(raw, *, file: str = "<suite>", check_data: bool = True) -> Suite
     scorers = _check_tasks(raw.get("scorers"), file, "scorers")
     for task, name in scorers.items():
         if name not in SCORERS:
-            raise SkyMoEDataError(f"unknown scorer {name!r} for task {task!r}; allowed: {sorted(SCORERS)}", file=file, field="scorers")
+            raise ConfigError(f"unknown scorer {name!r} for task {task!r}; allowed: {sorted(SCORERS)}", file=file, field="scorers")
     entries = raw.get("datasets")
     if not entries or not isinstance(entries, list):
-        raise SkyMoEDataError("expected a non-empty list of datasets", file=file, field="datasets")
+        raise ConfigError("expected a non-empty list of datasets", file=file, field="datasets")
     datasets = [
         SuiteDataset(**_check_keys(entry, {"name", "splits", "path", "limit"}, file, f"datasets[{i}]")) for i, entry in enumerate(entries)
     ]
@@ -125,15 +126,15 @@ def parse_suite(raw, *, file: str = "<suite>", check_data: bool = True) -> Suite
         entry.path = _resolve(entry.path, file)
     for i, entry in enumerate(datasets):
         if (entry.name is None) == (entry.path is None):
-            raise SkyMoEDataError("expected exactly one of 'name' (embedded dataset) or 'path' (JSONL file)", file=file, field=f"datasets[{i}]")
+            raise ConfigError("expected exactly one of 'name' (embedded dataset) or 'path' (JSONL file)", file=file, field=f"datasets[{i}]")
         if entry.name is not None and (not isinstance(entry.splits, list) or not all(isinstance(x, str) for x in entry.splits) or not entry.splits):
-            raise SkyMoEDataError(f"expected a non-empty list of split names, got {entry.splits!r}", file=file, field=f"datasets[{i}].splits")
+            raise ConfigError(f"expected a non-empty list of split names, got {entry.splits!r}", file=file, field=f"datasets[{i}].splits")
         if entry.limit is not None and (not isinstance(entry.limit, int) or entry.limit < 1):
-            raise SkyMoEDataError(f"expected a positive integer, got {entry.limit!r}", file=file, field=f"datasets[{i}].limit")
+            raise ConfigError(f"expected a positive integer, got {entry.limit!r}", file=file, field=f"datasets[{i}].limit")
     for key in ("max_new_tokens", "batch_size"):
         value = getattr(generation, key)
         if not isinstance(value, int) or value < 1:
-            raise SkyMoEDataError(f"expected a positive integer, got {value!r}", file=file, field=f"generation.{key}")
+            raise ConfigError(f"expected a positive integer, got {value!r}", file=file, field=f"generation.{key}")
     suite = Suite(
         name=str(raw.get("name") or Path(file).stem),
         description=str(raw.get("description") or ""),
@@ -162,15 +163,15 @@ def check_datasets(suite: Suite, file: str) -> None:
     known = list_datasets()
     for path, where in [(e.path, f"datasets[{i}].path") for i, e in enumerate(suite.datasets)] + [(suite.baseline_path, "baseline_path")]:
         if path is not None and not Path(path).is_file():
-            raise SkyMoEDataError(f"no such JSONL file {path}", file=file, field=where)
+            raise ConfigError(f"no such JSONL file {path}", file=file, field=where)
     for i, entry in enumerate(suite.datasets):
         if entry.path is not None:
             continue
         if entry.name not in known:
-            raise SkyMoEDataError(f"unknown dataset {entry.name!r}; allowed: {known}", file=file, field=f"datasets[{i}].name")
+            raise ConfigError(f"unknown dataset {entry.name!r}; allowed: {known}", file=file, field=f"datasets[{i}].name")
         splits = dataset_splits(entry.name)
         for split in entry.splits:
             if split not in splits:
-                raise SkyMoEDataError(
+                raise ConfigError(
                     f"dataset {entry.name!r} has no split {split!r}; allowed: {splits}", file=file, field=f"datasets[{i}].splits"
                 )

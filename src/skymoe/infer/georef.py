@@ -9,7 +9,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 WGS84_A, WGS84_F = 6378137.0, 1 / 298.257223563
@@ -94,6 +94,6 @@ def _pixel_size_in_linear_units(crs, transform) -> tuple[float, float]:
     try:
         _, metres_per_unit = crs.units_factor
     except CRSError:
-        raise SkyMoEDataError(f"gsd needs ground distances, and the scene's CRS has no units: {crs}", field="gsd") from None
+        raise DataError(f"gsd needs ground distances, and the scene's CRS has no units: {crs}", field="gsd") from None
     a, b, _, d, e, _ = transform
     return math.hypot(a, d) * metres_per_unit, math.hypot(b, e) * metres_per_unit

@@ -98,28 +98,6 @@ def _offset_rows(on_text: Callable[[int, str], None], offset: int, row: int, tex
     on_text(offset + row, text)
 
 
-def quantize_int8(model):
-    """Dynamic int8 quantisation (CPU) of the LLM's linear layers, in place; returns the model.
-
-    The router gates stay in float: their top-k choice flips on small errors, and they are tiny.
-    """
-    import warnings
-
-    import torch
-    from torch import nn
-
-    names = {
-        name: torch.ao.quantization.default_dynamic_qconfig
-        for name, module in model.language_model.named_modules()
-        if isinstance(module, nn.Linear) and ".gate." not in f".{name}."
-    }
-    with warnings.catch_warnings():  # torch deprecates these kernels in favour of torchao, which is not installed here
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.ao.quantization.quantize_dynamic(model.language_model, names, dtype=torch.qint8, inplace=True)
-    return model
-
-
 class Pipeline:
     def __init__(self, model, processor, *, batch_size: int = 8, max_new_tokens: int = 48, bands: Sequence[int] | None = None):
         self.model = model.eval()
@@ -132,6 +110,7 @@ class Pipeline:
     def from_pretrained(cls, directory: str | Path, *, quantize: str | None = None, **kwargs) -> "Pipeline":
         """Model + processor from a ``save_pretrained`` directory; ``quantize="int8"`` for CPU dynamic int8."""
         from skymoe.model.inference import load_model
+        from skymoe.model.quantize import quantize_int8
 
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize={quantize!r}; expected None or 'int8'")

@@ -1,12 +1,12 @@
 """Helpers that make configs and models: tiny ones for tests and the demo, or from local checkpoints."""
 from __future__ import annotations
 
-from transformers import AutoConfig
-
 from dataclasses import asdict
 
-from skymoe.model.configuration import EfficientNetLiteConfig, SkyMoEConfig, resolve_settings
-from skymoe.model.geoembed import GeoEmbedConfig
+from transformers import AutoConfig
+
+from skymoe.model.configuration import EfficientNetLiteConfig, ModelSettings, SkyMoEConfig, resolve_settings
+from skymoe.model.geoembed import GEOEMBED_ASSET, GeoEmbedConfig
 from skymoe.model.location import init_location_embeddings
 from skymoe.model.projector import count_visual_tokens
 from skymoe.model.vision import count_patch_tokens
@@ -123,6 +123,38 @@ def tiny_config(
     overrides.setdefault("router", {"hidden_size": 32})
     overrides.setdefault("num_route_tokens", 2)
     return make_config(vision_config, text_config, image_size=image_size, vocab_size=vocab_size, special_ids=special_ids, **overrides)
+
+
+def dense_config(settings: ModelSettings, tokenizer) -> SkyMoEConfig:
+    """The dense stage-1 SkyMoEConfig that a YAML ``model:`` section describes (towers built or read from disk)."""
+    from skymoe.data.tokenizer import special_token_ids
+    from skymoe.model.gguf import pretrained_llm_folder
+    from skymoe.model.vision import EFFICIENTNET_ASSET
+
+    v, t = settings.vision, settings.llm
+    if v.pretrained is None:
+        vision = vision_config_for(
+            v.type, settings.image_size, hidden_size=v.hidden_size, intermediate_size=2 * v.hidden_size,
+            num_hidden_layers=v.num_layers, num_attention_heads=v.num_heads, patch_size=v.patch_size,
+        )
+    elif v.pretrained == EFFICIENTNET_ASSET:
+        vision = EfficientNetLiteConfig(feature_strides=v.feature_strides)
+    elif v.pretrained == GEOEMBED_ASSET:
+        vision = GeoEmbedConfig()
+    else:
+        vision = vision_config_from(v.pretrained)
+    text_dir = str(pretrained_llm_folder(t.pretrained)) if t.pretrained else None
+    if text_dir is None:
+        text = AutoConfig.for_model(
+            t.type, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+        )
+    else:
+        text = AutoConfig.from_pretrained(text_dir)
+    return make_config(
+        vision, text, image_size=settings.image_size, vocab_size=len(tokenizer), special_ids=special_token_ids(tokenizer),
+        vision_pretrained=v.pretrained, text_pretrained=text_dir, **settings.config_kwargs(),
+    )
 
 
 def build_model(config: SkyMoEConfig, tokenizer=None):

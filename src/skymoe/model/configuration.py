@@ -1,16 +1,22 @@
-"""SkyMoEConfig: one config for the dense stage-1 model and the MoE stage-2 model.
+"""SkyMoEConfig and its settings: the one schema of the model, shared by the config and the YAML ``model:`` section.
 
 ``vision_config`` and ``text_config`` are ordinary transformers configs (any
 vision model / causal LM, or our EfficientNet-Lite config); ``projector``,
-``router`` and ``moe`` are small JSON dicts whose keys and defaults are the
-dataclasses below (unknown keys are an error naming the allowed ones).
+``router``, ``moe`` and ``loss`` are small JSON dicts whose keys and defaults are
+the dataclasses below. :func:`resolve_settings` is their one validator: the
+config calls it on construction, the training config on the YAML.
+:class:`ModelSettings` is the YAML ``model:`` section: these four plus the
+towers to build (stage 1) and the stage-1 folder to upcycle (stage 2).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+from skymoe.config import unknown_key_message
 
 
 @dataclass
@@ -43,7 +49,18 @@ class MoESettings:
     dense_lora: bool = True  # dense model (num_experts=0): one LoRA adapter on the same linears
 
 
-SETTINGS = {"projector": ProjectorSettings, "router": RouterSettings, "moe": MoESettings}
+@dataclass
+class LossSettings:
+    """Weights of the terms the model adds to the LM cross-entropy in ``output.loss`` (Mixtral's router_aux_loss_coef)."""
+
+    load_balance: float = 0.01
+    router_z: float = 0.001
+    router_ce: float = 0.1  # task and granularity cross-entropy of the router, each
+    cda: float = 0.05  # granularity InfoNCE over routing embeddings (an MoE model; needs granularity labels)
+    cda_temperature: float = 0.3  # soft: the routing embedding must also keep the tasks apart
+
+
+SETTINGS = {"projector": ProjectorSettings, "router": RouterSettings, "moe": MoESettings, "loss": LossSettings}
 CHOICES = {
     ("projector", "type"): ("mlp2x_gelu", "resampler"),
     ("moe", "expert_type"): ("lora", "ffn"),
@@ -51,20 +68,24 @@ CHOICES = {
 }
 
 
-def resolve_settings(name: str, value: dict | None):
-    """Fill defaults and validate one settings dict; returns the dataclass instance."""
+def resolve_settings(name: str, value: dict | None, prefix: str = ""):
+    """Fill defaults and validate one settings dict; returns the dataclass instance. Errors name ``prefix + name``."""
     cls = SETTINGS[name]
     value = dict(value or {})
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ValueError(f"unknown {name} setting(s) {unknown}; allowed: {sorted(allowed)}")
+    allowed = [f.name for f in fields(cls)]
+    for key in value:
+        if key not in allowed:
+            raise ValueError(unknown_key_message(f"{prefix}{name}.{key}", prefix + name, allowed))
     settings = cls(**value)
     for (section, key), options in CHOICES.items():
         if section == name and getattr(settings, key) not in options:
-            raise ValueError(f"{name}.{key} = {getattr(settings, key)!r}; expected one of {list(options)}")
+            raise ValueError(f"'{prefix}{name}.{key}' = {getattr(settings, key)!r}; expected one of {list(options)}")
     if name == "projector" and settings.position_code and settings.type != "mlp2x_gelu":
-        raise ValueError(f"projector.position_code needs type mlp2x_gelu (one token per grid cell), got {settings.type!r}")
+        raise ValueError(f"'{prefix}projector.position_code' needs type mlp2x_gelu (one token per grid cell), got {settings.type!r}")
+    if name == "moe" and settings.num_experts < 0:
+        raise ValueError(f"'{prefix}moe.num_experts' must be >= 0 (0 = dense), got {settings.num_experts}")
+    if name == "moe" and settings.num_experts and not 1 <= settings.top_k <= settings.num_experts:
+        raise ValueError(f"'{prefix}moe.top_k' = {settings.top_k} must be in 1..moe.num_experts={settings.num_experts}")
     return settings
 
 
@@ -80,6 +101,7 @@ class SkyMoEConfig(PreTrainedConfig):
     projector: dict | None = None
     router: dict | None = None
     moe: dict | None = None
+    loss: dict | None = None
     vision_feature_layer: int = -1
     freeze_vision: bool = True
     image_size: int = 224
@@ -89,9 +111,6 @@ class SkyMoEConfig(PreTrainedConfig):
     num_route_tokens: int = 4
     image_token_id: int = 4
     route_token_id: int = 5
-    load_balance_weight: float = 0.01
-    router_z_weight: float = 0.001
-    router_ce_weight: float = 0.1
     # Box location tokens (skymoe.data.boxes.LOC_TOKENS, consecutive ids from location_token_start): a target
     # location token is learnt as a Gaussian of this width (in steps of the 0-100 scale) over its axis' tokens,
     # so a near miss is a small error rather than as wrong as any other token; 0 = plain cross-entropy.
@@ -108,8 +127,6 @@ class SkyMoEConfig(PreTrainedConfig):
             setattr(self, name, asdict(resolve_settings(name, getattr(self, name))))
         self.image_mean = list(self.image_mean or (0.485, 0.456, 0.406))
         self.image_std = list(self.image_std or (0.229, 0.224, 0.225))
-        if self.moe["num_experts"] and not 1 <= self.moe["top_k"] <= self.moe["num_experts"]:
-            raise ValueError(f"moe.top_k={self.moe['top_k']} must be in 1..num_experts={self.moe['num_experts']}")
 
     @property
     def moe_settings(self) -> MoESettings:
@@ -124,6 +141,10 @@ class SkyMoEConfig(PreTrainedConfig):
         return RouterSettings(**self.router)
 
     @property
+    def loss_settings(self) -> LossSettings:
+        return LossSettings(**self.loss)
+
+    @property
     def moe_layer_indices(self) -> list[int]:
         num_layers = self.text_config.num_hidden_layers
         layers = self.moe["moe_layers"]
@@ -136,6 +157,90 @@ class SkyMoEConfig(PreTrainedConfig):
     @property
     def has_router(self) -> bool:
         return self.moe["num_experts"] > 0 or self.num_route_tokens > 0
+
+
+@dataclass
+class VisionSettings:
+    """The vision tower stage 1 builds: ``pretrained`` is a local Hugging Face vision-model folder (CLIP or
+    SigLIP: the dual encoder or its vision model; ViT, DINOv2), ``"efficientnet-lite0"`` (real ImageNet
+    weights from the assets registry), or null for a from-scratch ``type`` tower of the sizes below."""
+
+    pretrained: str | None = None
+    type: str = "vit"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    patch_size: int = 16
+    feature_strides: list[int] | None = None  # EfficientNet-Lite: the last block at these output strides; null = the head
+    feature_layer: int = -1  # hidden state handed to the projector (LLaVA takes -2 of CLIP)
+
+
+@dataclass
+class TextSettings:
+    """The LLM stage 1 builds: ``pretrained`` is a local causal-LM folder (Llama, Qwen2, Gemma 3 ...) or a GGUF
+    asset, or null for a from-scratch ``type`` LM of the sizes below whose tokenizer is trained on the mix's text."""
+
+    pretrained: str | None = None
+    type: str = "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    vocab_size: int = 1000
+
+
+# Settings a stage-2 run takes from its stage-1 model (the architecture), not from the YAML.
+STAGE1_ONLY = ("vision", "llm", "image_size", "projector", "num_route_tokens")
+
+
+@dataclass
+class ModelSettings:
+    """The YAML ``model:`` section. Stage 1 builds a dense model from all of it; stage 2 loads ``init_from`` (a
+    stage-1 output folder), upcycles it with ``moe`` and trains with ``router.jitter_noise``, ``loss`` and
+    ``location_sigma``; the architecture (:data:`STAGE1_ONLY`, ``router.hidden_size``) is the stage-1 model's."""
+
+    # The flat keys of the old layout, and where they went.
+    MOVED: ClassVar[dict[str, str]] = {
+        **{old: f"model.vision.{new}" for old, new in (
+            ("vision_type", "type"), ("vision_hidden_size", "hidden_size"), ("vision_layers", "num_layers"),
+            ("vision_heads", "num_heads"), ("patch_size", "patch_size"), ("vision_feature_strides", "feature_strides"))},
+        **{old: f"model.llm.{new}" for old, new in (
+            ("llm_type", "type"), ("hidden_size", "hidden_size"), ("num_layers", "num_layers"), ("num_heads", "num_heads"),
+            ("num_kv_heads", "num_kv_heads"), ("intermediate_size", "intermediate_size"), ("vocab_size", "vocab_size"))},
+        **{key: f"model.moe.{key}" for key in ("lora_rank", "lora_targets", "num_experts", "top_k", "expert_type", "routing", "moe_layers")},
+        "projector_norm": "model.projector.norm",
+        "position_code": "model.projector.position_code",
+        "router_hidden_size": "model.router.hidden_size",
+        "adapter": "model.moe.dense_lora (adapter: lora = true, full = false)",
+        "extra": "its own key (model.vision.feature_layer, model.router.jitter_noise, model.moe.lora_alpha ...)",
+    }
+
+    init_from: str | None = None
+    image_size: int = SkyMoEConfig.image_size
+    vision: VisionSettings = field(default_factory=VisionSettings)
+    llm: TextSettings = field(default_factory=TextSettings)
+    projector: ProjectorSettings = field(default_factory=ProjectorSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    num_route_tokens: int = SkyMoEConfig.num_route_tokens
+    moe: MoESettings = field(default_factory=MoESettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    location_sigma: float = SkyMoEConfig.location_sigma
+
+    def validate(self, prefix: str = "model.") -> "ModelSettings":
+        """The checks SkyMoEConfig makes, with errors naming the YAML keys."""
+        for name in SETTINGS:
+            resolve_settings(name, asdict(getattr(self, name)), prefix)
+        return self
+
+    def config_kwargs(self) -> dict:
+        """The SkyMoEConfig fields these settings set directly (the towers are built by skymoe.model.build)."""
+        return {
+            **{name: asdict(getattr(self, name)) for name in SETTINGS},
+            "num_route_tokens": self.num_route_tokens,
+            "location_sigma": self.location_sigma,
+            "vision_feature_layer": self.vision.feature_layer,
+        }
 
 
 class EfficientNetLiteConfig(PreTrainedConfig):

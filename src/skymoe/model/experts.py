@@ -1,166 +1,22 @@
-"""LoRA and FFN experts with grouped (sorted) dispatch, installed into any HF decoder by module replacement.
+"""LoRA and FFN experts: the expert kinds a decoder layer's linears or MLP are replaced by.
 
 Why hand-written: peft cannot express token-routed LoRA experts (a different
 adapter mix per token chosen by a gate), and transformers' MoE blocks are tied
 to their model families. The same :class:`LoRAExperts` with one expert and no
 gate is the dense stage-1 adapter, which makes upcycling an exact copy.
-
-Dispatch: the k assignments of every token are sorted by expert, so each
-expert sees one contiguous slice; the work is two grouped matmuls over
-``tokens*k`` rows, whatever the number of experts.
+The experts read the layer's :class:`~skymoe.model.dispatch.DispatchPlan` (see ``dispatch.py``).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.pytorch_utils import Conv1D
 
-from skymoe.model.router import ExpertGate, RoutingContext
-
-
-class DispatchPlan:
-    """Top-k assignments of N tokens, with views sorted by expert (row i of every sorted tensor is one assignment).
-
-    The sorted views are built on first use: the decode-step LoRA forms need only ``rank_weights``
-    (rank-space), ``chosen_weights`` (one token, gathered) or ``chosen_pairs`` (one token, CPU inference),
-    so a decode step skips the sort, bincount and cumsum.
-    """
-
-    def __init__(self, index: torch.Tensor, weight: torch.Tensor, num_experts: int):
-        self.topk_index, self.topk_weight = index, weight
-        self._setup(num_experts, *index.shape)
-
-    def _setup(self, num_experts: int, num_tokens: int, top_k: int) -> None:
-        self.num_experts, self.num_tokens, self.top_k = num_experts, num_tokens, top_k
-        self._gathered: tuple | None = None  # (input, its sorted rows)
-        self._kept: dict[tuple[str, int], torch.Tensor] = {}  # see _keep
-
-    def _keep(self, key: tuple[str, int], build: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``build()``, kept for the layer's other linears unless it carries autograd history.
-
-        The plan is made outside a checkpointed decoder layer; the layer's recompute must redo every
-        op that saves tensors for backward, so gate-weight tensors are rebuilt on each use under autograd.
-        """
-        value = self._kept.get(key)
-        if value is None:
-            value = build()
-            if not value.requires_grad:
-                self._kept[key] = value
-        return value
-
-    @classmethod
-    def from_topk(cls, index: torch.Tensor, weight: torch.Tensor, num_experts: int) -> "DispatchPlan":
-        return cls(index, weight, num_experts)
-
-    @cached_property
-    def order(self) -> torch.Tensor:
-        """[N*k] position in the flat (token, slot) assignments of each sorted assignment."""
-        return torch.argsort(self.topk_index.reshape(-1), stable=True)
-
-    @cached_property
-    def token_index(self) -> torch.Tensor:
-        """[N*k] source token of each sorted assignment."""
-        return self.order // self.top_k
-
-    @cached_property
-    def expert_index(self) -> torch.Tensor:
-        """[N*k] expert of each sorted assignment (non-decreasing)."""
-        return self.topk_index.reshape(-1)[self.order]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """[N*k, 1] gate weight of each sorted assignment."""
-        return self._keep(("sorted", 1), lambda: self.topk_weight.reshape(-1, 1)[self.order])
-
-    @cached_property
-    def offsets(self) -> torch.Tensor:
-        """[E] int32 end offset of each expert's slice."""
-        return torch.cumsum(torch.bincount(self.topk_index.reshape(-1), minlength=self.num_experts), 0).to(torch.int32)
-
-    def chosen_weights(self, rank: int) -> torch.Tensor:
-        """[1, k*r] a single token's gate weights, repeated over each chosen expert's rank columns (shared by a layer's linears)."""
-        return self._keep(("chosen", rank), lambda: self.topk_weight[0].repeat_interleave(rank).unsqueeze(0))
-
-    def rank_weights(self, rank: int) -> torch.Tensor:
-        """[N, E*r] every expert's gate weight (0 where not chosen), repeated over its rank columns (shared by a layer's linears)."""
-        return self._keep(("all", rank), lambda: self.dense_weight.repeat_interleave(rank, dim=1))
-
-    @cached_property
-    def chosen_pairs(self) -> list[tuple[int, float]]:
-        """A single token's (expert, gate weight) pairs as Python numbers (shared by a layer's linears)."""
-        return list(zip(self.topk_index[0].tolist(), self.topk_weight[0].tolist()))
-
-    @property
-    def dense_weight(self) -> torch.Tensor:
-        """[N, E] gate weight of every expert per token (0 where not chosen)."""
-        def build():
-            zeros = self.topk_weight.new_zeros(self.num_tokens, self.num_experts)
-            return zeros.scatter(1, self.topk_index, self.topk_weight)
-
-        return self._keep(("dense", 1), build)
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Rows of ``x`` in sorted-assignment order; reused when linears share an input (gate_proj/up_proj)."""
-        if self._gathered is not None and self._gathered[0] is x:
-            return self._gathered[1]
-        # index_select, not x[index]: its backward is an index_add_, several times faster than
-        # the accumulating index_put_ that advanced indexing uses.
-        rows = x.reshape(self.num_tokens, -1).index_select(0, self.token_index)
-        self._gathered = (x, rows)
-        return rows
-
-    def combine(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """Weighted sum of the expert outputs back onto their tokens -> ``shape``."""
-        # under bf16 autocast the expert matmuls give bf16 rows and the gate weights stay fp32: sum in the product's dtype
-        weighted = rows * self.weight
-        out = weighted.new_zeros(self.num_tokens, rows.shape[-1]).index_add_(0, self.token_index, weighted)
-        return out.reshape(*shape[:-1], rows.shape[-1])
-
-    def accumulate(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``out`` (a fresh layer output) plus the already-weighted rows of each token, added in place."""
-        out.view(self.num_tokens, -1).index_add_(0, self.token_index, rows)
-        return out
-
-
-class OneTokenPlan(DispatchPlan):
-    """The plan of a single token chosen in Python numbers (:meth:`ExpertGate.choose_for_one_token`).
-
-    The CPU decode form reads ``chosen_pairs`` only; the tensors other forms need are built on first use.
-    """
-
-    def __init__(self, pairs: list[tuple[int, float]], num_experts: int, dtype: torch.dtype, device: torch.device):
-        self.chosen_pairs, self._dtype, self._device = pairs, dtype, device
-        self._setup(num_experts, 1, len(pairs))
-
-    @cached_property
-    def topk_index(self) -> torch.Tensor:
-        return torch.tensor([[e for e, _ in self.chosen_pairs]], device=self._device)
-
-    @cached_property
-    def topk_weight(self) -> torch.Tensor:
-        return torch.tensor([[w for _, w in self.chosen_pairs]], dtype=self._dtype, device=self._device)
-
-
-def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Rows ``offsets[e-1]:offsets[e]`` of ``x`` times ``weight[e]``: [N, I] x [E, I, O] -> [N, O]."""
-    aligned = all(t.shape[-1] * t.element_size() % 16 == 0 for t in (x, weight))  # the kernel's stride rule
-    kernel = getattr(F, "grouped_mm", None)  # absent from older torch
-    if kernel is not None and aligned and (x.device.type != "cpu" or min(weight.shape[1:]) >= 128):
-        if torch.is_autocast_enabled(x.device.type):  # autocast does not cover grouped_mm; do what it does for `@`
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, weight = x.to(dtype), weight.to(dtype)
-        return kernel(x, weight, offs=offsets)
-    # torch's CPU grouped_mm kernel is slow for narrow (LoRA-rank) matrices; there one GEMM per expert
-    # slice is faster. split/unbind (not x[s:e] / weight[e]) so that backward assembles each gradient
-    # once instead of E full-size zero tensors.
-    counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).tolist()
-    return torch.cat([part @ w for part, w in zip(x.split(counts), weight.unbind(0))])
+from skymoe.model.dispatch import DispatchPlan, LayerDispatch, grouped_matmul
 
 
 # LoRA experts use the rank-space form while E * r * RANK_SPACE_RATIO <= min(in, out) (see LoRAExperts.rank_space);
@@ -168,12 +24,6 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
 # token with 2k <= E (batch-1 decode), which reads only its chosen experts.
 RANK_SPACE_RATIO = 4
 FEW_TOKENS = 64
-
-
-class LayerDispatch:
-    """Holder for the current plan of one decoder layer, shared by its expert modules (not a Module)."""
-
-    plan: DispatchPlan | None = None
 
 
 def linear_features(module: nn.Module) -> tuple[int, int]:
@@ -377,99 +227,3 @@ def _as_in_out(module: nn.Module) -> torch.Tensor:
     """Weight of a Linear/Conv1D as [in, out] (detached copy)."""
     weight = module.weight.detach()
     return weight.T.clone() if isinstance(module, nn.Linear) else weight.clone()
-
-
-class MoEDecoderLayer(nn.Module):
-    """Wraps one HF decoder layer: computes the routing plan, then runs the layer whose linears are experts.
-
-    Attribute lookups the host model does on its layers (e.g. ``attention_type``) fall through to the
-    wrapped layer, so the wrapper works for any decoder family.
-    """
-
-    def __init__(self, layer: nn.Module, gate: ExpertGate | None, context: RoutingContext, dispatch: LayerDispatch):
-        super().__init__()
-        self.layer = layer
-        self.gate = gate
-        self.context = context
-        self.dispatch = dispatch
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("layer"), name)
-
-    def forward(self, hidden_states, *args, **kwargs):
-        if self.gate is not None:
-            self.dispatch.plan = self._plan(hidden_states)
-        return self.layer(hidden_states, *args, **kwargs)
-
-    def _plan(self, hidden_states: torch.Tensor) -> DispatchPlan:
-        gate = self.gate
-        if self._is_cpu_decode_step(hidden_states):  # the choice as Python numbers (see ExpertGate.choose_for_one_token)
-            pairs = gate.choose_for_one_token(hidden_states, self.context)
-            if pairs is not None:
-                return OneTokenPlan(pairs, gate.num_experts, hidden_states.dtype, hidden_states.device)
-        index, weight = gate(hidden_states, self.context)
-        return DispatchPlan.from_topk(index, weight, gate.num_experts)
-
-    def _is_cpu_decode_step(self, hidden_states: torch.Tensor) -> bool:
-        """One token, token routing, CPU inference without gate records, and no hooks on the gate (they would not run)."""
-        batch, seq = hidden_states.shape[:2]
-        gate, context = self.gate, self.context
-        return (batch * seq == 1 and gate.routing == "token" and not context.record and context.routing_embedding is not None
-                and not gate.training and not torch.is_grad_enabled() and hidden_states.device.type == "cpu"
-                and not (gate._forward_hooks or gate._forward_pre_hooks))
-
-
-def find_decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The ModuleList of decoder layers (``model.layers`` for Llama/Qwen2/Gemma, ``transformer.h`` for GPT-2)."""
-    for module in language_model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise TypeError(f"no ModuleList of {num_layers} decoder layers found in {type(language_model).__name__}")
-
-
-def resolve_lora_targets(layer: nn.Module, targets: list[str]) -> list[str]:
-    """Dotted names (relative to the layer) of the linears to adapt; ``"mlp"`` = every linear of the FFN."""
-    names = []
-    for target in targets:
-        if target == "mlp":
-            names += [f"mlp.{n}" for n, m in layer.mlp.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
-        else:
-            module = layer.get_submodule(target)
-            linear_features(module)
-            names.append(target)
-    if not names:
-        raise ValueError(f"lora_targets {targets} matched no linear layer in {type(layer).__name__}")
-    return names
-
-
-def install_experts(language_model: nn.Module, config, context: RoutingContext) -> None:
-    """Replace the chosen decoder layers by MoE layers (or dense-LoRA layers when num_experts == 0)."""
-    moe = config.moe_settings
-    if moe.num_experts == 0 and not moe.dense_lora:
-        return
-    layers = find_decoder_layers(language_model, config.text_config.num_hidden_layers)
-    for index in config.moe_layer_indices:
-        layer = layers[index]
-        dispatch = LayerDispatch()
-        gate = None
-        if moe.num_experts:
-            gate = ExpertGate(
-                config.text_config.hidden_size,
-                config.router_settings.hidden_size,
-                moe.num_experts,
-                moe.top_k,
-                moe.routing,
-                config.router_settings.jitter_noise,
-            )
-        if moe.num_experts and moe.expert_type == "ffn":
-            layer.mlp = FFNExperts(layer.mlp, moe.num_experts, dispatch)
-        else:
-            for name in resolve_lora_targets(layer, moe.lora_targets):
-                parent_name, _, child = name.rpartition(".")
-                parent = layer.get_submodule(parent_name) if parent_name else layer
-                lora = LoRAExperts(getattr(parent, child), max(moe.num_experts, 1), moe.lora_rank, moe.lora_alpha, dispatch)
-                setattr(parent, child, lora)
-        layers[index] = MoEDecoderLayer(layer, gate, context, dispatch)

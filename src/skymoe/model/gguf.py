@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from skymoe.errors import ConfigError
 
 GGUF_LLM_ASSETS = ("gemma3-270m", "smollm2-135m")  # registry assets holding a GGUF causal LM
 
@@ -20,14 +21,12 @@ def pretrained_llm_folder(llm: str) -> Path:
 
     Anything else is a config error: a hub id would mean a download, and nothing is downloaded at run time.
     """
-    from skymoe.config import ConfigError
-
     if llm in GGUF_LLM_ASSETS:
         from skymoe.assets import cache_dir, get_asset
 
         return gguf_as_hf_folder(get_asset(llm), cache_dir() / "converted" / llm)
     if not (Path(llm) / "config.json").is_file():
-        raise ConfigError(f"'model.llm' {llm!r}: expected a local causal-LM directory (with config.json) or one of the "
+        raise ConfigError(f"'model.llm.pretrained' {llm!r}: expected a local causal-LM directory (with config.json) or one of the "
                           f"assets {list(GGUF_LLM_ASSETS)}; nothing is downloaded at run time")
     return Path(llm)
 

@@ -16,30 +16,31 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGH
 
 from skymoe.data.boxes import hold_back_partial_box
 from skymoe.data.processor import PROCESSOR_CONFIG, SkyMoEProcessor
-from skymoe.data.schema import GRANULARITIES, TASKS, Routing, SkyMoEDataError
+from skymoe.data.schema import GRANULARITIES, TASKS, Routing
+from skymoe.errors import ModelFolderError
 
 
 def check_model_dir(model_dir: str | Path) -> None:
-    """Raise a one-line SkyMoEDataError for the usual broken model folders (transformers raises multi-line OSErrors)."""
+    """Raise a one-line ModelFolderError for the usual broken model folders (transformers raises multi-line OSErrors)."""
     directory = Path(model_dir)
     config = directory / "config.json"
     if not config.is_file():
-        raise SkyMoEDataError("not a SkyMoE model directory (no config.json)", file=str(directory))
+        raise ModelFolderError("not a SkyMoE model directory (no config.json)", file=str(directory))
     try:
         settings = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SkyMoEDataError(f"config.json is not valid JSON ({exc}); truncated copy?", file=str(directory)) from None
+        raise ModelFolderError(f"config.json is not valid JSON ({exc}); truncated copy?", file=str(directory)) from None
     if not isinstance(settings, dict):
-        raise SkyMoEDataError("config.json holds no JSON object; expected the model config", file=str(directory))
+        raise ModelFolderError("config.json holds no JSON object; expected the model config", file=str(directory))
     weights = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
     if not any((directory / name).is_file() for name in weights):
-        raise SkyMoEDataError(f"no model weights; expected {SAFE_WEIGHTS_NAME} next to config.json", file=str(directory))
+        raise ModelFolderError(f"no model weights; expected {SAFE_WEIGHTS_NAME} next to config.json", file=str(directory))
     if not (directory / PROCESSOR_CONFIG).is_file():
-        raise SkyMoEDataError(f"no {PROCESSOR_CONFIG}; expected the processor saved with the model", file=str(directory))
+        raise ModelFolderError(f"no {PROCESSOR_CONFIG}; expected the processor saved with the model", file=str(directory))
 
 
 def load_model(model_dir: str | Path):
-    """(model, processor) from a ``save_pretrained`` directory, in eval mode; a broken folder is a SkyMoEDataError."""
+    """(model, processor) from a ``save_pretrained`` directory, in eval mode; a broken folder is a ModelFolderError."""
     from skymoe.model.modeling import SkyMoEForConditionalGeneration
 
     check_model_dir(model_dir)
@@ -47,7 +48,7 @@ def load_model(model_dir: str | Path):
         model = SkyMoEForConditionalGeneration.from_pretrained(model_dir)
         processor = SkyMoEProcessor.from_pretrained(model_dir)
     except (OSError, ValueError, SafetensorError) as exc:  # e.g. truncated weights, a broken tokenizer
-        raise SkyMoEDataError(f"cannot load the model: {' '.join(str(exc).split())}", file=str(model_dir)) from None
+        raise ModelFolderError(f"cannot load the model: {' '.join(str(exc).split())}", file=str(model_dir)) from None
     model.eval()
     return model, processor
 

@@ -21,12 +21,12 @@ from transformers.utils import ModelOutput
 from skymoe.data.boxes import X_TOKENS
 from skymoe.model import router as routing
 from skymoe.model.configuration import SkyMoEConfig
-from skymoe.model.experts import FFNExperts, LoRAExperts, MoEDecoderLayer, install_experts
+from skymoe.model.experts import FFNExperts, LoRAExperts
+from skymoe.model.install import MoEDecoderLayer, install_experts
+from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, weighted_total
 from skymoe.model.projector import FanInLinear, build_projector
 from skymoe.model.router import Router, RoutingContext
 from skymoe.model.vision import build_vision_tower
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -34,8 +34,7 @@ class SkyMoEOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: object | None = None
-    lm_loss: torch.FloatTensor | None = None
-    aux_losses: dict | None = None
+    loss_terms: dict | None = None  # every term of ``loss``, unweighted: "lm" and the router/CDA terms (skymoe.model.losses)
     task_logits: torch.FloatTensor | None = None
     granularity_logits: torch.FloatTensor | None = None
     routing_embedding: torch.FloatTensor | None = None
@@ -257,34 +256,17 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
 
     def _output(self, outputs, targets, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size):
         logits = outputs.logits
-        aux: dict[str, torch.Tensor] = {}
-        weights = {
-            "load_balance": self.config.load_balance_weight,
-            "router_z": self.config.router_z_weight,
-            "router_task_ce": self.config.router_ce_weight,
-            "router_granularity_ce": self.config.router_ce_weight,
-        }
-        if records:
-            aux["load_balance"] = routing.load_balance_loss(records, self.num_experts)
-            aux["router_z"] = routing.router_z_loss(records)
-        if router_out is not None:
-            for name, logits_, classes in (
-                ("router_task_ce", router_out.task_logits, task_labels),
-                ("router_granularity_ce", router_out.granularity_logits, granularity_labels),
-            ):
-                if classes is not None and bool((classes != IGNORE_INDEX).any()):
-                    aux[name] = F.cross_entropy(logits_.float(), classes, ignore_index=IGNORE_INDEX)
-        lm_loss = loss = None
+        terms = auxiliary_terms(self.config, records, router_out, routing_embedding, task_labels, granularity_labels)
+        loss = None
         if targets is not None:
             kept = logits if logits.dim() == 2 else logits[:, :-1]  # a supervised_positions() mask flattens them
-            lm_loss = self._lm_loss(kept.float().reshape(-1, logits.shape[-1]), targets)
-            loss = lm_loss + sum(weights[name] * value for name, value in aux.items())
+            terms = {"lm": self._lm_loss(kept.float().reshape(-1, logits.shape[-1]), targets), **terms}
+            loss = weighted_total(self.config, terms)
         return SkyMoEOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
-            lm_loss=lm_loss,
-            aux_losses=aux,
+            loss_terms=terms,
             task_logits=router_out.task_logits if router_out is not None else None,
             granularity_logits=router_out.granularity_logits if router_out is not None else None,
             routing_embedding=routing_embedding,

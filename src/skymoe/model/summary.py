@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import ModelFolderError
 
 GROUP_ORDER = ("vision", "projector", "router", "experts", "adapter", "lm")
 
@@ -27,11 +27,11 @@ def load_for_summary(config_or_path):
     if not isinstance(config, SkyMoEConfig):
         path = Path(config_or_path)
         if not (path / "config.json").is_file() and not path.is_file():
-            raise SkyMoEDataError("expected a SkyMoE model directory or its config.json", file=str(path))
+            raise ModelFolderError("expected a SkyMoE model directory or its config.json", file=str(path))
         try:
             config = SkyMoEConfig.from_json_file(str(path)) if path.is_file() else SkyMoEConfig.from_pretrained(path)
         except (OSError, ValueError) as exc:  # a truncated or hand-edited config.json
-            raise SkyMoEDataError(f"cannot read the model config: {' '.join(str(exc).split())}", file=str(path)) from None
+            raise ModelFolderError(f"cannot read the model config: {' '.join(str(exc).split())}", file=str(path)) from None
     with torch.device("meta"):
         return SkyMoEForConditionalGeneration(config)
 

@@ -13,7 +13,9 @@ from dataclasses import asdict
 import torch
 
 from skymoe.model.configuration import resolve_settings
-from skymoe.model.experts import FFNExperts, LayerDispatch, LoRAExperts, MoEDecoderLayer
+from skymoe.model.dispatch import LayerDispatch
+from skymoe.model.experts import FFNExperts, LoRAExperts
+from skymoe.model.install import MoEDecoderLayer
 
 
 def _plain_names(model) -> dict[str, str]:
@@ -67,8 +69,6 @@ def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, se
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     config = copy.deepcopy(dense_model.config)
     config.moe = asdict(resolve_settings("moe", {**config.moe, **moe_kwargs, "num_experts": num_experts}))
-    if not 1 <= config.moe["top_k"] <= num_experts:
-        raise ValueError(f"moe.top_k={config.moe['top_k']} must be in 1..{num_experts}")
     moe_model = model_class(config).to(dense_model.dtype)
 
     moe_renames = _plain_names(moe_model)

@@ -32,7 +32,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from skymoe.data.schema import SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Task, Turn
+from skymoe.errors import DataError
 from skymoe.serve.images import ImageTooLarge, decode_data_url, decode_image
 from skymoe.serve.queue import BatchQueue, Job, QueueFull
 
@@ -119,7 +120,7 @@ def _image(url: str, limits: ServerLimits, bands):
         return decode_image(decode_data_url(url), max_pixels=limits.max_image_pixels, name="image_url", bands=bands)
     except ImageTooLarge as exc:
         raise APIError(413, str(exc), "image_too_large") from None
-    except SkyMoEDataError as exc:
+    except DataError as exc:
         raise APIError(400, str(exc), "invalid_image") from None
 
 
@@ -202,7 +203,7 @@ def create_app(pipeline, *, api_key: str | None = None, limits: ServerLimits | N
             return await queue.submit(job)
         except QueueFull as exc:
             raise APIError(429, str(exc), "queue_full", "rate_limit_error") from None
-        except (ValueError, SkyMoEDataError) as exc:
+        except ValueError as exc:  # a SkyMoEError is one too
             raise APIError(400, str(exc), "invalid_request") from None
 
     @app.get("/health")

@@ -13,10 +13,10 @@ import warnings
 
 from PIL import Image
 
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 
-class ImageTooLarge(SkyMoEDataError):
+class ImageTooLarge(DataError):
     """The image has more pixels than the server accepts."""
 
 
@@ -24,20 +24,20 @@ def decode_data_url(url: str) -> bytes:
     """The bytes of a base64 ``data:image/...`` URL; anything else is refused."""
     if not isinstance(url, str) or not url.startswith("data:"):
         shown = url[:40] if isinstance(url, str) else type(url).__name__
-        raise SkyMoEDataError(
+        raise DataError(
             f"image_url {shown!r} is not a data: URL; send the image inline as data:image/png;base64,... "
             "(the server never reads server paths or fetches remote URLs)",
             field="image_url",
         )
     header, _, payload = url.partition(",")
     if not header.endswith(";base64"):
-        raise SkyMoEDataError("data: URL must be base64 encoded (data:image/png;base64,...)", field="image_url")
+        raise DataError("data: URL must be base64 encoded (data:image/png;base64,...)", field="image_url")
     if not payload:
-        raise SkyMoEDataError("image is empty (0 bytes after data:...;base64,)", field="image_url")
+        raise DataError("image is empty (0 bytes after data:...;base64,)", field="image_url")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise SkyMoEDataError("data: URL payload is not valid base64", field="image_url") from None
+        raise DataError("data: URL payload is not valid base64", field="image_url") from None
 
 
 def decode_image(data: bytes, *, max_pixels: int, name: str = "upload", bands=None) -> Image.Image:
@@ -48,7 +48,7 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "upload", bands=No
     from skymoe.data.imagery import load_image
 
     if not data:
-        raise SkyMoEDataError("image is empty (0 bytes)", file=name)
+        raise DataError("image is empty (0 bytes)", file=name)
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF / BigTIFF: rasterio handles bands and dtypes
         return _decode_tiff(data, max_pixels, name, bands)
     try:
@@ -63,7 +63,7 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "upload", bands=No
         # PIL's "cannot identify image file" names its in-memory buffer, not the upload
         unknown = isinstance(exc, Image.UnidentifiedImageError)
         reason = "not PNG, JPEG, TIFF or another format PIL decodes" if unknown else str(exc)
-        raise SkyMoEDataError(f"not a readable image ({reason})", file=name) from None
+        raise DataError(f"not a readable image ({reason})", file=name) from None
     return load_image(image, max_pixels=max_pixels)
 
 
@@ -85,4 +85,4 @@ def _decode_tiff(data: bytes, max_pixels: int, name: str, bands) -> Image.Image:
                 _check_size(dataset.width, dataset.height, max_pixels, name)
                 return load_image(dataset, bands=bands, max_pixels=max_pixels)
     except RasterioError as exc:
-        raise SkyMoEDataError(f"not a readable TIFF ({exc})", file=name) from None
+        raise DataError(f"not a readable TIFF ({exc})", file=name) from None

@@ -1,11 +1,12 @@
-"""Gradio demo: upload an image (GeoTIFF too), pick a task or ask a question, see the answer,
+"""Gradio web UI (`skymoe demo-ui`): upload an image (GeoTIFF too), pick a task or ask a question, see the answer,
 the boxes drawn on the image and the expert weights the router chose."""
 from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
 
-from skymoe.data.schema import SkyMoEDataError, Task
+from skymoe.data.schema import Task
+from skymoe.errors import DataError
 
 TASK_CHOICES = [
     ("Ask a question", Task.VQA.value),
@@ -34,7 +35,7 @@ def respond(pipeline, file_path: str | None, task: str, prompt: str):
     try:
         image = pipeline.load(file_path, max_pixels=MAX_UPLOAD_PIXELS)
         answer = pipeline.run(image, task, prompt, routing=True)
-    except SkyMoEDataError as exc:
+    except DataError as exc:
         raise gr.Error(f"Cannot use this file: {exc}") from None
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
@@ -44,7 +45,7 @@ def respond(pipeline, file_path: str | None, task: str, prompt: str):
     return answer.text, (image, boxes), expert_table(answer), summary
 
 
-def build_demo(pipeline) -> gr.Blocks:
+def build_web_ui(pipeline) -> gr.Blocks:
     with gr.Blocks(title="SkyMoE demo") as demo:
         gr.Markdown("# SkyMoE\nUpload a remote-sensing image, choose a task or ask a question.")
         with gr.Row():

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from skymoe.config import CDASection, DataSection
+from skymoe.train.config import CDASection, DataSection
 from skymoe.data.cda import CDAugmenter, view_sample
 from skymoe.data.feature_cache import Produced, ViewRequest, image_request
 from skymoe.data.readers import Collector, SampleList
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, json_lines, sample_from_line
+from skymoe.data.schema import Granularity, Sample, json_lines, sample_from_line
+from skymoe.errors import DataError
 
 
 @dataclass
@@ -49,13 +50,13 @@ def read_jsonl_part(path: str, on_error: str = "raise") -> SampleList:
 def load_mix(data: DataSection) -> list[MixPart]:
     """Load every entry of the mix; an empty mix or an empty entry is an error before training."""
     if not data.mix:
-        raise SkyMoEDataError("the dataset mix is empty: set data.mix to at least one embedded dataset or JSONL file")
+        raise DataError("the dataset mix is empty: set data.mix to at least one embedded dataset or JSONL file")
     parts = []
     for spec in data.mix:
         label, samples = load_mix_entry(spec, data.on_error)
         samples = samples[: spec.limit] if spec.limit is not None else samples
         if not samples:
-            raise SkyMoEDataError(f"dataset mix entry {label} has no samples", field="data.mix")
+            raise DataError(f"dataset mix entry {label} has no samples", field="data.mix")
         parts.append(MixPart(label, samples, spec.weight, spec.balance))
     return parts
 

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import torch
 
-from skymoe.config import ConfigError, TrainConfig
+from skymoe.errors import ConfigError, DataError
 from skymoe.model.gguf import pretrained_llm_folder
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.train.config import TrainConfig
 from skymoe.train.data import MixPart
 from skymoe.train.errors import StageError
 
 logger = logging.getLogger(__name__)
 
-# Groups of SkyMoEForConditionalGeneration.parameter_groups() that train: stage 1 by model.adapter,
-# stage 2 always router + experts (+ projector with optim.train_projector). The vision tower never trains.
-STAGE1_TRAINABLE = {"lora": {"projector", "router", "adapter"}, "full": {"projector", "router", "lm"}}
+# Groups of SkyMoEForConditionalGeneration.parameter_groups() that train: stage 1 the dense adapter
+# (model.moe.dense_lora: true) or else the whole LLM; stage 2 always router + experts (+ projector with
+# optim.train_projector). The vision tower never trains.
+STAGE1_TRAINABLE = {True: {"projector", "router", "adapter"}, False: {"projector", "router", "lm"}}
 STAGE2_TRAINABLE = {"router", "experts"}
 # relative to the largest |logit|: float32 sums in another order differ by ~1e-6 of the logit scale
 UPCYCLE_TOLERANCE = 1e-4
@@ -32,7 +33,7 @@ UPCYCLE_TOLERANCE = 1e-4
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Freeze per stage and return AdamW groups with per-module learning rates (no decay on biases/norms)."""
     if cfg.stage == 1:
-        trainable = set(STAGE1_TRAINABLE[cfg.model.adapter])
+        trainable = set(STAGE1_TRAINABLE[cfg.model.moe.dense_lora])
     else:
         trainable = STAGE2_TRAINABLE | ({"projector"} if cfg.optim.train_projector else set())
     lrs = {
@@ -74,19 +75,32 @@ def build(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | None):
     if cfg.data.blind != processor.blind:
         raise ConfigError(f"'data.blind' is {cfg.data.blind} but the stage-1 model in {cfg.model.init_from} was trained "
                           f"with blind={processor.blind}; stage 2 keeps the stage-1 setting: set data.blind: {processor.blind}")
-    check_moe_layers(cfg.model.moe_layers, dense.config.text_config.num_hidden_layers)
+    check_moe_layers(cfg.model.moe.moe_layers, dense.config.text_config.num_hidden_layers)
+    check_dense_adapter(cfg, dense.config.moe)
     return dense, processor
 
 
 def check_moe_layers(moe_layers: list[int] | None, num_layers: int) -> None:
-    """Stage 2's ``model.moe_layers`` against the stage-1 LLM (only known once it is loaded); None means all."""
+    """Stage 2's ``model.moe.moe_layers`` against the stage-1 LLM (only known once it is loaded); None means all."""
     if moe_layers is None:
         return
     if not moe_layers:
-        raise ConfigError("'model.moe_layers' is empty; stage 2 needs at least one MoE layer (null = every layer)")
+        raise ConfigError("'model.moe.moe_layers' is empty; stage 2 needs at least one MoE layer (null = every layer)")
     bad = [i for i in moe_layers if not 0 <= i < num_layers]
     if bad:
-        raise ConfigError(f"'model.moe_layers' {bad} out of range: the stage-1 LLM has {num_layers} layers, valid 0..{num_layers - 1}")
+        raise ConfigError(f"'model.moe.moe_layers' {bad} out of range: the stage-1 LLM has {num_layers} layers, valid 0..{num_layers - 1}")
+
+
+def check_dense_adapter(cfg: TrainConfig, dense_moe: dict) -> None:
+    """LoRA experts start as copies of the stage-1 dense adapter: they need its rank, scale and targets."""
+    moe = cfg.model.moe
+    if not dense_moe["dense_lora"] or moe.expert_type != "lora":
+        return
+    differ = [k for k in ("lora_rank", "lora_alpha", "lora_targets") if getattr(moe, k) != dense_moe[k]]
+    if differ:
+        given = ", ".join(f"model.moe.{k}={getattr(moe, k)!r}" for k in differ)
+        raise ConfigError(f"{given}: LoRA experts are copies of the stage-1 adapter in {cfg.model.init_from}, which has "
+                          + ", ".join(f"{k}={dense_moe[k]!r}" for k in differ) + "; set the same values")
 
 
 def _build_stage1(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | None):
@@ -94,71 +108,19 @@ def _build_stage1(cfg: TrainConfig, parts: list[MixPart], resume_from: Path | No
 
     from skymoe.data.processor import SkyMoEProcessor
     from skymoe.data.tokenizer import add_skymoe_tokens, build_tokenizer
-    from skymoe.model.build import build_model
+    from skymoe.model.build import build_model, dense_config
 
+    llm = cfg.model.llm
     if resume_from is not None and (resume_from / "processor").is_dir():
         # the tokenizer of the interrupted run, not a fresh one: token ids must not change under the weights
         tokenizer = SkyMoEProcessor.from_pretrained(resume_from / "processor").tokenizer
-    elif cfg.model.llm is None:
-        tokenizer = build_tokenizer(training_texts(parts), vocab_size=cfg.model.vocab_size)
+    elif llm.pretrained is None:
+        tokenizer = build_tokenizer(training_texts(parts), vocab_size=llm.vocab_size)
     else:
-        tokenizer = add_skymoe_tokens(AutoTokenizer.from_pretrained(pretrained_llm_folder(cfg.model.llm)))
-    model = build_model(model_config(cfg, tokenizer), tokenizer=tokenizer)
+        tokenizer = add_skymoe_tokens(AutoTokenizer.from_pretrained(pretrained_llm_folder(llm.pretrained)))
+    model = build_model(dense_config(cfg.model, tokenizer), tokenizer=tokenizer)
     processor = SkyMoEProcessor.from_model_config(model.config, tokenizer, max_length=cfg.data.max_length, blind=cfg.data.blind)
     return model, processor
-
-
-def model_config(cfg: TrainConfig, tokenizer):
-    """The dense stage-1 SkyMoEConfig named by the ``model`` section (the config decides classes)."""
-    from transformers import AutoConfig
-
-    from skymoe.data.tokenizer import special_token_ids
-    from skymoe.model.build import make_config, vision_config_for, vision_config_from
-    from skymoe.model.configuration import EfficientNetLiteConfig
-    from skymoe.model.geoembed import GEOEMBED_ASSET, GeoEmbedConfig
-    from skymoe.model.vision import EFFICIENTNET_ASSET
-
-    m = cfg.model
-    if m.vision is None:
-        vision = vision_config_for(
-            m.vision_type,
-            m.image_size,
-            hidden_size=m.vision_hidden_size,
-            intermediate_size=2 * m.vision_hidden_size,
-            num_hidden_layers=m.vision_layers,
-            num_attention_heads=m.vision_heads,
-            patch_size=m.patch_size,
-        )
-    elif m.vision == EFFICIENTNET_ASSET:
-        vision = EfficientNetLiteConfig(feature_strides=m.vision_feature_strides)
-    elif m.vision == GEOEMBED_ASSET:
-        vision = GeoEmbedConfig()
-    else:
-        vision = vision_config_from(m.vision)
-    if m.llm is None:
-        text = AutoConfig.for_model(
-            m.llm_type,
-            hidden_size=m.hidden_size,
-            intermediate_size=m.intermediate_size,
-            num_hidden_layers=m.num_layers,
-            num_attention_heads=m.num_heads,
-            num_key_value_heads=m.num_kv_heads,
-        )
-    else:
-        text = AutoConfig.from_pretrained(pretrained_llm_folder(m.llm))
-    settings = {
-        "projector": {"type": m.projector, "norm": m.projector_norm, "position_code": m.position_code},
-        "router": {"hidden_size": m.router_hidden_size},
-        "num_route_tokens": m.num_route_tokens,
-        "moe": {"num_experts": 0, "lora_rank": m.lora_rank, "lora_targets": m.lora_targets, "dense_lora": m.adapter == "lora"},
-        "vision_pretrained": m.vision,
-        "text_pretrained": str(pretrained_llm_folder(m.llm)) if m.llm else None,
-    }
-    for key, value in m.extra.items():  # extra refines a settings dict or sets any other SkyMoEConfig field
-        settings[key] = {**settings[key], **value} if isinstance(settings.get(key), dict) else value
-    return make_config(
-        vision, text, image_size=m.image_size, vocab_size=len(tokenizer), special_ids=special_token_ids(tokenizer), **settings
-    )
 
 
 def load_stage1_output(init_from: str | None):
@@ -185,7 +147,13 @@ def load_stage1_output(init_from: str | None):
 
 
 def upcycle_checked(dense, cfg: TrainConfig, batch: dict):
-    """Upcycle to ``cfg.model.num_experts`` identical experts and assert the MoE reproduces the dense logits."""
+    """Upcycle with ``cfg.model.moe`` into identical experts and assert the MoE reproduces the dense logits.
+
+    The MoE config takes stage 2's trainable settings: ``moe`` (but ``dense_lora``, which describes the
+    stage-1 model), ``router.jitter_noise``, ``loss`` and ``location_sigma``.
+    """
+    from dataclasses import asdict
+
     from skymoe.model import SkyMoEForConditionalGeneration
 
     batch = {k: v for k, v in batch.items() if k != "cda_view"}
@@ -193,9 +161,11 @@ def upcycle_checked(dense, cfg: TrainConfig, batch: dict):
     dense.eval()
     with torch.no_grad():
         reference = dense(**batch).logits
-    moe = SkyMoEForConditionalGeneration.upcycle(
-        dense, num_experts=m.num_experts, top_k=m.top_k, expert_type=m.expert_type, routing=m.routing, moe_layers=m.moe_layers
-    )
+    dense.config.router = {**dense.config.router, "jitter_noise": m.router.jitter_noise}
+    dense.config.loss = {**asdict(m.loss), "cda": m.loss.cda if cfg.cda.enabled else 0.0}  # no views, no CDA term
+    dense.config.location_sigma = m.location_sigma
+    moe_settings = {k: v for k, v in asdict(m.moe).items() if k not in ("num_experts", "dense_lora")}
+    moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=m.moe.num_experts, **moe_settings)
     moe.eval()
     with torch.no_grad():
         upcycled = moe(**batch).logits
@@ -204,14 +174,14 @@ def upcycle_checked(dense, cfg: TrainConfig, batch: dict):
     allowed = UPCYCLE_TOLERANCE * max(1.0, reference.abs().max().item())
     if diff > allowed:
         raise StageError(f"upcycling changed the model: max |logit difference| = {diff:.3g} > {allowed:.3g}")
-    logger.info("upcycled to %d experts; identical-expert logits match the dense model (max diff %.2e)", m.num_experts, diff)
+    logger.info("upcycled to %d experts; identical-expert logits match the dense model (max diff %.2e)", m.moe.num_experts, diff)
     return moe
 
 
 def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, source=None) -> list[MixPart]:
     """Encode every sample and open every image once, before training, so no epoch dies on bad data.
 
-    ``on_error="raise"``: the first bad sample raises SkyMoEDataError naming it.
+    ``on_error="raise"``: the first bad sample raises DataError naming it.
     ``"skip"``: bad samples are dropped, counted and reported. With a feature cache as ``source``
     the tower's features of every opened image are stored on the way (one decode per image in all).
     """
@@ -225,7 +195,7 @@ def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, 
         if dataset.skipped:
             logger.warning("%s: skipped %d of %d samples\n%s", part.label, len(dataset.skipped), len(part.samples), dataset.report())
         if not good:
-            raise SkyMoEDataError(f"dataset mix entry {part.label}: every sample was skipped", field="data.mix")
+            raise DataError(f"dataset mix entry {part.label}: every sample was skipped", field="data.mix")
         checked.append(MixPart(part.label, good, part.weight, part.balance))
     if warm is not None:
         warm.flush()

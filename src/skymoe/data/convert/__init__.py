@@ -17,7 +17,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 # format -> "module:function"; the function takes (source: Path, options: ConvertOptions) -> Converted
 FORMATS = {
@@ -74,14 +74,14 @@ def convert(format: str, source: str | Path, options: ConvertOptions | None = No
     """Samples of ``source`` in ``format``: a :class:`~skymoe.data.convert.report.Converted`."""
     options = options or ConvertOptions()
     if format not in FORMATS:
-        raise SkyMoEDataError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}", field="format")
+        raise DataError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}", field="format")
     if options.on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be one of ('raise', 'skip'), got {options.on_error!r}")
     if options.tasks is not None:
         unknown = sorted(set(options.tasks) - set(BOX_TASKS))
         if unknown:
-            raise SkyMoEDataError(f"unknown tasks {unknown}; expected some of {', '.join(BOX_TASKS)}", field="tasks")
+            raise DataError(f"unknown tasks {unknown}; expected some of {', '.join(BOX_TASKS)}", field="tasks")
     if options.tile is not None and not 0 <= options.overlap < options.tile:
-        raise SkyMoEDataError(f"overlap {options.overlap} must be 0 or more and less than the tile {options.tile}", field="overlap")
+        raise DataError(f"overlap {options.overlap} must be 0 or more and less than the tile {options.tile}", field="overlap")
     module, function = FORMATS[format].split(":")
     return getattr(importlib.import_module(module), function)(Path(source), options)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from skymoe.data.imagery import DEFAULT_MAX_PIXELS, image_size, load_image
-from skymoe.data.schema import Sample, SkyMoEDataError, json_lines, sample_from_line
+from skymoe.data.schema import Sample, json_lines, sample_from_line
+from skymoe.errors import DataError
 
 
 @dataclass
@@ -40,7 +41,7 @@ def read_checked(path: str | Path, result: CheckResult) -> list[Sample]:
     for lineno, d in json_lines(path):
         try:
             samples.append(sample_from_line(d, path))
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             result.errors.append(f"line {lineno}: {exc}")
     return samples
 
@@ -54,7 +55,7 @@ def check_samples(samples: list[Sample], result: CheckResult | None = None) -> C
         if sample.image not in sizes:
             try:
                 sizes[sample.image] = _open(sample.image)
-            except SkyMoEDataError as exc:
+            except DataError as exc:
                 sizes[sample.image] = None
                 result.errors.append(f"sample {sample.id}: {exc}")
             result.images += 1
@@ -67,7 +68,7 @@ def check_samples(samples: list[Sample], result: CheckResult | None = None) -> C
         for box in sample.boxes:
             try:
                 box.validate(size, file=sample.image, record=sample.id)
-            except SkyMoEDataError as exc:
+            except DataError as exc:
                 result.errors.append(str(exc))
     return result
 

@@ -12,7 +12,7 @@ from skymoe.data.convert import ConvertOptions
 from skymoe.data.convert.finish import finish
 from skymoe.data.convert.labelled import LabelledImage, checked_box, find_image, header_size, require_nonempty
 from skymoe.data.convert.report import Converted, Tally
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 COLUMNS = ("image_path", "xmin", "ymin", "xmax", "ymax", "label")
 
@@ -23,10 +23,10 @@ def _rows(source: Path) -> list[dict]:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise SkyMoEDataError(f"missing columns {missing}; expected a header {','.join(COLUMNS)}", file=str(source))
+            raise DataError(f"missing columns {missing}; expected a header {','.join(COLUMNS)}", file=str(source))
         rows = list(reader)
     if not rows:
-        raise SkyMoEDataError("has a header but no rows", file=str(source))
+        raise DataError("has a header but no rows", file=str(source))
     return rows
 
 
@@ -34,7 +34,7 @@ def _add_row(image: LabelledImage, row: dict, file: str, record: str) -> None:
     try:
         corners = [float(row[c]) for c in COLUMNS[1:5]]
     except (TypeError, ValueError):
-        raise SkyMoEDataError(f"expected numbers in xmin..ymax, got {[row[c] for c in COLUMNS[1:5]]}", file=file, record=record) from None
+        raise DataError(f"expected numbers in xmin..ymax, got {[row[c] for c in COLUMNS[1:5]]}", file=file, record=record) from None
     if any(corners):
         image.add(checked_box(*corners, str(row["label"]).strip(), image.size, file=file, record=record))
 
@@ -52,6 +52,6 @@ def read_csv_boxes(source: Path, options: ConvertOptions) -> Converted:
             for lineno, row in rows:
                 _add_row(image, row, file, f"line {lineno}")
             labelled.append(image)
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             tally.skip(exc, name)
     return finish(labelled, options, tally, [], dataset=options.dataset or source.stem)

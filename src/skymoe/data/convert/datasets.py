@@ -8,7 +8,7 @@ from skymoe.data.convert.finish import write_images
 from skymoe.data.convert.labelled import LabelledImage, read_class_file
 from skymoe.data.convert.report import Converted
 from skymoe.data.readers import SampleList
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 
 def _done(samples: SampleList, options: ConvertOptions) -> Converted:
@@ -50,7 +50,7 @@ def dior_rsvg(source: Path, options: ConvertOptions) -> Converted:
 
     task = (options.tasks or ("grounding",))[0]
     if task not in ("grounding", "region_caption") or len(options.tasks or ()) > 1:
-        raise SkyMoEDataError(f"DIOR-RSVG gives one task, grounding or region_caption; got {list(options.tasks)}", field="tasks")
+        raise DataError(f"DIOR-RSVG gives one task, grounding or region_caption; got {list(options.tasks)}", field="tasks")
     return _done(read_dior_rsvg(source, options.split, task=task, **_kwargs(options)), options)
 
 

@@ -14,7 +14,7 @@ from skymoe.data.convert.derive import derive_samples
 from skymoe.data.convert.labelled import LabelledImage
 from skymoe.data.convert.report import Converted, Tally
 from skymoe.data.imagery import image_size, is_raster_source, load_image, read_window, scene_limits
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 
 def finish(images: list[LabelledImage], options: ConvertOptions, tally: Tally, classes: list[str], *,
@@ -78,7 +78,7 @@ def write_images(images: list[LabelledImage], options: ConvertOptions) -> dict[s
     """Each image's window as an 8-bit RGB PNG (``options.bands``), all or nothing: written to a staging
     folder that replaces ``derived_dir`` only when every image is written."""
     if options.derived_dir is None:
-        raise SkyMoEDataError("chips (--tile) and band composites (--bands) need a folder to be written to", field="derived_dir")
+        raise DataError("chips (--tile) and band composites (--bands) need a folder to be written to", field="derived_dir")
     final = Path(options.derived_dir)
     paths = {image.name: final / f"{image.name}.png" for image in images}
     if options.reuse_images and all(p.is_file() for p in paths.values()):

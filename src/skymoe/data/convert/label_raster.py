@@ -20,7 +20,7 @@ from skymoe.data.convert.finish import finish
 from skymoe.data.convert.labelled import LabelledImage, read_class_file, require_nonempty
 from skymoe.data.convert.report import Converted, Tally
 from skymoe.data.imagery import raster_info
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 DEFAULT_TASKS = ("classification", "multilabel")
 
@@ -37,7 +37,7 @@ def _labels_on_grid(source: Path, raster: Path) -> tuple[np.ndarray, float | Non
         if same_grid or (ds.crs is None and (ds.width, ds.height) == (info.width, info.height)):
             return labels, nodata
         if ds.crs is None or info.crs is None:
-            raise SkyMoEDataError(f"label raster is {ds.width}x{ds.height} on another grid than {raster} and one of them has no CRS",
+            raise DataError(f"label raster is {ds.width}x{ds.height} on another grid than {raster} and one of them has no CRS",
                                   file=str(source))
         fill = nodata if nodata is not None else 0
         out = np.full((info.height, info.width), fill, dtype=labels.dtype)
@@ -52,14 +52,14 @@ def _names(options: ConvertOptions, values: np.ndarray, source: Path) -> dict[in
     names = read_class_file(options.classes)
     unknown = sorted(int(v) for v in values if int(v) not in names)
     if unknown:
-        raise SkyMoEDataError(f"holds class values {unknown[:10]} that the class file {options.classes} does not name "
+        raise DataError(f"holds class values {unknown[:10]} that the class file {options.classes} does not name "
                               f"(it names {sorted(names)[:10]})", file=str(source), field="class")
     return names
 
 
 def read_label_raster(source: Path, options: ConvertOptions) -> Converted:
     if options.raster is None:
-        raise SkyMoEDataError("a label raster needs the imagery it labels (--raster FILE.tif)", file=str(source))
+        raise DataError("a label raster needs the imagery it labels (--raster FILE.tif)", file=str(source))
     require_nonempty(source)
     labels, nodata = _labels_on_grid(source, options.raster)
     valid = labels != nodata if nodata is not None else np.ones(labels.shape, bool)
@@ -81,6 +81,6 @@ def read_label_raster(source: Path, options: ConvertOptions) -> Converted:
             name = Path(options.raster).stem + ("" if whole else f"_{x}_{y}")
             chips.append(LabelledImage(Path(options.raster), (w, h), name, shares=shares, window=None if whole else (x, y, w, h)))
     if not chips:
-        raise SkyMoEDataError("has no labelled pixel (every pixel is nodata)", file=str(source))
+        raise DataError("has no labelled pixel (every pixel is nodata)", file=str(source))
     classes = [names[k] for k in sorted(names)]
     return finish(chips, options, tally, classes, dataset=options.dataset or source.stem, default_tasks=DEFAULT_TASKS, chipped=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from skymoe.data.imagery import image_size
 from skymoe.data.readers.image_folder import IMAGE_SUFFIXES
-from skymoe.data.schema import Box, SkyMoEDataError
+from skymoe.data.schema import Box
+from skymoe.errors import DataError
 
 Polygon = list[tuple[float, float]]
 
@@ -59,14 +60,14 @@ def find_image(folder: Path, name: str, *, file: str, record) -> Path:
             for candidate in (folder / f"{name}{suffix}", folder / f"{name}{suffix.upper()}"):
                 if candidate.is_file():
                     return candidate
-    raise SkyMoEDataError(f"names image {name!r}, which is not in {folder}", file=file, record=record, field="image")
+    raise DataError(f"names image {name!r}, which is not in {folder}", file=file, record=record, field="image")
 
 
 def header_size(path: Path, declared: tuple[int, int] | None, *, file: str, record) -> tuple[int, int]:
     """The image's real size; a label file that declares another size is an error (its boxes would be scaled wrong)."""
     size = image_size(path)
     if declared is not None and tuple(declared) != size:
-        raise SkyMoEDataError(f"declares size {declared[0]}x{declared[1]} but {path} is {size[0]}x{size[1]}",
+        raise DataError(f"declares size {declared[0]}x{declared[1]} but {path} is {size[0]}x{size[1]}",
                               file=file, record=record, field="size")
     return size
 
@@ -78,10 +79,10 @@ def read_class_file(path: Path) -> dict[int, str]:
     """Class id -> name. Lines ``NAME`` (id = 0-based line number: YOLO's classes.txt / obj.names) or
     ``VALUE: NAME`` / ``VALUE,NAME`` / ``VALUE<tab>NAME`` (label rasters: pixel value -> name)."""
     if not path.is_file():
-        raise SkyMoEDataError("class-name file not found", file=str(path))
+        raise DataError("class-name file not found", file=str(path))
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
-        raise SkyMoEDataError("class-name file is empty; expected one class name a line", file=str(path))
+        raise DataError("class-name file is empty; expected one class name a line", file=str(path))
     matches = [_VALUE_LINE.match(line) for line in lines]
     if all(matches):
         return {int(m.group(1)): m.group(2) for m in matches}
@@ -95,11 +96,11 @@ def class_name(classes: dict[int, str], value, *, file: str, record, class_file:
     except (KeyError, ValueError):
         known = f"{min(classes)}..{max(classes)}" if classes else "none"
         source = f" (the class file {class_file} names {len(classes)} classes, ids {known})" if class_file else ""
-        raise SkyMoEDataError(f"unknown class id {value!r}{source}", file=file, record=record, field="class") from None
+        raise DataError(f"unknown class id {value!r}{source}", file=file, record=record, field="class") from None
 
 
 def require_nonempty(path: Path) -> None:
     if not path.exists():
-        raise SkyMoEDataError("label file not found", file=str(path))
+        raise DataError("label file not found", file=str(path))
     if path.is_file() and path.stat().st_size == 0:
-        raise SkyMoEDataError("label file is empty (0 bytes)", file=str(path))
+        raise DataError("label file is empty (0 bytes)", file=str(path))

@@ -5,7 +5,8 @@ import os
 from pathlib import Path
 
 from skymoe.data.convert.report import Converted
-from skymoe.data.schema import SkyMoEDataError, write_jsonl
+from skymoe.data.schema import write_jsonl
+from skymoe.errors import DataError
 
 
 def images_dir(out: str | Path) -> Path:
@@ -18,7 +19,7 @@ def write_converted(converted: Converted, out: str | Path) -> int:
     """Write the samples to ``out`` (temp file + rename: a failure leaves no half-written file)."""
     out = Path(out)
     if not converted.samples:
-        raise SkyMoEDataError("nothing to write: the conversion gave no samples", file=str(out))
+        raise DataError("nothing to write: the conversion gave no samples", file=str(out))
     for sample in converted.samples:
         sample.image = os.path.relpath(Path(sample.image).resolve(), out.parent.resolve())
     return write_jsonl(converted.samples, out)

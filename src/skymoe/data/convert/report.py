@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from skymoe.data.readers import SampleList
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 
 class Tally:
@@ -22,7 +22,7 @@ class Tally:
         self.skipped: dict[str, str] = {}  # record -> reason
         self.excluded: Counter = Counter()
 
-    def skip(self, exc: SkyMoEDataError, record: str) -> None:
+    def skip(self, exc: DataError, record: str) -> None:
         if self.on_error == "raise":
             raise exc
         self.skipped[record] = str(exc)
@@ -61,5 +61,5 @@ class Converted:
 
 
 def _reason(message: str) -> str:
-    """The reason part of a SkyMoEDataError message (after 'file ..., record ...: ')."""
+    """The reason part of a DataError message (after 'file ..., record ...: ')."""
     return message.rsplit(": ", 1)[-1] if ": " in message else message

@@ -28,7 +28,7 @@ from skymoe.data.convert.labelled import (
     read_class_file,
 )
 from skymoe.data.convert.report import Converted, Tally
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 LineParser = Callable[[list[str], LabelledImage, str, str], None]
 
@@ -37,15 +37,15 @@ def _numbers(fields: list[str], *, file: str, record: str) -> list[float]:
     try:
         return [float(v) for v in fields]
     except ValueError:
-        raise SkyMoEDataError(f"expected numbers, got {' '.join(fields)!r}", file=file, record=record) from None
+        raise DataError(f"expected numbers, got {' '.join(fields)!r}", file=file, record=record) from None
 
 
 def _read_folder(source: Path, options: ConvertOptions, parse: LineParser, classes: list[str], *, keep_polygons: bool = False) -> Converted:
     if not source.is_dir():
-        raise SkyMoEDataError("expected a folder of *.txt label files", file=str(source))
+        raise DataError("expected a folder of *.txt label files", file=str(source))
     files = sorted(p for p in source.glob("*.txt") if p.name not in ("classes.txt", "obj.names"))
     if not files:
-        raise SkyMoEDataError("no *.txt label files", file=str(source))
+        raise DataError("no *.txt label files", file=str(source))
     folder = options.images or (source.parent / "images" if (source.parent / "images").is_dir() else source)
     tally, labelled = Tally(options.on_error), []
     for txt in files:
@@ -57,19 +57,19 @@ def _read_folder(source: Path, options: ConvertOptions, parse: LineParser, class
                 if line.strip():
                     parse(line.split(), image, file, f"line {lineno}")
             labelled.append(image)
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             tally.skip(exc, txt.name)
     return finish(labelled, options, tally, classes, dataset=options.dataset or source.parent.name)
 
 
 def read_yolo(source: Path, options: ConvertOptions) -> Converted:
     if options.classes is None:
-        raise SkyMoEDataError("YOLO labels need the class-name file (--classes classes.txt: one name a line)", file=str(source))
+        raise DataError("YOLO labels need the class-name file (--classes classes.txt: one name a line)", file=str(source))
     names = read_class_file(options.classes)
 
     def parse(fields: list[str], image: LabelledImage, file: str, record: str) -> None:
         if len(fields) != 5:
-            raise SkyMoEDataError(f"expected 'CLASS CX CY W H', got {' '.join(fields)!r}", file=file, record=record)
+            raise DataError(f"expected 'CLASS CX CY W H', got {' '.join(fields)!r}", file=file, record=record)
         label = class_name(names, fields[0], file=file, record=record, class_file=options.classes)
         cx, cy, w, h = _numbers(fields[1:], file=file, record=record)
         width, height = image.size
@@ -84,7 +84,7 @@ def read_dota(source: Path, options: ConvertOptions) -> Converted:
         if fields[0].startswith(("imagesource:", "gsd:")):
             return
         if len(fields) not in (9, 10):
-            raise SkyMoEDataError(f"expected 'x1 y1 x2 y2 x3 y3 x4 y4 CLASS [DIFFICULT]', got {' '.join(fields)!r}", file=file, record=record)
+            raise DataError(f"expected 'x1 y1 x2 y2 x3 y3 x4 y4 CLASS [DIFFICULT]', got {' '.join(fields)!r}", file=file, record=record)
         xy = _numbers(fields[:8], file=file, record=record)
         polygon = list(zip(xy[0::2], xy[1::2]))
         box = polygon_box(polygon, fields[8])

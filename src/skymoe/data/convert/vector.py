@@ -18,7 +18,7 @@ from skymoe.data.convert.finish import finish
 from skymoe.data.convert.labelled import LabelledImage, Polygon, polygon_box, require_nonempty
 from skymoe.data.convert.report import Converted, Tally
 from skymoe.data.imagery import raster_info
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 LABEL_FIELDS = ("label", "class", "name", "category")
 
@@ -28,7 +28,7 @@ def _read_geojson(source: Path) -> tuple[str, list[dict]]:
 
     data = load_json(source)
     if not isinstance(data, dict) or data.get("type") not in ("FeatureCollection", "Feature"):
-        raise SkyMoEDataError("expected a GeoJSON FeatureCollection or Feature", file=str(source))
+        raise DataError("expected a GeoJSON FeatureCollection or Feature", file=str(source))
     crs = ((data.get("crs") or {}).get("properties") or {}).get("name") or "EPSG:4326"
     return crs, data["features"] if data["type"] == "FeatureCollection" else [data]
 
@@ -37,7 +37,7 @@ def _read_ogr(source: Path) -> tuple[str, list[dict]]:
     try:
         import fiona
     except ImportError:
-        raise SkyMoEDataError("reading this vector format needs fiona (pip install fiona); GeoJSON needs nothing", file=str(source)) from None
+        raise DataError("reading this vector format needs fiona (pip install fiona); GeoJSON needs nothing", file=str(source)) from None
     with fiona.open(source) as layer:
         crs = layer.crs.to_string() if layer.crs else "EPSG:4326"
         return crs, [{"geometry": dict(f["geometry"]), "properties": dict(f["properties"])} for f in layer]
@@ -48,7 +48,7 @@ def read_features(source: Path) -> tuple[str, list[dict]]:
     require_nonempty(source)
     crs, features = (_read_geojson if source.suffix.lower() in (".geojson", ".json") else _read_ogr)(source)
     if not features:
-        raise SkyMoEDataError("holds no features", file=str(source))
+        raise DataError("holds no features", file=str(source))
     return crs, features
 
 
@@ -58,7 +58,7 @@ def _label(feature: dict, field: str | None, *, file: str, record: str) -> str:
         if properties.get(key) not in (None, ""):
             return str(properties[key])
     wanted = f"property {field!r}" if field else f"one of the properties {list(LABEL_FIELDS)} (or pass --label-field)"
-    raise SkyMoEDataError(f"has no class label; expected {wanted}", file=file, record=record, field="properties")
+    raise DataError(f"has no class label; expected {wanted}", file=file, record=record, field="properties")
 
 
 def _rings(geometry: dict, point_size: float, inverse) -> list[Polygon]:
@@ -83,10 +83,10 @@ def read_vector(source: Path, options: ConvertOptions) -> Converted:
     from rasterio.warp import transform_geom
 
     if options.raster is None:
-        raise SkyMoEDataError("vector labels need the GeoTIFF they lie on (--raster FILE.tif)", file=str(source))
+        raise DataError("vector labels need the GeoTIFF they lie on (--raster FILE.tif)", file=str(source))
     info = raster_info(options.raster)
     if info.crs is None:
-        raise SkyMoEDataError("raster has no CRS; vector labels need a georeferenced raster", file=str(options.raster))
+        raise DataError("raster has no CRS; vector labels need a georeferenced raster", file=str(options.raster))
     crs, features = read_features(source)
     inverse, file = ~Affine(*info.transform), str(source)
     image = LabelledImage(Path(options.raster), (info.width, info.height), Path(options.raster).stem)
@@ -98,10 +98,10 @@ def read_vector(source: Path, options: ConvertOptions) -> Converted:
             geometry = transform_geom(crs, info.crs, feature["geometry"])
             for polygon in _rings(geometry, options.point_size, inverse):
                 image.add(polygon_box(polygon, label), polygon)
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             tally.skip(exc, record)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
-            tally.skip(SkyMoEDataError(f"unreadable geometry ({exc})", file=file, record=record, field="geometry"), record)
+            tally.skip(DataError(f"unreadable geometry ({exc})", file=file, record=record, field="geometry"), record)
     _check_overlap(image, crs, info, file)
     return finish([image], options, tally, [], dataset=options.dataset or source.stem, whole_window=True)
 
@@ -109,6 +109,6 @@ def read_vector(source: Path, options: ConvertOptions) -> Converted:
 def _check_overlap(image: LabelledImage, crs: str, info, file: str) -> None:
     width, height = image.size
     if not any(b.x2 > 0 and b.y2 > 0 and b.x1 < width and b.y1 < height for b in image.boxes):
-        raise SkyMoEDataError(
+        raise DataError(
             f"no feature overlaps the raster: the labels (CRS {crs}) and the raster (CRS {info.crs}, bounds "
             f"{tuple(round(v, 1) for v in info.bounds)}) cover different places", file=file)

@@ -14,7 +14,7 @@ from skymoe.data.convert.finish import finish
 from skymoe.data.convert.labelled import LabelledImage, checked_box, find_image, header_size, require_nonempty
 from skymoe.data.convert.report import Converted, Tally
 from skymoe.data.readers.dior_rsvg import xml_number, xml_text
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 CORNERS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -23,7 +23,7 @@ def _xml_files(source: Path) -> list[Path]:
     require_nonempty(source)
     files = sorted(source.glob("*.xml")) if source.is_dir() else [source]
     if not files:
-        raise SkyMoEDataError("no *.xml annotation files", file=str(source))
+        raise DataError("no *.xml annotation files", file=str(source))
     return files
 
 
@@ -32,7 +32,7 @@ def _image(xml: Path, folder: Path) -> LabelledImage:
     try:
         root = ET.parse(xml).getroot()
     except ET.ParseError as exc:
-        raise SkyMoEDataError(f"malformed XML ({exc})", file=file) from None
+        raise DataError(f"malformed XML ({exc})", file=file) from None
     name = xml_text(root, "filename", file=file, record=xml.stem)
     path = find_image(folder, name, file=file, record=xml.stem)
     declared = None
@@ -55,6 +55,6 @@ def read_voc(source: Path, options: ConvertOptions) -> Converted:
     for xml in files:
         try:
             labelled.append(_image(xml, folder))
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             tally.skip(exc, xml.name)
     return finish(labelled, options, tally, [], dataset=options.dataset or xml_dir.name)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from skymoe.data.imagery import load_image
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 
 # (asset name, glob inside the asset's folder): every real RGB image the registry ships
 # (RSVQA-HR also ships each tile as .tif: the .png copies are enough)
@@ -39,7 +39,7 @@ class BackgroundPool:
 
     def __init__(self, images: list[Image.Image], names: list[str], size: int):
         if not images:
-            raise SkyMoEDataError("no background images found for MGRS-mini", field="backgrounds")
+            raise DataError("no background images found for MGRS-mini", field="backgrounds")
         self.size = size
         self.names = names
         self.images = [self._downscale(im.convert("RGB")) for im in images]
@@ -76,5 +76,5 @@ def default_background_paths() -> list[Path]:
     for asset, pattern in BACKGROUND_ASSETS:
         paths.extend(sorted(Path(get_asset(asset)).glob(pattern)))
     if not paths:
-        raise SkyMoEDataError(f"the assets {[a for a, _ in BACKGROUND_ASSETS]} hold no background images", field="backgrounds")
+        raise DataError(f"the assets {[a for a, _ in BACKGROUND_ASSETS]} hold no background images", field="backgrounds")
     return paths

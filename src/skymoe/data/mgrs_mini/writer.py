@@ -25,7 +25,8 @@ from PIL import Image
 from skymoe.data.mgrs_mini.backgrounds import BackgroundPool, default_background_paths
 from skymoe.data.mgrs_mini.questions import DATASET, scene_samples
 from skymoe.data.mgrs_mini.scene import compose_scene
-from skymoe.data.schema import Sample, SkyMoEDataError, read_jsonl, write_jsonl
+from skymoe.data.schema import Sample, read_jsonl, write_jsonl
+from skymoe.errors import DataError
 
 GENERATOR_VERSION = 2  # bump when the output for a given (n, size, seed) changes: names a fresh cache folder
 SPLITS = ("train", "val", "test")
@@ -76,7 +77,7 @@ def generate(out_dir: str | Path, n: int = DEFAULT_N, size: int = DEFAULT_SIZE, 
              workers: int = 1, background_paths: list[Path] | None = None, progress: bool = False) -> dict:
     """Write the benchmark to ``out_dir``; returns the manifest."""
     if n < 1 or size < 64:
-        raise SkyMoEDataError(f"need n >= 1 scenes and size >= 64 px, got n={n}, size={size}", field="n/size")
+        raise DataError(f"need n >= 1 scenes and size >= 64 px, got n={n}, size={size}", field="n/size")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     paths = sorted(background_paths or default_background_paths())
@@ -162,5 +163,5 @@ def load_split(split: str = "train", root: str | Path | None = None, *, n: int =
                seed: int = DEFAULT_SEED) -> list[Sample]:
     """Samples of one split; the default benchmark is generated into the cache on first use."""
     if split not in SPLITS:
-        raise SkyMoEDataError(f"unknown split {split!r}; expected one of {list(SPLITS)}", field="split")
+        raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}", field="split")
     return list(read_jsonl(ensure_generated(root, n=n, size=size, seed=seed) / f"{split}.jsonl"))

@@ -1,7 +1,7 @@
 """Readers: one small module per native dataset format, each returning :class:`SampleList`.
 
 Every reader takes ``on_error="raise"|"skip"``. ``raise`` stops at the first
-bad record with a :class:`~skymoe.data.schema.SkyMoEDataError` naming the
+bad record with a :class:`~skymoe.errors.DataError` naming the
 file, the record and the field. ``skip`` drops the record, records it in
 ``SampleList.skipped`` (record -> reason) and logs one warning with the count
 when the reader finishes. Records the dataset itself marks as unused (RSVQA's
@@ -13,7 +13,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from skymoe.data.schema import Sample, SkyMoEDataError
+from skymoe.data.schema import Sample
+from skymoe.errors import DataError
 
 ON_ERROR = ("raise", "skip")
 logger = logging.getLogger("skymoe.data")
@@ -38,14 +39,14 @@ class Collector:
         self.samples = SampleList()
 
     def add(self, build, record: str) -> None:
-        """Append ``build()`` (a Sample, validated here); a SkyMoEDataError is raised or counted as a skip."""
+        """Append ``build()`` (a Sample, validated here); a DataError is raised or counted as a skip."""
         try:
             sample: Sample = build()
             sample.validate()
-        except SkyMoEDataError as exc:
+        except DataError as exc:
             if self.on_error == "raise":
                 if exc.record is None:  # name the record when the failing helper could not
-                    raise SkyMoEDataError(str(exc), record=record) from exc
+                    raise DataError(str(exc), record=record) from exc
                 raise
             self.samples.skipped[record] = str(exc)
             return
@@ -68,20 +69,20 @@ class Collector:
 
 
 def load_json(path: Path):
-    """Parsed JSON of ``path``; a missing or malformed file is a SkyMoEDataError naming it."""
+    """Parsed JSON of ``path``; a missing or malformed file is a DataError naming it."""
     import json
 
     try:
         with Path(path).open(encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise SkyMoEDataError("file not found", file=str(path)) from None
+        raise DataError("file not found", file=str(path)) from None
     except json.JSONDecodeError as exc:
-        raise SkyMoEDataError(f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", file=str(path)) from None
+        raise DataError(f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", file=str(path)) from None
 
 
 def require(record: dict, key: str, *, file: str, record_id) -> object:
-    """``record[key]``, or a SkyMoEDataError naming the file, record and missing field."""
+    """``record[key]``, or a DataError naming the file, record and missing field."""
     if not isinstance(record, dict) or key not in record:
-        raise SkyMoEDataError("missing required field", file=file, record=record_id, field=key)
+        raise DataError("missing required field", file=file, record=record_id, field=key)
     return record[key]

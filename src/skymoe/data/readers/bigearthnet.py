@@ -27,7 +27,8 @@ from skymoe.data.imagery import load_image
 from skymoe.data.prompts import LABEL_SEPARATOR
 from skymoe.data.prompts import MULTILABEL_QUESTION as QUESTION
 from skymoe.data.readers import Collector, SampleList
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Granularity, Sample, Task, Turn
+from skymoe.errors import DataError
 
 RGB_BANDS = ("B04", "B03", "B02")
 LMDB_DIR = "BigEarthNetEncoded.lmdb"
@@ -76,7 +77,7 @@ def decode_patch(blob: bytes, *, file: str, record: str) -> dict:
         bands = {b.fields["name"]: b.fields["data"] for b in patch["s2_patch"].fields["bands"]}
         return {"bands": bands, "labels": list(patch["labels"]), "new_labels": list(patch["new_labels"])}
     except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, TypeError, IndexError) as exc:
-        raise SkyMoEDataError(f"cannot decode BigEarthNet patch ({type(exc).__name__}: {exc})", file=file, record=record) from None
+        raise DataError(f"cannot decode BigEarthNet patch ({type(exc).__name__}: {exc})", file=file, record=record) from None
 
 
 def _derived_dir() -> Path:
@@ -89,7 +90,7 @@ def _write_rgb(patch: dict, path: Path, *, file: str, record: str) -> None:
     try:
         data = np.stack([patch["bands"][b] for b in RGB_BANDS])
     except (KeyError, ValueError) as exc:
-        raise SkyMoEDataError(f"patch lacks a 10 m band of {RGB_BANDS} ({exc})", file=file, record=record, field="bands") from None
+        raise DataError(f"patch lacks a 10 m band of {RGB_BANDS} ({exc})", file=file, record=record, field="bands") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     load_image(data, stretch=(2, 98)).save(tmp, format="PNG")
@@ -101,7 +102,7 @@ def read_split_names(path: Path) -> list[str]:
         with path.open(newline="") as f:
             return [row[0].strip() for row in csv.reader(f) if row and row[0].strip()]
     except FileNotFoundError:
-        raise SkyMoEDataError("split file not found", file=str(path)) from None
+        raise DataError("split file not found", file=str(path)) from None
 
 
 def read_bigearthnet(
@@ -120,24 +121,24 @@ def read_bigearthnet(
     root = Path(root)
     lmdb_path = root / LMDB_DIR
     if not (lmdb_path / "data.mdb").is_file():
-        raise SkyMoEDataError("LMDB data.mdb not found", file=str(lmdb_path))
+        raise DataError("LMDB data.mdb not found", file=str(lmdb_path))
     names = read_split_names(root / f"{split}.csv")
     derived = Path(derived_dir) if derived_dir else _derived_dir()
     out = Collector(root / f"{split}.csv", on_error)
     try:
         env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False)
     except lmdb.Error as exc:
-        raise SkyMoEDataError(f"cannot open the LMDB ({exc})", file=str(lmdb_path)) from None
+        raise DataError(f"cannot open the LMDB ({exc})", file=str(lmdb_path)) from None
 
     def build(name: str) -> Sample:
         with env.begin() as txn:
             blob = txn.get(name.encode())
         if blob is None:
-            raise SkyMoEDataError("patch not in the LMDB", file=str(lmdb_path), record=name)
+            raise DataError("patch not in the LMDB", file=str(lmdb_path), record=name)
         patch = decode_patch(blob, file=str(lmdb_path), record=name)
         classes = sorted(patch["new_labels" if labels == "19" else "labels"])
         if not classes:
-            raise SkyMoEDataError("patch has no labels", file=str(lmdb_path), record=name, field="labels")
+            raise DataError("patch has no labels", file=str(lmdb_path), record=name, field="labels")
         image = derived / f"{name}.png"
         if not image.is_file():
             _write_rgb(patch, image, file=str(lmdb_path), record=name)

@@ -17,7 +17,8 @@ from skymoe.data.prompts import LABEL_SEPARATOR
 from skymoe.data.prompts import MULTILABEL_QUESTION as QUESTION
 from skymoe.data.readers import Collector, SampleList
 from skymoe.data.readers.bigearthnet import RGB_BANDS, _write_rgb
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Granularity, Sample, Task, Turn
+from skymoe.errors import DataError
 
 ARCHIVE = "BigEarthNet-S2-Example.tar.bz2"
 
@@ -41,7 +42,7 @@ def _patches(archive: Path) -> dict[str, dict]:
                     with rasterio.MemoryFile(data) as mem, mem.open() as ds:
                         patch["bands"][path.stem.rsplit("_", 1)[-1]] = ds.read(1)
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, KeyError) as exc:
-        raise SkyMoEDataError(f"cannot read the example archive ({type(exc).__name__}: {exc})", file=str(archive)) from None
+        raise DataError(f"cannot read the example archive ({type(exc).__name__}: {exc})", file=str(archive)) from None
     return patches
 
 
@@ -55,7 +56,7 @@ def read_bigearthnet_examples(root: str | Path, split: str = "test", *, on_error
 
     def build(name: str, patch: dict) -> Sample:
         if not patch["labels"]:
-            raise SkyMoEDataError("patch has no labels", file=str(archive), record=name, field="labels")
+            raise DataError("patch has no labels", file=str(archive), record=name, field="labels")
         image = derived / f"{name}.png"
         if not image.is_file():
             _write_rgb(patch, image, file=str(archive), record=name)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from skymoe.data.imagery import image_size
 from skymoe.data.readers import Collector, SampleList, load_json, require
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Granularity, Sample, Task, Turn
+from skymoe.errors import DataError
 
 PROMPT = "Describe this remote sensing image in one sentence."
 
@@ -37,7 +38,7 @@ def read_karpathy(
     def build(entry: dict, record: str, sentence: int | None) -> Sample:
         references = [str(require(s, "raw", file=file, record_id=record)).strip() for s in require(entry, "sentences", file=file, record_id=record)]
         if not references or not all(references):
-            raise SkyMoEDataError("no (or an empty) caption sentence", file=file, record=record, field="sentences")
+            raise DataError("no (or an empty) caption sentence", file=file, record=record, field="sentences")
         path = image_dir / str(require(entry, "filename", file=file, record_id=record))
         target = references[sentence or 0]
         return Sample(

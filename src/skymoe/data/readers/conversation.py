@@ -31,7 +31,8 @@ from pathlib import Path
 from skymoe.data.boxes import convert_box_text
 from skymoe.data.imagery import image_size
 from skymoe.data.readers import Collector, SampleList, load_json, require
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Granularity, Sample, Task, Turn
+from skymoe.errors import DataError
 
 TASK_TOKENS = {
     "[grounding]": (Task.GROUNDING, Granularity.REGION),
@@ -50,10 +51,10 @@ def _records(path: Path) -> list[tuple[str, object]]:
     if path.suffix.lower() != ".jsonl":
         data = load_json(path)
         if not isinstance(data, list):
-            raise SkyMoEDataError("expected a JSON list of conversation records", file=str(path))
+            raise DataError("expected a JSON list of conversation records", file=str(path))
         return [(str(r.get("id", i)) if isinstance(r, dict) else str(i), r) for i, r in enumerate(data)]
     if not path.is_file():
-        raise SkyMoEDataError("file not found", file=str(path))
+        raise DataError("file not found", file=str(path))
     records = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
@@ -61,7 +62,7 @@ def _records(path: Path) -> list[tuple[str, object]]:
         try:
             records.append((f"line {lineno}", json.loads(line)))
         except json.JSONDecodeError as exc:
-            records.append((f"line {lineno}", SkyMoEDataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}")))
+            records.append((f"line {lineno}", DataError(f"malformed JSON ({exc.msg})", file=str(path), record=f"line {lineno}")))
     return records
 
 
@@ -91,22 +92,22 @@ def read_conversations(
     out = Collector(path, on_error)
 
     def build(record: str, r) -> Sample:
-        if isinstance(r, SkyMoEDataError):
+        if isinstance(r, DataError):
             raise r
         turns_raw = require(r, "conversations", file=file, record_id=record)
         if not isinstance(turns_raw, list) or not turns_raw:
-            raise SkyMoEDataError("conversation is empty", file=file, record=record, field="conversations")
+            raise DataError("conversation is empty", file=file, record=record, field="conversations")
         image = image_dir / str(require(r, "image", file=file, record_id=record))
         size = image_size(image)
         turns, boxes = [], []
         for i, t in enumerate(turns_raw):
             role = ROLES.get(t.get("from")) if isinstance(t, dict) else None
             if role is None or not isinstance(t.get("value"), str):
-                raise SkyMoEDataError(f"turn {i} needs 'from' in {sorted(ROLES)} and a string 'value'", file=file, record=record, field="conversations")
+                raise DataError(f"turn {i} needs 'from' in {sorted(ROLES)} and a string 'value'", file=file, record=record, field="conversations")
             try:
                 text, found = convert_box_text(t["value"], size, box_style)
             except ValueError as exc:
-                raise SkyMoEDataError(f"turn {i}: {exc}", file=file, record=record, field="conversations") from None
+                raise DataError(f"turn {i}: {exc}", file=file, record=record, field="conversations") from None
             turns.append(Turn(role, text))
             boxes.extend(b for b in found if b not in boxes)
         task, granularity, instruction = task_of(turns[0].text, Task(default_task))
@@ -132,7 +133,7 @@ def read_conversations(
 def to_llava_record(sample: Sample, *, box_style: str = "geochat", image_root: str | Path | None = None) -> dict:
     """The GeoChat/LLaVA record of ``sample`` (image path relative to ``image_root`` when given)."""
     if sample.image_size is None and sample.boxes:
-        raise SkyMoEDataError("image_size is needed to write boxes", record=sample.id, field="image_size")
+        raise DataError("image_size is needed to write boxes", record=sample.id, field="image_size")
     size = sample.image_size or (1, 1)
     conversations = []
     for i, turn in enumerate(sample.conversation):

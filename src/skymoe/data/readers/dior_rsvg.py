@@ -17,7 +17,8 @@ from pathlib import Path
 
 from skymoe.data.boxes import format_box
 from skymoe.data.readers import Collector, SampleList
-from skymoe.data.schema import Box, Granularity, Sample, SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Box, Granularity, Sample, Task, Turn
+from skymoe.errors import DataError
 
 GROUNDING_PROMPT = "Give the bounding box of: {description}"
 REGION_PROMPT = "Describe the object in {box}."
@@ -26,7 +27,7 @@ REGION_PROMPT = "Describe the object in {box}."
 def xml_text(node: ET.Element, path: str, *, file: str, record: str) -> str:
     found = node.find(path)
     if found is None or found.text is None or not found.text.strip():
-        raise SkyMoEDataError("missing element", file=file, record=record, field=path)
+        raise DataError("missing element", file=file, record=record, field=path)
     return found.text.strip()
 
 
@@ -35,7 +36,7 @@ def xml_number(node: ET.Element, path: str, *, file: str, record: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise SkyMoEDataError(f"{value!r} is not a number", file=file, record=record, field=path) from None
+        raise DataError(f"{value!r} is not a number", file=file, record=record, field=path) from None
 
 
 def list_objects(annotation_dir: Path) -> list[tuple[Path, int]]:
@@ -45,21 +46,21 @@ def list_objects(annotation_dir: Path) -> list[tuple[Path, int]]:
         try:
             root = ET.parse(xml).getroot()
         except ET.ParseError as exc:
-            raise SkyMoEDataError(f"malformed XML ({exc})", file=str(xml)) from None
+            raise DataError(f"malformed XML ({exc})", file=str(xml)) from None
         objects.extend((xml, i) for i in range(len(root.findall("object"))))
     return objects
 
 
 def _read_indices(path: Path) -> list[int]:
     if not path.is_file():
-        raise SkyMoEDataError("split file not found", file=str(path))
+        raise DataError("split file not found", file=str(path))
     indices = []
     for lineno, line in enumerate(path.read_text().split("\n"), 1):
         if line.strip():
             try:
                 indices.append(int(line.strip()))
             except ValueError:
-                raise SkyMoEDataError(f"{line.strip()!r} is not an object index", file=str(path), record=f"line {lineno}") from None
+                raise DataError(f"{line.strip()!r} is not an object index", file=str(path), record=f"line {lineno}") from None
     return indices
 
 
@@ -73,7 +74,7 @@ def read_dior_rsvg(root: str | Path, split: str, *, task: str | Task = Task.GROU
 
     def build(index: int) -> Sample:
         if not 0 <= index < len(objects):
-            raise SkyMoEDataError(f"object index {index} out of range (0..{len(objects) - 1})", file=str(split_file), record=index)
+            raise DataError(f"object index {index} out of range (0..{len(objects) - 1})", file=str(split_file), record=index)
         xml, k = objects[index]
         file, record = str(xml), f"object {k}"
         ann = ET.parse(xml).getroot()
@@ -90,7 +91,7 @@ def read_dior_rsvg(root: str | Path, split: str, *, task: str | Task = Task.GROU
             turns = [Turn("user", REGION_PROMPT.format(box=box_text)), Turn("assistant", description)]
         image = root / "JPEGImages" / (ann.findtext("filename") or f"{xml.stem}.jpg")
         if not image.is_file():
-            raise SkyMoEDataError("image file not found", file=str(image), record=record, field="filename")
+            raise DataError("image file not found", file=str(image), record=record, field="filename")
         return Sample(
             id=f"{dataset}/{split}/{index}",
             image=str(image),

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from skymoe.data.imagery import image_size
 from skymoe.data.readers import Collector, SampleList, load_json, require
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Granularity, Sample, Task, Turn
+from skymoe.errors import DataError
 
 QUESTION_TYPES = ("yes no", "numbers", "color", "scene", "size", "areas", "location", "transportation")
 
@@ -32,11 +33,11 @@ def read_hrvqa(root: str | Path, split: str, *, on_error: str = "raise", dataset
     def build(q: dict, qid) -> Sample:
         qtype = require(q, "question_type", file=str(qfile), record_id=qid)
         if qtype not in QUESTION_TYPES:
-            raise SkyMoEDataError(f"unknown question type {qtype!r}; expected one of {QUESTION_TYPES}", file=str(qfile), record=qid, field="question_type")
+            raise DataError(f"unknown question type {qtype!r}; expected one of {QUESTION_TYPES}", file=str(qfile), record=qid, field="question_type")
         turns = [Turn("user", str(require(q, "question", file=str(qfile), record_id=qid)))]
         if answers is not None:
             if qid not in answers:
-                raise SkyMoEDataError("question has no annotation", file=str(afile), record=qid, field="question_id")
+                raise DataError("question has no annotation", file=str(afile), record=qid, field="question_id")
             turns.append(Turn("assistant", str(require(answers[qid], "multiple_choice_answer", file=str(afile), record_id=qid))))
         path = root / "images" / f"{require(q, 'image_id', file=str(qfile), record_id=qid)}.png"
         return Sample(

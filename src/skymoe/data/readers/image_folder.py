@@ -12,7 +12,8 @@ from pathlib import Path
 
 from skymoe.data.imagery import image_size
 from skymoe.data.readers import Collector, SampleList
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Granularity, Sample, Task, Turn
+from skymoe.errors import DataError
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
 PROMPT = "What is the scene category of this image?"
@@ -28,14 +29,14 @@ def read_image_folder(
 ) -> SampleList:
     root = Path(root)
     if not root.is_dir():
-        raise SkyMoEDataError("dataset folder not found", file=str(root))
+        raise DataError("dataset folder not found", file=str(root))
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     if classes is None:
         classes = folders
     labels = dict(classes) if isinstance(classes, Mapping) else {c: c.replace("_", " ") for c in classes}
     missing = sorted(set(labels) - set(folders))
     if missing:
-        raise SkyMoEDataError(f"class folders {missing} not found", file=str(root), field="classes")
+        raise DataError(f"class folders {missing} not found", file=str(root), field="classes")
     dataset = dataset or root.name
     out = Collector(root, on_error)
     for folder in folders:
@@ -44,7 +45,7 @@ def read_image_folder(
 
             def build(folder=folder, path=path, record=record) -> Sample:
                 if folder not in labels:
-                    raise SkyMoEDataError(f"folder {folder!r} is not one of the classes {sorted(labels)}", file=str(path), record=record, field="class")
+                    raise DataError(f"folder {folder!r} is not one of the classes {sorted(labels)}", file=str(path), record=record, field="class")
                 return Sample(
                     id=f"{dataset}/{record}",
                     image=str(path),

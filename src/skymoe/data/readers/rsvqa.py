@@ -26,7 +26,8 @@ from pathlib import Path
 
 from skymoe.data.imagery import image_size
 from skymoe.data.readers import Collector, SampleList, load_json, require
-from skymoe.data.schema import Granularity, Sample, SkyMoEDataError, Task, Turn
+from skymoe.data.schema import Granularity, Sample, Task, Turn
+from skymoe.errors import DataError
 
 VARIANTS = {
     "lr": {"prefix": "LR", "images": "Images_LR", "types": ("presence", "comp", "count", "rural_urban"),
@@ -60,7 +61,7 @@ def detect_variant(root: Path) -> str:
     for name, spec in VARIANTS.items():
         if any(root.glob(f"{spec['prefix']}_split_*_questions.json")):
             return name
-    raise SkyMoEDataError("no RSVQA files (LR_split_* or USGS_split_*) found", file=str(root))
+    raise DataError("no RSVQA files (LR_split_* or USGS_split_*) found", file=str(root))
 
 
 def read_rsvqa(root: str | Path, split: str, *, variant: str | None = None, on_error: str = "raise", dataset: str | None = None) -> SampleList:
@@ -82,15 +83,15 @@ def read_rsvqa(root: str | Path, split: str, *, variant: str | None = None, on_e
         qfile = str(files["questions"])
         qtype = require(q, "type", file=qfile, record_id=qid)
         if qtype not in spec["types"]:
-            raise SkyMoEDataError(f"unknown question type {qtype!r}; expected one of {spec['types']}", file=qfile, record=qid, field="type")
+            raise DataError(f"unknown question type {qtype!r}; expected one of {spec['types']}", file=qfile, record=qid, field="type")
         answer_ids = require(q, "answers_ids", file=qfile, record_id=qid)
         if not isinstance(answer_ids, list) or not answer_ids or answer_ids[0] not in answers:
-            raise SkyMoEDataError(f"answer id {answer_ids} not in {files['answers'].name}", file=qfile, record=qid, field="answers_ids")
+            raise DataError(f"answer id {answer_ids} not in {files['answers'].name}", file=qfile, record=qid, field="answers_ids")
         answer = str(require(answers[answer_ids[0]], "answer", file=str(files["answers"]), record_id=answer_ids[0]))
         try:
             binned = answer_bin(qtype, answer)
         except ValueError as exc:
-            raise SkyMoEDataError(str(exc), file=str(files["answers"]), record=answer_ids[0], field="answer") from None
+            raise DataError(str(exc), file=str(files["answers"]), record=answer_ids[0], field="answer") from None
         img_id = require(q, "img_id", file=qfile, record_id=qid)
         path = root / spec["images"] / f"{img_id}.tif"
         if path not in sizes:

@@ -10,8 +10,7 @@ the failure rate is reported. A reference without a number is a data error.
 from __future__ import annotations
 
 import math
-
-from skymoe.data.schema import SkyMoEDataError
+from skymoe.errors import DataError
 from skymoe.eval.records import Prediction
 from skymoe.eval.scorers.text import parse_number
 
@@ -21,7 +20,7 @@ PRIMARY = "exact_accuracy"
 def _true_counts(p: Prediction) -> list[float]:
     values = [parse_number(r) for r in p.references]
     if None in values:
-        raise SkyMoEDataError(f"reference {p.references[values.index(None)]!r} holds no count", record=p.id, field="references")
+        raise DataError(f"reference {p.references[values.index(None)]!r} holds no count", record=p.id, field="references")
     return values
 
 

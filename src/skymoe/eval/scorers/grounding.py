@@ -13,7 +13,8 @@ all is a miss with IoU 0, counted in ``parse_failures``.
 """
 from __future__ import annotations
 
-from skymoe.data.schema import Box, SkyMoEDataError
+from skymoe.data.schema import Box
+from skymoe.errors import DataError
 from skymoe.eval.records import Prediction
 
 PRIMARY = "acc@0.5"
@@ -25,9 +26,9 @@ def sample_iou(p: Prediction) -> float | None:
     from skymoe.data.boxes import parse_boxes
 
     if not p.gt_boxes:
-        raise SkyMoEDataError("grounding sample has no true box", record=p.id, field="gt_boxes")
+        raise DataError("grounding sample has no true box", record=p.id, field="gt_boxes")
     if not p.image_size:
-        raise SkyMoEDataError("grounding sample needs the image size to read boxes", record=p.id, field="image_size")
+        raise DataError("grounding sample needs the image size to read boxes", record=p.id, field="image_size")
     parsed = parse_boxes(p.prediction, tuple(p.image_size))
     if parsed.failed or not parsed.boxes:
         return None
