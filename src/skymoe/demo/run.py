@@ -84,8 +84,8 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
     raw2["model"]["init_from"] = str(stage1_dir)
     if llm in GGUF_LLM_ASSETS:
         # A pretrained LM is the frozen base of a dense LoRA adapter, then of the LoRA experts.
-        # Gemma's 262k-token vocabulary makes a step ~30x dearer than the tiny LM's, SmolLM2's 30 layers
-        # ~10x: smaller batches, fewer steps.
+        # Gemma's 262k-token vocabulary makes a step ~30x dearer than the tiny LM's, and SmolLM2's 30 layers
+        # cost ~25 s per step of 4 on 2 busy cores: smaller batches, fewer steps.
         raw1["model"]["llm"]["pretrained"] = llm
         raw1["model"]["moe"]["dense_lora"] = True
         for raw in (raw1, raw2):
