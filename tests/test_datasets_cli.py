@@ -16,7 +16,8 @@ REAL = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet"]
 
 
 def test_registry():
-    assert list_datasets() == ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "mgrs_mini"]
+    assert list_datasets() == ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "bigearthnet_examples", "neon_trees",
+                              "landsat_landcover", "mgrs_mini"]
     assert dataset_splits("rsvqa_hr") == ["train", "val", "test", "test_phili"]
     assert dataset_info("mgrs_mini").asset is None
     with pytest.raises(DataError, match="unknown dataset 'ucm'"):

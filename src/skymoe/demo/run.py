@@ -18,11 +18,11 @@ from pathlib import Path
 import yaml
 
 from skymoe.demo.splits import HELDOUT_SOURCES, DemoSplits, build_demo_splits
+from skymoe.model.gguf import GGUF_LLM_ASSETS
 
 # What a demo run writes under its --out folder; a new run replaces them.
 RUN_FOLDERS = ("data", "stage1", "blind", "stage2", "eval_stage1", "eval_blind", "eval_stage2")
-DEMO_ASSETS = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "efficientnet-lite0"]
-GEMMA_ASSET = "gemma3-270m"
+DEMO_ASSETS = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "neon_trees", "landsat_landcover", "efficientnet-lite0"]
 # Share of the training draws that go to the real datasets (the rest: MGRS-mini, task-balanced). The real sets
 # hold 7-8 training images each: more draws buy memorised answers, not image understanding.
 REAL_DATA_SHARE = 0.2
@@ -82,10 +82,11 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
         raw["max_steps"] = steps
         raw["seed"] = seed
     raw2["model"]["init_from"] = str(stage1_dir)
-    if llm == GEMMA_ASSET:
+    if llm in GGUF_LLM_ASSETS:
         # A pretrained LM is the frozen base of a dense LoRA adapter, then of the LoRA experts.
-        # Its 262k-token vocabulary makes a step ~30x dearer than the tiny LM's: smaller batches, fewer steps.
-        raw1["model"]["llm"]["pretrained"] = GEMMA_ASSET
+        # Gemma's 262k-token vocabulary makes a step ~30x dearer than the tiny LM's, and SmolLM2's 30 layers
+        # cost ~25 s per step of 4 on 2 busy cores: smaller batches, fewer steps.
+        raw1["model"]["llm"]["pretrained"] = llm
         raw1["model"]["moe"]["dense_lora"] = True
         for raw in (raw1, raw2):
             raw["batch_size"] = 4
@@ -161,7 +162,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.0, seed: in
         return time.perf_counter()
 
     t = time.perf_counter()
-    fetch_assets(DEMO_ASSETS + ([GEMMA_ASSET] if llm == GEMMA_ASSET else []))
+    fetch_assets(DEMO_ASSETS + ([llm] if llm in GGUF_LLM_ASSETS else []))
     splits = prepare_data(data_dir, budget, seed, heldout)
     suite = write_suite(data_dir, budget)
     t = lap("assets and data", t)

@@ -28,6 +28,8 @@ DEMO_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rsvqa_hr": (("train", "val"), ("test", "test_phili")),  # test_phili: RSVQA-HR's second test city
     "hrvqa": (("train",), ("val",)),
     "bigearthnet": (("train", "val"), ("test",)),
+    "neon_trees": (("train", "val"), ("test",)),  # spatial splits: no test chip overlaps a training chip
+    "landsat_landcover": (("train", "val"), ("test",)),
     "mgrs_mini": (("train",), ("test",)),
 }
 # The same sources for tuning a recipe (`skymoe demo --heldout val`): the validation splits are held out and
@@ -37,12 +39,17 @@ DEMO_TUNING_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rsvqa_hr": (("train",), ("val",)),
     "hrvqa": (("train",), ("val",)),
     "bigearthnet": (("train",), ("val",)),
+    "neon_trees": (("train",), ("val",)),
+    "landsat_landcover": (("train",), ("val",)),
     "mgrs_mini": (("train",), ("val",)),
 }
 HELDOUT_SOURCES = {"test": DEMO_SOURCES, "val": DEMO_TUNING_SOURCES}
 
 
 SYNTHETIC_DATASETS = {"mgrs_mini"}
+# Chips of labelled scenes: held out by place (their spatial test split), not by question (a chip's few
+# questions are about the same trees).
+SPATIAL_DATASETS = {"neon_trees", "landsat_landcover"}
 
 
 @dataclass
@@ -95,7 +102,7 @@ def build_demo_splits(
 
     ``question_holdout`` of the questions of each training image go to
     ``unseen_questions`` (single-question images — BigEarthNet, HRVQA — stay in
-    train). MGRS-mini is generated with ``mgrs_scenes`` scenes (80% train, 10% test);
+    train; so do the chips of :data:`SPATIAL_DATASETS`). MGRS-mini is generated with ``mgrs_scenes`` scenes (80% train, 10% test);
     ``mgrs_train`` caps its training samples and ``eval_per_task`` its held-out samples
     of each task (seeded samples). The real held-out sets are small and kept whole (a
     sample of them would add noise to the numbers that matter) unless
@@ -111,7 +118,7 @@ def build_demo_splits(
             train, held_q = _limited(seen, mgrs_train, rng), []
             unseen = [s for task in sorted({s.task for s in unseen}) for s in _limited([u for u in unseen if u.task == task], eval_per_task, rng)]
         else:
-            held_q = _hold_out_questions(seen, question_holdout, rng)
+            held_q = [] if name in SPATIAL_DATASETS else _hold_out_questions(seen, question_holdout, rng)
             held_ids = {s.id for s in held_q}
             train = [s for s in seen if s.id not in held_ids]
             held_q, unseen = _limited(held_q, real_eval_limit, rng), _limited(unseen, real_eval_limit, rng)

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from transformers import AutoConfig
 
 from skymoe.model.configuration import EfficientNetLiteConfig, ModelSettings, SkyMoEConfig, resolve_settings
+from skymoe.model.geoembed import GEOEMBED_ASSET, GeoEmbedConfig
 from skymoe.model.location import init_location_embeddings
 from skymoe.model.projector import count_visual_tokens
 from skymoe.model.vision import count_patch_tokens
@@ -17,6 +18,7 @@ IMAGE_STATS = {
     "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     EfficientNetLiteConfig.model_type: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    GeoEmbedConfig.model_type: ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 TINY_TEXT = {
@@ -137,6 +139,8 @@ def dense_config(settings: ModelSettings, tokenizer) -> SkyMoEConfig:
         )
     elif v.pretrained == EFFICIENTNET_ASSET:
         vision = EfficientNetLiteConfig(feature_strides=v.feature_strides)
+    elif v.pretrained == GEOEMBED_ASSET:
+        vision = GeoEmbedConfig()
     else:
         vision = vision_config_from(v.pretrained)
     text_dir = str(pretrained_llm_folder(t.pretrained)) if t.pretrained else None

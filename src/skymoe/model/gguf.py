@@ -1,4 +1,4 @@
-"""A GGUF causal LM (e.g. the Gemma-3-270M asset) as an ordinary Hugging Face model folder.
+"""A GGUF causal LM (the Gemma-3-270M and SmolLM2-135M assets) as an ordinary Hugging Face model folder.
 
 transformers loads GGUF files (``from_pretrained(dir, gguf_file=...)``, de-quantised
 to float) but refuses to ``save_pretrained`` them, and every other loader in the
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from skymoe.errors import ConfigError
 
-GGUF_LLM_ASSETS = ("gemma3-270m",)  # registry assets holding a GGUF causal LM
+GGUF_LLM_ASSETS = ("gemma3-270m", "smollm2-135m")  # registry assets holding a GGUF causal LM
 
 
 def pretrained_llm_folder(llm: str) -> Path:

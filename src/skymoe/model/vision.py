@@ -1,4 +1,5 @@
-"""Vision towers: any transformers vision model, or EfficientNet-Lite0 with its ImageNet weights.
+"""Vision towers: any transformers vision model, EfficientNet-Lite0 with its ImageNet weights, or GeoEmbed V3
+(aerial, :mod:`skymoe.model.geoembed`).
 
 Every tower maps pixel_values [B, 3, S, S] to patch features [B, N, C].
 """
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skymoe.model.configuration import EfficientNetLiteConfig
+from skymoe.model.geoembed import GeoEmbedConfig, GeoEmbedTower
 
 EFFICIENTNET_ASSET = "efficientnet-lite0"
 EFFICIENTNET_WEIGHTS = "efficientnet-lite0-57934424.pth"
@@ -141,6 +143,8 @@ def _stride_taps(model, strides: list[int] | None) -> dict[int, int]:
 def build_vision_tower(config, feature_layer: int = -1, image_size: int = 224) -> nn.Module:
     if isinstance(config, EfficientNetLiteConfig):
         return EfficientNetLiteTower(config, feature_layer, image_size)
+    if isinstance(config, GeoEmbedConfig):
+        return GeoEmbedTower(config)
     return HFVisionTower(config, feature_layer)
 
 

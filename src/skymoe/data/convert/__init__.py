@@ -40,7 +40,7 @@ FORMATS = {
 BOX_TASKS = ("grounding", "counting", "region_caption", "classification", "multilabel")
 DEFAULT_BOX_TASKS = ("grounding", "counting", "region_caption")
 # ConvertOptions fields a data.mix entry sets under ``options:`` (the others are entry keys of their own)
-MIX_OPTIONS = ("label_field", "point_size", "min_share", "dataset", "seed")
+MIX_OPTIONS = ("label_field", "point_size", "min_share", "dataset", "seed", "rename")
 
 
 @dataclass
@@ -63,6 +63,7 @@ class ConvertOptions:
     reuse_images: bool = False  # derived_dir is a cache keyed by the labels: keep the images already there
     dataset: str | None = None
     seed: int = 0
+    rename: dict[str, str] | None = None  # class name in the labels -> name in the questions ("Dead" -> "dead tree")
 
 
 def format_names() -> list[str]:

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
+
+from PIL import Image
 
 from skymoe.data.convert import DEFAULT_BOX_TASKS, ConvertOptions
 from skymoe.data.convert.chips import crop, tile_image
 from skymoe.data.convert.derive import derive_samples
 from skymoe.data.convert.labelled import LabelledImage
 from skymoe.data.convert.report import Converted, Tally
-from skymoe.data.imagery import image_size, read_window, scene_limits
+from skymoe.data.imagery import image_size, is_raster_source, load_image, read_window, scene_limits
 from skymoe.errors import DataError
 
 
@@ -21,6 +24,8 @@ def finish(images: list[LabelledImage], options: ConvertOptions, tally: Tally, c
     ``chipped``: the format cut its own chips (label rasters). ``whole_window``: apply the half-area rule at the image border too (vector labels may reach past the raster).
     """
     _unique_names(images)
+    if options.rename:
+        classes = _rename(images, classes, options.rename)
     if options.tile and not chipped:
         images = [chip for image in images for chip in tile_image(image, options.tile, options.overlap)]
     elif whole_window:
@@ -39,6 +44,15 @@ def finish(images: list[LabelledImage], options: ConvertOptions, tally: Tally, c
     return Converted.from_tally([s for _, samples in derived for s in samples], tally)
 
 
+def _rename(images: list[LabelledImage], classes: list[str], names: dict[str, str]) -> list[str]:
+    """Class names as the questions should say them; names not in ``names`` are kept."""
+    for image in images:
+        image.boxes = [replace(b, label=names.get(b.label, b.label)) for b in image.boxes]
+        if image.shares is not None:
+            image.shares = {names.get(c, c): share for c, share in image.shares.items()}
+    return [names.get(c, c) for c in classes]
+
+
 def _unique_names(images: list[LabelledImage]) -> None:
     """Names become sample ids and chip file names: two images named alike (a/x.png, b/x.png) get -2, -3, ..."""
     seen: dict[str, int] = {}
@@ -46,6 +60,18 @@ def _unique_names(images: list[LabelledImage]) -> None:
         n = seen[image.name] = seen.get(image.name, 0) + 1
         if n > 1:
             image.name = f"{image.name}-{n}"
+
+
+def _window(image: LabelledImage, options: ConvertOptions, limits, decoded: dict) -> Image.Image:
+    """The RGB image of ``image``'s window. An 8-bit PNG/JPEG is decoded once and cut: it has no random
+    access, so a window read decodes it from the top, every time (minutes for a 2,000 px scene's chips)."""
+    x, y, w, h = image.window or (0, 0, *image_size(image.image))
+    if limits is None and not options.bands and not is_raster_source(image.image):
+        if image.image not in decoded:
+            decoded.clear()  # one source image at a time in memory
+            decoded[image.image] = load_image(image.image)
+        return decoded[image.image].crop((x, y, x + w, y + h))
+    return read_window(image.image, x, y, w, h, bands=options.bands, limits=limits)
 
 
 def write_images(images: list[LabelledImage], options: ConvertOptions) -> dict[str, Path]:
@@ -61,12 +87,12 @@ def write_images(images: list[LabelledImage], options: ConvertOptions) -> dict[s
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     limits: dict[Path, object] = {}
+    decoded: dict[Path, Image.Image] = {}
     try:
         for image in images:
             if image.image not in limits:  # one stretch per source image, so its chips agree
                 limits[image.image] = scene_limits(image.image, bands=options.bands)
-            x, y, w, h = image.window or (0, 0, *image_size(image.image))
-            read_window(image.image, x, y, w, h, bands=options.bands, limits=limits[image.image]).save(staging / f"{image.name}.png")
+            _window(image, options, limits[image.image], decoded).save(staging / f"{image.name}.png")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
