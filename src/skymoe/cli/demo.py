@@ -5,7 +5,7 @@ from __future__ import annotations
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train + evaluate + report on the embedded real data (minutes on a CPU)")
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    p.add_argument("--minutes", type=float, default=8.5, help="time budget; more minutes = more training steps (default: 8.5)")
+    p.add_argument("--minutes", type=float, default=9.5, help="time budget; more minutes = more training steps (default: 9.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (seconds), to check the pipeline")
     p.add_argument("--llm", choices=["tiny", "gemma3-270m", "smollm2-135m"], default="tiny",

@@ -140,7 +140,7 @@ def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -
     return learning
 
 
-def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 8.5, seed: int = 0, smoke: bool = False,
+def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 9.5, seed: int = 0, smoke: bool = False,
              llm: str = "tiny", heldout: str = "test") -> Path:
     """Run the demo; returns the path of report.html. ``heldout="val"`` holds out the validation splits instead of
     the test splits, and never reads the latter: what a recipe change is tuned on."""
