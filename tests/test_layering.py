@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import skymoe
@@ -13,6 +14,7 @@ LAYERS = ("errors", "suites", "assets", "data", "config", "model", "train", "eva
 PACKAGE = Path(skymoe.__file__).parent
 FACADE = {"__init__", "__main__"}  # the package itself: `skymoe.Pipeline`, `python -m skymoe`; above every layer
 METADATA = {"skymoe.__version__"}  # no layer: any module may read it
+ARCHITECTURE_DOC = Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md"
 
 
 def layer_of(module: str) -> str:
@@ -67,3 +69,24 @@ def test_an_upward_import_is_reported_with_its_file_and_line(tmp_path):
         "data/reader.py:4 imports skymoe.model.install (layer model is above data)",
         "serve.py:2 imports skymoe.Pipeline (layer __init__ is above serve)",
     ]
+
+
+def doc_section(heading: str) -> str:
+    """The text under ``## heading`` in docs/ARCHITECTURE.md, up to the next ``## `` heading."""
+    text = ARCHITECTURE_DOC.read_text(encoding="utf-8")
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_the_architecture_doc_draws_these_layers_in_this_order():
+    block = doc_section("Layers").split("```")[1]  # the section's first fenced block, top layer first
+    drawn = [line.split()[0] for line in block.splitlines()[1:] if line.strip()]  # [0] is the info string
+    assert drawn[::-1] == list(LAYERS)
+
+
+def test_every_file_the_architecture_doc_places_an_idea_in_exists():
+    rows = [line for line in doc_section("Where each idea lives").splitlines() if line.startswith("| ")]
+    paths = re.findall(r"`([\w./-]+(?:\.py|/))`", "\n".join(rows))
+    assert len(paths) > 40  # the table was parsed, not skipped
+    assert [p for p in paths if not (PACKAGE / p).exists()] == []
