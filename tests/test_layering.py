@@ -10,7 +10,7 @@ import skymoe
 # Bottom to top. A module may import from its own layer and the layers below it. suites holds only
 # YAML files; config validates conversion options with data.convert, so it sits above data; demo
 # drives train and eval for cli.
-LAYERS = ("errors", "suites", "assets", "data", "config", "model", "train", "eval", "infer", "serve", "demo", "cli")
+LAYERS = ("errors", "yaml_settings", "suites", "assets", "data", "model", "train", "eval", "infer", "serve", "demo", "cli")
 PACKAGE = Path(skymoe.__file__).parent
 FACADE = {"__init__", "__main__"}  # the package itself: `skymoe.Pipeline`, `python -m skymoe`; above every layer
 METADATA = {"skymoe.__version__"}  # no layer: any module may read it

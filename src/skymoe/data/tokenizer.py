@@ -24,7 +24,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4000, location_token
     """Train a byte-level BPE on ``texts``; lower-cased, every digit its own token.
 
     Splitting digits keeps numbers compositional instead of memorising each
-    number as one token. With ``location_tokens`` the 101 box location tokens
+    number as one token. With ``location_tokens`` the 2 x 101 box location tokens
     (:data:`skymoe.data.boxes.LOC_TOKENS`) are added whole, and the processor writes
     every canonical box as four of them.
     """
@@ -65,7 +65,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4000, location_token
 
 
 def add_location_tokens(tokenizer):
-    """Add the 101 box location tokens whole, as ordinary (decoded, never skipped) tokens; in place."""
+    """Add the 2 x 101 box location tokens (x and y axes) whole, as ordinary (decoded, never skipped) tokens; in place."""
     from skymoe.data.boxes import LOC_TOKENS
 
     missing = [t for t in LOC_TOKENS if t not in tokenizer.get_vocab()]

@@ -16,7 +16,7 @@ from typing import ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from skymoe.config import unknown_key_message
+from skymoe.yaml_settings import unknown_key_message
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from skymoe.config import apply_overrides, from_dict, read_yaml
+from skymoe.yaml_settings import apply_overrides, from_dict, read_yaml
 from skymoe.errors import ConfigError
 from skymoe.model.configuration import STAGE1_ONLY, ModelSettings
 
