@@ -6,10 +6,13 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from _model_helpers import make_batch, randomize_adapters, tiny_model
 from skymoe.model import SkyMoEForConditionalGeneration
 from skymoe.model.build import build_model, pretrained_config, tiny_config
+from skymoe.model.configuration import ProjectorSettings
+from skymoe.model.projector import build_projector
 
 
 def generation_inputs(config, batch_size=2, seed=0):
@@ -19,13 +22,18 @@ def generation_inputs(config, batch_size=2, seed=0):
 
 
 @pytest.mark.parametrize(
-    "text_model_type,moe",
-    [("llama", {"num_experts": 4}), ("gpt2", {"num_experts": 4, "expert_type": "ffn"}), ("qwen2", {"num_experts": 0})],
+    "text_model_type,moe,projector",
+    [
+        ("llama", {"num_experts": 4}, None),
+        ("gpt2", {"num_experts": 4, "expert_type": "ffn"}, None),
+        ("qwen2", {"num_experts": 0}, None),
+        ("llama", {"num_experts": 4}, {"type": "qformer", "num_queries": 8, "num_layers": 3}),
+    ],
 )
-def test_save_and_reload_through_the_auto_class_is_bit_exact(tmp_path, text_model_type, moe):
+def test_save_and_reload_through_the_auto_class_is_bit_exact(tmp_path, text_model_type, moe, projector):
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    model = tiny_model(text_model_type=text_model_type, moe=moe).eval()
+    model = tiny_model(text_model_type=text_model_type, moe=moe, projector=projector).eval()
     randomize_adapters(model)
     model.save_pretrained(tmp_path)
     assert {"config.json", "model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
@@ -39,7 +47,7 @@ def test_save_and_reload_through_the_auto_class_is_bit_exact(tmp_path, text_mode
     batch = make_batch(model.config)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
-    assert loaded.config.moe == model.config.moe
+    assert loaded.config.moe == model.config.moe and loaded.config.projector == model.config.projector
 
 
 @pytest.mark.parametrize("moe", [{"num_experts": 4}, {"num_experts": 4, "routing": "sequence", "expert_type": "ffn"}, {}])
@@ -167,6 +175,64 @@ def test_instruction_aware_resampler_depends_on_the_instruction():
         tokens_a = model.get_image_features(a["pixel_values"], embeds_a, a["instruction_mask"])
         tokens_b = model.get_image_features(a["pixel_values"], embeds_b, a["instruction_mask"])
     assert tokens_a.shape == (2, 3, 64) and not torch.allclose(tokens_a, tokens_b)
+
+
+def tiny_qformer(**settings):
+    torch.manual_seed(0)
+    settings = ProjectorSettings(**{"type": "qformer", "num_queries": 4, "num_layers": 3, "num_heads": 2, **settings})
+    return build_projector(settings, vision_size=12, text_size=16)
+
+
+def qformer_inputs(seed=0):
+    """Image features, two different instructions (LLM embeddings) and a mask padding the second prompt."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(2, 9, 12, generator=g)
+    first, second = torch.randn(2, 2, 7, 16, generator=g)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    return features, first, second, mask
+
+
+@pytest.mark.parametrize("hidden_size", [None, 8])  # 8: blocks narrower than the LLM, the instruction projected
+def test_qformer_output_depends_on_the_instruction_and_not_on_a_masked_out_one(hidden_size):
+    projector = tiny_qformer(hidden_size=hidden_size).eval()
+    features, first, second, mask = qformer_inputs()
+    with torch.no_grad():
+        tokens = projector(features, first, mask)
+        changed = projector(features, second, mask)
+        assert tokens.shape == (2, 4, 16)
+        assert ((tokens - changed).abs().amax(dim=(1, 2)) > 1e-3).all()  # each prompt's tokens follow its instruction
+        padding_changed = first.clone()
+        padding_changed[1, 5:] = second[1, 5:]
+        assert torch.equal(projector(features, padding_changed, mask), tokens)
+        unmasked = torch.zeros_like(mask)
+        assert torch.equal(projector(features, first, unmasked), projector(features, second, unmasked))
+        assert not torch.allclose(projector(features, first, unmasked), tokens)
+
+
+def test_qformer_cross_attends_in_every_kth_block_and_carries_the_instruction_to_the_last():
+    qformer = tiny_qformer(num_layers=5)
+    assert [block.cross_attn is not None for block in qformer.blocks] == [True, False, True, False, True]
+    assert sum(isinstance(m, nn.MultiheadAttention) for m in qformer.modules()) == 5 + 3
+    # the last block's instruction tokens feed nothing, so it has no instruction FFN
+    assert [block.context_ffn is not None for block in qformer.blocks] == [True, True, True, True, False]
+    assert [block.cross_attn is not None for block in tiny_qformer(num_layers=5, cross_attention_every=3).blocks] == [
+        True, False, False, True, False]
+    resampler = build_projector(ProjectorSettings(type="resampler", num_layers=3, num_heads=2), 12, 16)
+    assert all(b.cross_attn is not None and b.context_ffn is None for b in resampler.blocks)
+
+
+def test_a_qformer_without_queries_is_a_config_error():
+    with pytest.raises(ValueError, match=r"'projector.num_queries' must be >= 1 for type qformer, got 0"):
+        tiny_config(projector={"type": "qformer", "num_queries": 0})
+
+
+def test_every_qformer_parameter_gets_a_gradient():
+    """A parameter that feeds nothing fails DistributedDataParallel."""
+    projector = tiny_qformer(hidden_size=8).train()
+    features, first, _, mask = qformer_inputs()
+    projector(features, first, mask).square().mean().backward()
+    assert [n for n, p in projector.named_parameters() if p.grad is None or not p.grad.abs().sum()] == []
 
 
 def test_models_from_local_checkpoint_directories(tmp_path):

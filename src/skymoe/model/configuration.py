@@ -21,11 +21,13 @@ from skymoe.yaml_settings import unknown_key_message
 
 @dataclass
 class ProjectorSettings:
-    type: str = "mlp2x_gelu"  # "mlp2x_gelu" | "resampler"
-    num_queries: int = 32  # resampler: learned queries = visual tokens given to the LLM
-    num_layers: int = 2  # resampler blocks
+    type: str = "mlp2x_gelu"  # "mlp2x_gelu" | "resampler" | "qformer" (InstructBLIP's instruction-aware Q-Former)
+    num_queries: int = 32  # resampler/qformer: learned queries = visual tokens given to the LLM
+    num_layers: int = 2  # resampler/qformer blocks
     num_heads: int = 4
-    instruction_aware: bool = False  # resampler queries also attend to the instruction (InstructBLIP)
+    instruction_aware: bool = False  # resampler queries also attend to the instruction (a qformer always does)
+    cross_attention_every: int = 2  # qformer: blocks 0, k, 2k.. cross-attend to the image (InstructBLIP's cross_attention_freq)
+    hidden_size: int | None = None  # resampler/qformer block width; null = the LLM's
     norm: bool = False  # LayerNorm on the tower's features first (mid-level CNN maps are not normalised)
     position_code: bool = False  # mlp2x_gelu: add each token's grid-centre code (skymoe.model.location)
 
@@ -62,7 +64,7 @@ class LossSettings:
 
 SETTINGS = {"projector": ProjectorSettings, "router": RouterSettings, "moe": MoESettings, "loss": LossSettings}
 CHOICES = {
-    ("projector", "type"): ("mlp2x_gelu", "resampler"),
+    ("projector", "type"): ("mlp2x_gelu", "resampler", "qformer"),
     ("moe", "expert_type"): ("lora", "ffn"),
     ("moe", "routing"): ("token", "sequence"),
 }
@@ -80,13 +82,26 @@ def resolve_settings(name: str, value: dict | None, prefix: str = ""):
     for (section, key), options in CHOICES.items():
         if section == name and getattr(settings, key) not in options:
             raise ValueError(f"'{prefix}{name}.{key}' = {getattr(settings, key)!r}; expected one of {list(options)}")
-    if name == "projector" and settings.position_code and settings.type != "mlp2x_gelu":
-        raise ValueError(f"'{prefix}projector.position_code' needs type mlp2x_gelu (one token per grid cell), got {settings.type!r}")
+    if name == "projector":
+        _check_projector(settings, prefix)
     if name == "moe" and settings.num_experts < 0:
         raise ValueError(f"'{prefix}moe.num_experts' must be >= 0 (0 = dense), got {settings.num_experts}")
     if name == "moe" and settings.num_experts and not 1 <= settings.top_k <= settings.num_experts:
         raise ValueError(f"'{prefix}moe.top_k' = {settings.top_k} must be in 1..moe.num_experts={settings.num_experts}")
     return settings
+
+
+def _check_projector(settings: ProjectorSettings, prefix: str) -> None:
+    if settings.position_code and settings.type != "mlp2x_gelu":
+        raise ValueError(f"'{prefix}projector.position_code' needs type mlp2x_gelu (one token per grid cell), got {settings.type!r}")
+    if settings.type == "mlp2x_gelu":
+        return
+    for key in ("num_queries", "num_layers", "num_heads", "cross_attention_every"):
+        if getattr(settings, key) < 1:
+            raise ValueError(f"'{prefix}projector.{key}' must be >= 1 for type {settings.type}, got {getattr(settings, key)}")
+    size = settings.hidden_size
+    if size is not None and (size < 1 or size % settings.num_heads):
+        raise ValueError(f"'{prefix}projector.hidden_size' = {size} must be a positive multiple of num_heads={settings.num_heads}")
 
 
 class SkyMoEConfig(PreTrainedConfig):
