@@ -264,3 +264,25 @@ def test_summary_counts_k_adapters_and_k_passes_of_the_llm():
     assert llm["groups"]["lm"]["active_per_token"] == lora["groups"]["lm"]["active_per_token"]
     assert llm["groups"]["lm"]["flops_per_token"] == 2 * lora["groups"]["lm"]["flops_per_token"]
     assert "each token runs 2 passes of the LLM" in format_summary(llm)
+
+
+def test_stage2_upcycling_check_compares_log_probabilities_then_applies_the_templates():
+    from types import SimpleNamespace
+
+    from skymoe.errors import ConfigError
+    from skymoe.train.stages import upcycle_checked
+
+    dense = tiny_model()
+    randomize_adapters(dense)
+    batch = make_batch(dense.config)
+    tokenizer = WordTokenizer(["theme", "objects", "and", "relations"])
+
+    def stage2(templates):
+        moe = MoESettings(num_experts=2, top_k=2, **LLM, expert_templates=templates)
+        return SimpleNamespace(model=ModelSettings(moe=moe), cda=SimpleNamespace(enabled=False))
+
+    moe = upcycle_checked(dense, stage2(["theme", "objects"]), batch, tokenizer)
+    table = moe.get_input_embeddings().weight
+    assert moe.has_expert_llms and torch.equal(moe.router.prompt_base[:, 0], table[[10, 11]])
+    with pytest.raises(ConfigError, match=r"model\.moe\.expert_templates\[1\] = 'objects and relations' is 3 tokens"):
+        upcycle_checked(dense, stage2(["theme", "objects and relations"]), batch, tokenizer)

@@ -182,7 +182,10 @@ def upcycle_checked(dense, cfg: TrainConfig, batch: dict, tokenizer=None):
         raise StageError(f"upcycling changed the model: max |logit difference| = {diff:.3g} > {allowed:.3g}")
     logger.info("upcycled to %d experts; identical-expert logits match the dense model (max diff %.2e)", m.moe.num_experts, diff)
     if m.moe.expert_templates:
-        init_expert_prompts_from_text(moe, tokenizer, m.moe.expert_templates)
+        try:
+            init_expert_prompts_from_text(moe, tokenizer, m.moe.expert_templates)
+        except ValueError as exc:  # a template longer than the stage-1 model's route tokens
+            raise ConfigError(f"model.{exc}") from None
     return moe
 
 
