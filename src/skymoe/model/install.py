@@ -3,8 +3,9 @@ by a :class:`MoEDecoderLayer` that computes its dispatch plan, and its linears (
 become experts.
 
 The routing inputs reach the MoE layers as forward arguments: the top model passes ``routing_embedding``,
-``routing_mask`` and ``gate_records`` (expert LLMs: ``row_expert``) to the LLM's forward, whose keyword arguments HF decoders hand to
-every decoder layer; each :class:`MoEDecoderLayer` takes them out before calling the layer it wraps.
+``routing_mask`` and ``gate_records`` (expert LLMs: ``row_expert``) to the LLM's forward, whose keyword
+arguments HF decoders hand to every decoder layer; each :class:`MoEDecoderLayer` takes them out before
+calling the layer it wraps.
 """
 from __future__ import annotations
 
