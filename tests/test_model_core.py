@@ -11,6 +11,7 @@ SETTINGS = {
     "dense": {"num_experts": 0},
     "lora-token": {"num_experts": 4, "top_k": 2},
     "ffn-sequence": {"num_experts": 4, "top_k": 2, "expert_type": "ffn", "routing": "sequence"},
+    "llm-experts": {"num_experts": 3, "top_k": 3, "expert_type": "llm", "routing": "sequence"},  # k = E: all get gradients
 }
 
 
@@ -37,7 +38,8 @@ def test_training_steps_give_every_trainable_parameter_a_gradient(text_model_typ
     assert set(out.loss_terms) == {"lm", "router_task_ce", "router_granularity_ce"} | moe_terms
 
 
-@pytest.mark.parametrize("setting,text_model_type", [("lora-token", "llama"), ("ffn-sequence", "llama"), ("lora-token", "gpt2")])
+@pytest.mark.parametrize("setting,text_model_type",
+                         [("lora-token", "llama"), ("ffn-sequence", "llama"), ("lora-token", "gpt2"), ("llm-experts", "llama")])
 def test_activation_checkpointing_gives_the_gradients_of_a_plain_backward(setting, text_model_type, monkeypatch):
     """Recomputing a checkpointed layer must redo every op that saves tensors for backward.
 

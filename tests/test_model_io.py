@@ -427,7 +427,8 @@ def test_generate_returns_the_prefill_routing_from_that_one_prefill(monkeypatch)
     assert routing_of(result.routing, 1) == routing_of(expected, 1)
 
 
-@pytest.mark.parametrize("moe", [{"num_experts": 4}, {"num_experts": 4, "routing": "sequence", "expert_type": "ffn"}])
+@pytest.mark.parametrize("moe", [{"num_experts": 4}, {"num_experts": 4, "routing": "sequence", "expert_type": "ffn"},
+                                 {"num_experts": 4, "routing": "sequence", "expert_type": "llm"}])
 def test_one_model_answers_concurrent_callers_as_it_answers_each_alone(moe):
     """Two threads call one model at once with different inputs: each gets what a lone call gives
     (routing embedding, dispatch plans and gate records are per call, not state on the model)."""

@@ -42,13 +42,16 @@ class RouterSettings:
 class MoESettings:
     num_experts: int = 0  # 0 = dense stage-1 model
     top_k: int = 2
-    expert_type: str = "lora"  # "lora" | "ffn"
+    expert_type: str = "lora"  # "lora" | "ffn" | "llm" (RS-MoE: each expert a full LLM pass with its own adapter)
     routing: str = "token"  # "token" | "sequence"
     moe_layers: list[int] | None = None  # decoder layer indices; None = every layer
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["mlp"])  # "mlp" = every linear of the FFN
     dense_lora: bool = True  # dense model (num_experts=0): one LoRA adapter on the same linears
+    # llm experts: one text per expert (RS-MoE's theme / objects / relations) whose token embeddings start its
+    # routing instruction (skymoe.model.expert_llms.init_expert_prompts_from_text)
+    expert_templates: list[str] | None = None
 
 
 @dataclass
@@ -65,7 +68,7 @@ class LossSettings:
 SETTINGS = {"projector": ProjectorSettings, "router": RouterSettings, "moe": MoESettings, "loss": LossSettings}
 CHOICES = {
     ("projector", "type"): ("mlp2x_gelu", "resampler", "qformer"),
-    ("moe", "expert_type"): ("lora", "ffn"),
+    ("moe", "expert_type"): ("lora", "ffn", "llm"),
     ("moe", "routing"): ("token", "sequence"),
 }
 
@@ -88,6 +91,8 @@ def resolve_settings(name: str, value: dict | None, prefix: str = ""):
         raise ValueError(f"'{prefix}moe.num_experts' must be >= 0 (0 = dense), got {settings.num_experts}")
     if name == "moe" and settings.num_experts and not 1 <= settings.top_k <= settings.num_experts:
         raise ValueError(f"'{prefix}moe.top_k' = {settings.top_k} must be in 1..moe.num_experts={settings.num_experts}")
+    if name == "moe":
+        _check_llm_experts(settings, prefix)
     return settings
 
 
@@ -102,6 +107,20 @@ def _check_projector(settings: ProjectorSettings, prefix: str) -> None:
     size = settings.hidden_size
     if size is not None and (size < 1 or size % settings.num_heads):
         raise ValueError(f"'{prefix}projector.hidden_size' = {size} must be a positive multiple of num_heads={settings.num_heads}")
+
+
+def _check_llm_experts(moe: MoESettings, prefix: str) -> None:
+    if moe.expert_type == "llm" and moe.routing != "sequence":
+        raise ValueError(f"'{prefix}moe.expert_type' = 'llm' chooses its experts once per sample, but '{prefix}moe.routing' = "
+                         f"{moe.routing!r} (the default is 'token'); set {prefix}moe.routing: sequence")
+    templates = moe.expert_templates
+    if templates is None:
+        return
+    if moe.expert_type != "llm":
+        raise ValueError(f"'{prefix}moe.expert_templates' is for expert_type 'llm', got '{prefix}moe.expert_type' = {moe.expert_type!r}")
+    if not isinstance(templates, list) or not all(isinstance(t, str) and t for t in templates) or len(templates) != moe.num_experts:
+        raise ValueError(f"'{prefix}moe.expert_templates' must be a list of {moe.num_experts} non-empty texts (one per expert, "
+                         f"moe.num_experts), got {templates!r}")
 
 
 class SkyMoEConfig(PreTrainedConfig):

@@ -3,8 +3,9 @@ by a :class:`MoEDecoderLayer` that computes its dispatch plan, and its linears (
 become experts.
 
 The routing inputs reach the MoE layers as forward arguments: the top model passes ``routing_embedding``,
-``routing_mask`` and ``gate_records`` to the LLM's forward, whose keyword arguments HF decoders hand to
-every decoder layer; each :class:`MoEDecoderLayer` takes them out before calling the layer it wraps.
+``routing_mask`` and ``gate_records`` (expert LLMs: ``row_expert``) to the LLM's forward, whose keyword
+arguments HF decoders hand to every decoder layer; each :class:`MoEDecoderLayer` takes them out before
+calling the layer it wraps.
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ class MoEDecoderLayer(nn.Module):
     wrapped layer, so the wrapper works for any decoder family.
     """
 
-    def __init__(self, layer: nn.Module, gate: ExpertGate | None):
+    def __init__(self, layer: nn.Module, gate: ExpertGate | None, row_experts: int = 0):
+        """``row_experts``: E for expert LLMs (no gate): every token of a row goes to its row's expert."""
         super().__init__()
         self.layer = layer
         self.gate = gate
+        self.row_experts = row_experts
 
     def __getattr__(self, name: str):
         try:
@@ -36,11 +39,14 @@ class MoEDecoderLayer(nn.Module):
             return getattr(super().__getattr__("layer"), name)
 
     def forward(self, hidden_states, *args, routing_embedding: torch.Tensor | None = None, routing_mask: torch.Tensor | None = None,
-                gate_records: list[GateRecord] | None = None, **kwargs):
+                gate_records: list[GateRecord] | None = None, row_expert: torch.Tensor | None = None, **kwargs):
         """``routing_embedding`` [B, H] conditions the gate, ``routing_mask`` [B, S] marks the real tokens in
-        the gate's record, ``gate_records`` (None: keep none) collects this pass's gate decisions."""
+        the gate's record, ``gate_records`` (None: keep none) collects this pass's gate decisions.
+        ``row_expert`` [rows]: the expert of each row, for expert LLMs (the router chose them)."""
         plan = None
-        if self.gate is not None:
+        if self.row_experts:
+            plan = self._row_plan(hidden_states, row_expert)
+        elif self.gate is not None:
             plan = self._plan(hidden_states, routing_embedding, routing_mask, gate_records)
         with dispatching(plan):
             return self.layer(hidden_states, *args, **kwargs)
@@ -53,6 +59,16 @@ class MoEDecoderLayer(nn.Module):
                 return OneTokenPlan(pairs, gate.num_experts, hidden_states.dtype, hidden_states.device)
         index, weight = gate(hidden_states, routing_embedding, gate_records, routing_mask)
         return DispatchPlan.from_topk(index, weight, gate.num_experts)
+
+    def _row_plan(self, hidden_states: torch.Tensor, row_expert: torch.Tensor | None) -> DispatchPlan:
+        """Top-1 plan, weight 1: each token to its row's expert (a one-token plan takes the chosen-expert forms)."""
+        if row_expert is None:
+            raise RuntimeError("expert-LLM layer called without row_expert: run the full SkyMoE model, not its LLM")
+        batch, seq = hidden_states.shape[:2]
+        if row_expert.shape != (batch,):
+            raise RuntimeError(f"row_expert has shape {tuple(row_expert.shape)}, expected one expert per row ({batch},)")
+        index = row_expert.repeat_interleave(seq).unsqueeze(1)
+        return DispatchPlan.from_topk(index, hidden_states.new_ones(index.shape), self.row_experts)
 
     def _is_cpu_decode_step(self, hidden_states: torch.Tensor, routing_embedding) -> bool:
         """One token, token routing, CPU inference, and no hooks on the gate (they would not run)."""
@@ -106,7 +122,7 @@ def install_experts(language_model: nn.Module, config) -> None:
     for index in config.moe_layer_indices:
         layer = layers[index]
         gate = None
-        if moe.num_experts:
+        if moe.num_experts and moe.expert_type != "llm":  # expert LLMs: one choice by the router, no per-layer gate
             gate = ExpertGate(
                 config.text_config.hidden_size,
                 config.router_settings.hidden_size,
@@ -123,4 +139,4 @@ def install_experts(language_model: nn.Module, config) -> None:
                 parent = layer.get_submodule(parent_name) if parent_name else layer
                 lora = LoRAExperts(getattr(parent, child), max(moe.num_experts, 1), moe.lora_rank, moe.lora_alpha)
                 setattr(parent, child, lora)
-        layers[index] = MoEDecoderLayer(layer, gate)
+        layers[index] = MoEDecoderLayer(layer, gate, moe.num_experts if moe.expert_type == "llm" else 0)

@@ -9,7 +9,9 @@ recorders collect router logits: no state is kept on the model between or
 during calls, so one model can serve concurrent forwards. In cached generation
 the routing embedding computed at prefill is carried in the model kwargs, so
 routing is decided once per sequence, and ``generate(..., output_routing=True)``
-returns that prefill's decision with the tokens.
+returns that prefill's decision with the tokens. Expert LLMs run the k experts
+chosen per sample as k*B rows of the LLM and mix their distributions
+(:mod:`skymoe.model.expert_llms`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from skymoe.model import router as routing
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.dispatch import keeping_plan
+from skymoe.model.expert_llms import ExpertRows, beam_rows
 from skymoe.model.install import MoEDecoderLayer, install_experts
 from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, weighted_total
 from skymoe.model.outputs import RoutingReadout, SkyMoEGenerateOutput, SkyMoEOutput
@@ -69,7 +72,11 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         config.text_config = self.language_model.config  # one object, so resizing updates the saved config
         text_size = config.text_config.hidden_size
         self.projector = build_projector(config.projector_settings, self.vision_tower.hidden_size, text_size)
-        self.router = Router(text_size, config.router_settings.hidden_size, config.num_route_tokens) if config.has_router else None
+        self.router = None
+        if config.has_router:
+            moe = config.moe_settings
+            expert_llms = moe.num_experts if moe.expert_type == "llm" else 0  # the router chooses them (expert_llms.py)
+            self.router = Router(text_size, config.router_settings.hidden_size, config.num_route_tokens, expert_llms, moe.top_k)
         install_experts(self.language_model, config)
         if config.freeze_vision:
             self.vision_tower.requires_grad_(False)
@@ -80,6 +87,9 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         for gate in self.modules():
             if isinstance(gate, routing.ExpertGate) and gate.token_proj is not None:
                 init.zeros_(gate.token_proj.weight)
+        if self.router is not None and self.router.expert_prompt_proj is not None:  # upcycled expert LLMs start identical
+            init.zeros_(self.router.expert_prompt_proj.weight)
+            init.zeros_(self.router.expert_prompt_proj.bias)
         if self.generation_config is not None:
             # A generated placeholder would have no image/routing content to fill it.
             self.generation_config.suppress_tokens = [config.image_token_id, config.route_token_id]
@@ -103,6 +113,10 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
     @property
     def num_experts(self) -> int:
         return self.config.moe["num_experts"]
+
+    @property
+    def has_expert_llms(self) -> bool:
+        return bool(self.num_experts) and self.config.moe["expert_type"] == "llm"
 
     def moe_layers(self) -> list[MoEDecoderLayer]:
         return [m for m in self.modules() if isinstance(m, MoEDecoderLayer)]
@@ -189,29 +203,30 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             image_tokens = self.get_image_features(pixel_values, embeds, instruction_mask, vision_features)
             embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
 
-        router_out = None
+        router_out = prompts = None
         has_prompt = image_tokens is not None or (input_ids == self.config.route_token_id).any()
         if self.router is not None and (routing_embedding is None or has_prompt):
             router_out = self.router(embeds, instruction_mask, image_tokens)
-            routing_embedding = router_out.routing_embedding
-            if router_out.prompts is not None:
-                embeds = self._scatter(embeds, input_ids, self.config.route_token_id, router_out.prompts, "route tokens")
+            routing_embedding, prompts = router_out.routing_embedding, router_out.prompts
 
         records = [] if output_router_stats else None
-        if self.num_experts:  # the MoE layers' inputs (see install.py)
+        ids, rows = input_ids, None
+        llm_inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "logits_to_keep": logits_to_keep}
+        if self.has_expert_llms:  # the k chosen experts' passes, as k*B rows (see expert_llms.py)
+            rows = ExpertRows.choose(self.router.expert_gate, routing_embedding, records)
+            ids, embeds, prompts = rows.expand(input_ids), rows.expand(embeds), rows.instructions(prompts)
+            llm_inputs = {k: rows.expand(v) for k, v in llm_inputs.items()}
+            kwargs["row_expert"] = rows.row_expert
+        elif self.num_experts:  # the MoE layers' inputs (see install.py)
             token_mask = attention_mask if attention_mask is not None and attention_mask.shape == input_ids.shape else None
             kwargs.update(routing_embedding=routing_embedding, routing_mask=token_mask, gate_records=records)
-        outputs = self.language_model(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        if prompts is not None:
+            embeds = self._scatter(embeds, ids, self.config.route_token_id, prompts, "route tokens")
+        outputs = self.language_model(inputs_embeds=embeds, cache=cache, use_cache=use_cache, **llm_inputs, **kwargs)
+        logits = outputs.logits if rows is None else rows.mix(outputs.logits, logits_to_keep)
         targets = self._targets(labels, logits_to_keep)
-        output = self._output(outputs, targets, router_out, routing_embedding, records, task_labels, granularity_labels, input_ids.shape[0])
+        output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
+                              input_ids.shape[0])
         if routing_record is not None and router_out is not None:
             routing_record.append(RoutingReadout(output.task_logits, output.granularity_logits, output.sample_expert_weights))
         return output
@@ -238,8 +253,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             raise ValueError("with labels, logits_to_keep must be 0 (all positions) or a supervised_positions() mask")
         return labels[:, 1:].reshape(-1)
 
-    def _output(self, outputs, targets, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size):
-        logits = outputs.logits
+    def _output(self, outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size):
         terms = auxiliary_terms(self.config, records, router_out, routing_embedding, task_labels, granularity_labels)
         loss = None
         if targets is not None:
@@ -298,6 +312,11 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         # routing_record asks for the router's read-out.
         model_inputs["output_router_stats"] = bool(is_first_iteration) and model_inputs.get("routing_record") is not None
         return model_inputs
+
+    def _reorder_cache(self, cache, beam_index: torch.Tensor):
+        """Beam search: expert LLMs keep k cache rows per sample row (see expert_llms.py)."""
+        cache.reorder_cache(beam_rows(beam_index, self.config.moe["top_k"]) if self.has_expert_llms else beam_index)
+        return cache
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)

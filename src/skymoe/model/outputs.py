@@ -11,7 +11,10 @@ from transformers.utils import ModelOutput
 @dataclass
 class SkyMoEOutput(ModelOutput):
     """``gate_records``: each MoE layer's gate decision (:class:`~skymoe.model.router.GateRecord`), in layer order,
-    when router statistics were asked for (``output_router_stats``); the aux losses and statistics come from them."""
+    when router statistics were asked for (``output_router_stats``); the aux losses and statistics come from them.
+
+    Expert LLMs (``moe.expert_type: llm``): ``logits`` are the mixture's float32 log-probabilities, and
+    ``cache``, ``hidden_states`` and ``attentions`` hold the k*B expert rows (see :mod:`skymoe.model.expert_llms`)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None

@@ -6,6 +6,8 @@ task and granularity, and mixes learned soft-prompt tokens ("routing
 instructions", RS-MoE's per-expert prompts) that are placed at the ``<route>``
 positions. Each MoE layer has an :class:`ExpertGate` conditioned on ``r``:
 per token (``routing="token"``) or once per sample (``routing="sequence"``).
+With expert LLMs (``expert_type="llm"``) the router itself holds the one
+:class:`SequenceGate` and makes one routing instruction per expert.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class RouterOutput:
     routing_embedding: torch.Tensor  # [B, H]
     task_logits: torch.Tensor  # [B, T]
     granularity_logits: torch.Tensor  # [B, G]
-    prompts: torch.Tensor | None  # [B, R, D] routing instructions
+    prompts: torch.Tensor | None  # [B, R, D] routing instructions; [B, E, R, D] (one per expert) for expert LLMs
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -37,7 +39,11 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 
 class Router(nn.Module):
-    def __init__(self, text_size: int, hidden_size: int, num_route_tokens: int):
+    """``num_experts`` > 0: expert LLMs (see :mod:`skymoe.model.expert_llms`): a :class:`SequenceGate` on ``r``
+    and one routing instruction per expert: a base prompt per expert, the shared task/granularity mix, and a
+    per-expert term generated from ``r`` (zero at start, so that upcycled experts start identical)."""
+
+    def __init__(self, text_size: int, hidden_size: int, num_route_tokens: int, num_experts: int = 0, top_k: int = 1):
         super().__init__()
         self.instruction_proj = nn.Linear(text_size, hidden_size)
         self.visual_proj = nn.Linear(text_size, hidden_size)
@@ -45,10 +51,15 @@ class Router(nn.Module):
         self.task_head = nn.Linear(hidden_size, len(TASKS))
         self.granularity_head = nn.Linear(hidden_size, len(GRANULARITIES))
         self.num_route_tokens = num_route_tokens
+        self.expert_gate = SequenceGate(hidden_size, num_experts, top_k) if num_experts else None
+        self.expert_prompt_proj = None
         if num_route_tokens:
-            self.prompt_base = nn.Parameter(torch.randn(num_route_tokens, text_size) * 0.02)
+            per_expert = (num_experts,) if num_experts else ()
+            self.prompt_base = nn.Parameter(torch.randn(*per_expert, num_route_tokens, text_size) * 0.02)
             self.task_prompts = nn.Parameter(torch.randn(len(TASKS), num_route_tokens, text_size) * 0.02)
             self.granularity_prompts = nn.Parameter(torch.randn(len(GRANULARITIES), num_route_tokens, text_size) * 0.02)
+            if num_experts:
+                self.expert_prompt_proj = nn.Linear(hidden_size, num_experts * num_route_tokens * text_size)
 
     def forward(self, instruction_embeds, instruction_mask, visual_tokens=None) -> RouterOutput:
         pooled = self.instruction_proj(masked_mean(instruction_embeds, instruction_mask))
@@ -60,11 +71,13 @@ class Router(nn.Module):
         if self.num_route_tokens:
             # Routing instructions are a soft mix by the predicted task/granularity, so they stay
             # differentiable and behave the same in training and inference.
-            prompts = (
-                self.prompt_base
-                + torch.einsum("bt,trd->brd", task_logits.softmax(-1), self.task_prompts)
-                + torch.einsum("bg,grd->brd", granularity_logits.softmax(-1), self.granularity_prompts)
-            )
+            task_mix = torch.einsum("bt,trd->brd", task_logits.softmax(-1), self.task_prompts)
+            granularity_mix = torch.einsum("bg,grd->brd", granularity_logits.softmax(-1), self.granularity_prompts)
+            prompts = self.prompt_base
+            if self.expert_prompt_proj is not None:  # one instruction per expert: [B, E, R, D]
+                prompts = prompts + self.expert_prompt_proj(routing).view(-1, *prompts.shape)
+                task_mix, granularity_mix = task_mix.unsqueeze(1), granularity_mix.unsqueeze(1)
+            prompts = prompts + task_mix + granularity_mix
         return RouterOutput(routing, task_logits, granularity_logits, prompts)
 
 
@@ -77,6 +90,31 @@ class GateRecord:
     topk_weight: torch.Tensor  # [rows, k]
     row_mask: torch.Tensor  # [rows] bool: real tokens (padding excluded)
     row_sample: torch.Tensor  # [rows] sample index of each row
+
+
+class SequenceGate(nn.Module):
+    """One top-k choice of experts per sample from the routing embedding (expert LLMs).
+
+    Deterministic: cached generation recomputes it from the prefill's routing embedding at every step
+    and so keeps the prefill's choice.
+    """
+
+    def __init__(self, routing_size: int, num_experts: int, top_k: int):
+        super().__init__()
+        self.num_experts, self.top_k = num_experts, top_k
+        self.routing_proj = nn.Linear(routing_size, num_experts)
+
+    def forward(self, routing_embedding: torch.Tensor, records: list["GateRecord"] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert index and float32 log gate weight per sample, each [B, k] (renormalised top-k softmax, as
+        :class:`ExpertGate`); ``records`` receives the decision (rows = samples)."""
+        logits = self.routing_proj(routing_embedding)
+        top_logits, index = logits.float().topk(self.top_k, dim=-1)
+        # log weights straight from the logits: a weight that underflows to 0 would give log 0 and NaN gradients
+        log_weight = top_logits.log_softmax(dim=-1)
+        if records is not None:
+            rows = torch.arange(logits.shape[0], device=logits.device)
+            records.append(GateRecord(logits, index, log_weight.exp(), torch.ones_like(rows, dtype=torch.bool), rows))
+        return index, log_weight
 
 
 class ExpertGate(nn.Module):

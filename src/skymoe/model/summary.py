@@ -6,6 +6,9 @@ Definitions (written down so the numbers can be checked):
 * FLOPs per token = 2 x active matmul weights + attention scores/values at ``context`` tokens
   (4 x context x hidden per layer). The vision tower and projector run once per image: their
   FLOPs are measured with ``torch.utils.flop_counter`` on a meta-device forward and reported per image.
+* expert LLMs (``expert_type: llm``): a token runs k full passes of the LLM, each with one adapter:
+  active = the base LLM + k adapters (as ``top_k / num_experts`` of the experts), and the LLM's FLOPs
+  count k times (``llm_passes``).
 """
 from __future__ import annotations
 
@@ -76,6 +79,8 @@ def summarize(config_or_model, context: int = 512) -> dict:
         rows[group] = {"total": total, "trainable": trainable, "active_per_token": active, "flops_per_token": 2 * active}
     text = config.text_config
     rows["lm"]["flops_per_token"] += 4 * context * text.hidden_size * text.num_hidden_layers
+    passes = moe["top_k"] if model.has_expert_llms else 1
+    rows["lm"]["flops_per_token"] *= passes
     # counted on a meta-device copy: a loaded model's real weights cannot meet meta inputs
     vision_flops = _vision_flops(model if next(model.parameters()).is_meta else load_for_summary(config))
     summary = {
@@ -89,6 +94,7 @@ def summarize(config_or_model, context: int = 512) -> dict:
         "num_image_tokens": config.num_image_tokens,
         "num_experts": moe["num_experts"],
         "top_k": moe["top_k"] if moe["num_experts"] else 0,
+        "llm_passes": passes,
     }
     return summary
 
@@ -105,5 +111,8 @@ def format_summary(summary: dict) -> str:
         f"experts: {summary['num_experts']} (top-{summary['top_k']}); image: {summary['num_image_tokens']} visual tokens, "
         f"{summary['vision_flops_per_image']:,} FLOPs (vision tower + projector); attention FLOPs at context {summary['context']}"
     )
+    if summary["llm_passes"] > 1:
+        lines.append(f"expert LLMs: each token runs {summary['llm_passes']} passes of the LLM, one per chosen expert "
+                     f"({summary['llm_passes']}x the LLM's FLOPs; active = the LLM + {summary['top_k']} adapters)")
     lines.append("trainable: requires_grad as the model is built; a training stage decides what it trains (stage 2: experts, router, projector)")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Upcycling: a dense stage-1 SkyMoE model -> an MoE model whose every expert is an exact copy.
 
-LoRA experts inherit the dense LoRA adapter of the same linear (unmerged, so the
-copy is bit-exact); FFN experts are copies of the dense FFN with any dense
-adapter folded in. Adapters on layers that do not become MoE layers are folded
+LoRA experts (and expert LLMs) inherit the dense LoRA adapter of the same linear
+(unmerged, so the copy is bit-exact); FFN experts are copies of the dense FFN
+with any dense adapter folded in. Expert LLMs' per-expert routing instructions
+start as the dense model's one. Adapters on layers that do not become MoE layers are folded
 into their base weights. Everything else is copied by name.
 """
 from __future__ import annotations
@@ -81,6 +82,8 @@ def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, se
         source = plain_state.get(_to_plain(name, moe_renames))
         if source is not None and source.shape == tensor.shape:
             tensor.copy_(source)
+        elif name == "router.prompt_base" and source is not None:  # expert LLMs: the dense prompt, once per expert
+            tensor.copy_(source.expand_as(tensor))
     generator = torch.Generator().manual_seed(seed)
     for name, module in moe_model.named_modules():
         plain = _to_plain(name, moe_renames)

@@ -92,9 +92,9 @@ def check_moe_layers(moe_layers: list[int] | None, num_layers: int) -> None:
 
 
 def check_dense_adapter(cfg: TrainConfig, dense_moe: dict) -> None:
-    """LoRA experts start as copies of the stage-1 dense adapter: they need its rank, scale and targets."""
+    """LoRA experts (and expert LLMs) start as copies of the stage-1 dense adapter: they need its rank, scale and targets."""
     moe = cfg.model.moe
-    if not dense_moe["dense_lora"] or moe.expert_type != "lora":
+    if not dense_moe["dense_lora"] or moe.expert_type not in ("lora", "llm"):
         return
     differ = [k for k in ("lora_rank", "lora_alpha", "lora_targets") if getattr(moe, k) != dense_moe[k]]
     if differ:
@@ -146,15 +146,19 @@ def load_stage1_output(init_from: str | None):
     return model, processor
 
 
-def upcycle_checked(dense, cfg: TrainConfig, batch: dict):
-    """Upcycle with ``cfg.model.moe`` into identical experts and assert the MoE reproduces the dense logits.
+def upcycle_checked(dense, cfg: TrainConfig, batch: dict, tokenizer=None):
+    """Upcycle with ``cfg.model.moe`` into identical experts and assert the MoE reproduces the dense logits
+    (expert LLMs: the dense log-probabilities, which their mixture's logits are).
 
     The MoE config takes stage 2's trainable settings: ``moe`` (but ``dense_lora``, which describes the
-    stage-1 model), ``router.jitter_noise``, ``loss`` and ``location_sigma``.
+    stage-1 model), ``router.jitter_noise``, ``loss`` and ``location_sigma``. ``moe.expert_templates``
+    (expert LLMs) then start each expert's routing instruction from its text, read with ``tokenizer``:
+    after the check, as the experts are no longer identical.
     """
     from dataclasses import asdict
 
     from skymoe.model import SkyMoEForConditionalGeneration
+    from skymoe.model.expert_llms import init_expert_prompts_from_text
 
     batch = {k: v for k, v in batch.items() if k != "cda_view"}
     m = cfg.model
@@ -170,11 +174,18 @@ def upcycle_checked(dense, cfg: TrainConfig, batch: dict):
     with torch.no_grad():
         upcycled = moe(**batch).logits
     moe.train()
+    if moe.has_expert_llms:
+        reference = reference.float().log_softmax(-1)
     diff = (upcycled - reference).abs().max().item()
     allowed = UPCYCLE_TOLERANCE * max(1.0, reference.abs().max().item())
     if diff > allowed:
         raise StageError(f"upcycling changed the model: max |logit difference| = {diff:.3g} > {allowed:.3g}")
     logger.info("upcycled to %d experts; identical-expert logits match the dense model (max diff %.2e)", m.moe.num_experts, diff)
+    if m.moe.expert_templates:
+        try:
+            init_expert_prompts_from_text(moe, tokenizer, m.moe.expert_templates)
+        except ValueError as exc:  # a template longer than the stage-1 model's route tokens
+            raise ConfigError(f"model.{exc}") from None
     return moe
 
 

@@ -157,7 +157,7 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> Run:
     collator = TrainCollator(processor, source)
     if cfg.stage == 2:
         check_batch = collator([dataset[(0, i, i)] for i in range(min(2, len(dataset)))])
-        model = stages.upcycle_checked(model, cfg, check_batch)
+        model = stages.upcycle_checked(model, cfg, check_batch, processor.tokenizer)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     batches_per_epoch = len(sampler) // (cfg.batch_size * accelerator.num_processes)
