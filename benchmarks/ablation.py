@@ -16,6 +16,16 @@ MGRS-mini of the demo's 3000 scenes, answer-only loss), changed only where the r
 * ``moe-e8-ffn``     as moe-e8 with upcycled FFN experts instead of LoRA experts (more active parameters:
                      upcycling copies the whole FFN, so this row cannot match the others; the table says so).
 
+The RS-MoE rows are the ``--recipe rsmoe`` demo's (``skymoe/demo/rsmoe_stage1.yaml`` and ``rsmoe_stage2.yaml``:
+an instruction-aware Q-Former, then 3 expert LLMs with rank-1 FFN LoRA adapters and per-expert routing
+instructions), from their own stage-1 model of the seed, changed only where the row says:
+
+* ``rsmoe-top2``     the recipe: 3 expert LLMs, top-2, the router's gate;
+* ``rsmoe-top1``     top-1 (one full LLM pass per sample, as dense);
+* ``rsmoe-uniform``  router off: all 3 experts with equal weights (``moe.gate: uniform``);
+* ``rsmoe-1stage``   one stage: stage 2 from a 1-step stage-1 model, the LLM trained too (``optim.train_lm``),
+                     for stage1 + stage2 steps (RS-MoE's one-stage baseline: no dense foundation first).
+
 Every MoE row starts from the same stage-1 model of its seed (trained for stage1 steps), so rows differ only
 in what the ablation changes. Each row is trained and evaluated for every seed on the same unseen test scenes
 (``--eval-per-task`` samples of each task); the table reports mean ± std over seeds of the primary metrics
@@ -48,6 +58,8 @@ class Row:
     stage: int
     moe: dict = field(default_factory=dict)  # model.moe settings of the row
     cda: bool = False
+    recipe: str = "skymoe"  # the demo recipe whose packaged configs the row changes (skymoe.demo.run.RECIPES)
+    one_stage: bool = False  # stage 2 from a 1-step stage-1 model, training the LLM too, for stage1 + stage2 steps
 
 
 ROWS: tuple[Row, ...] = (
@@ -58,6 +70,10 @@ ROWS: tuple[Row, ...] = (
     Row("moe-e8-token", "MoE E=8, token routing", 2, {"num_experts": 8, "top_k": 2, "routing": "token"}),
     Row("moe-e8-cda", "MoE E=8 + CDA", 2, {"num_experts": 8, "top_k": 2}, cda=True),
     Row("moe-e8-ffn", "MoE E=8, FFN experts (upcycled)", 2, {"num_experts": 8, "top_k": 2, "expert_type": "ffn"}),
+    Row("rsmoe-top2", "RS-MoE: 3 expert LLMs, top-2", 2, recipe="rsmoe"),
+    Row("rsmoe-top1", "RS-MoE: 3 expert LLMs, top-1", 2, {"top_k": 1}, recipe="rsmoe"),
+    Row("rsmoe-uniform", "RS-MoE: router off (uniform gate)", 2, {"top_k": 3, "gate": "uniform"}, recipe="rsmoe"),
+    Row("rsmoe-1stage", "RS-MoE: one stage", 2, recipe="rsmoe", one_stage=True),
 )
 
 TASKS = ("classification", "caption", "vqa", "grounding", "region_caption", "counting")
@@ -69,9 +85,9 @@ HEADLINE = {"overall": "overall", **{t: t for t in TASKS}, "spec_task": "expert-
 def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | None):
     """The demo's packaged stage-1 / stage-2 config with this row's changes, data, steps and seed."""
     from skymoe.train.config import parse_config
-    from skymoe.demo.run import packaged_config
+    from skymoe.demo.run import RECIPES, packaged_config
 
-    raw = copy.deepcopy(packaged_config(f"stage{row.stage}.yaml"))
+    raw = copy.deepcopy(packaged_config(RECIPES[row.recipe][row.stage - 1]))
     moe = dict(row.moe)
     if moe.get("lora_rank") == "2r":
         moe["lora_rank"] = 2 * raw["model"]["moe"]["lora_rank"]
@@ -80,7 +96,8 @@ def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | 
         raw["model"]["init_from"] = str(init_from)
     raw["data"]["mix"] = [{"path": str(data), "balance": "task"}]
     if row.stage == 2:
-        raw["cda"]["enabled"] = row.cda
+        raw["cda"]["enabled"] = row.cda or (row.recipe != "skymoe" and raw["cda"]["enabled"])  # a recipe row keeps its own
+        raw["optim"]["train_lm"] = row.one_stage
     raw.update(seed=seed, max_steps=steps, log_every=50, checkpoint_every=100_000)
     return parse_config(raw)
 
@@ -141,7 +158,7 @@ def primary_names(metrics: dict) -> dict[str, str]:
     return {t: e["metric"] for t, e in (metrics.get("model", {}).get("overall") or {}).items()}
 
 
-def run_one(row: Row, seed: int, args, data: Path, suite: Path, stage1: Path | None) -> dict:
+def run_one(row: Row, seed: int, args, data: Path, suite: Path, stage1: dict) -> dict:
     """Train and evaluate one (row, seed); a finished one is read back, so the study resumes where it stopped."""
     from skymoe.eval import evaluate
     from skymoe.train import train
@@ -150,8 +167,8 @@ def run_one(row: Row, seed: int, args, data: Path, suite: Path, stage1: Path | N
     if (out / "result.json").exists():
         return json.loads((out / "result.json").read_text())
     start = time.perf_counter()
-    steps = args.stage1_steps + args.stage2_steps if row.stage == 1 else args.stage2_steps
-    result = train(train_config(row, seed, steps, data, stage1 if row.stage == 2 else None), out / "train")
+    steps = args.stage1_steps + args.stage2_steps if row.stage == 1 or row.one_stage else args.stage2_steps
+    result = train(train_config(row, seed, steps, data, stage1[row.name] if row.stage == 2 else None), out / "train")
     train_s = time.perf_counter() - start
     metrics = evaluate(result.model_dir, str(suite), out / "eval")
     record = {"row": row.name, "seed": seed, "steps": result.steps, "samples": result.samples_seen,
@@ -163,14 +180,16 @@ def run_one(row: Row, seed: int, args, data: Path, suite: Path, stage1: Path | N
     return record
 
 
-def stage1_model(seed: int, args, data: Path) -> tuple[Path, float]:
-    """The shared stage-1 starting point of every MoE row of this seed, and the seconds it took."""
+def stage1_model(seed: int, args, data: Path, recipe: str = "skymoe", steps: int | None = None) -> tuple[Path, float]:
+    """The shared stage-1 starting point of the MoE rows of this seed and recipe (``steps``: a one-stage row's
+    1-step model), and the seconds it took."""
     from skymoe.train import train
 
-    out = args.work / f"seed{seed}" / "stage1"
+    steps = args.stage1_steps if steps is None else steps
+    out = args.work / f"seed{seed}" / ("stage1" if recipe == "skymoe" else f"stage1-{recipe}") / ("" if steps == args.stage1_steps else f"steps{steps}")
     done = out / "stage1.json"
     if not done.exists():
-        result = train(train_config(ROWS[0], seed, args.stage1_steps, data, None), out)
+        result = train(train_config(Row("stage1", "stage 1", 1, recipe=recipe), seed, steps, data, None), out)
         done.write_text(json.dumps({"seconds": round(result.seconds, 1), "steps": result.steps}))
     return out, json.loads(done.read_text())["seconds"]
 
@@ -228,6 +247,10 @@ def claims(table: dict[str, dict[str, list[float]]]) -> list[str]:
     compare("CDA helps VQA (count/presence/colour questions are edited)", "moe-e8-cda", "moe-e8", "vqa")
     compare("Token-level routing beats sequence-level routing", "moe-e8-token", "moe-e8", "overall")
     compare("LoRA experts beat FFN experts", "moe-e8", "moe-e8-ffn", "overall")
+    compare("RS-MoE: the instruction router helps (router on > off)", "rsmoe-top2", "rsmoe-uniform", "caption")
+    compare("RS-MoE: two stages beat one", "rsmoe-top2", "rsmoe-1stage", "caption")
+    compare("RS-MoE: top-2 of the expert LLMs beats top-1", "rsmoe-top2", "rsmoe-top1", "overall")
+    compare("RS-MoE recipe against the SkyMoE recipe (moe-e4)", "rsmoe-top2", "moe-e4", "overall")
     for key in ("task", "granularity"):
         values = table.get("moe-e8", {}).get(f"spec_{key}")
         if values:
@@ -346,15 +369,17 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     data, suite = write_suite(args.work, args.eval_per_task)
     rows = [r for r in ROWS if r.name in args.rows]
-    stage1, stage1_seconds = {}, 0.0
-    if any(r.stage == 2 for r in rows):
-        for seed in args.seeds:
-            stage1[seed], seconds = stage1_model(seed, args, data)
-            stage1_seconds += seconds
+    stage1, seconds = {}, {}  # seed -> {row name -> its stage-1 model}; stage-1 model -> seconds (shared by rows)
+    for seed in args.seeds:
+        stage1[seed] = {}
+        for row in (r for r in rows if r.stage == 2):
+            path, seconds_taken = stage1_model(seed, args, data, row.recipe, 1 if row.one_stage else None)
+            stage1[seed][row.name], seconds[path] = path, seconds_taken
+    stage1_seconds = sum(seconds.values())
     records = []
     for row in rows:  # row by row, all seeds each: a stopped study still has complete rows
         for seed in args.seeds:
-            records.append(run_one(row, seed, args, data, suite, stage1.get(seed)))
+            records.append(run_one(row, seed, args, data, suite, stage1[seed]))
             print(json.dumps({k: records[-1][k] for k in ("row", "seed", "train_seconds", "eval_seconds", "metrics")}), flush=True)
             write_report(records, rows, args, stage1_seconds)  # a usable table after every run
     print(f"wrote {args.report}")

@@ -10,7 +10,8 @@ sizes: ``tiny`` (4 x 256, 8 experts in every layer: a stress case where
 per-operator dispatch dominates a decode step), ``small`` (8 x 768, 8 experts
 in every layer, closer to a real LLM; FFN experts skipped there: 8 copies of its
 FFN are 1.2 GB) and ``demo`` (the LLM ``make demo`` trains: 4 x 128, 4 rank-16
-experts in layers 1 and 3). Every run generates exactly ``--new-tokens`` tokens
+experts in layers 1 and 3). Each size also has RS-MoE's expert LLMs: 3 LoRA adapters of the same rank and layers,
+each a full pass of the LLM, top-2 per sequence (bound: 1/k of dense). Every run generates exactly ``--new-tokens`` tokens
 (EOS suppressed). Target for the default LoRA experts: MoE >= 0.9x the dense tokens/s.
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ SIZES = {
 MOE = {"tiny": dict(num_experts=8, lora_rank=8), "small": dict(num_experts=8, lora_rank=8),
        "demo": dict(num_experts=4, lora_rank=16, moe_layers=[1, 3])}
 EXPERT_TYPES = {"tiny": ("lora", "ffn"), "small": ("lora",), "demo": ("lora",)}
+# RS-MoE's expert LLMs (every size): 3 experts, each a full LLM pass with its LoRA adapter, top-2 per sequence
+EXPERT_LLMS = dict(num_experts=3, top_k=2, expert_type="llm", routing="sequence")
 VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, patch_size=8)
 
 
@@ -56,6 +59,10 @@ def build_models(size: str, seed: int = 0) -> dict:
     for expert_type in EXPERT_TYPES[size]:
         moe = SkyMoEForConditionalGeneration.upcycle(dense, top_k=2, expert_type=expert_type, perturb=0.01, **settings)
         models[f"MoE {settings['num_experts']} {expert_type} experts, top-2{layers}"] = moe.eval()
+    llm = {**settings, **EXPERT_LLMS}
+    moe = SkyMoEForConditionalGeneration.upcycle(dense, perturb=0.01, **{k: v for k, v in llm.items() if k != "num_experts"},
+                                                 num_experts=llm["num_experts"])
+    models[f"{llm['num_experts']} expert LLMs, top-{llm['top_k']}{layers}"] = moe.eval()
     return models
 
 
@@ -169,7 +176,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
         t = SIZES[size]
         params = "; ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.1f} M" for n, m in models.items())
-        moe = next(m for n, m in models.items() if "lora" in n).config.moe_settings
+        moe = next(m for n, m in models.items() if "lora experts" in n).config.moe_settings
         share = moe.num_experts * moe.lora_rank * (t["hidden_size"] + t["intermediate_size"]) / (t["hidden_size"] * t["intermediate_size"])
         described.append(f"* `{size}`: Llama {t['num_hidden_layers']} layers x {t['hidden_size']} (FFN {t['intermediate_size']}); parameters: {params}; "
                          f"the {moe.num_experts} rank-{moe.lora_rank} LoRA experts of an FFN linear hold {share:.0%} as many weights as the linear; "
@@ -195,6 +202,9 @@ def main() -> None:
         + "; ".join(f"{size} {r:.2f}x ({'met' if r >= 0.9 else 'NOT met'})" for (size, n), r in worst.items() if "lora" in n) + ".",
         "FFN experts (the optional MoE-LLaVA kind) for reference: a token runs two FFNs, so the k-chosen weight count bounds them at "
         + "; ".join(f"{bounds[key]:.2f}x ({key[0]}; measured lowest {r:.2f}x)" for key, r in worst.items() if "ffn" in key[1]) + ".",
+        f"Expert LLMs (RS-MoE, `expert_type: llm`): each token runs k = {EXPERT_LLMS['top_k']} full passes of the LLM, one per "
+        f"chosen expert, as k x batch rows, so their bound is 1/k = {1 / EXPERT_LLMS['top_k']:.2f}x dense; measured lowest: "
+        + "; ".join(f"{size} {r:.2f}x" for (size, n), r in worst.items() if "expert LLMs" in n) + ".",
         "At batch 1 a decode step reads only the k chosen experts (the gate's choice as Python numbers, one addmm_ per expert).",
         "At batch 8 it multiplies through all E x r rank columns (unchosen experts weighted 0): gathering each token's experts",
         "instead costs more in copies and small GEMMs than it saves at 8 tokens. The weight counts above bound what either can reach",

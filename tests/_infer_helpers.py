@@ -13,8 +13,9 @@ TRAINING_TEXT = [
 ]
 
 
-def save_tiny_model(directory: Path, num_experts: int = 4, seed: int = 0) -> Path:
-    """A randomly initialised tiny SkyMoE (router + LoRA experts) + processor saved to ``directory``."""
+def save_tiny_model(directory: Path, num_experts: int = 4, seed: int = 0, **moe) -> Path:
+    """A randomly initialised tiny SkyMoE (router + LoRA experts, or the ``moe`` settings given) + processor
+    saved to ``directory``."""
     import torch
 
     from skymoe.data.processor import SkyMoEProcessor
@@ -22,7 +23,7 @@ def save_tiny_model(directory: Path, num_experts: int = 4, seed: int = 0) -> Pat
     from skymoe.model.build import build_model, tiny_config
 
     tokenizer = build_tokenizer(TRAINING_TEXT * 4, vocab_size=300)
-    config = tiny_config(vocab_size=len(tokenizer), special_ids=special_token_ids(tokenizer), moe={"num_experts": num_experts, "top_k": min(2, num_experts)})
+    config = tiny_config(vocab_size=len(tokenizer), special_ids=special_token_ids(tokenizer), moe={"num_experts": num_experts, "top_k": min(2, num_experts), **moe})
     torch.manual_seed(seed)
     model = build_model(config, tokenizer=tokenizer)
     model.save_pretrained(directory)

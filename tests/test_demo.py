@@ -76,6 +76,29 @@ def test_demo_smoke_writes_full_report(tmp_path, real_assets):
     assert learning["mgrs_mini"]["grounding"]["probe"] is None
 
 
+def test_rsmoe_recipe_demo_trains_and_reports_expert_llms(tmp_path, real_assets):
+    """`skymoe demo --recipe rsmoe`: a Q-Former, then 3 expert LLMs (top-2, rank-1 FFN LoRA, templated routing
+    instructions), trained, evaluated and reported like the default recipe."""
+    from skymoe.cli import main
+    from skymoe.demo.run import Budget, stage_configs
+
+    for name in ("train_real", "train_synthetic"):
+        (tmp_path / f"{name}.jsonl").write_text("{}\n" * 4)
+    stage1, blind, stage2 = stage_configs(tmp_path, tmp_path / "stage1", Budget.smoke(), seed=0, llm="tiny", recipe="rsmoe")
+    assert (stage1.model.projector.type, stage1.model.projector.num_queries, blind.model.projector.type) == ("qformer", 32, "qformer")
+    moe = stage2.model.moe
+    assert (moe.expert_type, moe.num_experts, moe.top_k, moe.lora_rank, moe.expert_templates) == ("llm", 3, 2, 1, ["theme", "objects", "relations"])
+    with pytest.raises(ValueError, match="unknown demo recipe"):
+        stage_configs(tmp_path, tmp_path / "stage1", Budget.smoke(), seed=0, llm="tiny", recipe="llava")
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--smoke", "--recipe", "rsmoe", "--out", str(out)]) == 0
+    assert json.loads((out / "demo_run.json").read_text())["recipe"] == "rsmoe"
+    assert (out / "report.md").read_text().startswith("# SkyMoE demo report: the RS-MoE recipe")
+    routing = json.loads((out / "eval_stage2" / "metrics.json").read_text())["routing"]
+    assert (routing["status"], routing["level"], routing["num_layers"], routing["num_experts"]) == ("ok", "llm", 1, 3)
+
+
 @pytest.mark.parametrize("llm", ["gemma3-270m", "smollm2-135m"])
 def test_pretrained_llm_demo_trains_lora_on_the_gguf_asset(tmp_path, llm):
     from skymoe.demo.run import Budget, stage_configs

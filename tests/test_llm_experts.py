@@ -66,6 +66,21 @@ def test_bad_expert_templates_are_config_errors(moe, message):
         SkyMoEConfig(moe=moe)
 
 
+def test_uniform_gate_runs_every_expert_with_equal_weights():
+    """moe.gate: uniform (the router-off ablation): all E expert LLMs, each weighted 1/E, whatever the prompt."""
+    model = tiny_model(moe={"num_experts": 3, "top_k": 3, "gate": "uniform", **LLM}).eval()
+    randomize_adapters(model, std=0.2, seed=1)
+    assert model.router.expert_gate.routing_proj is None
+    batch = make_batch(model.config, batch_size=2, seed=1)
+    logits, _, row_expert, output = expert_rows(model, batch)
+    assert sorted(row_expert.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert torch.allclose(output.sample_expert_weights, torch.full((2, 1, 3), 1 / 3))
+    mixture = torch.logsumexp(logits.float().log_softmax(-1).view(3, 2, *logits.shape[1:]), dim=0) - torch.log(torch.tensor(3.0))
+    assert torch.allclose(output.logits, mixture, atol=1e-5)
+    with pytest.raises(ValueError, match="'moe.gate' = 'uniform' runs every expert LLM"):
+        SkyMoEConfig(moe={"num_experts": 3, "top_k": 2, "gate": "uniform", **LLM})
+
+
 # ---- routing instructions and the mixture ----------------------------------------------------------
 
 

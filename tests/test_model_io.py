@@ -316,11 +316,15 @@ def test_summary_counts_parameters_and_active_experts(tmp_path, capsys):
     assert tied["active_per_token"] <= tied["total"]
     dense = summarize(tiny_config(moe={"num_experts": 0}))
     assert dense["groups"]["experts"]["total"] == 0
+    # an instruction-aware projector reads an instruction as well: its FLOPs are counted with one
+    qformer = summarize(tiny_config(projector={"type": "qformer", "num_queries": 8}, moe={"num_experts": 0}))
+    assert qformer["vision_flops_per_image"] > dense["vision_flops_per_image"] > 0
     assert dense["groups"]["adapter"]["active_per_token"] == dense["groups"]["adapter"]["total"] > 0
 
     parser = argparse.ArgumentParser()
     model_cli.register(parser.add_subparsers())
     args = parser.parse_args(["model", "summary", str(tmp_path), "--json"])
+    capsys.readouterr()  # what came before (save_pretrained imports deepspeed, where installed: it prints a warning)
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["total"] == summary["total"]
     from skymoe.cli import main

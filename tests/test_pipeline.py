@@ -196,6 +196,28 @@ def test_cli_predict_single_json(model_dir, pixels, tmp_path, capsys):
     assert routing.count("layer ") == 2
 
 
+def test_cli_predict_routing_names_the_chosen_expert_llms(tmp_path, pixels, capsys):
+    """RS-MoE's expert LLMs: the JSON and the text name the 2 experts the router chose, with their weights."""
+    import json
+
+    from skymoe.cli import main
+
+    model_dir = save_tiny_model(tmp_path / "rsmoe", num_experts=3, expert_type="llm", routing="sequence")
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    args = ["predict", "--model", str(model_dir), "--image", str(tmp_path / "a.png"), "--prompt", "How many buildings?",
+            "--routing", "--max-new-tokens", "3"]
+    assert main([*args, "--json"]) == 0
+    routing = json.loads(capsys.readouterr().out)["routing"]
+    assert routing["level"] == "llm" and len(routing["expert_weights"]) == 1 and len(routing["expert_weights"][0]) == 3
+    chosen = routing["chosen"][0]
+    assert len(chosen) == 2 and chosen[0]["weight"] >= chosen[1]["weight"] > 0
+    assert abs(sum(c["weight"] for c in chosen) - 1.0) < 1e-5
+    assert {c["expert"] for c in chosen} == {e for e, w in enumerate(routing["expert_weights"][0]) if w > 0}
+    assert main(args) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.endswith(", ".join(f"E{c['expert']} {c['weight']:.2f}" for c in chosen)) and "expert LLMs chosen: " in line
+
+
 def test_cli_batch_predict_is_resumable_and_reports_bad_files(model_dir, tmp_path, capsys):
     import json
 

@@ -140,6 +140,19 @@ def test_routing_specialisation_index():
     assert r["specialisation"]["task"]["mean_bits"] == pytest.approx(0.0)
     assert r["router_accuracy"]["task"]["overall"] == 0.5
     assert analyse_routing([rec("x", "x")])["status"] == "unavailable"
+    assert r["level"] == "layer"
+
+
+def test_routing_analysis_of_expert_llms_and_mixed_levels():
+    """Expert LLMs' one sequence-level choice per sample is analysed as one layer; a mix of levels is an error."""
+    llm = [rec("x", "x", task=t, routing=Routing(t, "image", [w], level="llm"))
+           for t, w in (("vqa", [0.7, 0.3, 0.0]), ("caption", [0.0, 0.4, 0.6]))]
+    assert llm[0].routing.chosen == [[{"expert": 0, "weight": 0.7}, {"expert": 1, "weight": 0.3}]]
+    r = analyse_routing(llm)
+    assert r["level"] == "llm" and r["num_layers"] == 1 and r["num_experts"] == 3
+    assert 0 < r["specialisation"]["task"]["normalized"] < 1
+    with pytest.raises(DataError, match="routing.level"):
+        analyse_routing([*llm, rec("x", "x", task="vqa", routing=Routing("vqa", "image", [[0.5, 0.5, 0.0]]))])
 
 
 def grounding_rec(pred: str) -> Prediction:

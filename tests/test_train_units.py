@@ -124,7 +124,7 @@ def test_param_groups_train_the_whole_router_and_every_gate(stage):
     if stage == 2:
         model = SkyMoEForConditionalGeneration.upcycle(model, num_experts=2)
     experts = ["model.moe.num_experts=2"] if stage == 2 else []
-    cfg = load_config(None, [f"stage={stage}", "model.moe.dense_lora=true", "model.init_from=unused", "optim.router_lr=0.5", *experts])
+    cfg = load_config(None, cfg_overrides(stage, experts))
     groups = {g["name"]: g for g in param_groups(model, cfg)}
     router = {id(p) for p in groups["router"]["params"]}
     routing_params = [p for n, p in model.named_parameters() if n.startswith("router.") or ".gate." in n]
@@ -132,6 +132,15 @@ def test_param_groups_train_the_whole_router_and_every_gate(stage):
     assert groups["router"]["lr"] == 0.5
     assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("vision_tower."))
     assert set(groups) == ({"projector", "router", "adapter"} if stage == 1 else {"projector", "router", "experts"})
+    if stage == 2:  # optim.train_lm: the LLM's own weights train too (a one-stage run), the vision tower still not
+        groups = {g["name"]: g for g in param_groups(model, load_config(None, [*cfg_overrides(stage, experts), "optim.train_lm=true"]))}
+        lm = [p for n, p in model.named_parameters() if n.startswith("language_model.") and ".lora_" not in n and ".gate." not in n]
+        assert set(groups) == {"projector", "router", "experts", "lm"} and lm and all(p.requires_grad for p in lm)
+        assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("vision_tower."))
+
+
+def cfg_overrides(stage: int, experts: list[str]) -> list[str]:
+    return [f"stage={stage}", "model.moe.dense_lora=true", "model.init_from=unused", "optim.router_lr=0.5", *experts]
 
 
 def write_bad_mix_file(path) -> None:

@@ -86,7 +86,7 @@ def test_ask_then_ground_shows_answer_overlay_and_expert_weights(app, page, tmp_
     assert answer == pipeline.ask(Image.fromarray(pixels), "Is there a ship?").text
     page.locator("#experts svg .mark-rect path").first.wait_for(timeout=30000)
     assert page.locator("#experts svg .mark-rect path").count() == 8  # 2 MoE layers x 4 experts
-    assert page.locator("#routing textarea").input_value().startswith("router: task=")
+    assert page.locator("#routing textarea").input_value().startswith("router: task ")
 
     script_answers(pipeline, "[25, 50, 75, 100]")  # the random model writes no box; script one to check the overlay
     page.get_by_label("Find (grounding)").check()

@@ -12,6 +12,9 @@ def register(subparsers) -> None:
                    help="tiny: a small Llama trained from scratch; gemma3-270m: the pretrained Gemma-3-270M GGUF "
                    "(Gemma Terms of Use; 253 MB, ~2 s per step) or smollm2-135m: SmolLM2-135M-Instruct (Apache-2.0; "
                    "98 MB) as the frozen base of LoRA experts. Fetched on first use; its licence is printed")
+    p.add_argument("--recipe", choices=["skymoe", "rsmoe"], default="skymoe",
+                   help="skymoe: LoRA experts in the LLM's FFNs under the task-aware router (default); rsmoe: RS-MoE's "
+                   "instruction-aware Q-Former and lightweight expert LLMs, each reading its own routing instruction")
     p.add_argument("--heldout", choices=["test", "val"], default="test",
                    help="the held-out splits evaluated: test (the report's numbers) or val (for tuning a recipe: "
                    "trains on the train splits only and never reads a test split)")
@@ -22,7 +25,7 @@ def _run(args) -> int:
     from skymoe.demo.run import run_demo
 
     report = run_demo(args.out, minutes=args.minutes, seed=args.seed, smoke=args.smoke, llm=args.llm,
-                      heldout=args.heldout)
+                      heldout=args.heldout, recipe=args.recipe)
     model = report.parent / "stage2" / "model"
     print(f"\nreport: {report}\n(also {report.with_suffix('.md')})")
     print(f"chat with the model:  skymoe chat --model {model} --image IMAGE.tif")

@@ -108,11 +108,8 @@ def run_predict(args) -> int:
 
 
 def routing_text(routing) -> str:
-    """One line for a terminal: the router's task and granularity, and each MoE layer's expert weights."""
-    if routing is None:
-        return "routing: none (a dense model has no router)"
-    layers = "; ".join(f"layer {i}: " + " ".join(f"{w:.2f}" for w in weights) for i, weights in enumerate(routing.expert_weights))
-    return f"routing: task {routing.task}, granularity {routing.granularity}; expert weights per MoE layer: {layers}"
+    """One line for a terminal: the router's decision (see :meth:`skymoe.data.schema.Routing.describe`)."""
+    return "routing: none (a dense model has no router)" if routing is None else f"routing: {routing.describe()}"
 
 
 def find_images(pattern: str) -> list[Path]:

@@ -73,7 +73,28 @@ class Routing:
 
     task: str  # predicted task (argmax of the router's task head)
     granularity: str  # predicted granularity
-    expert_weights: list[list[float]]  # [moe layer][expert]: mean gate weight over the sample's tokens
+    expert_weights: list[list[float]]  # [row][expert]; a row is what ``level`` says
+    # "layer": a row per MoE layer, its mean gate weight over the sample's tokens; "llm": one row, the router's
+    # weights of the expert LLMs (RS-MoE's sequence-level choice; 0 = not chosen)
+    level: str = "layer"
+    # per row, the experts with a weight > 0, heaviest first: {"expert": e, "weight": w} (derived from expert_weights)
+    chosen: list[list[dict]] | None = None
+
+    def __post_init__(self):
+        if self.chosen is None:
+            self.chosen = [
+                [{"expert": e, "weight": w} for e, w in sorted(enumerate(row), key=lambda ew: -ew[1]) if w > 0]
+                for row in self.expert_weights
+            ]
+
+    def describe(self) -> str:
+        """One line for people: the predicted task and granularity, and the expert weights of each MoE layer
+        (expert LLMs: the chosen experts and their weights)."""
+        head = f"task {self.task}, granularity {self.granularity}; "
+        if self.level == "llm":
+            return head + "expert LLMs chosen: " + ", ".join(f"E{c['expert']} {c['weight']:.2f}" for c in self.chosen[0])
+        layers = "; ".join(f"layer {i}: " + " ".join(f"{w:.2f}" for w in row) for i, row in enumerate(self.expert_weights))
+        return head + f"expert weights per MoE layer: {layers}"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from skymoe.eval.records import Prediction, read_predictions
 from skymoe.eval.report import Section, routing_sections, to_html, to_markdown
 
 GALLERY_SIZE = 8
-DEMO_TITLE = "SkyMoE demo report"
+DEMO_TITLES = {"skymoe": "SkyMoE demo report", "rsmoe": "SkyMoE demo report: the RS-MoE recipe"}
 
 
 def _pyplot():
@@ -213,6 +213,7 @@ def write_demo_report(out_dir: Path, run: dict) -> Path:
     for section in routing:  # the heatmap was drawn into the eval folder; the report folder must hold it
         if section.image:
             shutil.copy(out_dir / "eval_stage2" / section.image, out_dir / section.image)
+    title = DEMO_TITLES[run.get("recipe", "skymoe")]
     sections = [
         data_section(run),
         learning_section(json.loads((out_dir / LEARNING).read_text(encoding="utf-8"))),
@@ -223,6 +224,6 @@ def write_demo_report(out_dir: Path, run: dict) -> Path:
         Section("Gallery (MoE model on held-out samples; ground-truth boxes in green)", image="gallery.png"),
         cost_section(out_dir, run),
     ]
-    (out_dir / "report.md").write_text(to_markdown(sections, DEMO_TITLE) + "\n", encoding="utf-8")
-    (out_dir / "report.html").write_text(to_html(sections, out_dir, DEMO_TITLE) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(to_markdown(sections, title) + "\n", encoding="utf-8")
+    (out_dir / "report.html").write_text(to_html(sections, out_dir, title) + "\n", encoding="utf-8")
     return out_dir / "report.html"

@@ -27,6 +27,9 @@ DEMO_ASSETS = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "neon_trees", "la
 # hold 7-8 training images each: more draws buy memorised answers, not image understanding.
 REAL_DATA_SHARE = 0.2
 HELD_OUT = "unseen-images"  # the held-out set learning.json reports
+# The packaged stage-1 / stage-2 configs of each recipe: SkyMoE (LoRA experts inside the LLM's FFNs, routed by the
+# task-aware router) and RS-MoE (a Q-Former and lightweight expert LLMs, each with its own routing instruction).
+RECIPES = {"skymoe": ("stage1.yaml", "stage2.yaml"), "rsmoe": ("rsmoe_stage1.yaml", "rsmoe_stage2.yaml")}
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,18 @@ def packaged_config(name: str) -> dict:
     return yaml.safe_load((resources.files("skymoe.demo") / name).read_text(encoding="utf-8"))
 
 
-def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, llm: str):
-    """The demo's TrainConfigs (stage 1, the blind control, stage 2): packaged YAML + this run's data, steps, seed."""
+def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, llm: str, recipe: str = "skymoe"):
+    """The demo's TrainConfigs (stage 1, the blind control, stage 2): the recipe's packaged YAML + this run's data,
+    steps and seed."""
     from skymoe.train.config import parse_config
 
     real = sum(1 for _ in (data_dir / "train_real.jsonl").open(encoding="utf-8"))
     synthetic = sum(1 for _ in (data_dir / "train_synthetic.jsonl").open(encoding="utf-8"))
     mix = [{"path": str(data_dir / "train_real.jsonl"), "weight": REAL_DATA_SHARE / (1 - REAL_DATA_SHARE) * synthetic / real},
            {"path": str(data_dir / "train_synthetic.jsonl"), "weight": 1.0, "balance": "task"}]
-    raw1, raw2 = packaged_config("stage1.yaml"), packaged_config("stage2.yaml")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown demo recipe {recipe!r}; expected one of {sorted(RECIPES)}")
+    raw1, raw2 = (packaged_config(name) for name in RECIPES[recipe])
     for raw, steps in ((raw1, budget.stage1_steps), (raw2, budget.stage2_steps)):
         raw["data"]["mix"] = mix
         raw["max_steps"] = steps
@@ -141,9 +147,10 @@ def write_learning_controls(out_dir: Path, splits: DemoSplits, model_dir: str) -
 
 
 def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 9.5, seed: int = 0, smoke: bool = False,
-             llm: str = "tiny", heldout: str = "test") -> Path:
+             llm: str = "tiny", heldout: str = "test", recipe: str = "skymoe") -> Path:
     """Run the demo; returns the path of report.html. ``heldout="val"`` holds out the validation splits instead of
-    the test splits, and never reads the latter: what a recipe change is tuned on."""
+    the test splits, and never reads the latter: what a recipe change is tuned on. ``recipe`` names the packaged
+    configs trained (:data:`RECIPES`)."""
     from skymoe.assets import fetch_assets
     from skymoe.demo.report import write_demo_report
     from skymoe.eval import evaluate
@@ -167,7 +174,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 9.5, seed: in
     suite = write_suite(data_dir, budget)
     t = lap("assets and data", t)
 
-    cfg1, cfg_blind, cfg2 = stage_configs(data_dir, out_dir / "stage1", budget, seed, llm)
+    cfg1, cfg_blind, cfg2 = stage_configs(data_dir, out_dir / "stage1", budget, seed, llm, recipe)
     stage1 = train(cfg1, out_dir / "stage1")
     t = lap("stage 1 training", t)
     blind = train(cfg_blind, out_dir / "blind")
@@ -187,6 +194,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, minutes: float = 9.5, seed: in
         "minutes": None if smoke else minutes,
         "smoke": smoke,
         "llm": llm,
+        "recipe": recipe,
         "heldout": heldout,
         "budget": budget.__dict__,
         "data": splits.counts(),

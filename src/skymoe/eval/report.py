@@ -89,7 +89,10 @@ def routing_sections(metrics: dict, out_dir: Path) -> list[Section]:
     table.rows.append(["router accuracy (macro over classes)", acc["task"].get("macro"), acc["granularity"].get("macro")])
     table.rows.append(["specialisation I(C;E), bits (mean over layers)", spec["task"]["mean_bits"], spec["granularity"]["mean_bits"]])
     table.rows.append(["specialisation / H(C)", spec["task"]["normalized"], spec["granularity"]["normalized"]])
-    table.text = f"{routing['n']} routed samples, {routing['num_layers']} MoE layers x {routing['num_experts']} experts."
+    if routing.get("level") == "llm":
+        table.text = f"{routing['n']} routed samples; one choice per sample among {routing['num_experts']} expert LLMs."
+    else:
+        table.text = f"{routing['n']} routed samples, {routing['num_layers']} MoE layers x {routing['num_experts']} experts."
     from skymoe.eval.plots import routing_heatmap
 
     per_class = Section("Router accuracy per class", ["what", "class", "n", "accuracy"])

@@ -5,6 +5,7 @@
 * **Expert load** per MoE layer, by task and by granularity: the mean, over the
   samples of that task/granularity, of each sample's gate-weight distribution
   over experts (the model's ``sample_expert_weights``, rows renormalised to 1).
+* Expert LLMs (RS-MoE) have one "layer": the router's single choice per sample, made for the whole LLM.
 * **Specialisation index**: mutual information I(C; E) in bits between the class C
   (task or granularity) of a sample and the expert E chosen for one of its
   tokens, with p(e | sample) = the sample's gate-weight distribution and samples
@@ -86,9 +87,13 @@ def analyse_routing(predictions: list[Prediction]) -> dict:
     if not routed:
         return {"status": "unavailable", "reason": "no routing information in the predictions (dense model)"}
     weights = _weights(routed)
+    levels = {p.routing.level for p in routed}
+    if len(levels) != 1:
+        raise DataError(f"routing.level must be one for all records (one model's predictions); found {sorted(levels)}")
     return {
         "status": "ok",
         "n": len(routed),
+        "level": levels.pop(),  # "layer": a row per MoE layer; "llm": one sequence-level choice of expert LLMs
         "num_layers": int(weights.shape[1]),
         "num_experts": int(weights.shape[2]),
         "router_accuracy": {key: _accuracy(routed, key) for key in ("task", "granularity")},

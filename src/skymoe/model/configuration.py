@@ -52,6 +52,9 @@ class MoESettings:
     # llm experts: one text per expert (RS-MoE's theme / objects / relations) whose token embeddings start its
     # routing instruction (skymoe.model.expert_llms.init_expert_prompts_from_text)
     expert_templates: list[str] | None = None
+    # "router": the router's gate chooses and weighs the experts; "uniform" (expert LLMs, top_k = num_experts):
+    # every expert, with equal weights (the router-off ablation of RS-MoE)
+    gate: str = "router"
 
 
 @dataclass
@@ -70,6 +73,7 @@ CHOICES = {
     ("projector", "type"): ("mlp2x_gelu", "resampler", "qformer"),
     ("moe", "expert_type"): ("lora", "ffn", "llm"),
     ("moe", "routing"): ("token", "sequence"),
+    ("moe", "gate"): ("router", "uniform"),
 }
 
 
@@ -113,6 +117,10 @@ def _check_llm_experts(moe: MoESettings, prefix: str) -> None:
     if moe.expert_type == "llm" and moe.routing != "sequence":
         raise ValueError(f"'{prefix}moe.expert_type' = 'llm' chooses its experts once per sample, but '{prefix}moe.routing' = "
                          f"{moe.routing!r} (the default is 'token'); set {prefix}moe.routing: sequence")
+    if moe.gate == "uniform" and (moe.expert_type != "llm" or moe.top_k != moe.num_experts):
+        raise ValueError(f"'{prefix}moe.gate' = 'uniform' runs every expert LLM with equal weights: it needs "
+                         f"'{prefix}moe.expert_type' = 'llm' and '{prefix}moe.top_k' = moe.num_experts, got "
+                         f"{moe.expert_type!r} and top_k={moe.top_k} of {moe.num_experts}")
     templates = moe.expert_templates
     if templates is None:
         return

@@ -54,14 +54,16 @@ def load_model(model_dir: str | Path):
     return model, processor
 
 
-def routing_of(output, index: int) -> Routing | None:
-    """The router's decision for sample ``index`` of a forward output (None for a dense model)."""
+def routing_of(output, index: int, model) -> Routing | None:
+    """The router's decision for sample ``index`` of ``model``'s forward output or routing read-out (None for a
+    dense model)."""
     if output.task_logits is None or output.sample_expert_weights is None:
         return None
     return Routing(
         task=TASKS[int(output.task_logits[index].argmax())].value,
         granularity=GRANULARITIES[int(output.granularity_logits[index].argmax())].value,
         expert_weights=output.sample_expert_weights[index].float().tolist(),
+        level="llm" if model.has_expert_llms else "layer",
     )
 
 
@@ -69,7 +71,7 @@ def routing_decisions(model, inputs: dict) -> list[Routing | None]:
     """The router's decision per sample, from one prefill pass over the prompt (what the router sees)."""
     with torch.no_grad():
         output = model(**inputs)
-    return [routing_of(output, i) for i in range(inputs["input_ids"].shape[0])]
+    return [routing_of(output, i, model) for i in range(inputs["input_ids"].shape[0])]
 
 
 class BatchTextStreamer(BaseStreamer):
@@ -138,7 +140,7 @@ def generate_with_routing(model, processor, inputs: dict, max_new_tokens: int,
     readout = generated.routing if routing else None
     sequences = generated.sequences if routing else generated
     texts = processor.decode(sequences[:, inputs["input_ids"].shape[1] :])
-    return texts, [routing_of(readout, i) if readout is not None else None for i in rows]
+    return texts, [routing_of(readout, i, model) if readout is not None else None for i in rows]
 
 
 @dataclass

@@ -22,7 +22,6 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 
 from skymoe.data.boxes import X_TOKENS
-from skymoe.model import router as routing
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.dispatch import keeping_plan
@@ -31,7 +30,7 @@ from skymoe.model.install import MoEDecoderLayer, install_experts
 from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, weighted_total
 from skymoe.model.outputs import RoutingReadout, SkyMoEGenerateOutput, SkyMoEOutput
 from skymoe.model.projector import FanInLinear, build_projector
-from skymoe.model.router import Router
+from skymoe.model.router import ExpertGate, Router, expert_load, sample_expert_weights
 from skymoe.model.vision import build_vision_tower
 
 
@@ -76,7 +75,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         if config.has_router:
             moe = config.moe_settings
             expert_llms = moe.num_experts if moe.expert_type == "llm" else 0  # the router chooses them (expert_llms.py)
-            self.router = Router(text_size, config.router_settings.hidden_size, config.num_route_tokens, expert_llms, moe.top_k)
+            self.router = Router(text_size, config.router_settings.hidden_size, config.num_route_tokens, expert_llms, moe.top_k,
+                                 uniform_gate=moe.gate == "uniform")
         install_experts(self.language_model, config)
         if config.freeze_vision:
             self.vision_tower.requires_grad_(False)
@@ -85,7 +85,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         # from it; a random per-token term would scatter every task over every expert from the first step. Set here:
         # the LLM's own weight init (transformers applies it to the LLM's subtree) would overwrite it in _init_weights.
         for gate in self.modules():
-            if isinstance(gate, routing.ExpertGate) and gate.token_proj is not None:
+            if isinstance(gate, ExpertGate) and gate.token_proj is not None:
                 init.zeros_(gate.token_proj.weight)
         if self.router is not None and self.router.expert_prompt_proj is not None:  # upcycled expert LLMs start identical
             init.zeros_(self.router.expert_prompt_proj.weight)
@@ -268,8 +268,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             task_logits=router_out.task_logits if router_out is not None else None,
             granularity_logits=router_out.granularity_logits if router_out is not None else None,
             routing_embedding=routing_embedding,
-            expert_load=routing.expert_load(records, self.num_experts) if records else None,
-            sample_expert_weights=routing.sample_expert_weights(records, self.num_experts, batch_size) if records else None,
+            expert_load=expert_load(records, self.num_experts) if records else None,
+            sample_expert_weights=sample_expert_weights(records, self.num_experts, batch_size) if records else None,
             gate_records=tuple(records) if records else None,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

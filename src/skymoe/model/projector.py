@@ -128,7 +128,9 @@ class ResamplerProjector(nn.Module):
 
     def forward(self, features, instruction=None, instruction_mask=None) -> torch.Tensor:
         image = self.image_in(self.norm(features) if self.norm is not None else features)
-        queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
+        # A copy, not an expand: a view of a parameter made under no_grad still requires grad, which breaks
+        # module hooks that track gradients (FlopCounterMode in `skymoe model summary`).
+        queries = self.queries.unsqueeze(0).repeat(features.shape[0], 1, 1)
         context = padding = None
         if self.instruction_aware:
             if instruction is None:

@@ -43,7 +43,8 @@ class Router(nn.Module):
     and one routing instruction per expert: a base prompt per expert, the shared task/granularity mix, and a
     per-expert term generated from ``r`` (zero at start, so that upcycled experts start identical)."""
 
-    def __init__(self, text_size: int, hidden_size: int, num_route_tokens: int, num_experts: int = 0, top_k: int = 1):
+    def __init__(self, text_size: int, hidden_size: int, num_route_tokens: int, num_experts: int = 0, top_k: int = 1,
+                 uniform_gate: bool = False):
         super().__init__()
         self.instruction_proj = nn.Linear(text_size, hidden_size)
         self.visual_proj = nn.Linear(text_size, hidden_size)
@@ -51,7 +52,7 @@ class Router(nn.Module):
         self.task_head = nn.Linear(hidden_size, len(TASKS))
         self.granularity_head = nn.Linear(hidden_size, len(GRANULARITIES))
         self.num_route_tokens = num_route_tokens
-        self.expert_gate = SequenceGate(hidden_size, num_experts, top_k) if num_experts else None
+        self.expert_gate = SequenceGate(hidden_size, num_experts, top_k, uniform_gate) if num_experts else None
         self.expert_prompt_proj = None
         if num_route_tokens:
             per_expert = (num_experts,) if num_experts else ()
@@ -65,8 +66,8 @@ class Router(nn.Module):
         pooled = self.instruction_proj(masked_mean(instruction_embeds, instruction_mask))
         if visual_tokens is not None:
             pooled = pooled + self.visual_proj(visual_tokens.mean(dim=1))
-        routing = self.mix(pooled)
-        task_logits, granularity_logits = self.task_head(routing), self.granularity_head(routing)
+        routing_embedding = self.mix(pooled)  # r
+        task_logits, granularity_logits = self.task_head(routing_embedding), self.granularity_head(routing_embedding)
         prompts = None
         if self.num_route_tokens:
             # Routing instructions are a soft mix by the predicted task/granularity, so they stay
@@ -75,10 +76,10 @@ class Router(nn.Module):
             granularity_mix = torch.einsum("bg,grd->brd", granularity_logits.softmax(-1), self.granularity_prompts)
             prompts = self.prompt_base
             if self.expert_prompt_proj is not None:  # one instruction per expert: [B, E, R, D]
-                prompts = prompts + self.expert_prompt_proj(routing).view(-1, *prompts.shape)
+                prompts = prompts + self.expert_prompt_proj(routing_embedding).view(-1, *prompts.shape)
                 task_mix, granularity_mix = task_mix.unsqueeze(1), granularity_mix.unsqueeze(1)
             prompts = prompts + task_mix + granularity_mix
-        return RouterOutput(routing, task_logits, granularity_logits, prompts)
+        return RouterOutput(routing_embedding, task_logits, granularity_logits, prompts)
 
 
 @dataclass
@@ -99,15 +100,19 @@ class SequenceGate(nn.Module):
     and so keeps the prefill's choice.
     """
 
-    def __init__(self, routing_size: int, num_experts: int, top_k: int):
+    def __init__(self, routing_size: int, num_experts: int, top_k: int, uniform: bool = False):
         super().__init__()
         self.num_experts, self.top_k = num_experts, top_k
-        self.routing_proj = nn.Linear(routing_size, num_experts)
+        # uniform (moe.gate: uniform, the router-off ablation): every expert with equal weights, no projection
+        self.routing_proj = None if uniform else nn.Linear(routing_size, num_experts)
 
     def forward(self, routing_embedding: torch.Tensor, records: list["GateRecord"] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert index and float32 log gate weight per sample, each [B, k] (renormalised top-k softmax, as
         :class:`ExpertGate`); ``records`` receives the decision (rows = samples)."""
-        logits = self.routing_proj(routing_embedding)
+        if self.routing_proj is None:
+            logits = routing_embedding.new_zeros(routing_embedding.shape[0], self.num_experts)
+        else:
+            logits = self.routing_proj(routing_embedding)
         top_logits, index = logits.float().topk(self.top_k, dim=-1)
         # log weights straight from the logits: a weight that underflows to 0 would give log 0 and NaN gradients
         log_weight = top_logits.log_softmax(dim=-1)

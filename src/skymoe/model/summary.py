@@ -39,13 +39,20 @@ def load_for_summary(config_or_path):
         return SkyMoEForConditionalGeneration(config)
 
 
+# An instruction-aware projector (Q-Former, instruction-aware resampler) also reads the instruction: its FLOPs are
+# counted for an instruction of this many tokens.
+INSTRUCTION_TOKENS = 32
+
+
 def _vision_flops(model) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     size = model.config.image_size
     pixels = torch.empty(1, 3, size, size, device="meta")
+    instruction = torch.empty(1, INSTRUCTION_TOKENS, model.config.text_config.hidden_size, device="meta")
+    mask = torch.ones(1, INSTRUCTION_TOKENS, dtype=torch.bool, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.get_image_features(pixels)
+        model.get_image_features(pixels, instruction, mask)
     return int(counter.get_total_flops())
 
 
@@ -109,7 +116,7 @@ def format_summary(summary: dict) -> str:
     )
     lines.append(
         f"experts: {summary['num_experts']} (top-{summary['top_k']}); image: {summary['num_image_tokens']} visual tokens, "
-        f"{summary['vision_flops_per_image']:,} FLOPs (vision tower + projector); attention FLOPs at context {summary['context']}"
+        f"{summary['vision_flops_per_image']:,} FLOPs (vision tower + projector; an instruction-aware projector with a {INSTRUCTION_TOKENS}-token instruction); attention FLOPs at context {summary['context']}"
     )
     if summary["llm_passes"] > 1:
         lines.append(f"expert LLMs: each token runs {summary['llm_passes']} passes of the LLM, one per chosen expert "

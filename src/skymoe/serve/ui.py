@@ -24,7 +24,8 @@ def expert_table(answer) -> pd.DataFrame:
     rows = []
     if answer.routing is not None:
         for layer, weights in enumerate(answer.routing.expert_weights):
-            rows += [{"layer": f"MoE layer {layer}", "expert": f"E{e}", "weight": round(w, 4)} for e, w in enumerate(weights)]
+            name = "expert LLMs" if answer.routing.level == "llm" else f"MoE layer {layer}"
+            rows += [{"layer": name, "expert": f"E{e}", "weight": round(w, 4)} for e, w in enumerate(weights)]
     return pd.DataFrame(rows, columns=["layer", "expert", "weight"])
 
 
@@ -41,7 +42,7 @@ def respond(pipeline, file_path: str | None, task: str, prompt: str):
         raise gr.Error(str(exc)) from None
     label = prompt.strip() if task == Task.GROUNDING.value and prompt else "box"
     boxes = [(tuple(round(v) for v in b.as_tuple()), label) for b in answer.boxes]
-    summary = "dense model (no router)" if answer.routing is None else f"router: task={answer.routing.task}, granularity={answer.routing.granularity}"
+    summary = "dense model (no router)" if answer.routing is None else f"router: {answer.routing.describe()}"
     return answer.text, (image, boxes), expert_table(answer), summary
 
 

@@ -70,6 +70,8 @@ class OptimSection:
     schedule: str = "cosine"
     max_grad_norm: float | None = 1.0
     train_projector: bool = True
+    # stage 2: also train the LLM's own weights (what a one-stage run needs: stage 2 from an untrained stage-1 model)
+    train_lm: bool = False
 
 
 @dataclass

@@ -35,7 +35,7 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     if cfg.stage == 1:
         trainable = set(STAGE1_TRAINABLE[cfg.model.moe.dense_lora])
     else:
-        trainable = STAGE2_TRAINABLE | ({"projector"} if cfg.optim.train_projector else set())
+        trainable = STAGE2_TRAINABLE | ({"projector"} if cfg.optim.train_projector else set()) | ({"lm"} if cfg.optim.train_lm else set())
     lrs = {
         "projector": cfg.optim.projector_lr,
         "router": cfg.optim.router_lr,
