@@ -284,3 +284,17 @@ def test_save_and_reload_is_bit_exact(tmp_path, model):
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
         assert torch.equal(model.generate(**inputs, max_new_tokens=5, do_sample=False),
                            loaded.generate(**inputs, max_new_tokens=5, do_sample=False))
+
+
+def test_summary_counts_k_passes_of_the_expert_lms_and_none_of_the_base(tmp_path, dense, tokenizer):
+    """Copies of the base LLM as expert LMs cost what k passes of the base cost with adapter experts (less the adapters)."""
+    from skymoe.model.summary import format_summary, summarize
+
+    copies = upcycled(dense, [base_copy(tmp_path, dense, tokenizer, f"copy{e}") for e in range(3)], tokenizer)
+    adapters = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=3, top_k=2, **LLM)
+    separate, shared = summarize(copies), summarize(adapters)
+    assert separate["llm_passes"] == shared["llm_passes"] == 2
+    assert separate["groups"]["lm"]["active_per_token"] == separate["groups"]["lm"]["flops_per_token"] == 0
+    assert separate["groups"]["experts"]["active_per_token"] == shared["groups"]["lm"]["active_per_token"] * 2
+    assert separate["groups"]["experts"]["flops_per_token"] == shared["groups"]["lm"]["flops_per_token"]
+    assert "expert LMs: each token runs 2 of them" in format_summary(separate)
