@@ -121,13 +121,11 @@ class ExpertCaches:
         expert = self.row_expert
         if not torch.equal(expert[rows], expert):
             raise RuntimeError("a beam reordering moved rows between expert LMs; the beams of a sample must share its experts")
-        position = torch.empty_like(rows)
-        for e in range(len(self.caches)):
-            own = expert == e
-            position[own] = torch.arange(int(own.sum()), device=rows.device)
+        position = torch.empty_like(rows)  # of each row in its expert's cache
         for e, cache in enumerate(self.caches):
             own = expert == e
             if own.any():
+                position[own] = torch.arange(int(own.sum()), device=rows.device)
                 cache.reorder_cache(position[rows[own]])
 
 
