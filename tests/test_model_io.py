@@ -277,7 +277,7 @@ def test_pretrained_lm_keeps_its_vocabulary_rows_when_special_tokens_are_added(t
     llama.save_pretrained(tmp_path / "llama")
     model = tiny_model(vocab_size=len(tokenizer))
     assert len(tokenizer) > 20
-    load_language_model(model, str(tmp_path / "llama"))
+    assert load_language_model(model.language_model, str(tmp_path / "llama")) == 20
     embeddings = model.get_input_embeddings().weight
     assert torch.equal(embeddings[:20], llama.get_input_embeddings().weight)
 
@@ -428,7 +428,7 @@ def test_generate_returns_the_prefill_routing_from_that_one_prefill(monkeypatch)
     assert torch.equal(result.sequences, plain)
     assert torch.equal(result.routing.task_logits, expected.task_logits)
     assert torch.allclose(result.routing.sample_expert_weights, expected.sample_expert_weights, atol=1e-6)
-    assert routing_of(result.routing, 1) == routing_of(expected, 1)
+    assert routing_of(result.routing, 1, model) == routing_of(expected, 1, model)
 
 
 @pytest.mark.parametrize("moe", [{"num_experts": 4}, {"num_experts": 4, "routing": "sequence", "expert_type": "ffn"},

@@ -66,6 +66,29 @@ def test_stage2_upcycles_and_trains_router_experts_with_aux_and_cda_losses(stage
     assert tok1 == tok2
 
 
+def test_stage2_trains_separate_expert_lms_named_by_folder_and_saves_them(stage1, data, tmp_path):
+    """moe.expert_models: two copies of the stage-1 LLM (saved with its tokenizer) become the expert LMs; stage 2 trains
+    them whole, leaves the base LLM frozen, and the saved model reloads them."""
+    from skymoe.model.generation import load_model
+
+    dense, processor = load_model(stage1.model_dir)
+    folders = []
+    for e in range(2):
+        dense.language_model.save_pretrained(tmp_path / f"lm{e}")
+        processor.tokenizer.save_pretrained(tmp_path / f"lm{e}")
+        folders.append(str(tmp_path / f"lm{e}"))
+    moe = {"num_experts": 2, "top_k": 2, "expert_type": "llm", "routing": "sequence", "expert_models": folders}
+    cfg = load_config(write_config(tmp_path / "s2.yaml", data, stage=2, model={"moe": moe}),
+                      [f"model.init_from={stage1.output_dir}", "max_steps=4", "log_every=2"])
+    result = train(cfg, tmp_path / "out")
+    model, _ = load_model(tmp_path / "out" / "model")
+    trained = model.expert_lms[0].get_output_embeddings().weight
+    assert not torch.equal(trained, dense.get_output_embeddings().weight)  # trained whole
+    assert torch.equal(model.get_output_embeddings().weight, dense.get_output_embeddings().weight)  # the base: frozen
+    assert torch.equal(trained, result.model.expert_lms[0].get_output_embeddings().weight)
+    assert read_metrics(tmp_path / "out")[-1]["loss/lm"] > 0
+
+
 def test_the_model_config_owns_the_loss_weights_and_its_loss_is_the_logged_objective(stage1, data, tmp_path, monkeypatch):
     """loss.load_balance=0.037 lands in the saved config.json, and the saved model's ``loss`` on the training
     batch is the ``loss/total`` that was logged (lr 0: the saved weights are those of the logged step)."""

@@ -182,7 +182,7 @@ def build_model(config: SkyMoEConfig, tokenizer=None):
     if config.text_pretrained:
         if config.moe["num_experts"] and config.moe["expert_type"] == "ffn":
             raise ValueError("FFN experts are copies of a dense FFN: build the dense model, then upcycle it")
-        load_language_model(model, config.text_pretrained)
+        load_language_model(model.language_model, config.text_pretrained)
     if tokenizer is not None:
         if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
             model.language_model.resize_token_embeddings(len(tokenizer))
@@ -209,8 +209,9 @@ def _grown_vocabulary(source, tensor, vocab: int) -> bool:
     return source.dim() >= 1 and source.shape[0] == vocab < tensor.shape[0] and source.shape[1:] == tensor.shape[1:]
 
 
-def load_language_model(model, directory: str) -> None:
-    """Copy a pretrained causal LM's weights into the (possibly MoE-wrapped) language model."""
+def load_language_model(language_model, directory: str) -> int:
+    """Copy a pretrained causal LM's weights into the (possibly MoE-wrapped) ``language_model``; returns the
+    checkpoint's vocabulary size (rows past it, SkyMoE's added tokens, keep their values)."""
     from transformers import AutoModelForCausalLM
 
     from skymoe.model.upcycle import _plain_names, _to_plain
@@ -218,9 +219,9 @@ def load_language_model(model, directory: str) -> None:
     pretrained_model = AutoModelForCausalLM.from_pretrained(directory)
     vocab = pretrained_model.config.get_text_config().vocab_size
     pretrained = pretrained_model.state_dict()
-    renames = _plain_names(model.language_model)
+    renames = _plain_names(language_model)
     loaded = 0
-    for name, tensor in model.language_model.state_dict().items():
+    for name, tensor in language_model.state_dict().items():
         source = pretrained.get(_to_plain(name, renames))
         if source is None:
             continue
@@ -233,6 +234,7 @@ def load_language_model(model, directory: str) -> None:
         loaded += 1
     if not loaded:
         raise ValueError(f"{directory}: no weights matched the language model of this config")
+    return vocab
 
 
 def enable_activation_checkpointing(model) -> None:

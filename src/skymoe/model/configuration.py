@@ -55,6 +55,9 @@ class MoESettings:
     # "router": the router's gate chooses and weighs the experts; "uniform" (expert LLMs, top_k = num_experts):
     # every expert, with equal weights (the router-off ablation of RS-MoE)
     gate: str = "router"
+    # llm experts: one local causal-LM folder per expert (skymoe.model.expert_models), instead of adapters on the
+    # base LLM; each must share the base's hidden size and tokenizer. Read when stage 2 upcycles.
+    expert_models: list[str] | None = None
 
 
 @dataclass
@@ -121,14 +124,19 @@ def _check_llm_experts(moe: MoESettings, prefix: str) -> None:
         raise ValueError(f"'{prefix}moe.gate' = 'uniform' runs every expert LLM with equal weights: it needs "
                          f"'{prefix}moe.expert_type' = 'llm' and '{prefix}moe.top_k' = moe.num_experts, got "
                          f"{moe.expert_type!r} and top_k={moe.top_k} of {moe.num_experts}")
-    templates = moe.expert_templates
-    if templates is None:
+    _check_expert_list(moe, "expert_models", moe.expert_models, "local causal-LM folders", prefix)
+    _check_expert_list(moe, "expert_templates", moe.expert_templates, "non-empty texts", prefix)
+
+
+def _check_expert_list(moe: MoESettings, key: str, values, what: str, prefix: str) -> None:
+    """A per-expert list setting of expert LLMs: ``num_experts`` non-empty strings."""
+    if values is None:
         return
     if moe.expert_type != "llm":
-        raise ValueError(f"'{prefix}moe.expert_templates' is for expert_type 'llm', got '{prefix}moe.expert_type' = {moe.expert_type!r}")
-    if not isinstance(templates, list) or not all(isinstance(t, str) and t for t in templates) or len(templates) != moe.num_experts:
-        raise ValueError(f"'{prefix}moe.expert_templates' must be a list of {moe.num_experts} non-empty texts (one per expert, "
-                         f"moe.num_experts), got {templates!r}")
+        raise ValueError(f"'{prefix}moe.{key}' is for expert_type 'llm', got '{prefix}moe.expert_type' = {moe.expert_type!r}")
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values) or len(values) != moe.num_experts:
+        raise ValueError(f"'{prefix}moe.{key}' must be a list of {moe.num_experts} {what} (one per expert, "
+                         f"moe.num_experts), got {values!r}")
 
 
 class SkyMoEConfig(PreTrainedConfig):
@@ -161,6 +169,9 @@ class SkyMoEConfig(PreTrainedConfig):
     # Where build_model() takes pretrained weights from (local dirs / asset names); from_pretrained ignores them.
     vision_pretrained: str | None = None
     text_pretrained: str | None = None
+    # moe.expert_models: each expert LM's text config (a dict), read from its folder when stage 2 upcycles, so
+    # that from_pretrained rebuilds the expert LMs from config.json alone
+    expert_text_configs: list[dict] | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

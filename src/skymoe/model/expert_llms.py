@@ -84,7 +84,8 @@ def init_expert_prompts_from_text(model, tokenizer, templates: list[str]) -> Non
     (Lester et al. 2021), the first n route tokens of expert e begin as the n token embeddings of its text
     (the task/granularity mix and the term from the routing embedding are still added, as to every route
     token), and the rest keep their prompt; training then tunes them like any soft prompt. The template's
-    tokens must fit in ``num_route_tokens``.
+    tokens must fit in ``num_route_tokens``. Separate expert LMs (``moe.expert_models``) read their template
+    in their own embedding table, the space their instruction is read in.
     """
     router = model.router
     if router is None or router.expert_gate is None or not router.num_route_tokens:
@@ -92,8 +93,8 @@ def init_expert_prompts_from_text(model, tokenizer, templates: list[str]) -> Non
     base = router.prompt_base
     if len(templates) != base.shape[0]:
         raise ValueError(f"moe.expert_templates has {len(templates)} texts for {base.shape[0]} experts (moe.num_experts)")
-    table = model.get_input_embeddings().weight
     for expert, text in enumerate(templates):
+        table = (model.language_model if model.expert_lms is None else model.expert_lms[expert]).get_input_embeddings().weight
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not 0 < len(ids) <= router.num_route_tokens:
             raise ValueError(f"moe.expert_templates[{expert}] = {text!r} is {len(ids)} tokens; its expert's instruction has "

@@ -11,7 +11,8 @@ the routing embedding computed at prefill is carried in the model kwargs, so
 routing is decided once per sequence, and ``generate(..., output_routing=True)``
 returns that prefill's decision with the tokens. Expert LLMs run the k experts
 chosen per sample as k*B rows of the LLM and mix their distributions
-(:mod:`skymoe.model.expert_llms`).
+(:mod:`skymoe.model.expert_llms`); with ``moe.expert_models`` each row runs
+through its expert's own LM instead (:mod:`skymoe.model.expert_models`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.dispatch import keeping_plan
 from skymoe.model.expert_llms import ExpertRows, beam_rows
+from skymoe.model.expert_models import ExpertLMs, run_expert_lms
 from skymoe.model.install import MoEDecoderLayer, install_experts
 from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, weighted_total
 from skymoe.model.outputs import RoutingReadout, SkyMoEGenerateOutput, SkyMoEOutput
@@ -77,7 +79,11 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             expert_llms = moe.num_experts if moe.expert_type == "llm" else 0  # the router chooses them (expert_llms.py)
             self.router = Router(text_size, config.router_settings.hidden_size, config.num_route_tokens, expert_llms, moe.top_k,
                                  uniform_gate=moe.gate == "uniform")
-        install_experts(self.language_model, config)
+        self.expert_lms = None
+        if config.moe["expert_models"]:  # separate expert LMs: the base LLM embeds the router's input and runs no pass
+            self.expert_lms = ExpertLMs(config.expert_text_configs, config.moe["num_experts"])
+        else:
+            install_experts(self.language_model, config)
         if config.freeze_vision:
             self.vision_tower.requires_grad_(False)
         self.post_init()
@@ -125,7 +131,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         """Parameters by module group, for per-group learning rates and freezing.
 
         ``vision``, ``projector``, ``router`` (router + per-layer gates), ``experts`` (LoRA A/B,
-        FFN expert weights), ``adapter`` (the dense model's LoRA) and ``lm`` (everything else in the LLM).
+        FFN expert weights, whole expert LMs), ``adapter`` (the dense model's LoRA) and ``lm`` (everything else in the LLM).
         """
         names = ("vision", "projector", "router", "experts", "adapter", "lm")
         groups: dict[str, dict[str, nn.Parameter]] = {k: {} for k in names}
@@ -140,7 +146,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
                 group = "projector"
             elif name.startswith("router.") or ".gate." in name:
                 group = "router"
-            elif name in expert_names:
+            elif name in expert_names or name.startswith("expert_lms."):
                 group = "experts" if self.num_experts else "adapter"
             else:
                 group = "lm"
@@ -222,7 +228,12 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             kwargs.update(routing_embedding=routing_embedding, routing_mask=token_mask, gate_records=records)
         if prompts is not None:
             embeds = self._scatter(embeds, ids, self.config.route_token_id, prompts, "route tokens")
-        outputs = self.language_model(inputs_embeds=embeds, cache=cache, use_cache=use_cache, **llm_inputs, **kwargs)
+        if self.expert_lms is not None:  # each row through its expert's own LM, text embedded by that LM
+            kwargs.pop("row_expert")
+            text = (ids != self.config.image_token_id) & (ids != self.config.route_token_id)
+            outputs = run_expert_lms(self.expert_lms, rows.row_expert, ids, embeds, text, cache, use_cache, llm_inputs, **kwargs)
+        else:
+            outputs = self.language_model(inputs_embeds=embeds, cache=cache, use_cache=use_cache, **llm_inputs, **kwargs)
         logits = outputs.logits if rows is None else rows.mix(outputs.logits, logits_to_keep)
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
@@ -326,10 +337,10 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
 
     # ---- upcycling ------------------------------------------------------------------------------
     @classmethod
-    def upcycle(cls, dense_model: "SkyMoEForConditionalGeneration", num_experts: int, **moe_kwargs):
+    def upcycle(cls, dense_model: "SkyMoEForConditionalGeneration", num_experts: int, tokenizer=None, **moe_kwargs):
         from skymoe.model.upcycle import upcycle
 
-        return upcycle(cls, dense_model, num_experts, **moe_kwargs)
+        return upcycle(cls, dense_model, num_experts, tokenizer=tokenizer, **moe_kwargs)
 
 
 def register_auto_classes() -> None:

@@ -8,7 +8,8 @@ Definitions (written down so the numbers can be checked):
   FLOPs are measured with ``torch.utils.flop_counter`` on a meta-device forward and reported per image.
 * expert LLMs (``expert_type: llm``): a token runs k full passes of the LLM, each with one adapter:
   active = the base LLM + k adapters (as ``top_k / num_experts`` of the experts), and the LLM's FLOPs
-  count k times (``llm_passes``).
+  count k times (``llm_passes``). Separate expert LMs (``moe.expert_models``): the base LLM only embeds the
+  router's input (no active weights), and each of the k passes runs one expert LM, counted as their mean.
 """
 from __future__ import annotations
 
@@ -84,10 +85,16 @@ def summarize(config_or_model, context: int = 512) -> dict:
             if tied and holds_embedding:
                 active += embedding.numel()  # the tied output head is a real matmul (counted once, where the table is)
         rows[group] = {"total": total, "trainable": trainable, "active_per_token": active, "flops_per_token": 2 * active}
-    text = config.text_config
-    rows["lm"]["flops_per_token"] += 4 * context * text.hidden_size * text.num_hidden_layers
     passes = moe["top_k"] if model.has_expert_llms else 1
-    rows["lm"]["flops_per_token"] *= passes
+    if model.expert_lms is None:
+        rows["lm"]["flops_per_token"] += _attention_flops(config.text_config, context)
+        rows["lm"]["flops_per_token"] *= passes
+    else:
+        rows["lm"].update(active_per_token=0, flops_per_token=0)
+        active = [_active_lm_weights(lm) for lm in model.expert_lms]
+        attention = [_attention_flops(lm.config, context) for lm in model.expert_lms]
+        rows["experts"].update(active_per_token=passes * sum(active) // len(active),
+                               flops_per_token=passes * sum(2 * a + f for a, f in zip(active, attention)) // len(active))
     # counted on a meta-device copy: a loaded model's real weights cannot meet meta inputs
     vision_flops = _vision_flops(model if next(model.parameters()).is_meta else load_for_summary(config))
     summary = {
@@ -102,8 +109,19 @@ def summarize(config_or_model, context: int = 512) -> dict:
         "num_experts": moe["num_experts"],
         "top_k": moe["top_k"] if moe["num_experts"] else 0,
         "llm_passes": passes,
+        "expert_models": model.expert_lms is not None,
     }
     return summary
+
+
+def _attention_flops(text_config, context: int) -> int:
+    return 4 * context * text_config.hidden_size * text_config.num_hidden_layers
+
+
+def _active_lm_weights(lm) -> int:
+    """A causal LM's weights a token's pass multiplies by: all but the input embedding table, unless it is the head."""
+    embedding, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+    return sum(p.numel() for p in lm.parameters()) - (0 if head is embedding else embedding.numel())
 
 
 def format_summary(summary: dict) -> str:
@@ -118,7 +136,10 @@ def format_summary(summary: dict) -> str:
         f"experts: {summary['num_experts']} (top-{summary['top_k']}); image: {summary['num_image_tokens']} visual tokens, "
         f"{summary['vision_flops_per_image']:,} FLOPs (vision tower + projector; an instruction-aware projector with a {INSTRUCTION_TOKENS}-token instruction); attention FLOPs at context {summary['context']}"
     )
-    if summary["llm_passes"] > 1:
+    if summary["llm_passes"] > 1 and summary["expert_models"]:
+        lines.append(f"expert LMs: each token runs {summary['llm_passes']} of them, one per chosen expert (counted at their "
+                     "mean size); the base LLM only embeds the router's input")
+    elif summary["llm_passes"] > 1:
         lines.append(f"expert LLMs: each token runs {summary['llm_passes']} passes of the LLM, one per chosen expert "
                      f"({summary['llm_passes']}x the LLM's FLOPs; active = the LLM + {summary['top_k']} adapters)")
     lines.append("trainable: requires_grad as the model is built; a training stage decides what it trains (stage 2: experts, router, projector)")

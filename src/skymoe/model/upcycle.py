@@ -4,7 +4,8 @@ LoRA experts (and expert LLMs) inherit the dense LoRA adapter of the same linear
 (unmerged, so the copy is bit-exact); FFN experts are copies of the dense FFN
 with any dense adapter folded in. Expert LLMs' per-expert routing instructions
 start as the dense model's one. Adapters on layers that do not become MoE layers are folded
-into their base weights. Everything else is copied by name.
+into their base weights. Everything else is copied by name. Separate expert LMs (``moe.expert_models``) are
+not copies: each is read from its folder (:mod:`skymoe.model.expert_models`), and the dense adapters fold.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import asdict
 import torch
 
 from skymoe.model.configuration import resolve_settings
+from skymoe.model.expert_models import load_expert_weights, read_expert_configs
 from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.install import MoEDecoderLayer
 
@@ -61,14 +63,20 @@ def _unwrap_dense(dense_copy, keep_unmerged: set[str]) -> dict[str, tuple[torch.
 
 
 @torch.no_grad()
-def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, seed: int = 0, **moe_kwargs):
-    """Build an MoE model from ``dense_model`` (num_experts == 0). ``perturb`` adds N(0, perturb) to expert copies."""
+def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, seed: int = 0, tokenizer=None, **moe_kwargs):
+    """Build an MoE model from ``dense_model`` (num_experts == 0). ``perturb`` adds N(0, perturb) to expert copies.
+    ``tokenizer`` (the stage-1 one) is what ``moe.expert_models``' tokenizers are checked against."""
     if dense_model.config.moe["num_experts"] != 0:
         raise ValueError(f"upcycle expects a dense model (moe.num_experts=0), got {dense_model.config.moe['num_experts']}")
     if num_experts < 1:
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     config = copy.deepcopy(dense_model.config)
     config.moe = asdict(resolve_settings("moe", {**config.moe, **moe_kwargs, "num_experts": num_experts}))
+    folders = config.moe["expert_models"]
+    if folders:
+        if tokenizer is None:
+            raise ValueError("moe.expert_models: upcycling needs the stage-1 tokenizer to check the expert LMs' tokenizers")
+        config.expert_text_configs = read_expert_configs(folders, config.text_config, tokenizer)
     moe_model = model_class(config).to(dense_model.dtype)
 
     moe_renames = _plain_names(moe_model)
@@ -100,5 +108,7 @@ def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, se
             for param in module.parameters(recurse=False):
                 # the generator's device, not the default one: callers build models under `with torch.device("cuda")`
                 param.add_(torch.randn(param.shape, generator=generator, device=generator.device).to(param) * perturb)
+    if folders:
+        load_expert_weights(moe_model, folders)
     moe_model.train(dense_model.training)
     return moe_model

@@ -94,7 +94,7 @@ def check_moe_layers(moe_layers: list[int] | None, num_layers: int) -> None:
 def check_dense_adapter(cfg: TrainConfig, dense_moe: dict) -> None:
     """LoRA experts (and expert LLMs) start as copies of the stage-1 dense adapter: they need its rank, scale and targets."""
     moe = cfg.model.moe
-    if not dense_moe["dense_lora"] or moe.expert_type not in ("lora", "llm"):
+    if not dense_moe["dense_lora"] or moe.expert_type not in ("lora", "llm") or moe.expert_models:
         return
     differ = [k for k in ("lora_rank", "lora_alpha", "lora_targets") if getattr(moe, k) != dense_moe[k]]
     if differ:
@@ -148,7 +148,8 @@ def load_stage1_output(init_from: str | None):
 
 def upcycle_checked(dense, cfg: TrainConfig, batch: dict, tokenizer=None):
     """Upcycle with ``cfg.model.moe`` into identical experts and assert the MoE reproduces the dense logits
-    (expert LLMs: the dense log-probabilities, which their mixture's logits are).
+    (expert LLMs: the dense log-probabilities, which their mixture's logits are). Separate expert LMs
+    (``moe.expert_models``, checked against ``tokenizer``) are other models: there is nothing to reproduce.
 
     The MoE config takes stage 2's trainable settings: ``moe`` (but ``dense_lora``, which describes the
     stage-1 model), ``router.jitter_noise``, ``loss`` and ``location_sigma``. ``moe.expert_templates``
@@ -158,7 +159,6 @@ def upcycle_checked(dense, cfg: TrainConfig, batch: dict, tokenizer=None):
     from dataclasses import asdict
 
     from skymoe.model import SkyMoEForConditionalGeneration
-    from skymoe.model.expert_llms import init_expert_prompts_from_text
 
     batch = {k: v for k, v in batch.items() if k != "cda_view"}
     m = cfg.model
@@ -169,21 +169,34 @@ def upcycle_checked(dense, cfg: TrainConfig, batch: dict, tokenizer=None):
     dense.config.loss = {**asdict(m.loss), "cda": m.loss.cda if cfg.cda.enabled else 0.0}  # no views, no CDA term
     dense.config.location_sigma = m.location_sigma
     moe_settings = {k: v for k, v in asdict(m.moe).items() if k not in ("num_experts", "dense_lora")}
-    moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=m.moe.num_experts, **moe_settings)
+    moe = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=m.moe.num_experts, tokenizer=tokenizer, **moe_settings)
+    if m.moe.expert_models:
+        logger.info("upcycled to %d expert LMs read from moe.expert_models", m.moe.num_experts)
+    else:
+        _check_reproduces(moe, batch, reference)
+    moe.train()
+    return _with_templates(moe, m.moe.expert_templates, tokenizer)
+
+
+def _check_reproduces(moe, batch: dict, reference: torch.Tensor) -> None:
     moe.eval()
     with torch.no_grad():
         upcycled = moe(**batch).logits
-    moe.train()
     if moe.has_expert_llms:
         reference = reference.float().log_softmax(-1)
     diff = (upcycled - reference).abs().max().item()
     allowed = UPCYCLE_TOLERANCE * max(1.0, reference.abs().max().item())
     if diff > allowed:
         raise StageError(f"upcycling changed the model: max |logit difference| = {diff:.3g} > {allowed:.3g}")
-    logger.info("upcycled to %d experts; identical-expert logits match the dense model (max diff %.2e)", m.moe.num_experts, diff)
-    if m.moe.expert_templates:
+    logger.info("upcycled to %d experts; identical-expert logits match the dense model (max diff %.2e)", moe.num_experts, diff)
+
+
+def _with_templates(moe, templates: list[str] | None, tokenizer):
+    from skymoe.model.expert_llms import init_expert_prompts_from_text
+
+    if templates:
         try:
-            init_expert_prompts_from_text(moe, tokenizer, m.moe.expert_templates)
+            init_expert_prompts_from_text(moe, tokenizer, templates)
         except ValueError as exc:  # a template longer than the stage-1 model's route tokens
             raise ConfigError(f"model.{exc}") from None
     return moe
