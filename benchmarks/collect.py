@@ -17,6 +17,7 @@ SECTIONS = [
     ("train_throughput.md", "train_throughput.py", "Training throughput of the demo configuration: feature cache off / on, stage 2 / stage 1 (issues 4, 15)"),
     ("projector_init.md", "projector_init.py", "Projector initialisation and whether the model reads its images (issue 15)"),
     ("generate.md", "generate.py", "Greedy generation, MoE vs the same model with experts removed (issue 6)"),
+    ("generate_expert_llms.md", "generate.py", "Greedy generation of RS-MoE's expert LLMs (k full LLM passes) beside LoRA experts and dense (issue 17)"),
     ("int8.md", "int8.py", "Dynamic int8 on CPU: speed-up and score change (issue 6)"),
     ("batching.md", "batching.py", "One prefill per eval batch, and the server's dynamic batching at 16 concurrent clients (issue 18)"),
     ("scene.md", "scene.py", "Large GeoTIFF scenes: tiles/s and peak memory at two sizes (issue 6)"),

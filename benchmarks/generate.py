@@ -203,7 +203,8 @@ def main() -> None:
         "FFN experts (the optional MoE-LLaVA kind) for reference: a token runs two FFNs, so the k-chosen weight count bounds them at "
         + "; ".join(f"{bounds[key]:.2f}x ({key[0]}; measured lowest {r:.2f}x)" for key, r in worst.items() if "ffn" in key[1]) + ".",
         f"Expert LLMs (RS-MoE, `expert_type: llm`): each token runs k = {EXPERT_LLMS['top_k']} full passes of the LLM, one per "
-        f"chosen expert, as k x batch rows, so their bound is 1/k = {1 / EXPERT_LLMS['top_k']:.2f}x dense; measured lowest: "
+        f"chosen expert, as k x batch rows: where a step's cost is its matmuls they approach 1/k = {1 / EXPERT_LLMS['top_k']:.2f}x "
+        "dense; a small CPU decode step is bound by per-operator overhead, which the k x batch rows share; measured lowest: "
         + "; ".join(f"{size} {r:.2f}x" for (size, n), r in worst.items() if "expert LLMs" in n) + ".",
         "At batch 1 a decode step reads only the k chosen experts (the gate's choice as Python numbers, one addmm_ per expert).",
         "At batch 8 it multiplies through all E x r rank columns (unchosen experts weighted 0): gathering each token's experts",
