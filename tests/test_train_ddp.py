@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from _train_data import accelerate_launch, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
+from _train_data import accelerate_launch, write_config, write_toy_dataset
 
 # Runs on every rank: train stage 1 then stage 2, and record what this rank ended with.
 RANK_SCRIPT = '''

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from _model_helpers import make_batch
-from _train_data import accelerate_launch, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
+from _train_data import accelerate_launch, write_config, write_toy_dataset
 from skymoe.train import checkpoint as ckpt
 
 STEPS = 20
