@@ -79,11 +79,12 @@ def crop(image: LabelledImage, window: tuple[int, int, int, int], name: str) -> 
     x, y, w, h = window
     whole = window == (0, 0, *image.size)  # the image itself: used in place, nothing to write
     chip = replace(image, name=name, size=(w, h), boxes=[], polygons=[], window=None if whole else window)
+    rect = (x, y, x + w, y + h)
     for box, polygon in zip(image.boxes, image.polygons):
-        if _beyond_an_edge(polygon, (x, y, x + w, y + h)):  # most objects of a large image, for any one chip
+        if _beyond_an_edge(polygon, rect):  # most objects of a large image, for any one chip
             continue
         area = polygon_area(polygon)
-        inside = clip_polygon(polygon, (x, y, x + w, y + h))
+        inside = clip_polygon(polygon, rect)
         if not inside or polygon_area(inside) < MIN_INSIDE * area:
             continue
         shifted = [(px - x, py - y) for px, py in inside]
