@@ -1,4 +1,4 @@
-"""Fixtures and launch helpers for the training tests; the toy data and configs live in _toy_data."""
+"""Launch helpers for the training tests; the toy data and configs live in _toy_data."""
 from __future__ import annotations
 
 import os
@@ -6,19 +6,7 @@ import socket
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 from _toy_data import TINY_MODEL, write_config, write_toy_dataset  # noqa: F401 (re-exported for the tests)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on shared CPU cores train several times faster without intra-op threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 SUBPROCESS_ENV = {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}

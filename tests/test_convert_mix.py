@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from _convert_fixtures import run_cli, write_coco
-from _train_data import one_torch_thread, write_config  # noqa: F401 (autouse fixture)
+from _train_data import write_config
 from skymoe.errors import ConfigError
 from skymoe.train.config import load_config
 from skymoe.train import train

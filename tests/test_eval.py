@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 
 import pytest
+import yaml
 from _eval_helpers import save_tiny_model
 
 from skymoe.cli import main
@@ -78,8 +80,11 @@ def test_eval_cli_writes_learning_controls(tiny_model_dir, tmp_path, monkeypatch
     """--control and --probe: the controls evaluated on the same samples, probes fitted on the train splits."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("SKYMOE_CACHE", str(tmp_path / "cache"))
+    suite = yaml.safe_load((resources.files("skymoe.suites") / "embedded.yaml").read_text())
+    suite["generation"]["max_new_tokens"] = 4  # the controls compare answers, whatever their length: generate less
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(tiny_model_dir), "--suite", "embedded", "--out", str(out), "--limit", "6",
+    argv = ["eval", "--model", str(tiny_model_dir), "--suite", str(tmp_path / "suite.yaml"), "--out", str(out), "--limit", "6",
             "--batch-size", "4", "--control", f"blind={tiny_model_dir}", "--probe"]
     assert main(argv) == 0
     learning = json.loads((out / "learning.json").read_text())

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from _train_data import one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
+from _train_data import write_config, write_toy_dataset
 from skymoe.errors import DataError
 from skymoe.train import StageError, TrainingDivergedError, TrainingError, train
 from skymoe.train.config import load_config

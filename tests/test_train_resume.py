@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _train_data import SUBPROCESS_ENV, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
+from _train_data import SUBPROCESS_ENV, write_config, write_toy_dataset
 from skymoe.train.config import load_config
 from skymoe.train import train
 from skymoe.train.checkpoint import CheckpointWarning

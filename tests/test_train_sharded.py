@@ -3,7 +3,8 @@
 Stage 1 and stage 2 (MoE) with activation checkpointing on. One DDP launch of the same seed and data is
 the reference: per-step losses must agree, the sharded checkpoints must verify, the gathered model must
 load in one process with the same outputs, and a run killed mid-training and resumed must end
-bit-identical to the uninterrupted one. (ZeRO-3 does not run with this model yet: docs/TRAINING.md.)
+bit-identical to the uninterrupted one. The ranks of DDP (and ZeRO-2) keep whole replicas: both end with
+the same weights. (ZeRO-3 does not run with this model yet: docs/TRAINING.md.)
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from _model_helpers import make_batch
-from _train_data import accelerate_launch, one_torch_thread, write_config, write_toy_dataset  # noqa: F401 (autouse fixture)
+from _train_data import accelerate_launch, write_config, write_toy_dataset
 from skymoe.train import checkpoint as ckpt
 
 STEPS = 20
@@ -40,11 +41,13 @@ SHARD_FILES = {
     + [f"pytorch_model/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)],
 }
 
-# Runs on every rank: stage 1, stage 2 from it, then one eval forward of the trained (sharded) model.
+# Runs on every rank: stage 1, stage 2 from it, one eval forward of the trained (sharded) model, and what
+# this rank ended with (where ranks hold replicas).
 RANK_SCRIPT = '''
-import json, sys, torch
+import gc, hashlib, json, sys, torch
 from pathlib import Path
 from accelerate import PartialState
+from accelerate.utils import DistributedType
 from skymoe.train.config import load_config
 from skymoe.train import train
 
@@ -64,6 +67,16 @@ if PartialState().is_main_process:
         "distributed_type": str(PartialState().distributed_type), "model_class": type(model).__name__,
         "checkpointed_modules": sum(bool(getattr(m, "gradient_checkpointing", False)) for m in model.modules()),
     }))
+if PartialState().distributed_type != DistributedType.FSDP:  # FSDP ranks hold shards, not replicas
+    report = {}
+    for name, result in (("stage1", s1), ("stage2", s2)):
+        digest = hashlib.sha256()
+        for key, tensor in sorted(result.model.state_dict().items()):
+            digest.update(key.encode()); digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        report[name] = {"weights": digest.hexdigest(), "steps": result.steps, "samples": result.samples_seen}
+    report["tokenizer"] = hashlib.sha256((out / "s1" / "model" / "tokenizer.json").read_bytes()).hexdigest()
+    (out / f"rank{PartialState().process_index}.json").write_text(json.dumps(report))
+gc.freeze()  # the exit's garbage collections over all of torch + transformers take seconds; the OS frees it all anyway
 '''
 
 
@@ -113,6 +126,17 @@ def test_losses_equal_ddp_losses_over_both_stages(runs, launcher):
         expected, actual = torch.tensor([v for _, v in ddp[stage]]), torch.tensor([v for _, v in sharded[stage]])
         torch.testing.assert_close(actual, expected, rtol=LOSS_RTOL, atol=0.0, msg=f"{stage}: {launcher} vs DDP losses")
     assert sharded["stage1"][-1][1] < sharded["stage1"][0][1] - 1.0  # it trained (stage 2 starts near its floor)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [pytest.param("cpu_ddp.yaml", id="ddp"), *LAUNCHERS[1:]])  # FSDP ranks hold shards
+def test_both_processes_end_with_the_same_weights(runs, launcher):
+    rank0, rank1 = (json.loads((runs(launcher) / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1
+    # each step consumed one batch on each process
+    assert rank0["stage1"] == {**rank0["stage1"], "steps": STEPS, "samples": STEPS * 4 * 2}
+    metrics = [json.loads(line) for line in (runs(launcher) / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))  # written once, by the main process
 
 
 @pytest.mark.slow

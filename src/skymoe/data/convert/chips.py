@@ -46,6 +46,13 @@ def clip_polygon(polygon: Polygon, rect: tuple[float, float, float, float]) -> P
     return points
 
 
+def _beyond_an_edge(polygon: Polygon, rect: tuple[float, float, float, float]) -> bool:
+    """Whether every vertex lies past one edge of the rectangle: clipping would leave nothing, so skip it."""
+    x1, y1, x2, y2 = rect
+    return (all(p[0] < x1 for p in polygon) or all(p[0] > x2 for p in polygon)
+            or all(p[1] < y1 for p in polygon) or all(p[1] > y2 for p in polygon))
+
+
 def _at_x(p, q, x):
     t = (x - p[0]) / (q[0] - p[0])
     return (x, p[1] + t * (q[1] - p[1]))
@@ -72,9 +79,12 @@ def crop(image: LabelledImage, window: tuple[int, int, int, int], name: str) -> 
     x, y, w, h = window
     whole = window == (0, 0, *image.size)  # the image itself: used in place, nothing to write
     chip = replace(image, name=name, size=(w, h), boxes=[], polygons=[], window=None if whole else window)
+    rect = (x, y, x + w, y + h)
     for box, polygon in zip(image.boxes, image.polygons):
+        if _beyond_an_edge(polygon, rect):  # most objects of a large image, for any one chip
+            continue
         area = polygon_area(polygon)
-        inside = clip_polygon(polygon, (x, y, x + w, y + h))
+        inside = clip_polygon(polygon, rect)
         if not inside or polygon_area(inside) < MIN_INSIDE * area:
             continue
         shifted = [(px - x, py - y) for px, py in inside]
