@@ -77,15 +77,15 @@ class Routing:
     # "layer": a row per MoE layer, its mean gate weight over the sample's tokens; "llm": one row, the router's
     # weights of the expert LLMs (RS-MoE's sequence-level choice; 0 = not chosen)
     level: str = "layer"
-    # per row, the experts with a weight > 0, heaviest first: {"expert": e, "weight": w} (derived from expert_weights)
+    # per row, the experts with a weight > 0, heaviest first: {"expert": e, "weight": w}. Always derived from
+    # expert_weights (a value read back from a record is recomputed); a field so that the JSON outputs carry it.
     chosen: list[list[dict]] | None = None
 
     def __post_init__(self):
-        if self.chosen is None:
-            self.chosen = [
-                [{"expert": e, "weight": w} for e, w in sorted(enumerate(row), key=lambda ew: -ew[1]) if w > 0]
-                for row in self.expert_weights
-            ]
+        self.chosen = [
+            [{"expert": e, "weight": w} for e, w in sorted(enumerate(row), key=lambda ew: -ew[1]) if w > 0]
+            for row in self.expert_weights
+        ]
 
     def describe(self) -> str:
         """One line for people: the predicted task and granularity, and the expert weights of each MoE layer

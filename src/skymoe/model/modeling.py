@@ -222,14 +222,14 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             rows = ExpertRows.choose(self.router.expert_gate, routing_embedding, records)
             ids, embeds, prompts = rows.expand(input_ids), rows.expand(embeds), rows.instructions(prompts)
             llm_inputs = {k: rows.expand(v) for k, v in llm_inputs.items()}
-            kwargs["row_expert"] = rows.row_expert
+            if self.expert_lms is None:  # adapter experts: the MoE layers dispatch each row to its expert
+                kwargs["row_expert"] = rows.row_expert
         elif self.num_experts:  # the MoE layers' inputs (see install.py)
             token_mask = attention_mask if attention_mask is not None and attention_mask.shape == input_ids.shape else None
             kwargs.update(routing_embedding=routing_embedding, routing_mask=token_mask, gate_records=records)
         if prompts is not None:
             embeds = self._scatter(embeds, ids, self.config.route_token_id, prompts, "route tokens")
         if self.expert_lms is not None:  # each row through its expert's own LM, text embedded by that LM
-            kwargs.pop("row_expert")
             text = (ids != self.config.image_token_id) & (ids != self.config.route_token_id)
             outputs = run_expert_lms(self.expert_lms, rows.row_expert, ids, embeds, text, cache, use_cache, llm_inputs, **kwargs)
         else:
