@@ -27,8 +27,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/skymoe demo --out out/demo
 
+# One pytest worker per core (pytest-xdist); worksteal keeps both busy while the few long tests
+# (demo smokes, sharded launches) run.
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) out
