@@ -385,21 +385,22 @@ def test_efficientnet_stride_taps_fold_finer_maps_onto_the_coarse_grid():
 def test_location_targets_are_soft_over_their_own_axis():
     """With location_sigma a box coordinate one bin off costs less than one far off; other tokens keep plain CE."""
     from skymoe.data.boxes import X_TOKENS
+    from skymoe.model.losses import location_smoothed_ce
 
-    model = tiny_model(vocab_size=300)
-    model.config.location_token_start, model.config.location_sigma = 50, 1.5
-    y0 = 50 + len(X_TOKENS)  # <y_0>
+    start, sigma = 50, 1.5
+    y0 = start + len(X_TOKENS)  # <y_0>
     target = torch.tensor([y0 + 40])
 
     def loss_with_mass_on(token: int) -> float:
         logits = torch.zeros(1, 300)
         logits[0, token] = 8.0
-        return float(model._lm_loss(logits, target))
+        return float(location_smoothed_ce(logits, target, start, sigma))
 
-    assert loss_with_mass_on(y0 + 40) < loss_with_mass_on(y0 + 41) < loss_with_mass_on(y0 + 45) < loss_with_mass_on(50 + 40)
+    assert loss_with_mass_on(y0 + 40) < loss_with_mass_on(y0 + 41) < loss_with_mass_on(y0 + 45) < loss_with_mass_on(start + 40)
     plain = torch.randn(3, 300)
     words = torch.tensor([7, 12, -100])
-    assert torch.allclose(model._lm_loss(plain, words), torch.nn.functional.cross_entropy(plain, words, ignore_index=-100))
+    assert torch.allclose(location_smoothed_ce(plain, words, start, sigma),
+                          torch.nn.functional.cross_entropy(plain, words, ignore_index=-100))
 
 
 def test_generate_returns_the_prefill_routing_from_that_one_prefill(monkeypatch):

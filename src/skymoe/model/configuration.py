@@ -10,6 +10,7 @@ towers to build (stage 1) and the stage-1 folder to upcycle (stage 2).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -61,6 +62,15 @@ class MoESettings:
 
 
 @dataclass
+class BoxHeadSettings:
+    """A grounding answer's first box read off the visual grid (skymoe.model.box_head); needs a grid projector
+    (mlp2x_gelu) and the box location tokens."""
+
+    enabled: bool = False
+    hidden_size: int = 128
+
+
+@dataclass
 class LossSettings:
     """Weights of the terms the model adds to the LM cross-entropy in ``output.loss`` (Mixtral's router_aux_loss_coef)."""
 
@@ -69,9 +79,11 @@ class LossSettings:
     router_ce: float = 0.1  # task and granularity cross-entropy of the router, each
     cda: float = 0.05  # granularity InfoNCE over routing embeddings (an MoE model; needs granularity labels)
     cda_temperature: float = 0.3  # soft: the routing embedding must also keep the tasks apart
+    box: float = 1.0  # the box head's cell cross-entropy + offset/size smooth L1 (a model with box_head.enabled)
 
 
-SETTINGS = {"projector": ProjectorSettings, "router": RouterSettings, "moe": MoESettings, "loss": LossSettings}
+SETTINGS = {"projector": ProjectorSettings, "router": RouterSettings, "moe": MoESettings, "loss": LossSettings,
+            "box_head": BoxHeadSettings}
 CHOICES = {
     ("projector", "type"): ("mlp2x_gelu", "resampler", "qformer"),
     ("moe", "expert_type"): ("lora", "ffn", "llm"),
@@ -100,6 +112,8 @@ def resolve_settings(name: str, value: dict | None, prefix: str = ""):
         raise ValueError(f"'{prefix}moe.top_k' = {settings.top_k} must be in 1..moe.num_experts={settings.num_experts}")
     if name == "moe":
         _check_llm_experts(settings, prefix)
+    if name == "box_head" and settings.hidden_size < 1:
+        raise ValueError(f"'{prefix}box_head.hidden_size' must be >= 1, got {settings.hidden_size}")
     return settings
 
 
@@ -152,6 +166,7 @@ class SkyMoEConfig(PreTrainedConfig):
     router: dict | None = None
     moe: dict | None = None
     loss: dict | None = None
+    box_head: dict | None = None
     vision_feature_layer: int = -1
     freeze_vision: bool = True
     image_size: int = 224
@@ -178,8 +193,19 @@ class SkyMoEConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         for name in SETTINGS:
             setattr(self, name, asdict(resolve_settings(name, getattr(self, name))))
+        self._check_box_head()
         self.image_mean = list(self.image_mean or (0.485, 0.456, 0.406))
         self.image_std = list(self.image_std or (0.229, 0.224, 0.225))
+
+    def _check_box_head(self) -> None:
+        if not self.box_head["enabled"]:
+            return
+        if self.projector["type"] != "mlp2x_gelu" or math.isqrt(self.num_image_tokens) ** 2 != self.num_image_tokens:
+            raise ValueError(f"'box_head.enabled' reads a square grid of visual tokens: it needs projector.type mlp2x_gelu "
+                             f"and a square token count, got {self.projector['type']!r} with {self.num_image_tokens} tokens")
+        if self.moe["num_experts"] and self.moe["expert_type"] == "llm":
+            raise ValueError("'box_head.enabled' reads one LLM's hidden states; expert LLMs (moe.expert_type 'llm') mix "
+                             "k of them: turn one of the two off")
 
     @property
     def moe_settings(self) -> MoESettings:
@@ -244,7 +270,7 @@ class TextSettings:
 
 
 # Settings a stage-2 run takes from its stage-1 model (the architecture), not from the YAML.
-STAGE1_ONLY = ("vision", "llm", "image_size", "projector", "num_route_tokens")
+STAGE1_ONLY = ("vision", "llm", "image_size", "projector", "num_route_tokens", "box_head")
 
 
 @dataclass
@@ -278,6 +304,7 @@ class ModelSettings:
     num_route_tokens: int = SkyMoEConfig.num_route_tokens
     moe: MoESettings = field(default_factory=MoESettings)
     loss: LossSettings = field(default_factory=LossSettings)
+    box_head: BoxHeadSettings = field(default_factory=BoxHeadSettings)
     location_sigma: float = SkyMoEConfig.location_sigma
 
     def validate(self, prefix: str = "model.") -> "ModelSettings":

@@ -1,4 +1,4 @@
-"""The model's objective: the LM cross-entropy plus the weighted router and CDA terms of ``config.loss``.
+"""The model's objective: the LM cross-entropy plus the weighted router, CDA and box-head terms of ``config.loss``.
 
 One owner for the weights (as Mixtral's ``router_aux_loss_coef``): ``output.loss`` is
 what training minimises, and ``output.loss_terms`` holds every term unweighted for logging.
@@ -8,11 +8,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from skymoe.data.boxes import X_TOKENS
 from skymoe.model import router as routing
 
 IGNORE_INDEX = -100
 # Every term a forward can return, in a fixed order (the trainer reduces them over processes by slot).
-LOSS_TERMS = ("lm", "load_balance", "router_z", "router_task_ce", "router_granularity_ce", "cda")
+LOSS_TERMS = ("lm", "load_balance", "router_z", "router_task_ce", "router_granularity_ce", "cda", "box")
 # term -> the LossSettings field that weighs it
 WEIGHT_FIELDS = {
     "load_balance": "load_balance",
@@ -20,6 +21,7 @@ WEIGHT_FIELDS = {
     "router_task_ce": "router_ce",
     "router_granularity_ce": "router_ce",
     "cda": "cda",
+    "box": "box",
 }
 
 
@@ -73,3 +75,24 @@ def weighted_total(config, terms: dict[str, torch.Tensor]) -> torch.Tensor:
     """``lm`` + every other term times its weight (a zero weight leaves its term out, NaN included)."""
     weights = {name: config.loss[field] for name, field in WEIGHT_FIELDS.items()}
     return terms["lm"] + sum(weights[name] * value for name, value in terms.items() if name != "lm" and weights[name])
+
+
+def location_smoothed_ce(logits: torch.Tensor, targets: torch.Tensor, start: int | None, sigma: float) -> torch.Tensor:
+    """Next-token cross-entropy; location-token targets (ids from ``start``) as Gaussians of width ``sigma`` over
+    their axis' tokens, so that a box one bin off costs little (``SkyMoEConfig.location_sigma``; 0 = plain)."""
+    if start is None or sigma <= 0:
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+    valid = targets != IGNORE_INDEX
+    logits, targets = logits[valid], targets[valid]
+    log_probs = logits.log_softmax(dim=-1)
+    losses = -log_probs.gather(1, targets[:, None]).squeeze(1)
+    axis_size = len(X_TOKENS)  # the x tokens, then the y tokens: a target is smoothed over its own axis
+    offset = targets - start
+    is_loc = (offset >= 0) & (offset < 2 * axis_size)
+    if is_loc.any():
+        first = start + (offset[is_loc] // axis_size) * axis_size  # id of <x_0> or <y_0>
+        steps = torch.arange(axis_size, device=logits.device)
+        soft = (-0.5 * ((steps[None] - (offset[is_loc, None] % axis_size)).float() / sigma) ** 2).softmax(dim=-1)
+        axis_log_probs = log_probs[is_loc].gather(1, first[:, None] + steps[None])
+        losses[is_loc] = -(soft * axis_log_probs).sum(dim=-1)
+    return losses.sum() / valid.sum().clamp(min=1)

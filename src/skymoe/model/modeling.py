@@ -16,21 +16,24 @@ through its expert's own LM instead (:mod:`skymoe.model.expert_models`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 
-from skymoe.data.boxes import X_TOKENS
+from skymoe.model.box_head import BoxHead, box_loss, plan_step
 from skymoe.model.configuration import SkyMoEConfig
+from skymoe.model.decoding import SkyMoEGenerationMixin
 from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.dispatch import keeping_plan
-from skymoe.model.expert_llms import ExpertRows, beam_rows
+from skymoe.model.expert_llms import ExpertRows
 from skymoe.model.expert_models import ExpertLMs, run_expert_lms
 from skymoe.model.install import MoEDecoderLayer, install_experts
-from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, weighted_total
-from skymoe.model.outputs import RoutingReadout, SkyMoEGenerateOutput, SkyMoEOutput
+from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, location_smoothed_ce, weighted_total
+from skymoe.model.outputs import RoutingReadout, SkyMoEOutput
 from skymoe.model.projector import FanInLinear, build_projector
 from skymoe.model.router import ExpertGate, Router, expert_load, sample_expert_weights
 from skymoe.model.vision import build_vision_tower
@@ -50,6 +53,8 @@ class SkyMoEPreTrainedModel(PreTrainedModel):
         # transformers' init functions skip weights already loaded from a checkpoint.
         if isinstance(module, (LoRAExperts, FanInLinear)):
             module.reset_parameters()
+        elif isinstance(module, BoxHead):
+            init.zeros_(module.cell_position)
         elif isinstance(module, Router) and module.num_route_tokens:
             for prompts in (module.prompt_base, module.task_prompts, module.granularity_prompts):
                 init.normal_(prompts, std=0.02)
@@ -65,7 +70,7 @@ class SkyMoEPreTrainedModel(PreTrainedModel):
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func=func, every_n_layers=every_n_layers)
 
 
-class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
+class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixin):
     def __init__(self, config: SkyMoEConfig):
         super().__init__(config)
         self.vision_tower = build_vision_tower(config.vision_config, config.vision_feature_layer, config.image_size)
@@ -79,6 +84,12 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             expert_llms = moe.num_experts if moe.expert_type == "llm" else 0  # the router chooses them (expert_llms.py)
             self.router = Router(text_size, config.router_settings.hidden_size, config.num_route_tokens, expert_llms, moe.top_k,
                                  uniform_gate=moe.gate == "uniform")
+        self.box_head = None
+        if config.box_head["enabled"]:
+            if config.location_token_start is None:
+                raise ValueError("box_head.enabled writes boxes as location tokens, but the tokenizer has none "
+                                 "(build the model with a SkyMoE tokenizer: skymoe.data.tokenizer)")
+            self.box_head = BoxHead(text_size, math.isqrt(config.num_image_tokens), config.box_head["hidden_size"])
         self.expert_lms = None
         if config.moe["expert_models"]:  # separate expert LMs: the base LLM embeds the router's input and runs no pass
             self.expert_lms = ExpertLMs(config.expert_text_configs, config.moe["num_experts"])
@@ -196,11 +207,17 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         output_router_stats: bool = True,
         routing_record: list | None = None,
+        box_plan=None,
+        box_progress: torch.Tensor | None = None,
         **kwargs,
     ) -> SkyMoEOutput:
         """``output_router_stats``: keep the gate decisions (aux losses, ``expert_load``, ``gate_records``).
         ``routing_record``: a list that receives this pass's router read-out (:class:`RoutingReadout`) when the
-        router ran; ``generate(..., output_routing=True)`` passes one to return the prefill's routing."""
+        router ran; ``generate(..., output_routing=True)`` passes one to return the prefill's routing.
+        ``box_plan``, ``box_progress``: a box head's generation state (set by ``prepare_inputs_for_generation``)."""
+        use_box_head = self.box_head is not None and (labels is not None or box_progress is not None)
+        if use_box_head:  # the head reads the LLM's last hidden states
+            kwargs["output_hidden_states"] = True
         embeds = self.get_input_embeddings()(input_ids)
         instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
         image_tokens = None
@@ -235,12 +252,31 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
         else:
             outputs = self.language_model(inputs_embeds=embeds, cache=cache, use_cache=use_cache, **llm_inputs, **kwargs)
         logits = outputs.logits if rows is None else rows.mix(outputs.logits, logits_to_keep)
+        box_term = None
+        if use_box_head:
+            logits, box_term, box_plan = self._box_head_pass(outputs.hidden_states[-1], logits, input_ids, image_tokens,
+                                                             labels, box_plan, box_progress)
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
-                              input_ids.shape[0])
+                              input_ids.shape[0], box_term)
+        output.box_plan = box_plan if use_box_head else None
         if routing_record is not None and router_out is not None:
             routing_record.append(RoutingReadout(output.task_logits, output.granularity_logits, output.sample_expert_weights))
         return output
+
+    def _box_head_pass(self, states, logits, input_ids, image_tokens, labels, plan, progress):
+        """(logits, the head's training term, the generation plan): the term with labels, else the last position's
+        logits forced to the head's box (skymoe.model.box_head)."""
+        image_states = None
+        if image_tokens is not None:
+            image_states = states[input_ids == self.config.image_token_id].view(*image_tokens.shape[:2], -1)
+        start = self.config.location_token_start
+        if labels is not None:
+            return logits, box_loss(self.box_head, image_tokens, image_states, states, labels, start), None
+        prompt_length = plan.prompt_length if plan is not None else input_ids.shape[1]
+        last, plan = plan_step(self.box_head, plan, progress, prompt_length, image_tokens, image_states, states[:, -1],
+                               logits[:, -1], start)
+        return torch.cat([logits[:, :-1], last[:, None]], dim=1), None, plan
 
     @staticmethod
     def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -264,12 +300,17 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             raise ValueError("with labels, logits_to_keep must be 0 (all positions) or a supervised_positions() mask")
         return labels[:, 1:].reshape(-1)
 
-    def _output(self, outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size):
+    def _output(self, outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size,
+                box_term=None):
         terms = auxiliary_terms(self.config, records, router_out, routing_embedding, task_labels, granularity_labels)
+        if box_term is not None:
+            terms["box"] = box_term
         loss = None
         if targets is not None:
             kept = logits if logits.dim() == 2 else logits[:, :-1]  # a supervised_positions() mask flattens them
-            terms = {"lm": self._lm_loss(kept.float().reshape(-1, logits.shape[-1]), targets), **terms}
+            lm = location_smoothed_ce(kept.float().reshape(-1, logits.shape[-1]), targets, self.config.location_token_start,
+                                      self.config.location_sigma)
+            terms = {"lm": lm, **terms}
             loss = weighted_total(self.config, terms)
         return SkyMoEOutput(
             loss=loss,
@@ -285,55 +326,6 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-
-    def _lm_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy; location-token targets as Gaussians over their neighbours (see the config)."""
-        start, sigma = self.config.location_token_start, self.config.location_sigma
-        if start is None or sigma <= 0:
-            return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
-        valid = targets != IGNORE_INDEX
-        logits, targets = logits[valid], targets[valid]
-        log_probs = logits.log_softmax(dim=-1)
-        losses = -log_probs.gather(1, targets[:, None]).squeeze(1)
-        axis_size = len(X_TOKENS)  # the x tokens, then the y tokens: a target is smoothed over its own axis
-        offset = targets - start
-        is_loc = (offset >= 0) & (offset < 2 * axis_size)
-        if is_loc.any():
-            first = start + (offset[is_loc] // axis_size) * axis_size  # id of <x_0> or <y_0>
-            steps = torch.arange(axis_size, device=logits.device)
-            soft = (-0.5 * ((steps[None] - (offset[is_loc, None] % axis_size)).float() / sigma) ** 2).softmax(dim=-1)
-            axis_log_probs = log_probs[is_loc].gather(1, first[:, None] + steps[None])
-            losses[is_loc] = -(soft * axis_log_probs).sum(dim=-1)
-        return losses.sum() / valid.sum().clamp(min=1)
-
-    # ---- generation -----------------------------------------------------------------------------
-    def generate(self, *args, output_routing: bool = False, **kwargs):
-        """transformers' generate; with ``output_routing`` a :class:`SkyMoEGenerateOutput` whose ``routing``
-        is the router's decision at the prefill (read from that pass: no second prefill)."""
-        if not output_routing:
-            return super().generate(*args, **kwargs)
-        readouts: list[RoutingReadout] = []
-        kwargs["return_dict_in_generate"] = True
-        result = super().generate(*args, routing_record=readouts, **kwargs)
-        return SkyMoEGenerateOutput(**result, routing=readouts[0] if readouts else None)
-
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        # generate() returns only tokens: gate statistics are kept only for the prefill, and only when a
-        # routing_record asks for the router's read-out.
-        model_inputs["output_router_stats"] = bool(is_first_iteration) and model_inputs.get("routing_record") is not None
-        return model_inputs
-
-    def _reorder_cache(self, cache, beam_index: torch.Tensor):
-        """Beam search: expert LLMs keep k cache rows per sample row (see expert_llms.py)."""
-        cache.reorder_cache(beam_rows(beam_index, self.config.moe["top_k"]) if self.has_expert_llms else beam_index)
-        return cache
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
-        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
-        if outputs.routing_embedding is not None:  # decided at prefill, reused for every new token
-            model_kwargs["routing_embedding"] = outputs.routing_embedding
-        return model_kwargs
 
     # ---- upcycling ------------------------------------------------------------------------------
     @classmethod

@@ -28,6 +28,7 @@ class SkyMoEOutput(ModelOutput):
     gate_records: tuple | None = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+    box_plan: object | None = None  # generation with a box head: the boxes carried to the next step (skymoe.model.box_head)
 
 
 @dataclass

@@ -1,0 +1,191 @@
+"""The box head: where a grounding answer's box comes from, read off the visual grid instead of spelt by the LM.
+
+A small LM trained from scratch on a CPU budget learns *that* an answer is a box
+long before it learns *which* box: writing ``<x_12><y_43><x_20><y_50>`` token by
+token asks it to turn attention over the image into four numbers with nothing
+but its output head. Detection heads (DETR, the grounding decoders of
+LLaVA-Grounding and Groma) instead score places directly. This head does that
+on the grid the projector already has (one visual token per cell):
+
+* every cell is scored against the query, the LLM's last hidden state at the
+  position that writes the box's first token; a cell reads its projected visual
+  token and the LLM's last hidden state at that token;
+* the best cell's regression gives the box: its centre's offset within the cell
+  and its size, relative to the cell.
+
+Training (:meth:`BoxHead.loss`): the answers whose supervised tokens start with
+a box of location tokens teach the head that box: cross-entropy over the cell
+that holds its centre, smooth L1 on the offsets and log-sizes.
+
+Generation (:func:`force_box`): the LM still decides whether and when to write
+a box (the probability it gives to location tokens); the head decides which
+box. At the position where a box may start, the location tokens' total mass is
+put on the head's ``x1``; the three positions after it write ``y1``, ``x2``,
+``y2``. An answer's first box is the head's; later boxes (a multi-object answer)
+are the LM's own. Written by hand: no library head reads a causal LM's grid tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skymoe.data.boxes import X_TOKENS
+
+SCALE = len(X_TOKENS) - 1  # the canonical 0-100 box scale of the location tokens
+BOX_DONE = 4  # progress of a row whose first box is written (or that writes no more boxes): nothing is forced
+BOX_CLOSED = 5  # progress of a row that has just written its box's last token: a location token cannot follow
+
+
+class BoxHead(nn.Module):
+    def __init__(self, text_size: int, grid: int, hidden_size: int):
+        super().__init__()
+        self.grid = grid
+        self.norm = nn.LayerNorm(text_size)
+        self.cell_token = nn.Linear(text_size, hidden_size)
+        self.cell_context = nn.Linear(text_size, hidden_size)
+        self.cell_position = nn.Parameter(torch.zeros(grid * grid, hidden_size))
+        self.query = nn.Linear(text_size, hidden_size)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
+        self.score = nn.Linear(hidden_size, 1)
+        self.regress = nn.Linear(hidden_size, 4)  # centre offset (x, y) within the cell, log width and height in cells
+
+    def cells(self, image_tokens: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
+        """[B, N, H] what a cell offers: its projected visual token and the LLM's last hidden state there."""
+        return self.cell_token(image_tokens) + self.cell_context(self.norm(image_states)) + self.cell_position
+
+    def forward(self, cells: torch.Tensor, query_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell scores [B, N] and regressions [B, N, 4] for queries [B, D]."""
+        hidden = self.mlp(cells + self.query(self.norm(query_states))[:, None])
+        return self.score(hidden).squeeze(-1).float(), self.regress(hidden).float()
+
+    def loss(self, scores: torch.Tensor, regressions: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Cell cross-entropy + smooth L1 of the target cell's offsets and log-sizes; ``boxes`` [B, 4] on 0-100."""
+        cell, offsets, log_sizes = self._encode(boxes.float())
+        chosen = regressions[torch.arange(len(cell), device=cell.device), cell]
+        return (F.cross_entropy(scores, cell) + F.smooth_l1_loss(chosen[:, :2].tanh(), offsets)
+                + F.smooth_l1_loss(chosen[:, 2:], log_sizes))
+
+    def decode(self, scores: torch.Tensor, regressions: torch.Tensor) -> torch.Tensor:
+        """[B, 4] long boxes on the 0-100 scale: the best cell's box, never empty (x1 < x2, y1 < y2)."""
+        cell = scores.argmax(-1)
+        chosen = regressions[torch.arange(len(cell), device=cell.device), cell]
+        step = SCALE / self.grid
+        centre = torch.stack([cell % self.grid, cell // self.grid], -1).float() * step + step / 2
+        centre = centre + chosen[:, :2].tanh() * step
+        half = chosen[:, 2:].clamp(max=math.log(2 * self.grid)).exp() * step / 2
+        low = (centre - half).round().clamp(0, SCALE - 1)
+        high = torch.maximum((centre + half).round(), low + 1).clamp(max=SCALE)
+        return torch.cat([low, high], -1).long()
+
+    def _encode(self, boxes: torch.Tensor):
+        step = SCALE / self.grid
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        index = (centre / step).long().clamp(0, self.grid - 1)
+        cell = index[:, 1] * self.grid + index[:, 0]
+        offsets = ((centre - (index.float() * step + step / 2)) / step).clamp(-0.99, 0.99)
+        log_sizes = ((boxes[:, 2:] - boxes[:, :2]).clamp(min=0.5) / step).log()
+        return cell, offsets, log_sizes
+
+
+def location_kind(ids: torch.Tensor, start: int) -> torch.Tensor:
+    """Per token: 0 = x location token, 1 = y location token, -1 = any other token."""
+    offset = ids - start
+    kind = torch.div(offset, len(X_TOKENS), rounding_mode="floor")
+    return torch.where((offset >= 0) & (kind <= 1), kind, torch.full_like(kind, -1))
+
+
+def box_targets(labels: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first box of each answer: (rows, query positions, boxes [M, 4] on 0-100) for the rows whose supervised
+    tokens hold a box: an x, y, x, y run of location tokens. The query position is the one that predicts its x1."""
+    kind = location_kind(labels, start)
+    if labels.shape[1] < 4:
+        empty = labels.new_zeros(0)
+        return empty, empty, labels.new_zeros(0, 4)
+    pattern = torch.tensor([0, 1, 0, 1], device=labels.device)
+    runs = kind.unfold(1, 4, 1)  # [B, S-3, 4]
+    starts = (runs == pattern).all(-1) & (torch.arange(runs.shape[1], device=labels.device) > 0)
+    rows = starts.any(-1).nonzero().squeeze(-1)
+    first = starts[rows].float().argmax(-1)
+    values = labels[rows[:, None], first[:, None] + torch.arange(4, device=labels.device)] - start
+    values[:, 1::2] -= len(X_TOKENS)
+    return rows, first - 1, values
+
+
+@dataclass
+class BoxPlan:
+    """What generation carries from step to step: each row's planned box and the grid's cells (from the prefill),
+    and where the prompt ends (location tokens of the prompt, a region question's box, are not the answer's)."""
+
+    boxes: torch.Tensor  # [B, 4] long, 0-100
+    cells: torch.Tensor  # [B, N, H]
+    prompt_length: int
+
+
+def box_progress(input_ids: torch.Tensor, prompt_length: int, start: int) -> torch.Tensor:
+    """[B] how far each row is into its answer's first box: 0 = not begun (the next token may begin it),
+    1-3 = that many of its tokens written, :data:`BOX_CLOSED` = its last token just written, :data:`BOX_DONE` =
+    written earlier (or left unfinished): nothing to force."""
+    answer = location_kind(input_ids[:, prompt_length:], start) >= 0
+    if answer.shape[1] == 0:
+        return torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    begun = answer.any(-1)
+    first = answer.float().argmax(-1)
+    after = torch.arange(answer.shape[1], device=answer.device)[None] >= first[:, None]
+    written = (answer & after).sum(-1)
+    unbroken = written == (answer.shape[1] - first)  # only location tokens since the box began
+    progress = torch.where(unbroken & (written < 4), written, torch.full_like(written, BOX_DONE))
+    progress = torch.where(unbroken & (written == 4), torch.full_like(progress, BOX_CLOSED), progress)
+    return torch.where(begun, progress, torch.zeros_like(progress))
+
+
+def force_box(logits: torch.Tensor, boxes: torch.Tensor, progress: torch.Tensor, start: int) -> torch.Tensor:
+    """[B, V] next-token logits with the location tokens' total mass on the planned coordinate ``progress``
+    (x1, y1, x2, y2) of each row still writing its first box (once begun, that coordinate is the only token
+    left: a box is never left unfinished), no location token right after it; the other rows' logits unchanged."""
+    locations = slice(start, start + 2 * len(X_TOKENS))
+    active = progress < BOX_DONE
+    if not (active | (progress == BOX_CLOSED)).any():
+        return logits
+    forced = logits.clone()
+    forced[progress == BOX_CLOSED, locations] = float("-inf")  # a box is followed by text or a separator
+    if not active.any():
+        return forced
+    mass = logits[:, locations].logsumexp(-1)
+    coordinate = progress.clamp(max=3)
+    planned = boxes.gather(1, coordinate[:, None]).squeeze(1)
+    token = start + (coordinate % 2) * len(X_TOKENS) + planned
+    forced[active, locations] = float("-inf")
+    forced[(progress > 0) & active] = float("-inf")  # a begun box is finished: only its next coordinate remains
+    rows = active.nonzero().squeeze(-1)
+    forced[rows, token[rows]] = mass[rows].to(forced.dtype)
+    return forced
+
+
+def box_loss(head: BoxHead, image_tokens, image_states, states, labels, start: int) -> torch.Tensor:
+    """The head's training term on the batch's answers that hold a box (zero, with every parameter in the graph,
+    when none does: data-parallel training expects every parameter to get a gradient)."""
+    rows, positions, boxes = box_targets(labels, start)
+    if image_tokens is None or not len(rows):
+        return sum(p.sum() for p in head.parameters()) * 0.0
+    cells = head.cells(image_tokens[rows], image_states[rows])
+    return head.loss(*head(cells, states[rows, positions]), boxes)
+
+
+def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int, image_tokens, image_states,
+              last_states, logits, start: int):
+    """One generation step: the head's box for each row that may begin one, the carried box for the others, and
+    the last position's logits forced to it (:func:`force_box`). Returns (logits [B, V], the plan to carry)."""
+    if image_tokens is not None:
+        cells = head.cells(image_tokens, image_states)
+    elif plan is not None:
+        cells = plan.cells
+    else:  # a prompt without an image: no grid to point at
+        return logits, None
+    boxes = head.decode(*head(cells, last_states))
+    if plan is not None:
+        boxes = torch.where((progress == 0)[:, None], boxes, plan.boxes)
+    return force_box(logits, boxes, progress, start), BoxPlan(boxes, cells, prompt_length)
