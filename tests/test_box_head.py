@@ -56,7 +56,7 @@ def test_targets_are_the_first_answer_box_and_never_a_prompt_box():
 
 
 def test_a_perfect_cell_and_regression_decode_to_the_target_box():
-    head = BoxHead(text_size=8, grid=8, hidden_size=4)
+    head = BoxHead(vision_size=8, text_size=8, grid=8, hidden_size=4)
     boxes = torch.tensor([[3.0, 4.0, 17.0, 10.0], [60.0, 61.0, 99.0, 100.0], [0.0, 0.0, 1.0, 1.0]])
     cell, offsets, log_sizes = head._encode(boxes)
     scores = torch.nn.functional.one_hot(cell, 64).float()
@@ -108,10 +108,9 @@ def test_generate_writes_the_heads_box_cached_as_uncached_and_after_a_reload(tmp
     start = model.config.location_token_start
     tokens = cached[:, prompt : prompt + 4] - start
     tokens[:, 1::2] -= 101
-    image_states = states.hidden_states[-1][inputs["input_ids"] == model.config.image_token_id].view(2, 16, -1)
     with torch.no_grad():
-        visual = model.get_image_features(inputs["pixel_values"])
-        head_boxes = model.box_head.decode(*model.box_head(model.box_head.cells(visual, image_states), states.hidden_states[-1][:, -1]))
+        cells = model.box_head.cells(model.vision_tower(inputs["pixel_values"]))
+        head_boxes = model.box_head.decode(*model.box_head(cells, states.hidden_states[-1][:, -1]))
     assert torch.equal(tokens, head_boxes)
     model.save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path).eval()

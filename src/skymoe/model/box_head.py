@@ -8,8 +8,11 @@ LLaVA-Grounding and Groma) instead score places directly. This head does that
 on the grid the projector already has (one visual token per cell):
 
 * every cell is scored against the query, the LLM's last hidden state at the
-  position that writes the box's first token; a cell reads its projected visual
-  token and the LLM's last hidden state at that token;
+  position that writes the box's first token; a cell reads the frozen tower's
+  features there, the ones a linear probe reads (not the projector's tokens or
+  the LLM's states: a head trained through those pulled the shared features
+  towards grounding, and scene classification and captions fell to their
+  priors in a validation demo, docs/LEARNING.md);
 * the best cell's regression gives the box: its centre's offset within the cell
   and its size, relative to the cell.
 
@@ -41,25 +44,25 @@ BOX_CLOSED = 5  # progress of a row that has just written its box's last token: 
 
 
 class BoxHead(nn.Module):
-    def __init__(self, text_size: int, grid: int, hidden_size: int):
+    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int):
         super().__init__()
         self.grid = grid
-        self.norm = nn.LayerNorm(text_size)
-        self.cell_token = nn.Linear(text_size, hidden_size)
-        self.cell_context = nn.Linear(text_size, hidden_size)
+        self.cell_norm = nn.LayerNorm(vision_size)
+        self.cell = nn.Linear(vision_size, hidden_size)
         self.cell_position = nn.Parameter(torch.zeros(grid * grid, hidden_size))
+        self.query_norm = nn.LayerNorm(text_size)
         self.query = nn.Linear(text_size, hidden_size)
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.regress = nn.Linear(hidden_size, 4)  # centre offset (x, y) within the cell, log width and height in cells
 
-    def cells(self, image_tokens: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
-        """[B, N, H] what a cell offers: its projected visual token and the LLM's last hidden state there."""
-        return self.cell_token(image_tokens) + self.cell_context(self.norm(image_states)) + self.cell_position
+    def cells(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """[B, N, H] what each cell offers: the tower's features there (no gradient reaches the tower), and where it is."""
+        return self.cell(self.cell_norm(vision_features.detach())) + self.cell_position
 
     def forward(self, cells: torch.Tensor, query_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell scores [B, N] and regressions [B, N, 4] for queries [B, D]."""
-        hidden = self.mlp(cells + self.query(self.norm(query_states))[:, None])
+        hidden = self.mlp(cells + self.query(self.query_norm(query_states))[:, None])
         return self.score(hidden).squeeze(-1).float(), self.regress(hidden).float()
 
     def loss(self, scores: torch.Tensor, regressions: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -165,22 +168,22 @@ def force_box(logits: torch.Tensor, boxes: torch.Tensor, progress: torch.Tensor,
     return forced
 
 
-def box_loss(head: BoxHead, image_tokens, image_states, states, labels, start: int) -> torch.Tensor:
+def box_loss(head: BoxHead, vision_features, states, labels, start: int) -> torch.Tensor:
     """The head's training term on the batch's answers that hold a box (zero, with every parameter in the graph,
     when none does: data-parallel training expects every parameter to get a gradient)."""
     rows, positions, boxes = box_targets(labels, start)
-    if image_tokens is None or not len(rows):
+    if vision_features is None or not len(rows):
         return sum(p.sum() for p in head.parameters()) * 0.0
-    cells = head.cells(image_tokens[rows], image_states[rows])
+    cells = head.cells(vision_features[rows])
     return head.loss(*head(cells, states[rows, positions]), boxes)
 
 
-def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int, image_tokens, image_states,
-              last_states, logits, start: int):
+def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int, vision_features, last_states,
+              logits, start: int):
     """One generation step: the head's box for each row that may begin one, the carried box for the others, and
     the last position's logits forced to it (:func:`force_box`). Returns (logits [B, V], the plan to carry)."""
-    if image_tokens is not None:
-        cells = head.cells(image_tokens, image_states)
+    if vision_features is not None:
+        cells = head.cells(vision_features)
     elif plan is not None:
         cells = plan.cells
     else:  # a prompt without an image: no grid to point at

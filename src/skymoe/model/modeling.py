@@ -89,7 +89,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             if config.location_token_start is None:
                 raise ValueError("box_head.enabled writes boxes as location tokens, but the tokenizer has none "
                                  "(build the model with a SkyMoE tokenizer: skymoe.data.tokenizer)")
-            self.box_head = BoxHead(text_size, math.isqrt(config.num_image_tokens), config.box_head["hidden_size"])
+            self.box_head = BoxHead(self.vision_tower.hidden_size, text_size, math.isqrt(config.num_image_tokens),
+                                    config.box_head["hidden_size"])
         self.expert_lms = None
         if config.moe["expert_models"]:  # separate expert LMs: the base LLM embeds the router's input and runs no pass
             self.expert_lms = ExpertLMs(config.expert_text_configs, config.moe["num_experts"])
@@ -223,6 +224,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         image_tokens = None
         has_image = pixel_values is not None or vision_features is not None
         if has_image and (input_ids == self.config.image_token_id).any():
+            if use_box_head and vision_features is None:  # the head reads the tower's features too: run it once
+                vision_features = self.vision_tower(pixel_values.to(self.dtype))
             image_tokens = self.get_image_features(pixel_values, embeds, instruction_mask, vision_features)
             embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
 
@@ -254,8 +257,9 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         logits = outputs.logits if rows is None else rows.mix(outputs.logits, logits_to_keep)
         box_term = None
         if use_box_head:
-            logits, box_term, box_plan = self._box_head_pass(outputs.hidden_states[-1], logits, input_ids, image_tokens,
-                                                             labels, box_plan, box_progress)
+            features = vision_features if image_tokens is not None else None
+            logits, box_term, box_plan = self._box_head_pass(outputs.hidden_states[-1], logits, input_ids, features, labels,
+                                                             box_plan, box_progress)
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
                               input_ids.shape[0], box_term)
@@ -264,18 +268,14 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             routing_record.append(RoutingReadout(output.task_logits, output.granularity_logits, output.sample_expert_weights))
         return output
 
-    def _box_head_pass(self, states, logits, input_ids, image_tokens, labels, plan, progress):
+    def _box_head_pass(self, states, logits, input_ids, vision_features, labels, plan, progress):
         """(logits, the head's training term, the generation plan): the term with labels, else the last position's
         logits forced to the head's box (skymoe.model.box_head)."""
-        image_states = None
-        if image_tokens is not None:
-            image_states = states[input_ids == self.config.image_token_id].view(*image_tokens.shape[:2], -1)
         start = self.config.location_token_start
         if labels is not None:
-            return logits, box_loss(self.box_head, image_tokens, image_states, states, labels, start), None
+            return logits, box_loss(self.box_head, vision_features, states, labels, start), None
         prompt_length = plan.prompt_length if plan is not None else input_ids.shape[1]
-        last, plan = plan_step(self.box_head, plan, progress, prompt_length, image_tokens, image_states, states[:, -1],
-                               logits[:, -1], start)
+        last, plan = plan_step(self.box_head, plan, progress, prompt_length, vision_features, states[:, -1], logits[:, -1], start)
         return torch.cat([logits[:, :-1], last[:, None]], dim=1), None, plan
 
     @staticmethod
