@@ -9,10 +9,11 @@ on the grid the projector already has (one visual token per cell):
 
 * every cell is scored against the query, the LLM's last hidden state at the
   position that writes the box's first token; a cell reads the frozen tower's
-  features there, the ones a linear probe reads (not the projector's tokens or
-  the LLM's states: a head trained through those pulled the shared features
-  towards grounding, and scene classification and captions fell to their
-  priors in a validation demo, docs/LEARNING.md);
+  features there, the ones a linear probe reads;
+* the head only reads: no gradient of its loss reaches the LLM, the projector
+  or the tower. Trained through the projector's tokens and the LLM's states, it
+  pulled the shared features towards grounding, and scene classification and
+  captions fell to their priors in a validation demo (docs/LEARNING.md);
 * the best cell's regression gives the box: its centre's offset within the cell
   and its size, relative to the cell.
 
@@ -61,8 +62,8 @@ class BoxHead(nn.Module):
         return self.cell(self.cell_norm(vision_features.detach())) + self.cell_position
 
     def forward(self, cells: torch.Tensor, query_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cell scores [B, N] and regressions [B, N, 4] for queries [B, D]."""
-        hidden = self.mlp(cells + self.query(self.query_norm(query_states))[:, None])
+        """Cell scores [B, N] and regressions [B, N, 4] for queries [B, D] (no gradient reaches the LLM's states)."""
+        hidden = self.mlp(cells + self.query(self.query_norm(query_states.detach()))[:, None])
         return self.score(hidden).squeeze(-1).float(), self.regress(hidden).float()
 
     def loss(self, scores: torch.Tensor, regressions: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
