@@ -9,7 +9,7 @@ from PIL import Image
 from skymoe.data.processor import SkyMoEProcessor
 from skymoe.data.schema import Box, Granularity, Sample, Task, Turn
 from skymoe.data.tokenizer import build_tokenizer
-from skymoe.model.box_head import BOX_CLOSED, BOX_DONE, BoxHead, box_progress, box_targets
+from skymoe.model.box_head import BOX_CLOSED, BOX_DONE, BoxHead, box_progress, box_targets, pooled_instruction
 from skymoe.model.build import build_model, tiny_config
 
 QUESTION = "Where is the bright square? Answer with a box."
@@ -110,7 +110,8 @@ def test_generate_writes_the_heads_box_cached_as_uncached_and_after_a_reload(tmp
     tokens[:, 1::2] -= 101
     with torch.no_grad():
         cells = model.box_head.cells(model.vision_tower(inputs["pixel_values"]))
-        head_boxes = model.box_head.decode(*model.box_head(cells, states.hidden_states[-1][:, -1]))
+        instruction = pooled_instruction(model.get_input_embeddings()(inputs["input_ids"]), inputs["instruction_mask"])
+        head_boxes = model.box_head.decode(*model.box_head(cells, states.hidden_states[-1][:, -1], instruction))
     assert torch.equal(tokens, head_boxes)
     model.save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path).eval()

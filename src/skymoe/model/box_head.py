@@ -7,8 +7,12 @@ but its output head. Detection heads (DETR, the grounding decoders of
 LLaVA-Grounding and Groma) instead score places directly. This head does that
 on the grid the projector already has (one visual token per cell):
 
-* every cell is scored against the query, the LLM's last hidden state at the
-  position that writes the box's first token; a cell reads the frozen tower's
+* every cell is scored against the query: the LLM's last hidden state at the
+  position that writes the box's first token, and the mean of the
+  instruction's token embeddings (which words the question holds: "the red
+  ship in the top left quadrant" is enough to find it on MGRS-mini, where a head
+  with a bag-of-words query on the frozen features reached 0.26 acc@0.5 on
+  validation scenes after 6,400 samples); a cell reads the frozen tower's
   features there, the ones a linear probe reads;
 * the head only reads: no gradient of its loss reaches the LLM, the projector
   or the tower. Trained through the projector's tokens and the LLM's states, it
@@ -53,6 +57,8 @@ class BoxHead(nn.Module):
         self.cell_position = nn.Parameter(torch.zeros(grid * grid, hidden_size))
         self.query_norm = nn.LayerNorm(text_size)
         self.query = nn.Linear(text_size, hidden_size)
+        self.instruction_norm = nn.LayerNorm(text_size)
+        self.instruction = nn.Linear(text_size, hidden_size)
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.regress = nn.Linear(hidden_size, 4)  # centre offset (x, y) within the cell, log width and height in cells
@@ -61,9 +67,11 @@ class BoxHead(nn.Module):
         """[B, N, H] what each cell offers: the tower's features there (no gradient reaches the tower), and where it is."""
         return self.cell(self.cell_norm(vision_features.detach())) + self.cell_position
 
-    def forward(self, cells: torch.Tensor, query_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cell scores [B, N] and regressions [B, N, 4] for queries [B, D] (no gradient reaches the LLM's states)."""
-        hidden = self.mlp(cells + self.query(self.query_norm(query_states.detach()))[:, None])
+    def forward(self, cells: torch.Tensor, query_states: torch.Tensor, instruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell scores [B, N] and regressions [B, N, 4] for queries [B, D] and pooled instructions [B, D] (no
+        gradient reaches the LLM)."""
+        query = self.query(self.query_norm(query_states.detach())) + self.instruction(self.instruction_norm(instruction.detach()))
+        hidden = self.mlp(cells + query[:, None])
         return self.score(hidden).squeeze(-1).float(), self.regress(hidden).float()
 
     def loss(self, scores: torch.Tensor, regressions: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -126,6 +134,7 @@ class BoxPlan:
 
     boxes: torch.Tensor  # [B, 4] long, 0-100
     cells: torch.Tensor  # [B, N, H]
+    instruction: torch.Tensor  # [B, D] the mean instruction embedding
     prompt_length: int
 
 
@@ -169,27 +178,33 @@ def force_box(logits: torch.Tensor, boxes: torch.Tensor, progress: torch.Tensor,
     return forced
 
 
-def box_loss(head: BoxHead, vision_features, states, labels, start: int) -> torch.Tensor:
+def pooled_instruction(embeds: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:
+    """[B, D] the mean input embedding of each row's instruction tokens."""
+    mask = instruction_mask.to(embeds.dtype)[..., None]
+    return (embeds * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def box_loss(head: BoxHead, vision_features, instruction, states, labels, start: int) -> torch.Tensor:
     """The head's training term on the batch's answers that hold a box (zero, with every parameter in the graph,
     when none does: data-parallel training expects every parameter to get a gradient)."""
     rows, positions, boxes = box_targets(labels, start)
     if vision_features is None or not len(rows):
         return sum(p.sum() for p in head.parameters()) * 0.0
     cells = head.cells(vision_features[rows])
-    return head.loss(*head(cells, states[rows, positions]), boxes)
+    return head.loss(*head(cells, states[rows, positions], instruction[rows]), boxes)
 
 
-def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int, vision_features, last_states,
-              logits, start: int):
+def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int, vision_features, instruction,
+              last_states, logits, start: int):
     """One generation step: the head's box for each row that may begin one, the carried box for the others, and
     the last position's logits forced to it (:func:`force_box`). Returns (logits [B, V], the plan to carry)."""
     if vision_features is not None:
         cells = head.cells(vision_features)
     elif plan is not None:
-        cells = plan.cells
+        cells, instruction = plan.cells, plan.instruction
     else:  # a prompt without an image: no grid to point at
         return logits, None
-    boxes = head.decode(*head(cells, last_states))
+    boxes = head.decode(*head(cells, last_states, instruction))
     if plan is not None:
         boxes = torch.where((progress == 0)[:, None], boxes, plan.boxes)
-    return force_box(logits, boxes, progress, start), BoxPlan(boxes, cells, prompt_length)
+    return force_box(logits, boxes, progress, start), BoxPlan(boxes, cells, instruction, prompt_length)
