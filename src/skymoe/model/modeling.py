@@ -143,9 +143,10 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         """Parameters by module group, for per-group learning rates and freezing.
 
         ``vision``, ``projector``, ``router`` (router + per-layer gates), ``experts`` (LoRA A/B,
-        FFN expert weights, whole expert LMs), ``adapter`` (the dense model's LoRA) and ``lm`` (everything else in the LLM).
+        FFN expert weights, whole expert LMs), ``adapter`` (the dense model's LoRA), ``box_head`` and ``lm``
+        (everything else in the LLM).
         """
-        names = ("vision", "projector", "router", "experts", "adapter", "lm")
+        names = ("vision", "projector", "router", "experts", "adapter", "box_head", "lm")
         groups: dict[str, dict[str, nn.Parameter]] = {k: {} for k in names}
         expert_names = set()
         for module_name, module in self.named_modules():
@@ -156,6 +157,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 group = "vision"
             elif name.startswith("projector."):
                 group = "projector"
+            elif name.startswith("box_head."):
+                group = "box_head"
             elif name.startswith("router.") or ".gate." in name:
                 group = "router"
             elif name in expert_names or name.startswith("expert_lms."):

@@ -19,7 +19,7 @@ import torch
 
 from skymoe.errors import ModelFolderError
 
-GROUP_ORDER = ("vision", "projector", "router", "experts", "adapter", "lm")
+GROUP_ORDER = ("vision", "projector", "router", "experts", "adapter", "box_head", "lm")
 
 
 def load_for_summary(config_or_path):

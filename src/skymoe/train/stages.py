@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 # Groups of SkyMoEForConditionalGeneration.parameter_groups() that train: stage 1 the dense adapter
 # (model.moe.dense_lora: true) or else the whole LLM; stage 2 always router + experts (+ projector with
 # optim.train_projector). The vision tower never trains.
-STAGE1_TRAINABLE = {True: {"projector", "router", "adapter"}, False: {"projector", "router", "lm"}}
-STAGE2_TRAINABLE = {"router", "experts"}
+# The box head only reads the model (no gradient leaves it), so it learns in both stages: more grounding samples.
+STAGE1_TRAINABLE = {True: {"projector", "router", "adapter", "box_head"}, False: {"projector", "router", "lm", "box_head"}}
+STAGE2_TRAINABLE = {"router", "experts", "box_head"}
 # relative to the largest |logit|: float32 sums in another order differ by ~1e-6 of the logit scale
 UPCYCLE_TOLERANCE = 1e-4
 
