@@ -79,9 +79,8 @@ class LossSettings:
     router_ce: float = 0.1  # task and granularity cross-entropy of the router, each
     cda: float = 0.05  # granularity InfoNCE over routing embeddings (an MoE model; needs granularity labels)
     cda_temperature: float = 0.3  # soft: the routing embedding must also keep the tasks apart
-    # the box head's cell cross-entropy + offset/size smooth L1 (box_head.enabled). The head only reads the model, and
-    # Adam's steps do not depend on a loss's scale, so this weight leaves the head's training as it is; what it sets
-    # is the head's share of the gradient norm that max_grad_norm clips, which a large weight would take from the LLM.
+    # the box head's term (box_head.enabled). The head only reads the model and Adam's steps ignore a loss's scale: the
+    # weight sets only the head's share of the gradient norm that max_grad_norm clips, which it would take from the LLM
     box: float = 0.1
 
 
