@@ -9,7 +9,7 @@ from PIL import Image
 from skymoe.data.processor import SkyMoEProcessor
 from skymoe.data.schema import Box, Granularity, Sample, Task, Turn
 from skymoe.data.tokenizer import build_tokenizer
-from skymoe.model.box_head import BOX_CLOSED, BOX_DONE, BoxHead, box_progress, box_targets, pooled_instruction
+from skymoe.model.box_head import BOX_CLOSED, BOX_DONE, BoxHead, box_progress, box_targets
 from skymoe.model.build import build_model, tiny_config
 
 QUESTION = "Where is the bright square? Answer with a box."
@@ -56,7 +56,7 @@ def test_targets_are_the_first_answer_box_and_never_a_prompt_box():
 
 
 def test_a_perfect_cell_and_regression_decode_to_the_target_box():
-    head = BoxHead(vision_size=8, text_size=8, grid=8, hidden_size=4)
+    head = BoxHead(vision_size=8, text_size=8, grid=8, hidden_size=4, vocab_size=10)
     boxes = torch.tensor([[3.0, 4.0, 17.0, 10.0], [60.0, 61.0, 99.0, 100.0], [0.0, 0.0, 1.0, 1.0]])
     cell, offsets, log_sizes = head._encode(boxes)
     scores = torch.nn.functional.one_hot(cell, 64).float()
@@ -110,8 +110,8 @@ def test_generate_writes_the_heads_box_cached_as_uncached_and_after_a_reload(tmp
     tokens[:, 1::2] -= 101
     with torch.no_grad():
         cells = model.box_head.cells(model.vision_tower(inputs["pixel_values"]))
-        instruction = pooled_instruction(model.get_input_embeddings()(inputs["input_ids"]), inputs["instruction_mask"])
-        head_boxes = model.box_head.decode(*model.box_head(cells, states.hidden_states[-1][:, -1], instruction))
+        words = model.box_head.bag(inputs["input_ids"], inputs["instruction_mask"])
+        head_boxes = model.box_head.decode(*model.box_head(cells, states.hidden_states[-1][:, -1], words))
     assert torch.equal(tokens, head_boxes)
     model.save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path).eval()

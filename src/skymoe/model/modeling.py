@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 
-from skymoe.model.box_head import BoxHead, box_loss, plan_step, pooled_instruction
+from skymoe.model.box_head import BoxHead, box_loss, plan_step
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.decoding import SkyMoEGenerationMixin
 from skymoe.model.experts import FFNExperts, LoRAExperts
@@ -90,7 +90,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 raise ValueError("box_head.enabled writes boxes as location tokens, but the tokenizer has none "
                                  "(build the model with a SkyMoE tokenizer: skymoe.data.tokenizer)")
             self.box_head = BoxHead(self.vision_tower.hidden_size, text_size, math.isqrt(config.num_image_tokens),
-                                    config.box_head["hidden_size"])
+                                    config.box_head["hidden_size"], config.text_config.vocab_size)
         self.expert_lms = None
         if config.moe["expert_models"]:  # separate expert LMs: the base LLM embeds the router's input and runs no pass
             self.expert_lms = ExpertLMs(config.expert_text_configs, config.moe["num_experts"])
@@ -224,7 +224,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             kwargs["output_hidden_states"] = True
         embeds = self.get_input_embeddings()(input_ids)
         instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
-        instruction = pooled_instruction(embeds, instruction_mask) if use_box_head else None
+        words = self.box_head.bag(input_ids, instruction_mask) if use_box_head else None
         image_tokens = None
         has_image = pixel_values is not None or vision_features is not None
         if has_image and (input_ids == self.config.image_token_id).any():
@@ -262,7 +262,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         box_term = None
         if use_box_head:
             features = vision_features if image_tokens is not None else None
-            logits, box_term, box_plan = self._box_head_pass(outputs.hidden_states[-1], logits, input_ids, features, instruction,
+            logits, box_term, box_plan = self._box_head_pass(outputs.hidden_states[-1], logits, input_ids, features, words,
                                                              labels, box_plan, box_progress)
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
@@ -272,14 +272,14 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             routing_record.append(RoutingReadout(output.task_logits, output.granularity_logits, output.sample_expert_weights))
         return output
 
-    def _box_head_pass(self, states, logits, input_ids, vision_features, instruction, labels, plan, progress):
+    def _box_head_pass(self, states, logits, input_ids, vision_features, words, labels, plan, progress):
         """(logits, the head's training term, the generation plan): the term with labels, else the last position's
         logits forced to the head's box (skymoe.model.box_head)."""
         start = self.config.location_token_start
         if labels is not None:
-            return logits, box_loss(self.box_head, vision_features, instruction, states, labels, start), None
+            return logits, box_loss(self.box_head, vision_features, words, states, labels, start), None
         prompt_length = plan.prompt_length if plan is not None else input_ids.shape[1]
-        last, plan = plan_step(self.box_head, plan, progress, prompt_length, vision_features, instruction, states[:, -1],
+        last, plan = plan_step(self.box_head, plan, progress, prompt_length, vision_features, words, states[:, -1],
                                logits[:, -1], start)
         return torch.cat([logits[:, :-1], last[:, None]], dim=1), None, plan
 
