@@ -11,7 +11,7 @@ on the grid the projector already has (one visual token per cell):
   position that writes the box's first token, and the head's own bag of the
   instruction's tokens (which words the question holds: "the red ship in the
   top left quadrant" is enough to find it on MGRS-mini, and this head with a
-  bag-of-words query alone reaches ~0.38 acc@0.5 on validation scenes in the
+  bag-of-words query alone reaches 0.36 acc@0.5 on validation scenes in the
   demo's regime, ``benchmarks/grounding_probe.py``; the LM's own token
   embeddings, which drift as it learns, served the head worse); a cell reads the
   frozen tower's features there, the ones a linear probe reads;
