@@ -161,3 +161,23 @@ def test_a_tiny_model_learns_to_point_at_the_square():
 def test_a_box_head_without_a_grid_or_with_expert_llms_is_a_config_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(box_head={"enabled": True}, **overrides)
+
+
+def test_upcycling_a_box_head_model_into_expert_llms_is_refused():
+    from skymoe.model.modeling import SkyMoEForConditionalGeneration
+
+    model, _ = _model(_tokenizer())
+    with pytest.raises(ValueError, match="expert LLMs"):
+        SkyMoEForConditionalGeneration.upcycle(model, 2, top_k=1, expert_type="llm", routing="sequence")
+
+
+def test_a_bf16_model_reads_float32_cached_features():
+    """The feature cache stores float32; the head casts them as the projector does."""
+    model, processor = _model(_tokenizer())
+    model = model.to(torch.bfloat16).eval()
+    image, _ = _square(np.random.default_rng(2))
+    inputs = processor.prepare_generation([image], [QUESTION])
+    features = model.vision_tower(inputs.pop("pixel_values").to(torch.bfloat16)).float()
+    with torch.no_grad():
+        out = model.generate(**inputs, vision_features=features, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]

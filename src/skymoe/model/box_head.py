@@ -68,7 +68,7 @@ class BoxHead(nn.Module):
 
     def cells(self, vision_features: torch.Tensor) -> torch.Tensor:
         """[B, N, H] what each cell offers: the tower's features there (no gradient reaches the tower), and where it is."""
-        return self.cell(self.cell_norm(vision_features.detach())) + self.cell_position
+        return self.cell(self.cell_norm(vision_features.detach().to(self.cell.weight.dtype))) + self.cell_position
 
     def bag(self, token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, H] the head's embeddings of each row's tokens where ``mask`` is set (its instruction), summed and
@@ -201,10 +201,10 @@ def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int,
               last_states, logits, start: int):
     """One generation step: the head's box for each row that may begin one, the carried box for the others, and
     the last position's logits forced to it (:func:`force_box`). Returns (logits [B, V], the plan to carry)."""
-    if vision_features is not None:
-        cells = head.cells(vision_features)
-    elif plan is not None:
+    if plan is not None:  # the prefill's grid and words (an uncached step would also bag the generated tokens)
         cells, words = plan.cells, plan.words
+    elif vision_features is not None:
+        cells = head.cells(vision_features)
     else:  # a prompt without an image: no grid to point at
         return logits, None
     boxes = head.decode(*head(cells, last_states, words))

@@ -195,11 +195,11 @@ class SkyMoEConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         for name in SETTINGS:
             setattr(self, name, asdict(resolve_settings(name, getattr(self, name))))
-        self._check_box_head()
+        self.check_box_head()
         self.image_mean = list(self.image_mean or (0.485, 0.456, 0.406))
         self.image_std = list(self.image_std or (0.229, 0.224, 0.225))
 
-    def _check_box_head(self) -> None:
+    def check_box_head(self) -> None:
         if not self.box_head["enabled"]:
             return
         if self.projector["type"] != "mlp2x_gelu" or math.isqrt(self.num_image_tokens) ** 2 != self.num_image_tokens:

@@ -72,6 +72,7 @@ def upcycle(model_class, dense_model, num_experts: int, perturb: float = 0.0, se
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     config = copy.deepcopy(dense_model.config)
     config.moe = asdict(resolve_settings("moe", {**config.moe, **moe_kwargs, "num_experts": num_experts}))
+    config.check_box_head()  # the stage-1 box head reads one LLM pass: not with expert LLMs
     folders = config.moe["expert_models"]
     if folders:
         if tokenizer is None:
