@@ -76,6 +76,8 @@ if PartialState().distributed_type != DistributedType.FSDP:  # FSDP ranks hold s
         report[name] = {"weights": digest.hexdigest(), "steps": result.steps, "samples": result.samples_seen}
     report["tokenizer"] = hashlib.sha256((out / "s1" / "model" / "tokenizer.json").read_bytes()).hexdigest()
     (out / f"rank{PartialState().process_index}.json").write_text(json.dumps(report))
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # as `skymoe train` does: a live group at exit can abort the rank (exit -6)
 gc.freeze()  # the exit's garbage collections over all of torch + transformers take seconds; the OS frees it all anyway
 '''
 

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         output = Path(args.output) if args.output else Path("out") / Path(args.config).stem
         train(cfg, output, resume=args.resume)
+        _leave_process_group()
     except ConfigError as exc:  # also raised by checks that need the model, e.g. model.moe_layers
         return _fail(exc, 2)
     except TrainingError as exc:
@@ -38,6 +39,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"skymoe train: {str(exc) or 'interrupted before training started'}", file=sys.stderr)
         return 130
     return 0
+
+
+def _leave_process_group() -> None:
+    """A launched rank that exits with its gloo/NCCL group alive can abort in the C++ teardown ("terminate called
+    without an active exception", exit -6) after a finished run; every rank leaves the group first."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _fail(exc: Exception, code: int) -> int:
