@@ -170,20 +170,13 @@ def force_box(logits: torch.Tensor, boxes: torch.Tensor, progress: torch.Tensor,
     left: a box is never left unfinished), no location token right after it; the other rows' logits unchanged."""
     locations = slice(start, start + 2 * len(X_TOKENS))
     active = progress < BOX_DONE
-    if not (active | (progress == BOX_CLOSED)).any():
-        return logits
-    forced = logits.clone()
-    forced[progress == BOX_CLOSED, locations] = float("-inf")  # a box is followed by text or a separator
-    if not active.any():
-        return forced
-    mass = logits[:, locations].logsumexp(-1)
     coordinate = progress.clamp(max=3)
-    planned = boxes.gather(1, coordinate[:, None]).squeeze(1)
-    token = start + (coordinate % 2) * len(X_TOKENS) + planned
-    forced[active, locations] = float("-inf")
+    token = start + (coordinate % 2) * len(X_TOKENS) + boxes.gather(1, coordinate[:, None]).squeeze(1)
+    forced = logits.clone()
+    forced[active | (progress == BOX_CLOSED), locations] = float("-inf")  # a closed box is followed by text
     forced[(progress > 0) & active] = float("-inf")  # a begun box is finished: only its next coordinate remains
     rows = active.nonzero().squeeze(-1)
-    forced[rows, token[rows]] = mass[rows].to(forced.dtype)
+    forced[rows, token[rows]] = logits[rows, locations].logsumexp(-1)
     return forced
 
 

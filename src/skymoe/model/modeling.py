@@ -224,7 +224,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             kwargs["output_hidden_states"] = True
         embeds = self.get_input_embeddings()(input_ids)
         instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
-        words = self.box_head.bag(input_ids, instruction_mask) if use_box_head else None
+        words = self.box_head.bag(input_ids, instruction_mask) if use_box_head and box_plan is None else None
         image_tokens = None
         has_image = pixel_values is not None or vision_features is not None
         if has_image and (input_ids == self.config.image_token_id).any():
