@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
+from skymoe.data.schema import Granularity, Sample, Task, Turn
 from skymoe.errors import DataError
 from skymoe.train.config import DataSection, DatasetSpec
 from skymoe.train.checkpoint import CheckpointWarning, latest_good_checkpoint, save_checkpoint, verify_checkpoint
@@ -35,13 +36,40 @@ def test_mix_sampler_draws_each_part_by_weight_and_is_fixed_by_seed_and_epoch():
 def test_task_balanced_part_shares_its_draws_equally_among_its_tasks():
     """One part of 20 VQA and 3 grounding samples, task-balanced: each task gets half of the 23 draws,
     the small one cycling through whole shuffled passes of its samples."""
-    groups = [list(range(20)), [20, 21, 22]]
+    groups = [(list(range(20)), 1.0), ([20, 21, 22], 1.0)]
     sampler = MixSampler([23], [1.0], seed=0, groups=[groups])
     counts = Counter(index for _, _, index in sampler)
     assert len(sampler) == 23
     assert sum(counts[i] for i in range(20)) in (11, 12) and sum(counts[i] for i in (20, 21, 22)) in (11, 12)
     assert all(counts[i] in (3, 4) for i in (20, 21, 22))
     assert max(counts[i] for i in range(20)) == 1
+
+
+def test_task_weights_share_a_balanced_parts_draws_in_proportion():
+    """task_weights {vqa: 3}: of 40 draws VQA gets 30 and grounding 10; the mix entry's config carries it."""
+    from skymoe.train.data import MixPart
+
+    samples = [Sample(id=str(i), image="x.png", task=Task.VQA if i < 20 else Task.GROUNDING, granularity=Granularity.IMAGE,
+                      conversation=[Turn("user", "q"), Turn("assistant", "a")]) for i in range(23)]
+    groups = MixPart("mix", samples, 1.0, "task", {"vqa": 3.0}).groups()
+    assert [w for _, w in groups] == [1.0, 3.0]  # grounding, vqa: task order
+    sampler = MixSampler([23], [40 / 23], seed=0, groups=[groups])
+    counts = Counter(index for _, _, index in sampler)
+    assert sum(counts[i] for i in range(20)) == 30 and sum(counts[i] for i in (20, 21, 22)) == 10
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"task_weights": {"vqa": 2.0}}, "set balance: task"),
+    ({"balance": "task", "task_weights": {"vqq": 2.0}}, "no such task"),
+    ({"balance": "task", "task_weights": {"vqa": 0}}, "must be a number > 0"),
+])
+def test_bad_task_weights_are_config_errors(entry, message):
+    from skymoe.errors import ConfigError
+    from skymoe.train.config import parse_config
+
+    raw = {"stage": 1, "model": {"llm": {"type": "llama"}}, "data": {"mix": [{"path": "train.jsonl", **entry}]}}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
 
 
 def test_info_nce_is_low_when_levels_separate_and_high_when_mixed():

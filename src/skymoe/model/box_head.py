@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skymoe.data.boxes import X_TOKENS
+from skymoe.model.evidence import EvidenceHead, add_to_answers, evidence_loss
 
 SCALE = len(X_TOKENS) - 1  # the canonical 0-100 box scale of the location tokens
 BOX_DONE = 4  # progress of a row whose first box is written (or that writes no more boxes): nothing is forced
@@ -51,7 +52,7 @@ WORD_BUCKETS = 8192
 
 
 class BoxHead(nn.Module):
-    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int):
+    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, evidence: bool = False):
         super().__init__()
         self.grid = grid
         self.cell_norm = nn.LayerNorm(vision_size)
@@ -65,6 +66,8 @@ class BoxHead(nn.Module):
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.regress = nn.Linear(hidden_size, 4)  # centre offset (x, y) within the cell, log width and height in cells
+        # the question's evidence for every answer, from the same cells and words (skymoe.model.evidence)
+        self.evidence = EvidenceHead(hidden_size, text_size) if evidence else None
 
     def cells(self, vision_features: torch.Tensor) -> torch.Tensor:
         """[B, N, H] what each cell offers: the tower's features there (no gradient reaches the tower), and where it is."""
@@ -145,6 +148,7 @@ class BoxPlan:
     cells: torch.Tensor  # [B, N, H]
     words: torch.Tensor  # [B, H] the instruction's bag (BoxHead.bag)
     prompt_length: int
+    evidence: torch.Tensor | None = None  # [B, V] what the evidence head adds to every answer token's logits
 
 
 def box_progress(input_ids: torch.Tensor, prompt_length: int, start: int) -> torch.Tensor:
@@ -180,27 +184,51 @@ def force_box(logits: torch.Tensor, boxes: torch.Tensor, progress: torch.Tensor,
     return forced
 
 
-def box_loss(head: BoxHead, vision_features, words, states, labels, start: int) -> torch.Tensor:
+def box_loss(head: BoxHead, cells, words, states, labels, start: int) -> torch.Tensor:
     """The head's training term on the batch's answers that hold a box (zero, with every parameter in the graph,
     when none does: data-parallel training expects every parameter to get a gradient)."""
     rows, positions, boxes = box_targets(labels, start)
-    if vision_features is None or not len(rows):
+    if cells is None or not len(rows):
         return sum(p.sum() for p in head.parameters()) * 0.0
-    cells = head.cells(vision_features[rows])
-    return head.loss(*head(cells, states[rows, positions], words[rows]), boxes)
+    return head.loss(*head(cells[rows], states[rows, positions], words[rows]), boxes)
 
 
-def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int, vision_features, words,
+def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int, cells, words, evidence,
               last_states, logits, start: int):
-    """One generation step: the head's box for each row that may begin one, the carried box for the others, and
-    the last position's logits forced to it (:func:`force_box`). Returns (logits [B, V], the plan to carry)."""
+    """One generation step: the evidence added to the last position's logits, the head's box for each row that
+    may begin one, the carried box for the others, and those logits forced to it (:func:`force_box`).
+    ``cells``, ``evidence``: the prefill's (None on later steps, which read the plan). Returns (logits [B, V],
+    the plan to carry)."""
     if plan is not None:  # the prefill's grid and words (an uncached step would also bag the generated tokens)
-        cells, words = plan.cells, plan.words
-    elif vision_features is not None:
-        cells = head.cells(vision_features)
-    else:  # a prompt without an image: no grid to point at
+        cells, words, evidence = plan.cells, plan.words, plan.evidence
+    elif cells is None:  # a prompt without an image: no grid to point at
         return logits, None
+    if evidence is not None:
+        logits = logits + evidence.to(logits.dtype)
     boxes = head.decode(*head(cells, last_states, words))
     if plan is not None:
         boxes = torch.where((progress == 0)[:, None], boxes, plan.boxes)
-    return force_box(logits, boxes, progress, start), BoxPlan(boxes, cells, words, prompt_length)
+    return force_box(logits, boxes, progress, start), BoxPlan(boxes, cells, words, prompt_length, evidence)
+
+
+def grid_heads_pass(head: BoxHead, output_head, states, logits, vision_features, words, answers, labels, cell_targets,
+                    plan: BoxPlan | None, progress, prompt_length: int, start: int):
+    """The box head's and the evidence head's part of a forward: (logits, their loss terms, the plan to carry).
+
+    Training (``labels``): the evidence is added to the logits of the ``answers`` positions ([B, S] bool: the
+    kept positions of flat [M, V] logits, or the answer's of [B, S, V] ones) and the terms are returned.
+    Generation: the last position's logits get the prefill's evidence and the box (:func:`plan_step`)."""
+    cells = head.cells(vision_features) if vision_features is not None and plan is None else None
+    evidence = cell_logits = None
+    if head.evidence is not None and cells is not None:
+        cell_logits, hidden = head.evidence(cells, words)
+        evidence = output_head(hidden)
+    if labels is not None:
+        terms = {"box": box_loss(head, cells, words, states, labels, start)}
+        if evidence is not None:
+            logits = add_to_answers(logits, evidence, answers)
+            if cell_targets is not None:
+                terms["evidence"] = evidence_loss(cell_logits, cell_targets)
+        return logits, terms, None
+    last, plan = plan_step(head, plan, progress, prompt_length, cells, words, evidence, states[:, -1], logits[:, -1], start)
+    return torch.cat([logits[:, :-1], last[:, None]], dim=1), {}, plan

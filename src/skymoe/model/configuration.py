@@ -50,11 +50,9 @@ class MoESettings:
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["mlp"])  # "mlp" = every linear of the FFN
     dense_lora: bool = True  # dense model (num_experts=0): one LoRA adapter on the same linears
-    # llm experts: one text per expert (RS-MoE's theme / objects / relations) whose token embeddings start its
-    # routing instruction (skymoe.model.expert_llms.init_expert_prompts_from_text)
+    # llm experts: one text per expert (RS-MoE's theme / objects / relations) starting its routing instruction
     expert_templates: list[str] | None = None
-    # "router": the router's gate chooses and weighs the experts; "uniform" (expert LLMs, top_k = num_experts):
-    # every expert, with equal weights (the router-off ablation of RS-MoE)
+    # "router": the router's gate weighs the experts; "uniform": all, equally (expert LLMs; RS-MoE's router-off ablation)
     gate: str = "router"
     # llm experts: one local causal-LM folder per expert (skymoe.model.expert_models), instead of adapters on the
     # base LLM; each must share the base's hidden size and tokenizer. Read when stage 2 upcycles.
@@ -63,11 +61,12 @@ class MoESettings:
 
 @dataclass
 class BoxHeadSettings:
-    """A grounding answer's first box read off the visual grid (skymoe.model.box_head); needs a grid projector
-    (mlp2x_gelu) and the box location tokens."""
+    """A grounding answer's first box read off the visual grid (skymoe.model.box_head; needs a grid projector and
+    the location tokens); ``evidence``: the question's evidence added to the answer (skymoe.model.evidence)."""
 
     enabled: bool = False
     hidden_size: int = 128
+    evidence: bool = False
 
 
 @dataclass
@@ -79,9 +78,10 @@ class LossSettings:
     router_ce: float = 0.1  # task and granularity cross-entropy of the router, each
     cda: float = 0.05  # granularity InfoNCE over routing embeddings (an MoE model; needs granularity labels)
     cda_temperature: float = 0.3  # soft: the routing embedding must also keep the tasks apart
-    # the box head's term (box_head.enabled). The head only reads the model and Adam's steps ignore a loss's scale: the
-    # weight sets only the head's share of the gradient norm that max_grad_norm clips, which it would take from the LLM
+    # box_head's term. The head only reads the model and Adam ignores a loss's scale: the weight sets its share of the
+    # gradient norm that max_grad_norm clips, which it would take from the LLM
     box: float = 0.1
+    evidence: float = 5.0  # box_head.evidence's per-cell cross-entropy (5 over 1: benchmarks/evidence_probe.py)
 
 
 SETTINGS = {"projector": ProjectorSettings, "router": RouterSettings, "moe": MoESettings, "loss": LossSettings,
@@ -116,6 +116,8 @@ def resolve_settings(name: str, value: dict | None, prefix: str = ""):
         _check_llm_experts(settings, prefix)
     if name == "box_head" and settings.hidden_size < 1:
         raise ValueError(f"'{prefix}box_head.hidden_size' must be >= 1, got {settings.hidden_size}")
+    if name == "box_head" and settings.evidence and not settings.enabled:
+        raise ValueError(f"'{prefix}box_head.evidence' reads the box head's cells and words: set box_head.enabled too")
     return settings
 
 
@@ -178,16 +180,14 @@ class SkyMoEConfig(PreTrainedConfig):
     num_route_tokens: int = 4
     image_token_id: int = 4
     route_token_id: int = 5
-    # Box location tokens (skymoe.data.boxes.LOC_TOKENS, consecutive ids from location_token_start): a target
-    # location token is learnt as a Gaussian of this width (in steps of the 0-100 scale) over its axis' tokens,
-    # so a near miss is a small error rather than as wrong as any other token; 0 = plain cross-entropy.
+    # Box location tokens (skymoe.data.boxes.LOC_TOKENS, ids from location_token_start): a target is learnt as a
+    # Gaussian of width location_sigma (0-100 scale) over its axis' tokens: a near miss is a small error; 0 = plain CE.
     location_token_start: int | None = None
     location_sigma: float = 0.0
     # Where build_model() takes pretrained weights from (local dirs / asset names); from_pretrained ignores them.
     vision_pretrained: str | None = None
     text_pretrained: str | None = None
-    # moe.expert_models: each expert LM's text config (a dict), read from its folder when stage 2 upcycles, so
-    # that from_pretrained rebuilds the expert LMs from config.json alone
+    # moe.expert_models: each expert LM's text config, read from its folder at upcycling (from_pretrained needs it)
     expert_text_configs: list[dict] | None = None
     tie_word_embeddings: bool = False
 

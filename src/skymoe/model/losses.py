@@ -1,4 +1,4 @@
-"""The model's objective: the LM cross-entropy plus the weighted router, CDA and box-head terms of ``config.loss``.
+"""The model's objective: the LM cross-entropy plus the weighted router, CDA, box and evidence terms of ``config.loss``.
 
 One owner for the weights (as Mixtral's ``router_aux_loss_coef``): ``output.loss`` is
 what training minimises, and ``output.loss_terms`` holds every term unweighted for logging.
@@ -13,7 +13,7 @@ from skymoe.model import router as routing
 
 IGNORE_INDEX = -100
 # Every term a forward can return, in a fixed order (the trainer reduces them over processes by slot).
-LOSS_TERMS = ("lm", "load_balance", "router_z", "router_task_ce", "router_granularity_ce", "cda", "box")
+LOSS_TERMS = ("lm", "load_balance", "router_z", "router_task_ce", "router_granularity_ce", "cda", "box", "evidence")
 # term -> the LossSettings field that weighs it
 WEIGHT_FIELDS = {
     "load_balance": "load_balance",
@@ -22,6 +22,7 @@ WEIGHT_FIELDS = {
     "router_granularity_ce": "router_ce",
     "cda": "cda",
     "box": "box",
+    "evidence": "evidence",
 }
 
 

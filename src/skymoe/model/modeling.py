@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 
-from skymoe.model.box_head import BoxHead, box_loss, plan_step
+from skymoe.model.box_head import BoxHead, grid_heads_pass
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.decoding import SkyMoEGenerationMixin
 from skymoe.model.experts import FFNExperts, LoRAExperts
@@ -90,7 +90,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 raise ValueError("box_head.enabled writes boxes as location tokens, but the tokenizer has none "
                                  "(build the model with a SkyMoE tokenizer: skymoe.data.tokenizer)")
             self.box_head = BoxHead(self.vision_tower.hidden_size, text_size, math.isqrt(config.num_image_tokens),
-                                    config.box_head["hidden_size"], config.text_config.vocab_size)
+                                    config.box_head["hidden_size"], config.text_config.vocab_size, config.box_head["evidence"])
         self.expert_lms = None
         if config.moe["expert_models"]:  # separate expert LMs: the base LLM embeds the router's input and runs no pass
             self.expert_lms = ExpertLMs(config.expert_text_configs, config.moe["num_experts"])
@@ -105,6 +105,9 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         for gate in self.modules():
             if isinstance(gate, ExpertGate) and gate.token_proj is not None:
                 init.zeros_(gate.token_proj.weight)
+        if self.box_head is not None and self.box_head.evidence is not None:  # a new evidence head changes no answer
+            init.zeros_(self.box_head.evidence.out.weight)
+            init.zeros_(self.box_head.evidence.out.bias)
         if self.router is not None and self.router.expert_prompt_proj is not None:  # upcycled expert LLMs start identical
             init.zeros_(self.router.expert_prompt_proj.weight)
             init.zeros_(self.router.expert_prompt_proj.bias)
@@ -213,12 +216,14 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         routing_record: list | None = None,
         box_plan=None,
         box_progress: torch.Tensor | None = None,
+        evidence_cells: torch.Tensor | None = None,
         **kwargs,
     ) -> SkyMoEOutput:
         """``output_router_stats``: keep the gate decisions (aux losses, ``expert_load``, ``gate_records``).
         ``routing_record``: a list that receives this pass's router read-out (:class:`RoutingReadout`) when the
         router ran; ``generate(..., output_routing=True)`` passes one to return the prefill's routing.
-        ``box_plan``, ``box_progress``: a box head's generation state (set by ``prepare_inputs_for_generation``)."""
+        ``box_plan``, ``box_progress``: a box head's generation state (set by ``prepare_inputs_for_generation``).
+        ``evidence_cells``: the evidence head's per-cell targets in training (:func:`skymoe.model.evidence.cell_targets`)."""
         use_box_head = self.box_head is not None and (labels is not None or box_progress is not None)
         if use_box_head:  # the head reads the LLM's last hidden states
             kwargs["output_hidden_states"] = True
@@ -259,29 +264,23 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         else:
             outputs = self.language_model(inputs_embeds=embeds, cache=cache, use_cache=use_cache, **llm_inputs, **kwargs)
         logits = outputs.logits if rows is None else rows.mix(outputs.logits, logits_to_keep)
-        box_term = None
+        head_terms = {}
         if use_box_head:
             features = vision_features if image_tokens is not None else None
-            logits, box_term, box_plan = self._box_head_pass(outputs.hidden_states[-1], logits, input_ids, features, words,
-                                                             labels, box_plan, box_progress)
+            answers = logits_to_keep if isinstance(logits_to_keep, torch.Tensor) else None
+            if labels is not None and answers is None:
+                answers = self.supervised_positions(labels)
+            prompt_length = box_plan.prompt_length if box_plan is not None else input_ids.shape[1]
+            logits, head_terms, box_plan = grid_heads_pass(
+                self.box_head, self.get_output_embeddings(), outputs.hidden_states[-1], logits, features, words, answers,
+                labels, evidence_cells, box_plan, box_progress, prompt_length, self.config.location_token_start)
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
-                              input_ids.shape[0], box_term)
+                              input_ids.shape[0], head_terms)
         output.box_plan = box_plan if use_box_head else None
         if routing_record is not None and router_out is not None:
             routing_record.append(RoutingReadout(output.task_logits, output.granularity_logits, output.sample_expert_weights))
         return output
-
-    def _box_head_pass(self, states, logits, input_ids, vision_features, words, labels, plan, progress):
-        """(logits, the head's training term, the generation plan): the term with labels, else the last position's
-        logits forced to the head's box (skymoe.model.box_head)."""
-        start = self.config.location_token_start
-        if labels is not None:
-            return logits, box_loss(self.box_head, vision_features, words, states, labels, start), None
-        prompt_length = plan.prompt_length if plan is not None else input_ids.shape[1]
-        last, plan = plan_step(self.box_head, plan, progress, prompt_length, vision_features, words, states[:, -1],
-                               logits[:, -1], start)
-        return torch.cat([logits[:, :-1], last[:, None]], dim=1), None, plan
 
     @staticmethod
     def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -306,10 +305,9 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         return labels[:, 1:].reshape(-1)
 
     def _output(self, outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels, batch_size,
-                box_term=None):
-        terms = auxiliary_terms(self.config, records, router_out, routing_embedding, task_labels, granularity_labels)
-        if box_term is not None:
-            terms["box"] = box_term
+                head_terms):
+        terms = {**auxiliary_terms(self.config, records, router_out, routing_embedding, task_labels, granularity_labels),
+                 **head_terms}
         loss = None
         if targets is not None:
             kept = logits if logits.dim() == 2 else logits[:, :-1]  # a supervised_positions() mask flattens them

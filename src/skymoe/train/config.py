@@ -42,6 +42,8 @@ class DatasetSpec:
     limit: int | None = None
     # "task": the entry's draws are shared equally by its tasks (a VQA-heavy set still teaches grounding)
     balance: str | None = None
+    # with balance "task": a task's share relative to the others' (a task not named here: 1.0)
+    task_weights: dict[str, float] | None = None
 
 
 @dataclass
@@ -137,10 +139,26 @@ class TrainConfig:
                 raise ConfigError(f"'data.mix[{i}].weight' must be > 0, got {spec.weight}")
             if spec.balance not in (None, "task"):
                 raise ConfigError(f"'data.mix[{i}].balance' must be null or 'task', got {spec.balance!r}")
+            _check_task_weights(i, spec)
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_task_weights(i: int, spec: DatasetSpec) -> None:
+    from skymoe.data.schema import Task
+
+    if not spec.task_weights:
+        return
+    if spec.balance != "task":
+        raise ConfigError(f"'data.mix[{i}].task_weights' shares a task-balanced entry's draws: set balance: task")
+    tasks = [t.value for t in Task]
+    for task, weight in spec.task_weights.items():
+        if task not in tasks:
+            raise ConfigError(f"'data.mix[{i}].task_weights.{task}': no such task; expected one of {tasks}")
+        if not isinstance(weight, (int, float)) or weight <= 0:
+            raise ConfigError(f"'data.mix[{i}].task_weights.{task}' must be a number > 0, got {weight!r}")
 
 
 def _check_stage_model(stage: int, model: ModelSettings) -> None:

@@ -15,6 +15,7 @@ from skymoe.data.feature_cache import Produced, ViewRequest, image_request
 from skymoe.data.readers import Collector, SampleList
 from skymoe.data.schema import Granularity, Sample, json_lines, sample_from_line
 from skymoe.errors import DataError
+from skymoe.model.evidence import cell_targets
 
 
 @dataclass
@@ -22,16 +23,18 @@ class MixPart:
     label: str  # dataset name or JSONL path, for messages
     samples: list[Sample]
     weight: float
-    balance: str | None = None  # "task": draws shared equally by the part's tasks
+    balance: str | None = None  # "task": draws shared by the part's tasks, equally unless task_weights says
+    task_weights: dict[str, float] | None = None
 
-    def groups(self) -> list[list[int]] | None:
-        """Indices of the part's samples per task (in task order) when its draws are task-balanced."""
+    def groups(self) -> list[tuple[list[int], float]] | None:
+        """(indices of the part's samples, share weight) per task, in task order, when its draws are task-balanced."""
         if self.balance != "task":
             return None
         by_task: dict[str, list[int]] = {}
         for i, s in enumerate(self.samples):
             by_task.setdefault(s.task.value, []).append(i)
-        return [by_task[t] for t in sorted(by_task)]
+        weights = self.task_weights or {}
+        return [(by_task[t], float(weights.get(t, 1.0))) for t in sorted(by_task)]
 
 
 def read_jsonl_part(path: str, on_error: str = "raise") -> SampleList:
@@ -57,7 +60,7 @@ def load_mix(data: DataSection) -> list[MixPart]:
         samples = samples[: spec.limit] if spec.limit is not None else samples
         if not samples:
             raise DataError(f"dataset mix entry {label} has no samples", field="data.mix")
-        parts.append(MixPart(label, samples, spec.weight, spec.balance))
+        parts.append(MixPart(label, samples, spec.weight, spec.balance, spec.task_weights))
     return parts
 
 
@@ -79,14 +82,15 @@ class MixSampler(Sampler):
 
     Each part contributes ``round(weight * len(part))`` draws per epoch
     (``floor(weight)`` full passes plus a random subset). A part with ``groups``
-    (sample indices per task) shares its draws equally among the groups, each
-    cycling through shuffled passes of its own samples. Because an epoch's
+    ((sample indices, weight) per task) shares its draws among the groups in
+    proportion to their weights, each cycling through shuffled passes of its own samples. Because an epoch's
     order depends only on the seed and the epoch number, a resumed run that
     skips the batches already seen reproduces the uninterrupted order exactly;
     ``draw_index`` seeds the sample's augmentation.
     """
 
-    def __init__(self, sizes: list[int], weights: list[float], seed: int, groups: list[list[list[int]] | None] | None = None):
+    def __init__(self, sizes: list[int], weights: list[float], seed: int,
+                 groups: list[list[tuple[list[int], float]] | None] | None = None):
         self.sizes, self.weights, self.seed = sizes, weights, seed
         self.groups = groups or [None] * len(sizes)
         self.offsets = np.cumsum([0, *sizes[:-1]])
@@ -106,9 +110,10 @@ class MixSampler(Sampler):
             if groups is None:
                 draws.append(_passes(np.arange(n), total, rng) + offset)
                 continue
-            quota = np.full(len(groups), total // len(groups))
-            quota[rng.permutation(len(groups))[: total % len(groups)]] += 1
-            draws += [_passes(np.asarray(g), q, rng) + offset for g, q in zip(groups, quota)]
+            shares = np.array([w for _, w in groups], dtype=float)
+            quota = np.floor(total * shares / shares.sum() + 1e-9).astype(int)
+            quota[rng.permutation(len(groups))[: total - quota.sum()]] += 1
+            draws += [_passes(np.asarray(g), q, rng) + offset for (g, _), q in zip(groups, quota)]
         return rng.permutation(np.concatenate(draws))
 
     def __iter__(self):
@@ -208,9 +213,12 @@ class TrainCollator:
     marks them so that metrics count real samples only.
     """
 
-    def __init__(self, processor, source):
+    def __init__(self, processor, source, evidence_grid: int | None = None):
+        """``evidence_grid``: the grid side of a model with an evidence head, whose per-cell targets the batch
+        then carries as ``evidence_cells`` (:func:`skymoe.model.evidence.cell_targets`)."""
         self.processor = processor
         self.source = source
+        self.evidence_grid = evidence_grid
 
     def __call__(self, items: list[TrainItem]) -> dict:
         entries = self.source.get([item.request for item in items])
@@ -227,4 +235,6 @@ class TrainCollator:
             batch["labels"][is_view] = -100
             batch["task_labels"][is_view] = -100
         batch["cda_view"] = is_view
+        if self.evidence_grid is not None:  # view rows name no objects of their own
+            batch["evidence_cells"] = cell_targets(samples + [None] * len(view_samples), self.evidence_grid)
         return batch

@@ -154,7 +154,8 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> Run:
     parts = stages.check_samples(parts, processor, cfg.data.on_error, load_image, source)
     dataset = TrainDataset(parts, cfg.cda, cfg.seed, load_image, blind=processor.blind)
     sampler = MixSampler([len(p.samples) for p in parts], [p.weight for p in parts], cfg.seed, [p.groups() for p in parts])
-    collator = TrainCollator(processor, source)
+    evidence_grid = math.isqrt(model.config.num_image_tokens) if model.config.box_head["evidence"] else None
+    collator = TrainCollator(processor, source, evidence_grid)
     if cfg.stage == 2:
         check_batch = collator([dataset[(0, i, i)] for i in range(min(2, len(dataset)))])
         model = stages.upcycle_checked(model, cfg, check_batch, processor.tokenizer)
