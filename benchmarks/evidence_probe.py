@@ -3,7 +3,7 @@
 The demo's evidence head (``skymoe.model.evidence``) scores the cells of the frozen
 EfficientNet-Lite0 grid (8x8 at 128 px, strides 8 and 16) against the question's bag
 of words, sums them up and adds the result to the answer's logits. Here the same
-classes (``BoxHead``'s cells and word bag, ``EvidenceHead``) feed an answer
+classes (``EvidenceHead``, and a ``BoxHead``'s word bag for the question) feed an answer
 classifier in place of the LM, on MGRS-mini's training VQA and counting samples,
 scored on the validation scenes (exact answer accuracy, per question type too):
 
@@ -55,7 +55,7 @@ class Probe(nn.Module):
         logits = self.answer(bag)
         if self.head.evidence is None:
             return logits, None
-        cell_logits, evidence = self.head.evidence(self.head.cells(features), bag)
+        cell_logits, evidence = self.head.evidence(features, word_ids, mask)
         return logits + evidence, cell_logits
 
 

@@ -48,7 +48,8 @@ def _sample(boxes: list[Box], task: Task = Task.COUNTING, answer: str | None = N
 def test_cell_targets_mark_the_cells_of_the_named_boxes_and_only_of_samples_that_name_objects():
     boxes = [Box(1, 1, 7, 7), Box(17, 25, 23, 31), Box(0, 0, 32, 32)]  # cells (0, 0), (2, 3) and the centre (2, 2)
     caption = _sample([Box(1, 1, 7, 7)], task=Task.CAPTION, answer="a square")
-    targets = cell_targets([_sample(boxes), _sample([]), caption, None], grid=4)
+    region = _sample([Box(0, 0, 17, 9)], task=Task.REGION_CAPTION, answer="a square")
+    targets = cell_targets([_sample(boxes), _sample([]), caption, region, None], grid=4)
     assert targets[0].nonzero().squeeze(-1).tolist() == [0, 10, 14]
     assert targets[0].sum() == 3
     assert (targets[1:] == UNSUPERVISED).all()
@@ -130,8 +131,8 @@ def test_a_tiny_model_learns_to_count_with_its_evidence():
     def head_counts():
         head = model.box_head
         with torch.no_grad():
-            cell_logits, _ = head.evidence(head.cells(model.vision_tower(inputs["pixel_values"])),
-                                           head.bag(inputs["input_ids"], inputs["instruction_mask"]))
+            cell_logits, _ = head.evidence(model.vision_tower(inputs["pixel_values"]), inputs["input_ids"],
+                                           inputs["instruction_mask"])
         return np.mean(cell_logits.sigmoid().sum(-1).round().numpy() == counts)
 
     assert head_counts() < 0.3

@@ -44,40 +44,23 @@ from torch import nn
 
 from skymoe.data.boxes import X_TOKENS
 from skymoe.model.evidence import EvidenceHead, add_to_answers, evidence_loss
+from skymoe.model.grid_reader import GridReader
 
 SCALE = len(X_TOKENS) - 1  # the canonical 0-100 box scale of the location tokens
 BOX_DONE = 4  # progress of a row whose first box is written (or that writes no more boxes): nothing is forced
 BOX_CLOSED = 5  # progress of a row that has just written its box's last token: a location token cannot follow
-WORD_BUCKETS = 8192
 
 
-class BoxHead(nn.Module):
+class BoxHead(GridReader):
     def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, evidence: bool = False):
-        super().__init__()
-        self.grid = grid
-        self.cell_norm = nn.LayerNorm(vision_size)
-        self.cell = nn.Linear(vision_size, hidden_size)
-        self.cell_position = nn.Parameter(torch.zeros(grid * grid, hidden_size))
+        super().__init__(vision_size, grid, hidden_size, vocab_size)
         self.query_norm = nn.LayerNorm(text_size)
         self.query = nn.Linear(text_size, hidden_size)
-        # token ids hashed into at most WORD_BUCKETS rows: a 262k-token vocabulary needs no 262k-row table here
-        self.words = nn.Embedding(min(vocab_size, WORD_BUCKETS), hidden_size)
-        self.words_norm = nn.LayerNorm(hidden_size)
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.regress = nn.Linear(hidden_size, 4)  # centre offset (x, y) within the cell, log width and height in cells
-        # the question's evidence for every answer, from the same cells and words (skymoe.model.evidence)
-        self.evidence = EvidenceHead(hidden_size, text_size) if evidence else None
-
-    def cells(self, vision_features: torch.Tensor) -> torch.Tensor:
-        """[B, N, H] what each cell offers: the tower's features there (no gradient reaches the tower), and where it is."""
-        return self.cell(self.cell_norm(vision_features.detach().to(self.cell.weight.dtype))) + self.cell_position
-
-    def bag(self, token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, H] the head's embeddings of each row's tokens where ``mask`` is set (its instruction), summed and
-        normalised: a sum keeps the few words that name the object as strong as the template's many."""
-        weights = mask.to(self.words.weight.dtype)[..., None]
-        return self.words_norm((self.words(token_ids % self.words.num_embeddings) * weights).sum(1))
+        # the question's evidence for every answer, read by its own reader (skymoe.model.evidence)
+        self.evidence = EvidenceHead(vision_size, text_size, grid, hidden_size, vocab_size) if evidence else None
 
     def forward(self, cells: torch.Tensor, query_states: torch.Tensor | None, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell scores [B, N] and regressions [B, N, 4] for the LLM's query states [B, D] (None: the words alone)
@@ -211,17 +194,20 @@ def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int,
     return force_box(logits, boxes, progress, start), BoxPlan(boxes, cells, words, prompt_length, evidence)
 
 
-def grid_heads_pass(head: BoxHead, output_head, states, logits, vision_features, words, answers, labels, cell_targets,
+def grid_heads_pass(head: BoxHead, output_head, states, logits, vision_features, instruction, answers, labels, cell_targets,
                     plan: BoxPlan | None, progress, prompt_length: int, start: int):
     """The box head's and the evidence head's part of a forward: (logits, their loss terms, the plan to carry).
 
+    ``instruction``: (token ids, instruction mask), read at the prefill (a plan carries what they gave).
     Training (``labels``): the evidence is added to the logits of the ``answers`` positions ([B, S] bool: the
     kept positions of flat [M, V] logits, or the answer's of [B, S, V] ones) and the terms are returned.
     Generation: the last position's logits get the prefill's evidence and the box (:func:`plan_step`)."""
-    cells = head.cells(vision_features) if vision_features is not None and plan is None else None
-    evidence = cell_logits = None
-    if head.evidence is not None and cells is not None:
-        cell_logits, hidden = head.evidence(cells, words)
+    cells = words = evidence = cell_logits = None
+    if plan is None:
+        words = head.bag(*instruction)
+        cells = head.cells(vision_features) if vision_features is not None else None
+    if head.evidence is not None and plan is None and vision_features is not None:
+        cell_logits, hidden = head.evidence(vision_features, *instruction)
         evidence = output_head(hidden)
     if labels is not None:
         terms = {"box": box_loss(head, cells, words, states, labels, start)}

@@ -9,8 +9,8 @@ MGRS-mini VQA and counting, one that also scores the grid's cells against the
 question 0.50 when the cells are supervised, and no better than the words alone
 when they are not, at the same number of samples.
 
-So this head, beside the box head (:mod:`skymoe.model.box_head`, whose cells and
-word bag it shares):
+So this head, beside the box head (:mod:`skymoe.model.box_head`; each with its own
+:class:`~skymoe.model.grid_reader.GridReader` of the cells and the question's words):
 
 * scores each cell of the frozen grid against the question's bag of words: a
   sigmoid per cell, "this cell holds an object the question is about";
@@ -36,24 +36,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from skymoe.data.schema import Sample, Task
+from skymoe.model.grid_reader import GridReader
 
-SUPERVISED_TASKS = (Task.VQA, Task.COUNTING, Task.GROUNDING)  # their boxes are the objects the question asks about
+# Their boxes are the objects the question asks about. Region captions too (every cell in the described box) left
+# them where they were in a validation demo, and took VQA down a little (docs/LEARNING.md).
+SUPERVISED_TASKS = (Task.VQA, Task.COUNTING, Task.GROUNDING)
 UNSUPERVISED = -1.0  # a target row that teaches nothing
 COUNT_CENTRES = torch.arange(11.0)
 
 
-class EvidenceHead(nn.Module):
-    def __init__(self, hidden_size: int, text_size: int):
-        super().__init__()
+class EvidenceHead(GridReader):
+    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int):
+        super().__init__(vision_size, grid, hidden_size, vocab_size)
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.mix = nn.Sequential(nn.Linear(2 * hidden_size + 3 + len(COUNT_CENTRES), hidden_size), nn.GELU())
         self.out = nn.Linear(hidden_size, text_size)  # zeroed by the model after its weight init
 
-    def forward(self, cells: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cell logits [B, N] (float32) and the evidence [B, D] in the LLM's hidden space, for the box head's
-        cells [B, N, H] and the instruction's bag [B, H]."""
+    def forward(self, vision_features: torch.Tensor, token_ids: torch.Tensor, instruction_mask: torch.Tensor):
+        """Cell logits [B, N] (float32) and the evidence [B, D] in the LLM's hidden space, for the tower's features
+        [B, N, C] and the instruction (its tokens where ``instruction_mask`` is set)."""
+        cells, words = self.cells(vision_features), self.bag(token_ids, instruction_mask)
         hidden = self.mlp(cells + words[:, None])
         logits = self.score(hidden).squeeze(-1)
         probabilities = logits.sigmoid()

@@ -229,7 +229,6 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             kwargs["output_hidden_states"] = True
         embeds = self.get_input_embeddings()(input_ids)
         instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
-        words = self.box_head.bag(input_ids, instruction_mask) if use_box_head and box_plan is None else None
         image_tokens = None
         has_image = pixel_values is not None or vision_features is not None
         if has_image and (input_ids == self.config.image_token_id).any():
@@ -272,7 +271,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 answers = self.supervised_positions(labels)
             prompt_length = box_plan.prompt_length if box_plan is not None else input_ids.shape[1]
             logits, head_terms, box_plan = grid_heads_pass(
-                self.box_head, self.get_output_embeddings(), outputs.hidden_states[-1], logits, features, words, answers,
+                self.box_head, self.get_output_embeddings(), outputs.hidden_states[-1], logits, features,
+                (input_ids, instruction_mask), answers,
                 labels, evidence_cells, box_plan, box_progress, prompt_length, self.config.location_token_start)
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
