@@ -107,6 +107,13 @@ def test_a_new_head_changes_no_answer_and_a_trained_one_is_cached_as_uncached_an
         uncached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
     assert torch.equal(cached.sequences, uncached)
     assert not torch.equal(cached.scores[0], with_head.scores[0])
+    with torch.no_grad():  # a scoring pass (no labels, no generation state) reads the evidence at every position
+        scored = model(**inputs).logits
+        hidden = head(model.vision_tower(inputs["pixel_values"]), inputs["input_ids"], inputs["instruction_mask"])[1]
+        model.box_head.evidence = None
+        plain = model(**inputs).logits
+        model.box_head.evidence = head
+    assert torch.allclose(scored, plain + model.get_output_embeddings()(hidden)[:, None], atol=1e-5)
     model.save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path).eval()
     with torch.no_grad():

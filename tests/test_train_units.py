@@ -58,10 +58,32 @@ def test_task_weights_share_a_balanced_parts_draws_in_proportion():
     assert sum(counts[i] for i in range(20)) == 30 and sum(counts[i] for i in (20, 21, 22)) == 10
 
 
+def test_the_data_check_keeps_a_parts_task_weights(tmp_path):
+    """The check that drops unusable samples rebuilds the mix: the weights must survive it (they once did not)."""
+    from PIL import Image
+
+    from skymoe.data.imagery import load_image
+    from skymoe.data.processor import SkyMoEProcessor
+    from skymoe.data.tokenizer import build_tokenizer
+    from skymoe.train.data import MixPart
+    from skymoe.train.stages import check_samples
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    samples = [Sample(id=str(i), image=str(image), task=Task.VQA if i else Task.GROUNDING, granularity=Granularity.IMAGE,
+                      conversation=[Turn("user", "q"), Turn("assistant", "a")]) for i in range(3)]
+    processor = SkyMoEProcessor(build_tokenizer(["q a"], vocab_size=300), image_size=8, num_image_tokens=1)
+    (part,) = check_samples([MixPart("mix", samples, 1.0, "task", {"vqa": 3.0})], processor, "raise", load_image)
+    assert [w for _, w in part.groups()] == [1.0, 3.0]
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"task_weights": {"vqa": 2.0}}, "set balance: task"),
+    ({"balance": "task", "task_weights": {"vqa": float("nan")}}, "finite number > 0"),
+    ({"balance": "task", "task_weights": {"vqa": True}}, "finite number > 0"),
+    ({"balance": "task", "task_weights": ["vqa"]}, "must be a mapping"),
     ({"balance": "task", "task_weights": {"vqq": 2.0}}, "no such task"),
-    ({"balance": "task", "task_weights": {"vqa": 0}}, "must be a number > 0"),
+    ({"balance": "task", "task_weights": {"vqa": 0}}, "finite number > 0"),
 ])
 def test_bad_task_weights_are_config_errors(entry, message):
     from skymoe.errors import ConfigError
@@ -209,3 +231,20 @@ def test_jsonl_mix_entry_honours_on_error_skip(tmp_path, caplog):
     assert "malformed JSON" in skipped["line 2"] and "'image'" in skipped["line 3"] and "'task'" in skipped["line 4"]
     assert "outside the image" in skipped["line 5"] and "'image_size'" in skipped["line 6"] and "'meta'" in skipped["line 7"]
     assert f"{path}: skipped 6 bad record(s), kept 1" in caplog.text
+
+
+def test_a_run_saved_before_a_mix_key_existed_resumes_and_a_changed_key_is_refused(tmp_path):
+    import yaml
+
+    from skymoe.train.config import parse_config
+    from skymoe.train.errors import TrainingError
+    from skymoe.train.resume import check_same_run
+
+    raw = {"stage": 1, "model": {"llm": {"type": "llama"}}, "data": {"mix": [{"path": "train.jsonl", "balance": "task"}]}}
+    saved = parse_config(raw).to_dict()
+    del saved["data"]["mix"][0]["task_weights"]  # written before task_weights existed
+    (tmp_path / "train_config.yaml").write_text(yaml.safe_dump(saved))
+    check_same_run(parse_config(raw), tmp_path / "train_config.yaml")
+    raw["data"]["mix"][0]["task_weights"] = {"vqa": 2.0}
+    with pytest.raises(TrainingError, match="data.mix"):
+        check_same_run(parse_config(raw), tmp_path / "train_config.yaml")

@@ -26,9 +26,6 @@ DEMO_ASSETS = ["rsvqa_lr", "rsvqa_hr", "hrvqa", "bigearthnet", "neon_trees", "la
 # Share of the training draws that go to the real datasets (the rest: MGRS-mini, task-balanced). The real sets
 # hold 7-8 training images each: more draws buy memorised answers, not image understanding.
 REAL_DATA_SHARE = 0.2
-# MGRS-mini's VQA and counting get twice the others' share: the evidence head's answers need samples most
-# (benchmarks/evidence_probe.py: doubling them lifts counting and presence well above the question-only model)
-SYNTHETIC_TASK_WEIGHTS = {"vqa": 2.0, "counting": 2.0}
 HELD_OUT = "unseen-images"  # the held-out set learning.json reports
 # The packaged stage-1 / stage-2 configs of each recipe: SkyMoE (LoRA experts inside the LLM's FFNs, routed by the
 # task-aware router) and RS-MoE (a Q-Former and lightweight expert LLMs, each with its own routing instruction).
@@ -88,8 +85,7 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
     # (0.2% of the draws) left the router at 0.0 accuracy on multilabel prompts (a validation demo, docs/LEARNING.md).
     mix = [{"path": str(data_dir / "train_real.jsonl"), "weight": REAL_DATA_SHARE / (1 - REAL_DATA_SHARE) * synthetic / real,
             "balance": "task"},
-           {"path": str(data_dir / "train_synthetic.jsonl"), "weight": 1.0, "balance": "task",
-            "task_weights": SYNTHETIC_TASK_WEIGHTS}]
+           {"path": str(data_dir / "train_synthetic.jsonl"), "weight": 1.0, "balance": "task"}]
     if recipe not in RECIPES:
         raise ValueError(f"unknown demo recipe {recipe!r}; expected one of {sorted(RECIPES)}")
     raw1, raw2 = (packaged_config(name) for name in RECIPES[recipe])

@@ -232,7 +232,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         image_tokens = None
         has_image = pixel_values is not None or vision_features is not None
         if has_image and (input_ids == self.config.image_token_id).any():
-            if use_box_head and vision_features is None:  # the head reads the tower's features too: run it once
+            if self.box_head is not None and vision_features is None:  # the heads read the tower's features: run it once
                 vision_features = self.vision_tower(pixel_values.to(self.dtype))
             image_tokens = self.get_image_features(pixel_values, embeds, instruction_mask, vision_features)
             embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
@@ -274,6 +274,10 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 self.box_head, self.get_output_embeddings(), outputs.hidden_states[-1], logits, features,
                 (input_ids, instruction_mask), answers,
                 labels, evidence_cells, box_plan, box_progress, prompt_length, self.config.location_token_start)
+        elif self.box_head is not None and self.box_head.evidence is not None and image_tokens is not None:
+            # a scoring pass (label likelihoods): every position reads the evidence, as every answer token did in training
+            hidden = self.box_head.evidence(vision_features, input_ids, instruction_mask)[1]
+            logits = logits + self.get_output_embeddings()(hidden).to(logits.dtype)[:, None]
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
                               input_ids.shape[0], head_terms)

@@ -7,6 +7,7 @@ YAML files under ``configs/`` fill it; overrides patch it (``optim.lr=3e-4``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -149,7 +150,7 @@ class TrainConfig:
 def _check_task_weights(i: int, spec: DatasetSpec) -> None:
     from skymoe.data.schema import Task
 
-    if not spec.task_weights:
+    if not spec.task_weights:  # a non-mapping is refused when the YAML is read
         return
     if spec.balance != "task":
         raise ConfigError(f"'data.mix[{i}].task_weights' shares a task-balanced entry's draws: set balance: task")
@@ -157,8 +158,8 @@ def _check_task_weights(i: int, spec: DatasetSpec) -> None:
     for task, weight in spec.task_weights.items():
         if task not in tasks:
             raise ConfigError(f"'data.mix[{i}].task_weights.{task}': no such task; expected one of {tasks}")
-        if not isinstance(weight, (int, float)) or weight <= 0:
-            raise ConfigError(f"'data.mix[{i}].task_weights.{task}' must be a number > 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise ConfigError(f"'data.mix[{i}].task_weights.{task}' must be a finite number > 0, got {weight!r}")
 
 
 def _check_stage_model(stage: int, model: ModelSettings) -> None:

@@ -1,10 +1,11 @@
 """Resuming a run: which checkpoint to continue from, and that the settings are those of the run it continues."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from skymoe.train import checkpoint as ckpt
-from skymoe.train.config import TrainConfig
+from skymoe.train.config import DatasetSpec, TrainConfig
 from skymoe.train.errors import TrainingError
 
 
@@ -19,6 +20,10 @@ def check_same_run(cfg: TrainConfig, saved_path: Path) -> None:
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    mix = (saved.get("data") or {}).get("mix")
+    if isinstance(mix, list):  # a run saved before a mix-entry key existed has that key's default
+        defaults = dataclasses.asdict(DatasetSpec())
+        saved["data"]["mix"] = [{**defaults, **entry} if isinstance(entry, dict) else entry for entry in mix]
     changed = sorted(key for key, value in _flat(cfg.to_dict()).items()
                      if key not in RESUMABLE_CHANGES and _flat(saved).get(key, value) != value)
     if changed:

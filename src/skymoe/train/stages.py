@@ -8,6 +8,7 @@ the dense model's outputs — and trains router + experts (+ projector).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -221,7 +222,7 @@ def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, 
             logger.warning("%s: skipped %d of %d samples\n%s", part.label, len(dataset.skipped), len(part.samples), dataset.report())
         if not good:
             raise DataError(f"dataset mix entry {part.label}: every sample was skipped", field="data.mix")
-        checked.append(MixPart(part.label, good, part.weight, part.balance))
+        checked.append(dataclasses.replace(part, samples=good))
     if warm is not None:
         warm.flush()
     return checked

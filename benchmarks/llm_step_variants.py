@@ -1,0 +1,96 @@
+"""Where a cached training step's time can still go: the demo's LLM forward + backward, variants side by side.
+
+With the tower's features cached, a demo step is the small Llama's forward and backward
+over ~110 tokens x 32 samples (64 of them visual tokens). This script times that step
+(random inputs of the demo's shapes, the loss on 10 answer positions per row, AdamW) in
+variants one may reach for on a CPU, in one process, interleaved:
+
+* ``sdpa``: the demo's (transformers' scaled_dot_product_attention);
+* ``eager attention``: transformers' matmul + softmax attention;
+* ``bf16 autocast``: torch.autocast(cpu, bfloat16) around the forward;
+* ``fused AdamW``: AdamW(fused=True);
+* ``torch.compile``: the decoder compiled with dynamic shapes (its compile time printed apart).
+
+    python benchmarks/llm_step_variants.py [--steps 15] [--no-compile]
+
+Prints ms per step (median of rounds) and each variant's ratio to ``sdpa``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from _machine import machine
+
+BATCH, HIDDEN, LAYERS, HEADS, KV_HEADS, INTERMEDIATE, VOCAB = 32, 128, 4, 4, 2, 320, 2000  # skymoe/demo/stage1.yaml
+LENGTHS = range(105, 120)  # the demo's padded batch lengths
+
+
+def llm(attention: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                         num_key_value_heads=KV_HEADS, intermediate_size=INTERMEDIATE, vocab_size=VOCAB,
+                         attn_implementation=attention)
+    return LlamaForCausalLM(config)
+
+
+class Variant:
+    def __init__(self, name: str, attention: str = "sdpa", autocast: bool = False, fused: bool = False, compiled: bool = False):
+        self.name, self.autocast = name, autocast
+        self.model = llm(attention)
+        self.decoder = torch.compile(self.model.model, dynamic=True) if compiled else self.model.model
+        self.optimiser = torch.optim.AdamW(self.model.parameters(), lr=1e-3, fused=fused)
+
+    def step(self, length: int) -> None:
+        embeds = torch.randn(BATCH, length, HIDDEN)
+        mask = torch.ones(BATCH, length, dtype=torch.long)
+        mask[: BATCH // 2, -5:] = 0  # right padding, as the collator makes it
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            states = self.decoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            loss = self.model.lm_head(states[:, -10:]).float().logsumexp(-1).mean()
+        loss.backward()
+        self.optimiser.step()
+        self.optimiser.zero_grad()
+
+    def time(self, steps: int) -> float:
+        start = time.perf_counter()
+        for i in range(steps):
+            self.step(LENGTHS[i % len(LENGTHS)])
+        return (time.perf_counter() - start) / steps * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=15, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    variants = [Variant("sdpa"), Variant("eager attention", attention="eager"), Variant("bf16 autocast", autocast=True),
+                Variant("fused AdamW", fused=True)]
+    if not args.no_compile:
+        variants.append(Variant("torch.compile", compiled=True))
+    warm = {}
+    for v in variants:  # first steps: allocations, and the compile
+        start = time.perf_counter()
+        for length in (108, 110, 119):
+            v.step(length)
+        warm[v.name] = time.perf_counter() - start
+    times = {v.name: [] for v in variants}
+    for _ in range(args.rounds):
+        for v in variants:
+            times[v.name].append(v.time(args.steps))
+    base = statistics.median(times["sdpa"])
+    print(f"{machine()}; batch {BATCH}, {LAYERS} layers of {HIDDEN}, lengths {LENGTHS.start}-{LENGTHS.stop - 1}")
+    print("| variant | ms per step | speed vs sdpa | first 3 steps (s) |")
+    print("| --- | --- | --- | --- |")
+    for name, values in times.items():
+        ms = statistics.median(values)
+        print(f"| {name} | {ms:.1f} | {base / ms:.2f}x | {warm[name]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
