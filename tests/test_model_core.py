@@ -71,7 +71,7 @@ def test_activation_checkpointing_gives_the_gradients_of_a_plain_backward(settin
 def test_loss_is_the_weighted_sum_of_its_terms():
     from skymoe.model.losses import granularity_info_nce
 
-    loss = {"load_balance": 0.5, "router_z": 0.25, "router_ce": 2.0, "cda": 0.125, "cda_temperature": 0.5, "box": 3.0}
+    loss = {"load_balance": 0.5, "router_z": 0.25, "router_ce": 2.0, "cda": 0.125, "cda_temperature": 0.5, "box": 3.0, "evidence": 2.0}
     model = tiny_model(moe={"num_experts": 4}, loss=loss)
     batch = make_batch(model.config)
     out = model(**batch)
