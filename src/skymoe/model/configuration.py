@@ -117,7 +117,7 @@ def resolve_settings(name: str, value: dict | None, prefix: str = ""):
     if name == "box_head" and settings.hidden_size < 1:
         raise ValueError(f"'{prefix}box_head.hidden_size' must be >= 1, got {settings.hidden_size}")
     if name == "box_head" and settings.evidence and not settings.enabled:
-        raise ValueError(f"'{prefix}box_head.evidence' reads the box head's cells and words: set box_head.enabled too")
+        raise ValueError(f"'{prefix}box_head.evidence' is part of the box head (it rides on its generation plan): set box_head.enabled too")
     return settings
 
 

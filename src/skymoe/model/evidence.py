@@ -15,8 +15,9 @@ So this head, beside the box head (:mod:`skymoe.model.box_head`; each with its o
 * scores each cell of the frozen grid against the question's bag of words: a
   sigmoid per cell, "this cell holds an object the question is about";
 * sums it up as evidence: the cells' features pooled by those scores (what the
-  objects look like: their colour), the sum of the probabilities (how many), the
-  largest (whether any);
+  objects look like: their colour), the sum of the probabilities (how many; also
+  as bumps around 0..10, so that a number's answer is a linear read-out), the
+  largest (whether any), which an MLP reads together with the question's words;
 * hands the evidence to the answer: a vector in the LLM's hidden space, added to
   the last hidden state at every answer position, so the output head reads
   ``logits + lm_head(evidence)`` (late fusion; the projection starts at zero, so
