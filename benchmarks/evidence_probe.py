@@ -2,7 +2,8 @@
 
 The demo's evidence head (``skymoe.model.evidence``) scores the cells of the frozen
 EfficientNet-Lite0 grid (8x8 at 128 px, strides 8 and 16) against the question's bag
-of words, sums them up and adds the result to the answer's logits. Here the same
+of words (and marks the cells under a region question's box), sums them up and adds the
+result to the answer's logits. Here the same
 classes (``EvidenceHead``, and a ``BoxHead``'s word bag for the question) feed an answer
 classifier in place of the LM, on MGRS-mini's training VQA and counting samples,
 scored on the validation scenes (exact answer accuracy, per question type too):
@@ -15,7 +16,7 @@ scored on the validation scenes (exact answer accuracy, per question type too):
 Each is trained for the demo's 1,110 steps at three batch sizes: about the VQA and
 counting samples a demo step held with every task's share equal (8), then 16 and 32.
 
-    python benchmarks/evidence_probe.py [--scenes 3000] [--batches 8 16 32] [--weight W]
+    python benchmarks/evidence_probe.py [--scenes 3000] [--batches 8 16 32] [--variants ...] [--weight W]
                                         [--out benchmarks/results/evidence_probe.md]
 
 Features are cached (``$SKYMOE_CACHE/features``); a rerun costs the training only (a few minutes).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 from pathlib import Path
 
@@ -38,16 +40,19 @@ STEPS = 1110
 BATCHES = (8, 16, 32)
 VARIANTS = ("words", "evidence", "evidence + cells")
 TASKS = ("vqa", "counting")
+BOX = re.compile(r"\[(\d+), (\d+), (\d+), (\d+)\]")
 
 
 class Probe(nn.Module):
     """The question's bag -> answer logits (the LM's stand-in), plus the evidence head's logits when it has one."""
 
     def __init__(self, vision_size: int, grid: int, vocab_size: int, answers: int, evidence: bool):
+        from skymoe.data.boxes import X_TOKENS
         from skymoe.model.box_head import BoxHead
 
         super().__init__()
-        self.head = BoxHead(vision_size, answers, grid, 128, vocab_size, evidence=evidence)
+        # the location ids follow the words' (question_ids)
+        self.head = BoxHead(vision_size, answers, grid, 128, vocab_size + 2 * len(X_TOKENS), vocab_size, evidence=evidence)
         self.answer = nn.Sequential(nn.Linear(128, 256), nn.GELU(), nn.Linear(256, answers))
 
     def forward(self, features, word_ids, mask):
@@ -59,11 +64,25 @@ class Probe(nn.Module):
         return logits + evidence, cell_logits
 
 
+def question_ids(text: str, vocabulary: dict[str, int]) -> list[int]:
+    """The question's word ids, then its box (a region question's, on 0-100) as location ids after the words':
+    x1, y1, x2, y2, as the model's tokenizer writes it."""
+    from skymoe.data.boxes import X_TOKENS
+
+    ids = [vocabulary[w] for w in words(text) if w in vocabulary]
+    box = BOX.search(text)
+    if box:
+        x1, y1, x2, y2 = map(int, box.groups())
+        start, y = len(vocabulary), len(vocabulary) + len(X_TOKENS)
+        ids += [start + x1, y + y1, start + x2, y + y2]
+    return ids
+
+
 def tensors(samples, features, vocabulary, answers, grid):
     from skymoe.model.evidence import cell_targets
 
     x = torch.tensor(np.stack([features[s.image] for s in samples])).float()
-    ids = [[vocabulary[w] for w in words(s.conversation[0].text) if w in vocabulary] for s in samples]
+    ids = [question_ids(s.conversation[0].text, vocabulary) for s in samples]
     width = max(map(len, ids))
     word_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
@@ -110,6 +129,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=3000, help="MGRS-mini scenes (the demo's 3000: 80%% train, 10%% val)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "evidence_probe.md")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--weight", type=float, default=None, help="of the per-cell term (default: the model's loss.evidence)")
     args = parser.parse_args()
     from skymoe.model.configuration import LossSettings
@@ -136,7 +156,7 @@ def main() -> None:
     counting = [i for i, s in enumerate(val) if s.task.value == "counting"]
     truth = torch.tensor([float(val[i].answer) for i in counting])
     for batch in args.batches:
-        for variant in VARIANTS:
+        for variant in args.variants:
             right, head_count = train_probe(variant, batch, train_t, val_t, len(vocabulary), len(answers), weight)
             per = [right[[k == c for k in kinds]].mean().item() for c in columns]
             own = "—" if head_count is None else f"{(head_count[counting] == truth).float().mean().item():.2f}"

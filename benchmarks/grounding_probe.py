@@ -78,7 +78,7 @@ def train_head(x, q, boxes, xv, qv, boxes_v, vocab_size, batch, checkpoints, cos
     from skymoe.model.box_head import BoxHead
 
     torch.manual_seed(0)
-    head = BoxHead(x.shape[-1], 1, int(round(x.shape[1] ** 0.5)), 128, vocab_size)
+    head = BoxHead(x.shape[-1], 1, int(round(x.shape[1] ** 0.5)), 128, vocab_size, location_start=vocab_size)  # words only
     optimiser = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=0.01)
     total = checkpoints[-1]
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)) if cosine else 1.0)

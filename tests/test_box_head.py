@@ -56,7 +56,7 @@ def test_targets_are_the_first_answer_box_and_never_a_prompt_box():
 
 
 def test_a_perfect_cell_and_regression_decode_to_the_target_box():
-    head = BoxHead(vision_size=8, text_size=8, grid=8, hidden_size=4, vocab_size=10)
+    head = BoxHead(vision_size=8, text_size=8, grid=8, hidden_size=4, vocab_size=10, location_start=10)
     boxes = torch.tensor([[3.0, 4.0, 17.0, 10.0], [60.0, 61.0, 99.0, 100.0], [0.0, 0.0, 1.0, 1.0]])
     cell, offsets, log_sizes = head._encode(boxes)
     scores = torch.nn.functional.one_hot(cell, 64).float()

@@ -11,13 +11,18 @@ from skymoe.data.schema import Box, Granularity, Sample, Task, Turn
 from skymoe.data.tokenizer import build_tokenizer
 from skymoe.model.build import build_model, tiny_config
 from skymoe.model.evidence import UNSUPERVISED, add_to_answers, cell_targets, evidence_loss
+from skymoe.model.grid_reader import instruction_box_cover
 
 QUESTION = "How many bright squares are there?"
 SIZE = 32
 
 
+COLOUR_QUESTION = "What colour is the square in the region {box}?"
+COLOURS = {"red": (235, 20, 20), "blue": (20, 20, 235)}
+
+
 def _tokenizer():
-    return build_tokenizer([QUESTION, "0 1 2 3", "Describe the image."], vocab_size=300)
+    return build_tokenizer([QUESTION, COLOUR_QUESTION, "0 1 2 3 red blue", "Describe the image."], vocab_size=300)
 
 
 def _model(tokenizer, seed: int = 0, evidence: bool = True, **overrides):
@@ -159,3 +164,52 @@ def test_a_tiny_model_learns_to_count_with_its_evidence():
         answers = processor.decode(model.generate(**inputs, max_new_tokens=3, do_sample=False)[:, inputs["input_ids"].shape[1]:])
     assert np.mean([answer.strip() == str(n) for answer, n in zip(answers, counts)]) >= 0.6, answers[:8]
     assert head_counts() >= 0.7
+
+
+def test_the_cover_is_the_share_of_each_cell_under_the_instructions_first_box():
+    start, y = 100, 100 + 101  # x tokens from 100, y tokens after the 101 x tokens (0-100)
+    ids = torch.tensor([[1, start + 10, y + 10, start + 20, y + 20, 2, start + 0, y + 0, start + 50, y + 25],
+                        [1, 2, 3, 4, 5, 6, start + 0, y + 0, start + 100, y + 100],  # its box lies outside the mask
+                        [1, start + 0, y + 0, start + 50, y + 25, 2, 3, 4, 5, 6]])
+    mask = torch.tensor([[True] * 10, [True] * 6 + [False] * 4, [True] * 10])
+    cover = instruction_box_cover(ids, mask, start, grid=4).view(3, 4, 4)
+    assert torch.allclose(cover[0, 0, 0], torch.tensor(0.16)) and cover[0].sum() == cover[0, 0, 0]  # 10/25 by 10/25
+    assert cover[1].sum() == 0
+    assert cover[2, 0, :2].tolist() == [1.0, 1.0] and cover[2].sum() == 2  # two cells of 25 x 25, exactly
+
+
+def _two_squares(rng: np.random.Generator) -> tuple[Image.Image, str, str]:
+    """A red and a blue 6 px square in distinct cells of a 4x4 layout; a question about one of them, its colour."""
+    pixels = np.full((SIZE, SIZE, 3), 20, np.uint8)
+    boxes = {}
+    for colour, cell in zip(COLOURS, rng.choice(16, size=2, replace=False)):
+        x, y = int(cell % 4) * 8 + 1, int(cell // 4) * 8 + 1
+        pixels[y : y + 6, x : x + 6] = COLOURS[colour]
+        boxes[colour] = f"[{round(x / SIZE * 100)}, {round(y / SIZE * 100)}, {round((x + 6) / SIZE * 100)}, {round((y + 6) / SIZE * 100)}]"
+    colour = str(rng.choice(list(COLOURS)))
+    return Image.fromarray(pixels), COLOUR_QUESTION.format(box=boxes[colour]), colour
+
+
+def test_a_tiny_model_reads_the_colour_under_the_prompts_box():
+    """Two squares, one red and one blue, and a question about the one under its box: only the answer teaches
+    (no cell targets). A model that cannot tell where the box points scores about 0.5."""
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer, seed=0)
+    rng = np.random.default_rng(0)
+    test = [_two_squares(rng) for _ in range(64)]
+    inputs = processor.prepare_generation([image for image, _, _ in test], [question for _, question, _ in test])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(100):
+        drawn = [_two_squares(rng) for _ in range(16)]
+        samples = [Sample(id="s", dataset="t", split="train", image="mem.png", task=Task.VQA, granularity=Granularity.REGION,
+                          conversation=[Turn("user", question), Turn("assistant", colour)], image_size=(SIZE, SIZE))
+                   for _, question, colour in drawn]
+        loss = model(**processor.collate(samples, [image for image, _, _ in drawn])).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        answers = processor.decode(model.generate(**inputs, max_new_tokens=4, do_sample=False)[:, inputs["input_ids"].shape[1]:])
+    assert np.mean([answer.strip() == colour for answer, (_, _, colour) in zip(answers, test)]) >= 0.9, answers[:8]

@@ -44,15 +44,15 @@ from torch import nn
 
 from skymoe.data.boxes import X_TOKENS
 from skymoe.model.evidence import EvidenceHead, add_to_answers, evidence_loss
-from skymoe.model.grid_reader import GridReader
+from skymoe.model.grid_reader import SCALE, GridReader, box_starts, box_values, location_kind
 
-SCALE = len(X_TOKENS) - 1  # the canonical 0-100 box scale of the location tokens
 BOX_DONE = 4  # progress of a row whose first box is written (or that writes no more boxes): nothing is forced
 BOX_CLOSED = 5  # progress of a row that has just written its box's last token: a location token cannot follow
 
 
 class BoxHead(GridReader):
-    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, evidence: bool = False):
+    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, location_start: int,
+                 evidence: bool = False):
         super().__init__(vision_size, grid, hidden_size, vocab_size)
         self.query_norm = nn.LayerNorm(text_size)
         self.query = nn.Linear(text_size, hidden_size)
@@ -60,7 +60,7 @@ class BoxHead(GridReader):
         self.score = nn.Linear(hidden_size, 1)
         self.regress = nn.Linear(hidden_size, 4)  # centre offset (x, y) within the cell, log width and height in cells
         # the question's evidence for every answer, read by its own reader (skymoe.model.evidence)
-        self.evidence = EvidenceHead(vision_size, text_size, grid, hidden_size, vocab_size) if evidence else None
+        self.evidence = EvidenceHead(vision_size, text_size, grid, hidden_size, vocab_size, location_start) if evidence else None
 
     def forward(self, cells: torch.Tensor, query_states: torch.Tensor | None, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell scores [B, N] and regressions [B, N, 4] for the LLM's query states [B, D] (None: the words alone)
@@ -98,28 +98,17 @@ class BoxHead(GridReader):
         return cell, offsets, log_sizes
 
 
-def location_kind(ids: torch.Tensor, start: int) -> torch.Tensor:
-    """Per token: 0 = x location token, 1 = y location token, -1 = any other token."""
-    offset = ids - start
-    kind = torch.div(offset, len(X_TOKENS), rounding_mode="floor")
-    return torch.where((offset >= 0) & (kind <= 1), kind, torch.full_like(kind, -1))
-
-
 def box_targets(labels: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first box of each answer: (rows, query positions, boxes [M, 4] on 0-100) for the rows whose supervised
     tokens hold a box: an x, y, x, y run of location tokens. The query position is the one that predicts its x1."""
-    kind = location_kind(labels, start)
     if labels.shape[1] < 4:
         empty = labels.new_zeros(0)
         return empty, empty, labels.new_zeros(0, 4)
-    pattern = torch.tensor([0, 1, 0, 1], device=labels.device)
-    runs = kind.unfold(1, 4, 1)  # [B, S-3, 4]
-    starts = (runs == pattern).all(-1) & (torch.arange(runs.shape[1], device=labels.device) > 0)
+    starts = box_starts(location_kind(labels, start))
+    starts[:, 0] = False  # a box at the first position has no position before it to predict it
     rows = starts.any(-1).nonzero().squeeze(-1)
     first = starts[rows].float().argmax(-1)
-    values = labels[rows[:, None], first[:, None] + torch.arange(4, device=labels.device)] - start
-    values[:, 1::2] -= len(X_TOKENS)
-    return rows, first - 1, values
+    return rows, first - 1, box_values(labels[rows], first, start)
 
 
 @dataclass

@@ -13,7 +13,11 @@ So this head, beside the box head (:mod:`skymoe.model.box_head`; each with its o
 :class:`~skymoe.model.grid_reader.GridReader` of the cells and the question's words):
 
 * scores each cell of the frozen grid against the question's bag of words: a
-  sigmoid per cell, "this cell holds an object the question is about";
+  sigmoid per cell, "this cell holds an object the question is about"; the cells
+  under the instruction's box (a region question's or a region caption's) are
+  marked (a bag of four location tokens hardly says where a box lies), and their
+  features are averaged by how much of each the box covers: what the box holds,
+  an object caption's colour and category;
 * sums it up as evidence: the cells' features pooled by those scores (what the
   objects look like: their colour), the sum of the probabilities (how many; also
   as bumps around 0..10, so that a number's answer is a linear read-out), the
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skymoe.data.schema import Sample, Task
-from skymoe.model.grid_reader import GridReader
+from skymoe.model.grid_reader import GridReader, instruction_box_cover
 
 # Their boxes are the objects the question asks about. Region captions too (every cell in the described box) left
 # them where they were in a validation demo, and took VQA down a little (docs/LEARNING.md).
@@ -47,26 +51,33 @@ COUNT_CENTRES = torch.arange(11.0)
 
 
 class EvidenceHead(GridReader):
-    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int):
+    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, location_start: int):
         super().__init__(vision_size, grid, hidden_size, vocab_size)
+        self.location_start = location_start
+        self.inside = nn.Parameter(torch.zeros(hidden_size))  # a cell under the instruction's box
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.value = nn.Linear(hidden_size, hidden_size)
-        self.mix = nn.Sequential(nn.Linear(2 * hidden_size + 3 + len(COUNT_CENTRES), hidden_size), nn.GELU())
+        self.mix = nn.Sequential(nn.Linear(3 * hidden_size + 3 + len(COUNT_CENTRES), hidden_size), nn.GELU())
         self.out = nn.Linear(hidden_size, text_size)  # zeroed by the model after its weight init
 
     def forward(self, vision_features: torch.Tensor, token_ids: torch.Tensor, instruction_mask: torch.Tensor):
         """Cell logits [B, N] (float32) and the evidence [B, D] in the LLM's hidden space, for the tower's features
         [B, N, C] and the instruction (its tokens where ``instruction_mask`` is set)."""
         cells, words = self.cells(vision_features), self.bag(token_ids, instruction_mask)
-        hidden = self.mlp(cells + words[:, None])
+        cover = instruction_box_cover(token_ids, instruction_mask, self.location_start, self.grid).to(cells.dtype)
+        hidden = self.mlp(cells + words[:, None] + cover[..., None] * self.inside)
         logits = self.score(hidden).squeeze(-1)
         probabilities = logits.sigmoid()
-        pooled = (logits.softmax(-1)[..., None] * self.value(cells)).sum(1)
+        values = self.value(cells)
+        pooled = (logits.softmax(-1)[..., None] * values).sum(1)
+        # what the instruction's box holds, read where it says (zero without a box): the cells a region caption
+        # describes are known from its prompt, the scores need not learn to find them
+        region = (cover[..., None] * values).sum(1) / cover.sum(-1, keepdim=True).clamp(min=1e-3)
         count = probabilities.sum(-1, keepdim=True)
         bumps = torch.exp(-((count - COUNT_CENTRES.to(count)) ** 2))  # a number's answer, a linear read-out
         stats = torch.cat([count, count.log1p(), probabilities.max(-1, keepdim=True).values, bumps], -1)
-        return logits.float(), self.out(self.mix(torch.cat([pooled, stats, words], -1)))
+        return logits.float(), self.out(self.mix(torch.cat([pooled, region, stats, words], -1)))
 
 
 def cell_targets(samples: list[Sample | None], grid: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""What the box and evidence heads read: the frozen grid's cells and the instruction's bag of words.
+"""What the box and evidence heads read: the frozen grid's cells, the instruction's bag of words and its box.
 
 Both heads score the cells of the visual grid against a question. Each holds its own
 reader (its own cell projection and word table): the evidence head learns from far more
@@ -10,7 +10,45 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from skymoe.data.boxes import X_TOKENS
+
 WORD_BUCKETS = 8192
+SCALE = len(X_TOKENS) - 1  # the canonical 0-100 box scale of the location tokens
+BOX_PATTERN = (0, 1, 0, 1)  # a box's location tokens: x1, y1, x2, y2
+
+
+def location_kind(ids: torch.Tensor, start: int) -> torch.Tensor:
+    """Per token: 0 = x location token, 1 = y location token, -1 = any other token."""
+    offset = ids - start
+    kind = torch.div(offset, len(X_TOKENS), rounding_mode="floor")
+    return torch.where((offset >= 0) & (kind <= 1), kind, torch.full_like(kind, -1))
+
+
+def box_starts(kind: torch.Tensor) -> torch.Tensor:
+    """[B, S-3] bool: where an x, y, x, y run of location tokens begins (``kind``: :func:`location_kind`, S >= 4)."""
+    return (kind.unfold(1, 4, 1) == torch.tensor(BOX_PATTERN, device=kind.device)).all(-1)
+
+
+def box_values(ids: torch.Tensor, first: torch.Tensor, start: int) -> torch.Tensor:
+    """[B, 4] the box (0-100) whose location tokens begin at ``first`` [B] in each row of ``ids``."""
+    values = ids.gather(1, first[:, None] + torch.arange(4, device=ids.device)) - start
+    values[:, 1::2] -= len(X_TOKENS)
+    return values
+
+
+def instruction_box_cover(ids: torch.Tensor, mask: torch.Tensor, start: int, grid: int) -> torch.Tensor:
+    """[B, grid*grid] how much of each cell (row-major) the instruction's first box covers (0-1); zeros in the rows
+    whose instruction (``mask``) holds no box. A region question's or a region caption's box says where to look."""
+    if ids.shape[1] < 4:
+        return ids.new_zeros(ids.shape[0], grid * grid, dtype=torch.float32)
+    starts = box_starts(location_kind(ids.masked_fill(~mask.bool(), -1), start))
+    present = starts.any(-1)
+    boxes = box_values(ids, starts.float().argmax(-1), start).float() * present[:, None]
+    step = SCALE / grid
+    low = torch.arange(grid, device=ids.device) * step  # each cell's first coordinate
+    cover_x = ((torch.minimum(boxes[:, 2:3], low + step) - torch.maximum(boxes[:, 0:1], low)) / step).clamp(0, 1)
+    cover_y = ((torch.minimum(boxes[:, 3:4], low + step) - torch.maximum(boxes[:, 1:2], low)) / step).clamp(0, 1)
+    return (cover_y[:, :, None] * cover_x[:, None, :]).flatten(1) * present[:, None]
 
 
 class GridReader(nn.Module):

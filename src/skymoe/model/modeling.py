@@ -90,7 +90,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 raise ValueError("box_head.enabled writes boxes as location tokens, but the tokenizer has none "
                                  "(build the model with a SkyMoE tokenizer: skymoe.data.tokenizer)")
             self.box_head = BoxHead(self.vision_tower.hidden_size, text_size, math.isqrt(config.num_image_tokens),
-                                    config.box_head["hidden_size"], config.text_config.vocab_size, config.box_head["evidence"])
+                                    config.box_head["hidden_size"], config.text_config.vocab_size, config.location_token_start,
+                                    config.box_head["evidence"])
         self.expert_lms = None
         if config.moe["expert_models"]:  # separate expert LMs: the base LLM embeds the router's input and runs no pass
             self.expert_lms = ExpertLMs(config.expert_text_configs, config.moe["num_experts"])
