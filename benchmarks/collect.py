@@ -8,13 +8,18 @@ index. Run it after re-running any benchmark:
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+LOCAL_IMAGE = re.compile(r"\]\(([\w.-]+\.png)\)")
 HERE = Path(__file__).parent
 # (result file, the script that writes it, what it answers)
 SECTIONS = [
     ("moe_layer.md", "moe_layer.py", "MoE layer cost: grouped LoRA / FFN experts vs dense, and vs transformers' Mixtral block (issue 3)"),
     ("train_throughput.md", "train_throughput.py", "Training throughput of the demo configuration: feature cache off / on, stage 2 / stage 1 (issues 4, 15)"),
+    ("llm_step_variants.md", "llm_step_variants.py", "Where a cached step's time can still go: the LLM's step in variants (issue 15)"),
+    ("grounding_probe.md", "grounding_probe.py", "Grounding ceiling: the box head on the frozen features (issue 15)"),
+    ("evidence_probe.md", "evidence_probe.py", "VQA and counting ceiling: the evidence head on the frozen features (issue 15)"),
     ("projector_init.md", "projector_init.py", "Projector initialisation and whether the model reads its images (issue 15)"),
     ("generate.md", "generate.py", "Greedy generation, MoE vs the same model with experts removed (issue 6)"),
     ("generate_expert_llms.md", "generate.py", "Greedy generation of RS-MoE's expert LLMs (k full LLM passes) beside LoRA experts and dense (issue 17)"),
@@ -23,7 +28,7 @@ SECTIONS = [
     ("scene.md", "scene.py", "Large GeoTIFF scenes: tiles/s and peak memory at two sizes (issue 6)"),
     ("mgrs_mini_speed.md", "mgrs_mini_speed.py", "MGRS-mini generator speed (issue 8)"),
     ("recipe_variants.md", "recipe_variants.py", "Stage-1 recipe variants of the demo on MGRS-mini validation: visual grid, location-label smoothing, steps, width (issue 15)"),
-    ("ablation.md", "ablation.py", "Ablation on MGRS-mini: the papers' claims, as measured here (issue 8)"),
+    ("ablation.md", "ablation.py", "Ablation on MGRS-mini: the papers' claims, as measured here (issues 8, 15)"),
     ("memory_estimate.md", "memory_estimate.py", "Memory and time on paper for the papers' sizes on 8 x 80 GB GPUs (issue 19)"),
     ("gpu.md", "gpu_check.py", "One-GPU check: bf16 training steps, MoE layer, generation and sharded training on a GPU (`scripts/gpu_check.sh`, issue 19)"),
 ]
@@ -43,6 +48,7 @@ def main() -> None:
             body = path.read_text(encoding="utf-8").strip().splitlines()
             body = body[1:] if body and body[0].startswith("# ") else body  # the section heading replaces the file's
             body = ["#" + line if line.startswith("#") else line for line in body]  # nest under this section
+            body = [LOCAL_IMAGE.sub(r"](benchmarks/results/\1)", line) for line in body]  # images beside the file
             parts.append("\n".join(body).strip() + "\n")
         else:
             parts.append(f"_Not run yet: `python benchmarks/{script}` writes `benchmarks/results/{name}`._\n")

@@ -163,7 +163,10 @@ def main() -> None:
             lines.append(f"| {variant} | {batch} | {STEPS * batch} | {right.mean().item():.3f} | "
                          + " | ".join(f"{v:.2f}" for v in per) + f" | {own} |")
             print(lines[-1], flush=True)
-    lines += ["", f"Wall time (features + training): {time.perf_counter() - start:.0f} s."]
+    lines += ["", f"Wall time (features + training): {time.perf_counter() - start:.0f} s.", "",
+              "Columns after `all`: each question type (task/type/granularity) of the validation samples. A region "
+              "question's box reaches the head as location ids after the words' (as the model's tokenizer writes it), "
+              "which the head reads as the cells it covers."]
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

@@ -11,15 +11,16 @@ variants one may reach for on a CPU, in one process, interleaved:
 * ``fused AdamW``: AdamW(fused=True);
 * ``torch.compile``: the decoder compiled with dynamic shapes (its compile time printed apart).
 
-    python benchmarks/llm_step_variants.py [--steps 15] [--no-compile]
+    python benchmarks/llm_step_variants.py [--steps 15] [--no-compile] [--out benchmarks/results/llm_step_variants.md]
 
-Prints ms per step (median of rounds) and each variant's ratio to ``sdpa``.
+Prints and writes ms per step (median of rounds) and each variant's ratio to ``sdpa``.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from _machine import machine
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15, help="steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm_step_variants.md")
     args = parser.parse_args()
     variants = [Variant("sdpa"), Variant("eager attention", attention="eager"), Variant("bf16 autocast", autocast=True),
                 Variant("fused AdamW", fused=True)]
@@ -84,12 +86,17 @@ def main() -> None:
         for v in variants:
             times[v.name].append(v.time(args.steps))
     base = statistics.median(times["sdpa"])
-    print(f"{machine()}; batch {BATCH}, {LAYERS} layers of {HIDDEN}, lengths {LENGTHS.start}-{LENGTHS.stop - 1}")
-    print("| variant | ms per step | speed vs sdpa | first 3 steps (s) |")
-    print("| --- | --- | --- | --- |")
+    lines = ["# The demo's cached training step (the LLM's forward + backward + AdamW) in variants, side by side", "",
+             f"`python benchmarks/llm_step_variants.py --steps {args.steps} --rounds {args.rounds}`; {machine()}.", "",
+             f"Random inputs of the demo's shapes: batch {BATCH}, {LAYERS} layers of {HIDDEN}, padded lengths "
+             f"{LENGTHS.start}-{LENGTHS.stop - 1}; ms per step = median of {args.rounds} interleaved rounds of "
+             f"{args.steps} steps; the first 3 steps (allocations, the compile) are timed apart.", "",
+             "| variant | ms per step | speed vs sdpa | first 3 steps (s) |", "| --- | --- | --- | --- |"]
     for name, values in times.items():
         ms = statistics.median(values)
-        print(f"| {name} | {ms:.1f} | {base / ms:.2f}x | {warm[name]:.1f} |")
+        lines.append(f"| {name} | {ms:.1f} | {base / ms:.2f}x | {warm[name]:.1f} |")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

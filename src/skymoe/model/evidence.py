@@ -5,16 +5,16 @@ alone, to find the objects a question names, count them or read their colour:
 in the demo it answered presence, colour and count questions no better than the
 blind control. ``benchmarks/evidence_probe.py`` measures what the frozen features
 allow: on MGRS-mini VQA and counting, a classifier of the question's words alone
-scores 0.36; one that also scores the grid's cells against the question scores
-0.36 when only the answers teach the cells and 0.39 when the cells have targets of
-their own, at the demo's ~8 samples per step, and 0.38 and 0.55 at 32 per step.
+scores 0.34; one that also scores the grid's cells against the question scores
+0.34 when only the answers teach the cells and 0.38 when the cells have targets of
+their own, at ~8 samples per step, and 0.37 and 0.55 at 32 per step.
 
 So this head, beside the box head (:mod:`skymoe.model.box_head`; each with its own
 :class:`~skymoe.model.grid_reader.GridReader` of the cells and the question's words):
 
 * scores each cell of the frozen grid against the question's bag of words: a
   sigmoid per cell, "this cell holds an object the question is about"; the cells
-  under the instruction's box (a region question's or a region caption's) are
+  under the instruction's (last) box (a region question's or a region caption's) are
   marked (a bag of four location tokens hardly says where a box lies), and their
   features are averaged by how much of each the box covers: what the box holds,
   an object caption's colour and category;

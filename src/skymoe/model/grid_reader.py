@@ -37,13 +37,15 @@ def box_values(ids: torch.Tensor, first: torch.Tensor, start: int) -> torch.Tens
 
 
 def instruction_box_cover(ids: torch.Tensor, mask: torch.Tensor, start: int, grid: int) -> torch.Tensor:
-    """[B, grid*grid] how much of each cell (row-major) the instruction's first box covers (0-1); zeros in the rows
-    whose instruction (``mask``) holds no box. A region question's or a region caption's box says where to look."""
+    """[B, grid*grid] how much of each cell (row-major) the instruction's last box covers (0-1); zeros in the rows
+    whose instruction (``mask``) holds no box. A region question's or a region caption's box says where to look; in
+    a conversation, the last user turn's box is the question being answered."""
     if ids.shape[1] < 4:
         return ids.new_zeros(ids.shape[0], grid * grid, dtype=torch.float32)
     starts = box_starts(location_kind(ids.masked_fill(~mask.bool(), -1), start))
     present = starts.any(-1)
-    boxes = box_values(ids, starts.float().argmax(-1), start).float() * present[:, None]
+    last = starts.shape[1] - 1 - starts.flip(-1).float().argmax(-1)
+    boxes = box_values(ids, last, start).float() * present[:, None]
     step = SCALE / grid
     low = torch.arange(grid, device=ids.device) * step  # each cell's first coordinate
     cover_x = ((torch.minimum(boxes[:, 2:3], low + step) - torch.maximum(boxes[:, 0:1], low)) / step).clamp(0, 1)

@@ -189,11 +189,11 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             )
         return embeds.masked_scatter(mask.unsqueeze(-1), values.to(embeds.dtype))
 
-    def _instruction_mask(self, input_ids, attention_mask, instruction_mask):
-        if instruction_mask is None:  # fall back to every real text token
+    def _instruction_mask(self, input_ids, attention_mask, instruction_mask, labels):
+        if instruction_mask is None:  # fall back to every real text token but the answer's (its box is no prompt's)
             instruction_mask = (input_ids != self.config.image_token_id) & (input_ids != self.config.route_token_id)
-            if attention_mask is not None:
-                instruction_mask &= attention_mask.bool()
+            instruction_mask &= (attention_mask.bool() if attention_mask is not None else True) & (
+                labels == IGNORE_INDEX if labels is not None else True)
         elif instruction_mask.shape[1] < input_ids.shape[1]:  # uncached generation appends tokens on the right
             instruction_mask = F.pad(instruction_mask, (0, input_ids.shape[1] - instruction_mask.shape[1]))
         return instruction_mask[:, -input_ids.shape[1] :]
@@ -229,7 +229,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         if use_box_head:  # the head reads the LLM's last hidden states
             kwargs["output_hidden_states"] = True
         embeds = self.get_input_embeddings()(input_ids)
-        instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask)
+        instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask, labels)
         image_tokens = None
         has_image = pixel_values is not None or vision_features is not None
         if has_image and (input_ids == self.config.image_token_id).any():
