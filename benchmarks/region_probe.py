@@ -24,17 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import machine
+from evidence_probe import BOX
 from grounding_probe import demo_tower_source
 
 STRENGTHS = (0.1, 1.0)  # inverse L2 strength of the logistic regression
 
 
 def cover(sample, grid: int) -> np.ndarray:
-    """[grid*grid] how much of each cell the sample's box covers (the model's reading of a prompt box)."""
+    """[grid*grid] how much of each cell the box in the sample's prompt covers (as the model reads it)."""
     from skymoe.model.grid_reader import instruction_box_cover
 
-    box, (width, height) = sample.boxes[0], sample.image_size
-    x1, y1, x2, y2 = (round(v) for v in (box.x1 / width * 100, box.y1 / height * 100, box.x2 / width * 100, box.y2 / height * 100))
+    x1, y1, x2, y2 = map(int, BOX.search(sample.conversation[0].text).groups())  # 0-100, as the prompt writes it
     start = 0  # location ids: x tokens 0-100, y tokens 101-201
     ids = torch.tensor([[start + x1, start + 101 + y1, start + x2, start + 101 + y2]])
     return instruction_box_cover(ids, torch.ones_like(ids, dtype=torch.bool), start, grid)[0].numpy()

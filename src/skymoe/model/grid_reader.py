@@ -39,7 +39,7 @@ def box_values(ids: torch.Tensor, first: torch.Tensor, start: int) -> torch.Tens
 def instruction_box_cover(ids: torch.Tensor, mask: torch.Tensor, start: int, grid: int) -> torch.Tensor:
     """[B, grid*grid] how much of each cell (row-major) the instruction's last box covers (0-1); zeros in the rows
     whose instruction (``mask``) holds no box. A region question's or a region caption's box says where to look; in
-    a conversation, the last user turn's box is the question being answered."""
+    a conversation, the last box of its user turns (the question being answered, when that turn names one)."""
     if ids.shape[1] < 4:
         return ids.new_zeros(ids.shape[0], grid * grid, dtype=torch.float32)
     starts = box_starts(location_kind(ids.masked_fill(~mask.bool(), -1), start))
