@@ -74,7 +74,7 @@ STEPS_PER_MINUTE = 240  # 8x8 visual tokens, measured by an idle `skymoe demo` (
 STAGE1_SHARE = 0.375  # of the training steps; the blind control takes as many, stage 2 the rest
 MGRS_SCENES = 3000
 # MGRS-mini held-out samples per task: a 95% interval of an accuracy near 0.45 is about +-0.06 wide at 250, +-0.045
-# at 500. Captions, classification and grounding have one per scene, so they keep all 300 held-out scenes' (~25 s
+# at 500. Captions, classification and grounding have one per scene, so they keep all 300 held-out scenes' (~20 s
 # more evaluation than at 250).
 EVAL_PER_TASK = 500
 

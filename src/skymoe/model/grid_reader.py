@@ -47,9 +47,12 @@ def instruction_box_cover(ids: torch.Tensor, mask: torch.Tensor, start: int, gri
     last = starts.shape[1] - 1 - starts.flip(-1).float().argmax(-1)
     boxes = box_values(ids, last, start).float() * present[:, None]
     step = SCALE / grid
-    low = torch.arange(grid, device=ids.device) * step  # each cell's first coordinate
-    cover_x = ((torch.minimum(boxes[:, 2:3], low + step) - torch.maximum(boxes[:, 0:1], low)) / step).clamp(0, 1)
-    cover_y = ((torch.minimum(boxes[:, 3:4], low + step) - torch.maximum(boxes[:, 1:2], low)) / step).clamp(0, 1)
+    low = torch.arange(grid, device=ids.device) * step  # each cell's first coordinate along either axis
+
+    def share(first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:  # [B, grid] of each cell's side in [first, last]
+        return ((torch.minimum(last, low + step) - torch.maximum(first, low)) / step).clamp(0, 1)
+
+    cover_x, cover_y = share(boxes[:, 0:1], boxes[:, 2:3]), share(boxes[:, 1:2], boxes[:, 3:4])
     return (cover_y[:, :, None] * cover_x[:, None, :]).flatten(1) * present[:, None]
 
 
