@@ -184,7 +184,7 @@ def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int,
 
 
 def grid_heads_pass(head: BoxHead, output_head, states, logits, vision_features, instruction, answers, labels, cell_targets,
-                    plan: BoxPlan | None, progress, prompt_length: int, start: int):
+                    plan: BoxPlan | None, progress, start: int):
     """The box head's and the evidence head's part of a forward: (logits, their loss terms, the plan to carry).
 
     ``instruction``: (token ids, instruction mask), read at the prefill (a plan carries what they gave).
@@ -205,5 +205,6 @@ def grid_heads_pass(head: BoxHead, output_head, states, logits, vision_features,
             if cell_targets is not None:
                 terms["evidence"] = evidence_loss(cell_logits, cell_targets)
         return logits, terms, None
+    prompt_length = plan.prompt_length if plan is not None else instruction[0].shape[1]  # the prefill's is the prompt
     last, plan = plan_step(head, plan, progress, prompt_length, cells, words, evidence, states[:, -1], logits[:, -1], start)
     return torch.cat([logits[:, :-1], last[:, None]], dim=1), {}, plan

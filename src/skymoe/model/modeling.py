@@ -192,8 +192,10 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
     def _instruction_mask(self, input_ids, attention_mask, instruction_mask, labels):
         if instruction_mask is None:  # fall back to every real text token but the answer's (its box is no prompt's)
             instruction_mask = (input_ids != self.config.image_token_id) & (input_ids != self.config.route_token_id)
-            instruction_mask &= (attention_mask.bool() if attention_mask is not None else True) & (
-                labels == IGNORE_INDEX if labels is not None else True)
+            if attention_mask is not None:
+                instruction_mask &= attention_mask.bool()
+            if labels is not None:
+                instruction_mask &= labels == IGNORE_INDEX
         elif instruction_mask.shape[1] < input_ids.shape[1]:  # uncached generation appends tokens on the right
             instruction_mask = F.pad(instruction_mask, (0, input_ids.shape[1] - instruction_mask.shape[1]))
         return instruction_mask[:, -input_ids.shape[1] :]
@@ -267,14 +269,12 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         head_terms = {}
         if use_box_head:
             features = vision_features if image_tokens is not None else None
-            answers = logits_to_keep if isinstance(logits_to_keep, torch.Tensor) else None
-            if labels is not None and answers is None:
-                answers = self.supervised_positions(labels)
-            prompt_length = box_plan.prompt_length if box_plan is not None else input_ids.shape[1]
+            answers = logits_to_keep if isinstance(logits_to_keep, torch.Tensor) else (
+                None if labels is None else self.supervised_positions(labels))
             logits, head_terms, box_plan = grid_heads_pass(
                 self.box_head, self.get_output_embeddings(), outputs.hidden_states[-1], logits, features,
                 (input_ids, instruction_mask), answers,
-                labels, evidence_cells, box_plan, box_progress, prompt_length, self.config.location_token_start)
+                labels, evidence_cells, box_plan, box_progress, self.config.location_token_start)
         elif self.box_head is not None and self.box_head.evidence is not None and image_tokens is not None:
             # a scoring pass (label likelihoods): every position reads the evidence, as every answer token did in training
             hidden = self.box_head.evidence(vision_features, input_ids, instruction_mask)[1]
