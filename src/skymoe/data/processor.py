@@ -19,7 +19,7 @@ import numpy as np
 
 from skymoe.data.boxes import canonical_to_loc, loc_to_canonical
 from skymoe.data.schema import Sample, Turn
-from skymoe.data.tokenizer import has_location_tokens, special_token_ids
+from skymoe.data.tokenizer import has_location_tokens, location_token_start, special_token_ids
 from skymoe.errors import DataError
 
 if TYPE_CHECKING:  # torch is imported lazily: building a processor must not load it
@@ -50,6 +50,7 @@ class SkyMoEProcessor:
         num_route_tokens: int = 0,
         max_length: int | None = None,
         blind: bool = False,
+        zoom: bool = False,
     ):
         self.tokenizer = tokenizer
         self.image = ImageSettings(int(image_size), tuple(image_mean), tuple(image_std))
@@ -62,6 +63,11 @@ class SkyMoEProcessor:
         self.ids = special_token_ids(tokenizer)
         # A tokenizer with location tokens: boxes are written with them (in) and read back as canonical text (out).
         self.location_tokens = has_location_tokens(tokenizer)
+        # A model whose evidence head reads the instruction's box re-encoded (skymoe.data.zoom): batches carry its zoom.
+        self.zoom = bool(zoom)
+        self.location_start = location_token_start(tokenizer) if self.zoom else None
+        if self.zoom and self.location_start is None:
+            raise ValueError("zoom reads the instruction's box from its location tokens, but the tokenizer has none")
         self._memo: dict[str, list[int]] = {}
 
     @classmethod
@@ -76,6 +82,7 @@ class SkyMoEProcessor:
             num_route_tokens=config.num_route_tokens,
             max_length=max_length,
             blind=blind,
+            zoom=bool(config.box_head and config.box_head.get("zoom")),
         )
 
     # ---- images ---------------------------------------------------------------------------------
@@ -204,16 +211,20 @@ class SkyMoEProcessor:
             raise ValueError(f"{len(samples)} samples but {len(images)} images")
         return self.pad([self.encode(s) for s in samples], self.preprocess_images(images))
 
-    def prepare_generation(self, images, prompts, tasks=None, *, visual=None, visual_key: str = "pixel_values") -> dict:
+    def prepare_generation(self, images, prompts, tasks=None, *, source=None, requests=None) -> dict:
         """Generation inputs (left padding, no labels). ``tasks`` (Task or str) adds ``task_labels``.
 
-        ``visual`` (a tensor under ``visual_key``, e.g. cached ``vision_features``) replaces ``images``.
+        ``source`` and ``requests`` (a feature source, e.g. the tower's feature cache, and one view request per
+        prompt: :mod:`skymoe.data.feature_cache`) replace ``images`` (PIL).
         """
+        from skymoe.data.feature_cache import Produced, PixelSource, ViewRequest
         from skymoe.data.schema import Task
 
-        count = len(images) if visual is None else visual.shape[0]
-        if count != len(prompts):
-            raise ValueError(f"{count} images but {len(prompts)} prompts")
+        if source is None:
+            source = PixelSource(self.preprocess_images)
+            requests = [ViewRequest(f"prompt:{i}", lambda image=image: Produced(image)) for i, image in enumerate(images)]
+        if len(requests) != len(prompts):
+            raise ValueError(f"{len(requests)} images but {len(prompts)} prompts")
         features = []
         for i, prompt in enumerate(prompts):
             input_ids, instruction = self._encode_prompt(prompt)
@@ -221,8 +232,20 @@ class SkyMoEProcessor:
             if tasks is not None:
                 feature["task_label"] = Task(tasks[i]).index
             features.append(feature)
-        visual = self.preprocess_images(images) if visual is None else visual
-        return self.pad(features, visual, padding_side="left", image_key=visual_key)
+        return self.batch(features, requests, source, padding_side="left")
+
+    def batch(self, features: list[dict], requests: list, source, *, padding_side: str = "right") -> dict:
+        """Encoded rows padded into a batch with their views' tensors from ``source`` (under its ``batch_key``),
+        and, for a zoom model, the zoom of each row's box (:func:`skymoe.data.zoom.zoom_inputs`)."""
+        import torch
+
+        from skymoe.data.zoom import zoom_inputs
+
+        visual = torch.stack([e.tensor for e in source.get(requests)])
+        batch = self.pad(features, visual, padding_side=padding_side, image_key=source.batch_key)
+        if self.zoom:
+            batch.update(zoom_inputs(features, requests, source, self.location_start))
+        return batch
 
     def decode(self, token_ids) -> list[str]:
         """Generated ids (the new tokens only, or whole sequences) -> stripped answer strings."""
@@ -239,6 +262,7 @@ class SkyMoEProcessor:
             "num_route_tokens": self.num_route_tokens,
             "max_length": self.max_length,
             "blind": self.blind,
+            "zoom": self.zoom,
         }
 
     def save_pretrained(self, directory: str | Path) -> None:

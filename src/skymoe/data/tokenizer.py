@@ -82,6 +82,19 @@ def has_location_tokens(tokenizer) -> bool:
     return all(t in vocab for t in LOC_TOKENS)
 
 
+def location_token_start(tokenizer) -> int | None:
+    """Id of ``<x_0>`` when the tokenizer holds all location tokens under consecutive ids, else None."""
+    from skymoe.data.boxes import LOC_TOKENS
+
+    vocab = tokenizer.get_vocab()
+    if LOC_TOKENS[0] not in vocab:
+        return None
+    start = vocab[LOC_TOKENS[0]]
+    if [vocab.get(t) for t in LOC_TOKENS] != list(range(start, start + len(LOC_TOKENS))):
+        raise ValueError("the tokenizer's location tokens <x_0>..<x_100>, <y_0>..<y_100> must have consecutive ids")
+    return start
+
+
 def add_skymoe_tokens(tokenizer, location_tokens: bool = True):
     """Add what SkyMoE needs to an existing HF tokenizer (GPT-2, Llama, Qwen, ...), in place.
 

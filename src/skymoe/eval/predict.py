@@ -27,13 +27,10 @@ def generate_batch(model, processor, samples: list[Sample], suite: Suite, source
     from skymoe.data.imagery import load_image
     from skymoe.model.generation import generate_answers
 
-    import torch
-
     source = source if source is not None else PixelSource(processor.preprocess_images)
-    entries = source.get([image_request(s.image, load_image, blind=processor.blind) for s in samples])
-    visual = torch.stack([e.tensor for e in entries])
+    requests = [image_request(s.image, load_image, blind=processor.blind) for s in samples]
     prompts = [build_prompt(s, suite) for s in samples]
-    answers = generate_answers(model, processor, None, prompts, suite.generation.max_new_tokens, visual=visual, visual_key=source.batch_key)
+    answers = generate_answers(model, processor, None, prompts, suite.generation.max_new_tokens, source=source, requests=requests)
     return [
         Prediction.from_sample(s, answer.text, scorer=suite.scorer_for(s.task.value), routing=answer.routing)
         for s, answer in zip(samples, answers)

@@ -52,7 +52,7 @@ BOX_CLOSED = 5  # progress of a row that has just written its box's last token: 
 
 class BoxHead(GridReader):
     def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, location_start: int,
-                 evidence: bool = False):
+                 evidence: bool = False, zoom: bool = False):
         super().__init__(vision_size, grid, hidden_size, vocab_size)
         self.query_norm = nn.LayerNorm(text_size)
         self.query = nn.Linear(text_size, hidden_size)
@@ -60,7 +60,7 @@ class BoxHead(GridReader):
         self.score = nn.Linear(hidden_size, 1)
         self.regress = nn.Linear(hidden_size, 4)  # centre offset (x, y) within the cell, log width and height in cells
         # the question's evidence for every answer, read by its own reader (skymoe.model.evidence)
-        self.evidence = EvidenceHead(vision_size, text_size, grid, hidden_size, vocab_size, location_start) if evidence else None
+        self.evidence = EvidenceHead(vision_size, text_size, grid, hidden_size, vocab_size, location_start, zoom) if evidence else None
 
     def forward(self, cells: torch.Tensor, query_states: torch.Tensor | None, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell scores [B, N] and regressions [B, N, 4] for the LLM's query states [B, D] (None: the words alone)
@@ -184,10 +184,11 @@ def plan_step(head: BoxHead, plan: BoxPlan | None, progress, prompt_length: int,
 
 
 def grid_heads_pass(head: BoxHead, output_head, states, logits, vision_features, instruction, answers, labels, cell_targets,
-                    plan: BoxPlan | None, progress, start: int):
+                    plan: BoxPlan | None, progress, start: int, zoom_features=None):
     """The box head's and the evidence head's part of a forward: (logits, their loss terms, the plan to carry).
 
-    ``instruction``: (token ids, instruction mask), read at the prefill (a plan carries what they gave).
+    ``instruction``: (token ids, instruction mask), read at the prefill (a plan carries what they gave), as is
+    ``zoom_features`` (the tower's features of the instruction's box: :mod:`skymoe.data.zoom`).
     Training (``labels``): the evidence is added to the logits of the ``answers`` positions ([B, S] bool: the
     kept positions of flat [M, V] logits, or the answer's of [B, S, V] ones) and the terms are returned.
     Generation: the last position's logits get the prefill's evidence and the box (:func:`plan_step`)."""
@@ -196,7 +197,7 @@ def grid_heads_pass(head: BoxHead, output_head, states, logits, vision_features,
         words = head.bag(*instruction)
         cells = head.cells(vision_features) if vision_features is not None else None
     if head.evidence is not None and plan is None and vision_features is not None:
-        cell_logits, hidden = head.evidence(vision_features, *instruction)
+        cell_logits, hidden = head.evidence(vision_features, *instruction, zoom_features)
         evidence = output_head(hidden)
     if labels is not None:
         terms = {"box": box_loss(head, cells, words, states, labels, start)}

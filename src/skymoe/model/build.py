@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 from transformers import AutoConfig
 
+from skymoe.data.tokenizer import location_token_start
 from skymoe.model.configuration import EfficientNetLiteConfig, ModelSettings, SkyMoEConfig, resolve_settings
 from skymoe.model.geoembed import GEOEMBED_ASSET, GeoEmbedConfig
 from skymoe.model.location import init_location_embeddings
@@ -189,19 +190,6 @@ def build_model(config: SkyMoEConfig, tokenizer=None):
         if model.config.text_config.hidden_size % 4 == 0:  # the coordinate code's layout (skymoe.model.location)
             init_location_embeddings(model.language_model, tokenizer)
     return model
-
-
-def location_token_start(tokenizer) -> int | None:
-    """Id of ``<x_0>`` when the tokenizer holds all location tokens under consecutive ids, else None."""
-    from skymoe.data.boxes import LOC_TOKENS
-
-    vocab = tokenizer.get_vocab()
-    if LOC_TOKENS[0] not in vocab:
-        return None
-    start = vocab[LOC_TOKENS[0]]
-    if [vocab.get(t) for t in LOC_TOKENS] != list(range(start, start + len(LOC_TOKENS))):
-        raise ValueError("the tokenizer's location tokens <x_0>..<x_100>, <y_0>..<y_100> must have consecutive ids")
-    return start
 
 
 def _grown_vocabulary(source, tensor, vocab: int) -> bool:

@@ -62,11 +62,13 @@ class MoESettings:
 @dataclass
 class BoxHeadSettings:
     """A grounding answer's first box read off the visual grid (skymoe.model.box_head; needs a grid projector and
-    the location tokens); ``evidence``: the question's evidence added to the answer (skymoe.model.evidence)."""
+    the location tokens); ``evidence``: the question's evidence added to the answer (skymoe.model.evidence);
+    ``zoom``: the evidence also reads the tower's features of the instruction's box, cropped (skymoe.data.zoom)."""
 
     enabled: bool = False
     hidden_size: int = 128
     evidence: bool = False
+    zoom: bool = False
 
 
 @dataclass
@@ -118,6 +120,8 @@ def resolve_settings(name: str, value: dict | None, prefix: str = ""):
         raise ValueError(f"'{prefix}box_head.hidden_size' must be >= 1, got {settings.hidden_size}")
     if name == "box_head" and settings.evidence and not settings.enabled:
         raise ValueError(f"'{prefix}box_head.evidence' is part of the box head (it rides on its generation plan): set box_head.enabled too")
+    if name == "box_head" and settings.zoom and not settings.evidence:
+        raise ValueError(f"'{prefix}box_head.zoom' is read by the evidence head: set box_head.evidence too")
     return settings
 
 

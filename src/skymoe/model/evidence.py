@@ -51,19 +51,25 @@ COUNT_CENTRES = torch.arange(11.0)
 
 
 class EvidenceHead(GridReader):
-    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, location_start: int):
+    def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, location_start: int,
+                 zoom: bool = False):
         super().__init__(vision_size, grid, hidden_size, vocab_size)
         self.location_start = location_start
         self.inside = nn.Parameter(torch.zeros(hidden_size))  # a cell under the instruction's box
+        # the tower's features of the box's crop (skymoe.data.zoom), averaged over its grid, added to the region
+        self.zoom = nn.Sequential(nn.LayerNorm(vision_size), nn.Linear(vision_size, hidden_size)) if zoom else None
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.mix = nn.Sequential(nn.Linear(3 * hidden_size + 3 + len(COUNT_CENTRES), hidden_size), nn.GELU())
         self.out = nn.Linear(hidden_size, text_size)  # zeroed by the model after its weight init
 
-    def forward(self, vision_features: torch.Tensor, token_ids: torch.Tensor, instruction_mask: torch.Tensor):
+    def forward(self, vision_features: torch.Tensor, token_ids: torch.Tensor, instruction_mask: torch.Tensor,
+                zoom_features: torch.Tensor | None = None):
         """Cell logits [B, N] (float32) and the evidence [B, D] in the LLM's hidden space, for the tower's features
-        [B, N, C] and the instruction (its tokens where ``instruction_mask`` is set)."""
+        [B, N, C] and the instruction (its tokens where ``instruction_mask`` is set); ``zoom_features`` [B, N', C]:
+        the tower's features of each row's zoom (any values in the rows without a box), which a zoom head needs
+        whenever a row's instruction names a box."""
         cells, words = self.cells(vision_features), self.bag(token_ids, instruction_mask)
         cover = instruction_box_cover(token_ids, instruction_mask, self.location_start, self.grid).to(cells.dtype)
         hidden = self.mlp(cells + words[:, None] + cover[..., None] * self.inside)
@@ -74,10 +80,23 @@ class EvidenceHead(GridReader):
         # what the instruction's box holds, read where it says (zero without a box): the cells a region caption
         # describes are known from its prompt, the scores need not learn to find them
         region = (cover[..., None] * values).sum(1) / cover.sum(-1, keepdim=True).clamp(min=1e-3)
+        if self.zoom is not None:
+            region = region + self._zoom(zoom_features, cover.sum(-1) > 0)
         count = probabilities.sum(-1, keepdim=True)
         bumps = torch.exp(-((count - COUNT_CENTRES.to(count)) ** 2))  # a number's answer, a linear read-out
         stats = torch.cat([count, count.log1p(), probabilities.max(-1, keepdim=True).values, bumps], -1)
         return logits.float(), self.out(self.mix(torch.cat([pooled, region, stats, words], -1)))
+
+
+    def _zoom(self, zoom_features: torch.Tensor | None, boxed: torch.Tensor) -> torch.Tensor:
+        """[B, H] the zoom's averaged features, projected, in the rows whose instruction names a box (zero elsewhere)."""
+        if zoom_features is None:
+            if bool(boxed.any()):
+                raise ValueError("this evidence head reads the zoom of the instruction's box (box_head.zoom): pass "
+                                 "zoom_pixel_values or zoom_vision_features, as SkyMoEProcessor.prepare_generation makes them")
+            return boxed.new_zeros(len(boxed), self.inside.shape[0], dtype=self.inside.dtype)
+        zoom = self.zoom(zoom_features.detach().to(self.inside.dtype).mean(1))
+        return zoom * boxed[:, None].to(zoom.dtype)
 
 
 def cell_targets(samples: list[Sample | None], grid: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ def tower_fingerprint(model, processor) -> str:
         "tower": type(model.vision_tower).__name__,
         "vision_config": model.config.vision_config.to_dict(),
         "feature_layer": model.config.vision_feature_layer,
-        "image": processor.to_dict() | {"max_length": None, "num_route_tokens": None, "blind": None},
+        "image": processor.to_dict() | {"max_length": None, "num_route_tokens": None, "blind": None, "zoom": None},
         "dtype": str(model.dtype),
     }
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())

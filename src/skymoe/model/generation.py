@@ -152,15 +152,15 @@ class Generated:
     prompt_tokens: int  # model input tokens (image and routing placeholders included)
 
 
-def generate_answers(model, processor, images, prompts: list, max_new_tokens: int, *, visual=None,
-                     visual_key: str = "pixel_values", routing: bool = True,
-                     on_text: Callable[[int, str], None] | None = None) -> list[Generated]:
+def generate_answers(model, processor, images, prompts: list, max_new_tokens: int, *, source=None, requests=None,
+                     routing: bool = True, on_text: Callable[[int, str], None] | None = None) -> list[Generated]:
     """Greedy answers to ``prompts`` (questions or lists of Turns), one per image, from one prefill.
 
-    ``images`` are PIL images, or None with ``visual`` a tensor under ``visual_key`` (e.g. cached tower features).
+    ``images`` are PIL images, or None with ``source`` and ``requests`` (e.g. the tower's feature cache and one
+    view request per prompt: ``SkyMoEProcessor.prepare_generation``).
     """
-    visual_inputs = {} if visual is None else {"visual": visual, "visual_key": visual_key}
-    inputs = processor.prepare_generation(images, prompts, **visual_inputs)
+    cached = {} if source is None else {"source": source, "requests": requests}
+    inputs = processor.prepare_generation(images, prompts, **cached)
     texts, decisions = generate_with_routing(model, processor, inputs, max_new_tokens, on_text, routing=routing)
     lengths = inputs["attention_mask"].sum(dim=1).tolist()
     return [Generated(text, decision, n) for text, decision, n in zip(texts, decisions, lengths)]

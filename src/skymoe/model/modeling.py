@@ -91,7 +91,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                                  "(build the model with a SkyMoE tokenizer: skymoe.data.tokenizer)")
             self.box_head = BoxHead(self.vision_tower.hidden_size, text_size, math.isqrt(config.num_image_tokens),
                                     config.box_head["hidden_size"], config.text_config.vocab_size, config.location_token_start,
-                                    config.box_head["evidence"])
+                                    config.box_head["evidence"], config.box_head["zoom"])
         self.expert_lms = None
         if config.moe["expert_models"]:  # separate expert LMs: the base LLM embeds the router's input and runs no pass
             self.expert_lms = ExpertLMs(config.expert_text_configs, config.moe["num_experts"])
@@ -220,13 +220,17 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         box_plan=None,
         box_progress: torch.Tensor | None = None,
         evidence_cells: torch.Tensor | None = None,
+        zoom_pixel_values: torch.FloatTensor | None = None,
+        zoom_vision_features: torch.FloatTensor | None = None,
         **kwargs,
     ) -> SkyMoEOutput:
         """``output_router_stats``: keep the gate decisions (aux losses, ``expert_load``, ``gate_records``).
         ``routing_record``: a list that receives this pass's router read-out (:class:`RoutingReadout`) when the
         router ran; ``generate(..., output_routing=True)`` passes one to return the prefill's routing.
         ``box_plan``, ``box_progress``: a box head's generation state (set by ``prepare_inputs_for_generation``).
-        ``evidence_cells``: the evidence head's per-cell targets in training (:func:`skymoe.model.evidence.cell_targets`)."""
+        ``evidence_cells``: the evidence head's per-cell targets in training (:func:`skymoe.model.evidence.cell_targets`).
+        ``zoom_pixel_values``, ``zoom_vision_features``: each row's zoom of its instruction's box, as pixels or as the
+        tower's features (:mod:`skymoe.data.zoom`), for an evidence head with ``box_head.zoom``."""
         use_box_head = self.box_head is not None and (labels is not None or box_progress is not None)
         if use_box_head:  # the head reads the LLM's last hidden states
             kwargs["output_hidden_states"] = True
@@ -239,6 +243,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 vision_features = self.vision_tower(pixel_values.to(self.dtype))
             image_tokens = self.get_image_features(pixel_values, embeds, instruction_mask, vision_features)
             embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
+            if zoom_vision_features is None and zoom_pixel_values is not None:  # the prefill's zoom: the tower reads it once
+                zoom_vision_features = self.vision_tower(zoom_pixel_values.to(self.dtype))
 
         router_out = prompts = None
         has_prompt = image_tokens is not None or (input_ids == self.config.route_token_id).any()
@@ -274,10 +280,10 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             logits, head_terms, box_plan = grid_heads_pass(
                 self.box_head, self.get_output_embeddings(), outputs.hidden_states[-1], logits, features,
                 (input_ids, instruction_mask), answers,
-                labels, evidence_cells, box_plan, box_progress, self.config.location_token_start)
+                labels, evidence_cells, box_plan, box_progress, self.config.location_token_start, zoom_vision_features)
         elif self.box_head is not None and self.box_head.evidence is not None and image_tokens is not None:
             # a scoring pass (label likelihoods): every position reads the evidence, as every answer token did in training
-            hidden = self.box_head.evidence(vision_features, input_ids, instruction_mask)[1]
+            hidden = self.box_head.evidence(vision_features, input_ids, instruction_mask, zoom_vision_features)[1]
             logits = logits + self.get_output_embeddings()(hidden).to(logits.dtype)[:, None]
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
