@@ -81,6 +81,7 @@ class Produced:
 
     image: object  # a PIL image
     meta: dict = field(default_factory=dict)
+    size: int | None = None  # the side the tower reads it at (a zoom's, skymoe.data.zoom); None: the processor's
 
 
 @dataclass
@@ -132,12 +133,12 @@ class FeatureCache:
         missing = [i for i, e in enumerate(entries) if e is None]
         self.stats["hits"] += len(requests) - len(missing)
         self.stats["misses"] += len(missing)
-        if missing:
-            produced = [requests[i].produce() for i in missing]
+        produced = {i: requests[i].produce() for i in missing}
+        for size, group in _by_size(produced).items():  # one batch per input size
             with torch.no_grad():
-                features = self.encode([p.image for p in produced]).detach().to("cpu", torch.float32)
-            for i, p, f in zip(missing, produced, features):  # clone: an entry must not keep the batch alive
-                entries[i] = Entry(f.clone(), p.meta)
+                features = _call(self.encode, [produced[i].image for i in group], size).detach().to("cpu", torch.float32)
+            for i, f in zip(group, features):  # clone: an entry must not keep the batch alive
+                entries[i] = Entry(f.clone(), produced[i].meta)
                 self._store(requests[i].key, entries[i])
         return entries  # type: ignore[return-value]
 
@@ -256,11 +257,26 @@ class PixelSource:
         self.preprocess = preprocess
 
     def get(self, requests: Sequence[ViewRequest]) -> list[Entry]:
-        produced = [r.produce() for r in requests]
-        if not produced:
-            return []
-        pixels = self.preprocess([p.image for p in produced])
-        return [Entry(px, p.meta) for px, p in zip(pixels, produced)]
+        produced = dict(enumerate(r.produce() for r in requests))
+        entries: list[Entry | None] = [None] * len(requests)
+        for size, group in _by_size(produced).items():
+            pixels = _call(self.preprocess, [produced[i].image for i in group], size)
+            for i, px in zip(group, pixels):
+                entries[i] = Entry(px, produced[i].meta)
+        return entries  # type: ignore[return-value]
+
+
+def _by_size(produced: dict[int, Produced]) -> dict[int | None, list[int]]:
+    """The indices of ``produced`` grouped by the size their views are read at, in order."""
+    groups: dict[int | None, list[int]] = {}
+    for i, p in produced.items():
+        groups.setdefault(p.size, []).append(i)
+    return groups
+
+
+def _call(encode: Callable, images: list, size: int | None):
+    """``encode(images)``, or ``encode(images, size)`` for views read at their own size."""
+    return encode(images) if size is None else encode(images, size)
 
 
 BLIND_KEY = "blind|constant"  # the blind control's one view: every image is the same constant image

@@ -51,6 +51,7 @@ class SkyMoEProcessor:
         max_length: int | None = None,
         blind: bool = False,
         zoom: bool = False,
+        zoom_size: int | None = None,
     ):
         self.tokenizer = tokenizer
         self.image = ImageSettings(int(image_size), tuple(image_mean), tuple(image_std))
@@ -64,7 +65,7 @@ class SkyMoEProcessor:
         # A tokenizer with location tokens: boxes are written with them (in) and read back as canonical text (out).
         self.location_tokens = has_location_tokens(tokenizer)
         # A model whose evidence head reads the instruction's box re-encoded (skymoe.data.zoom): batches carry its zoom.
-        self.zoom = bool(zoom)
+        self.zoom, self.zoom_size = bool(zoom), zoom_size
         self.location_start = location_token_start(tokenizer) if self.zoom else None
         if self.zoom and self.location_start is None:
             raise ValueError("zoom reads the instruction's box from its location tokens, but the tokenizer has none")
@@ -83,15 +84,17 @@ class SkyMoEProcessor:
             max_length=max_length,
             blind=blind,
             zoom=bool(config.box_head and config.box_head.get("zoom")),
+            zoom_size=config.box_head.get("zoom_size") if config.box_head else None,
         )
 
     # ---- images ---------------------------------------------------------------------------------
-    def preprocess_images(self, images) -> torch.Tensor:
-        """PIL RGB images -> float tensor [B, 3, S, S], resized (bicubic) and normalised."""
+    def preprocess_images(self, images, size: int | None = None) -> torch.Tensor:
+        """PIL RGB images -> float tensor [B, 3, S, S], resized (bicubic) to ``size`` (default: the image size) and
+        normalised."""
         import torch
         from PIL import Image
 
-        size = self.image.image_size
+        size = size or self.image.image_size
         mean = np.asarray(self.image.image_mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.image.image_std, dtype=np.float32)[:, None, None]
         arrays = []
@@ -209,7 +212,7 @@ class SkyMoEProcessor:
         """Training batch (right padding) for ``samples`` and their PIL ``images``."""
         if len(samples) != len(images):
             raise ValueError(f"{len(samples)} samples but {len(images)} images")
-        return self.pad([self.encode(s) for s in samples], self.preprocess_images(images))
+        return self.batch([self.encode(s) for s in samples], *self._pixel_views(images))
 
     def prepare_generation(self, images, prompts, tasks=None, *, source=None, requests=None) -> dict:
         """Generation inputs (left padding, no labels). ``tasks`` (Task or str) adds ``task_labels``.
@@ -217,12 +220,10 @@ class SkyMoEProcessor:
         ``source`` and ``requests`` (a feature source, e.g. the tower's feature cache, and one view request per
         prompt: :mod:`skymoe.data.feature_cache`) replace ``images`` (PIL).
         """
-        from skymoe.data.feature_cache import Produced, PixelSource, ViewRequest
         from skymoe.data.schema import Task
 
         if source is None:
-            source = PixelSource(self.preprocess_images)
-            requests = [ViewRequest(f"prompt:{i}", lambda image=image: Produced(image)) for i, image in enumerate(images)]
+            requests, source = self._pixel_views(images)
         if len(requests) != len(prompts):
             raise ValueError(f"{len(requests)} images but {len(prompts)} prompts")
         features = []
@@ -234,6 +235,13 @@ class SkyMoEProcessor:
             features.append(feature)
         return self.batch(features, requests, source, padding_side="left")
 
+    def _pixel_views(self, images) -> tuple[list, object]:
+        """PIL ``images`` as view requests of a source that preprocesses them (pixels, no cache)."""
+        from skymoe.data.feature_cache import Produced, PixelSource, ViewRequest
+
+        requests = [ViewRequest(f"image:{i}", lambda image=image: Produced(image)) for i, image in enumerate(images)]
+        return requests, PixelSource(self.preprocess_images)
+
     def batch(self, features: list[dict], requests: list, source, *, padding_side: str = "right") -> dict:
         """Encoded rows padded into a batch with their views' tensors from ``source`` (under its ``batch_key``),
         and, for a zoom model, the zoom of each row's box (:func:`skymoe.data.zoom.zoom_inputs`)."""
@@ -244,7 +252,7 @@ class SkyMoEProcessor:
         visual = torch.stack([e.tensor for e in source.get(requests)])
         batch = self.pad(features, visual, padding_side=padding_side, image_key=source.batch_key)
         if self.zoom:
-            batch.update(zoom_inputs(features, requests, source, self.location_start))
+            batch.update(zoom_inputs(features, requests, source, self.location_start, self.zoom_size))
         return batch
 
     def decode(self, token_ids) -> list[str]:
@@ -263,6 +271,7 @@ class SkyMoEProcessor:
             "max_length": self.max_length,
             "blind": self.blind,
             "zoom": self.zoom,
+            "zoom_size": self.zoom_size,
         }
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -48,22 +48,23 @@ def zoom_crop(image, box: tuple[int, ...]):
     return image.crop(tuple(round(v) for v in (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)))
 
 
-def zoom_request(request: ViewRequest, box: tuple[int, ...]) -> ViewRequest:
-    """The zoom of the view ``request`` makes (a CDA edit's zoom crops the edited image). The blind control's one
-    constant image is its own zoom."""
+def zoom_request(request: ViewRequest, box: tuple[int, ...], size: int | None = None) -> ViewRequest:
+    """The zoom of the view ``request`` makes (a CDA edit's zoom crops the edited image), read by the tower at
+    ``size`` (None: the processor's image size). The blind control's one constant image is its own zoom."""
     if request.key == BLIND_KEY:
         return request
-    return ViewRequest(f"{request.key}|zoom:{','.join(map(str, box))}", lambda: Produced(zoom_crop(request.produce().image, box)))
+    key = f"{request.key}|zoom{size or ''}:{','.join(map(str, box))}"
+    return ViewRequest(key, lambda: Produced(zoom_crop(request.produce().image, box), size=size))
 
 
-def zoom_inputs(features: list[dict], requests: list[ViewRequest], source, location_start: int) -> dict:
+def zoom_inputs(features: list[dict], requests: list[ViewRequest], source, location_start: int, size: int | None = None) -> dict:
     """``{"zoom_" + source.batch_key: [B, ...]}``: each row's zoom through ``source`` (features or pixels), zeros
     in the rows whose instruction names no box; {} when none does. ``features``: the processor's encoded rows."""
     boxes = [instruction_box(f["input_ids"], f["instruction_mask"], location_start) for f in features]
     rows = [i for i, box in enumerate(boxes) if box is not None]
     if not rows:
         return {}
-    entries = source.get([zoom_request(requests[i], boxes[i]) for i in rows])
+    entries = source.get([zoom_request(requests[i], boxes[i], size) for i in rows])
     zoom = torch.zeros((len(features), *entries[0].tensor.shape), dtype=entries[0].tensor.dtype)
     zoom[rows] = torch.stack([e.tensor for e in entries])
     return {"zoom_" + source.batch_key: zoom}

@@ -63,12 +63,14 @@ class MoESettings:
 class BoxHeadSettings:
     """A grounding answer's first box read off the visual grid (skymoe.model.box_head; needs a grid projector and
     the location tokens); ``evidence``: the question's evidence added to the answer (skymoe.model.evidence);
-    ``zoom``: the evidence also reads the tower's features of the instruction's box, cropped (skymoe.data.zoom)."""
+    ``zoom``: the evidence also reads the tower's features of the instruction's box, cropped (skymoe.data.zoom), at
+    ``zoom_size`` pixels (None: the image size; a convolutional tower reads any size, a ViT only its own)."""
 
     enabled: bool = False
     hidden_size: int = 128
     evidence: bool = False
     zoom: bool = False
+    zoom_size: int | None = None
 
 
 @dataclass
@@ -122,6 +124,8 @@ def resolve_settings(name: str, value: dict | None, prefix: str = ""):
         raise ValueError(f"'{prefix}box_head.evidence' is part of the box head (it rides on its generation plan): set box_head.enabled too")
     if name == "box_head" and settings.zoom and not settings.evidence:
         raise ValueError(f"'{prefix}box_head.zoom' is read by the evidence head: set box_head.evidence too")
+    if name == "box_head" and settings.zoom_size is not None and settings.zoom_size < 1:
+        raise ValueError(f"'{prefix}box_head.zoom_size' must be >= 1 pixel (or null: the image size), got {settings.zoom_size}")
     return settings
 
 

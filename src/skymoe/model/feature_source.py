@@ -26,7 +26,7 @@ def tower_fingerprint(model, processor) -> str:
         "tower": type(model.vision_tower).__name__,
         "vision_config": model.config.vision_config.to_dict(),
         "feature_layer": model.config.vision_feature_layer,
-        "image": processor.to_dict() | {"max_length": None, "num_route_tokens": None, "blind": None, "zoom": None},
+        "image": processor.to_dict() | {"max_length": None, "num_route_tokens": None, "blind": None, "zoom": None, "zoom_size": None},
         "dtype": str(model.dtype),
     }
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -47,8 +47,8 @@ def feature_source(model, processor, *, cache: bool = True, device=None, **cache
     tower.to(device)
     dtype = model.dtype
 
-    def encode(images) -> torch.Tensor:
-        pixels = processor.preprocess_images(images).to(device, dtype)
+    def encode(images, size: int | None = None) -> torch.Tensor:
+        pixels = processor.preprocess_images(images, size).to(device, dtype)
         with torch.no_grad():
             return tower(pixels)
 

@@ -233,7 +233,7 @@ class TrainCollator:
         batch = self.processor.pad(encoded, tensors, image_key=self.source.batch_key)
         if self.processor.zoom:  # the zoom of an edited image's box crops the edited image
             requests = [item.request for item in items] + [item.view for item, _ in paired]
-            batch.update(zoom_inputs(encoded, requests, self.source, self.processor.location_start))
+            batch.update(zoom_inputs(encoded, requests, self.source, self.processor.location_start, self.processor.zoom_size))
         is_view = torch.zeros(len(all_samples), dtype=torch.bool)
         is_view[len(samples) :] = True
         if view_samples:

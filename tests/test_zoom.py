@@ -1,0 +1,161 @@
+"""The zoom view: the instruction's box, cropped for the tower, read by the evidence head (skymoe.data.zoom)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skymoe.data.feature_cache import BLIND_KEY, FeatureCache, Produced, ViewRequest
+from skymoe.data.processor import SkyMoEProcessor
+from skymoe.data.schema import Granularity, Sample, Task, Turn
+from skymoe.data.tokenizer import build_tokenizer
+from skymoe.data.zoom import MIN_SIDE, instruction_box, zoom_crop, zoom_request
+from skymoe.model.build import build_model, tiny_config
+from skymoe.model.feature_source import feature_source, tower_fingerprint
+
+SIZE = 32
+QUESTION = "What colour is the dot in the region {box}?"
+COLOURS = {"red": (235, 20, 20), "blue": (20, 20, 235)}
+
+
+def _tokenizer():
+    return build_tokenizer([QUESTION, "red blue", "Describe the image."], vocab_size=300)
+
+
+def _model(tokenizer, zoom: bool = True, seed: int = 0):
+    config = tiny_config(vocab_size=len(tokenizer), image_size=SIZE,
+                         box_head={"enabled": True, "hidden_size": 32, "evidence": True, "zoom": zoom})
+    torch.manual_seed(seed)
+    model = build_model(config, tokenizer=tokenizer)
+    return model, SkyMoEProcessor.from_model_config(model.config, tokenizer)
+
+
+def _text_box(x1, y1, x2, y2, size=SIZE) -> str:
+    return "[" + ", ".join(str(round(v / size * 100)) for v in (x1, y1, x2, y2)) + "]"
+
+
+def test_the_box_is_the_instructions_last_one_never_an_answers():
+    tokenizer = _tokenizer()
+    processor = SkyMoEProcessor(tokenizer, image_size=SIZE, num_image_tokens=4, zoom=True)
+    ids, mask = processor._encode_prompt("Compare [1, 2, 30, 40] with [50, 60, 70, 80].")
+    assert instruction_box(ids, mask, processor.location_start) == (50, 60, 70, 80)
+    answered = processor.encode(Sample(id="s", dataset="t", split="train", image="x.png", task=Task.GROUNDING,
+                                       granularity=Granularity.OBJECT, image_size=(SIZE, SIZE),
+                                       conversation=[Turn("user", "Where is the dot?"), Turn("assistant", "[0, 0, 50, 50]")]))
+    assert instruction_box(answered["input_ids"], answered["instruction_mask"], processor.location_start) is None
+
+
+def test_the_crop_is_the_square_around_the_box_with_a_smallest_side_and_black_outside():
+    pixels = np.zeros((50, 100, 3), np.uint8)
+    pixels[10:20, 40:46] = COLOURS["red"]  # 6 wide, 10 high
+    image = Image.fromarray(pixels)
+    crop = zoom_crop(image, (40, 20, 46, 40))  # the block, on the 0-100 scale of a 100 x 50 image
+    assert crop.size == (10, 10)
+    red = np.asarray(crop)[:, 2:8]
+    assert (red == COLOURS["red"]).all() and np.asarray(crop)[:, :2].max() == 0
+    assert zoom_crop(image, (10, 10, 10, 10)).size == (MIN_SIDE, MIN_SIDE)
+    corner = np.asarray(zoom_crop(image, (0, 0, 10, 10)))  # half of its square lies outside the image
+    assert corner.shape[:2] == (10, 10) and corner.max() == 0
+
+
+def test_a_zoom_crops_what_its_view_makes_and_names_the_view_and_the_box():
+    edited = Image.fromarray(np.full((20, 20, 3), 200, np.uint8))  # as if a CDA edit had recoloured the image
+    request = ViewRequest("abc|cda:1", lambda: Produced(edited))
+    zoom = zoom_request(request, (0, 0, 50, 50))
+    assert zoom.key == "abc|cda:1|zoom:0,0,50,50"
+    assert np.asarray(zoom.produce().image).tolist() == np.asarray(edited.crop((0, 0, 10, 10))).tolist()
+    blind = ViewRequest(BLIND_KEY, lambda: Produced(edited))
+    assert zoom_request(blind, (0, 0, 50, 50)) is blind  # every blind zoom is the one constant image
+
+
+def _dots(rng: np.random.Generator) -> tuple[Image.Image, str, str]:
+    """Two 2 px dots, red and blue, 4 px apart inside one 8 px cell; a question about one, and its colour.
+    The grid's cells cannot tell which of the two a box names; its zoom can."""
+    pixels = np.full((SIZE, SIZE, 3), 20, np.uint8)
+    x, y = int(rng.integers(0, 3)) * 8 + 1, int(rng.integers(0, 4)) * 8 + 2
+    order = list(COLOURS) if rng.random() < 0.5 else list(COLOURS)[::-1]
+    for colour, left in zip(order, (x, x + 4)):
+        pixels[y : y + 2, left : left + 2] = COLOURS[colour]
+    index = int(rng.integers(0, 2))
+    left = x + 4 * index
+    return Image.fromarray(pixels), QUESTION.format(box=_text_box(left, y, left + 2, y + 2)), order[index]
+
+
+def test_prepared_inputs_carry_each_boxed_rows_zoom_as_pixels_or_as_cached_features(tmp_path):
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer)
+    image, question, _ = _dots(np.random.default_rng(0))
+    inputs = processor.prepare_generation([image, image], [question, "Describe the image."])
+    box = instruction_box(*processor._encode_prompt(question), processor.location_start)
+    expected = processor.preprocess_images([zoom_crop(image, box)])[0]
+    assert torch.equal(inputs["zoom_pixel_values"][0], expected)
+    assert inputs["zoom_pixel_values"][1].abs().sum() == 0
+    assert "zoom_pixel_values" not in processor.prepare_generation([image], ["Describe the image."])
+
+    source = feature_source(model, processor, root=tmp_path)
+    requests = [ViewRequest(f"dots{i}|plain", lambda: Produced(image)) for i in range(2)]
+    cached = processor.prepare_generation(None, [question, "Describe the image."], source=source, requests=requests)
+    with torch.no_grad():
+        assert torch.allclose(cached["zoom_vision_features"][0], model.vision_tower(expected[None])[0], atol=1e-6)
+    assert source.stats["misses"] == 3  # two images and one zoom: the unboxed row asks for none
+    processor.prepare_generation(None, [question, "Describe the image."], source=source, requests=requests)
+    assert source.stats["misses"] == 3 and source.stats["hits"] == 3
+
+
+def test_a_zoom_head_without_its_zoom_says_what_it_needs_and_the_cache_ignores_the_setting():
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer)
+    image, question, _ = _dots(np.random.default_rng(0))
+    inputs = processor.prepare_generation([image], [question])
+    del inputs["zoom_pixel_values"]
+    with pytest.raises(ValueError, match="zoom_pixel_values or zoom_vision_features"):
+        model(**inputs)
+    plain = SkyMoEProcessor.from_model_config(model.config, tokenizer)
+    plain.zoom = False
+    assert tower_fingerprint(model, processor) == tower_fingerprint(model, plain)
+    with pytest.raises(ValueError, match="box_head.evidence"):
+        tiny_config(box_head={"enabled": True, "zoom": True})
+
+
+def _train(model, processor, rng, steps: int) -> None:
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        drawn = [_dots(rng) for _ in range(16)]
+        samples = [Sample(id="s", dataset="t", split="train", image="mem.png", task=Task.VQA, granularity=Granularity.OBJECT,
+                          conversation=[Turn("user", question), Turn("assistant", colour)], image_size=(SIZE, SIZE))
+                   for _, question, colour in drawn]
+        loss = model(**processor.collate(samples, [image for image, _, _ in drawn])).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+
+
+def test_a_tiny_model_names_the_colour_of_a_dot_its_grid_cannot_single_out(tmp_path):
+    """Two dots of either colour share a cell; the question's box names one. Only the answer teaches. Without
+    the zoom the same model scored 0.41 when this test was written (the cells hold both colours), so about a
+    coin's toss; with it, the zoom's colour. Generation is the same cached and uncached, from cached features
+    and from pixels, and after a reload."""
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer)
+    rng = np.random.default_rng(0)
+    test = [_dots(rng) for _ in range(64)]
+    inputs = processor.prepare_generation([image for image, _, _ in test], [question for _, question, _ in test])
+    _train(model, processor, rng, 100)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
+    answers = processor.decode(generated[:, inputs["input_ids"].shape[1]:])
+    assert np.mean([answer.strip() == colour for answer, (_, _, colour) in zip(answers, test)]) >= 0.9, answers[:8]
+    assert torch.equal(generated, uncached)
+
+    source = feature_source(model, processor, root=tmp_path / "cache")
+    requests = [ViewRequest(f"dots{i}|plain", lambda image=image: Produced(image)) for i, (image, _, _) in enumerate(test)]
+    from_cache = processor.prepare_generation(None, [question for _, question, _ in test], source=source, requests=requests)
+    model.save_pretrained(tmp_path / "model")
+    reloaded = type(model).from_pretrained(tmp_path / "model").eval()
+    with torch.no_grad():
+        assert torch.equal(model.generate(**from_cache, max_new_tokens=3, do_sample=False), generated)
+        assert torch.equal(reloaded.generate(**inputs, max_new_tokens=3, do_sample=False), generated)
