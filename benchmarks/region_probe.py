@@ -1,15 +1,18 @@
-"""What the frozen cells under a box say about the object in it: a linear probe on MGRS-mini's object captions.
+"""What the frozen tower says about the object under a box: a linear probe on MGRS-mini's object captions.
 
 A region caption of one object ("Describe the region [..]." -> "a red ship") names its colour and
 category. The demo's prior copies the caption of the training crop nearest to the box's pixels;
 the model reads the demo's frozen EfficientNet-Lite0 grid (8x8 cells at 128 px) and, through the
 evidence head, the cells the prompt's box covers (``skymoe.model.grid_reader.instruction_box_cover``).
-This probe fits a logistic regression on those cells alone, on MGRS-mini's training object
+This probe fits a logistic regression on what the tower gives, on MGRS-mini's training object
 captions, and scores the validation scenes' (exact caption):
 
 * ``mean``: the cells' features averaged by how much of each the box covers (the evidence head's
   region read-out, before its projections);
-* ``mean + max``: that, and the largest value of each feature over the covered cells.
+* ``mean + max``: that, and the largest value of each feature over the covered cells;
+* ``zoom at S px``: the tower's features of the box's crop read at S pixels, averaged over its grid
+  (``skymoe.data.zoom``: what the evidence head reads with ``box_head.zoom``), with the seconds the
+  tower took to read every crop at that size (one batch of 64 at a time).
 
     python benchmarks/region_probe.py [--scenes 3000] [--out benchmarks/results/region_probe.md]
 
@@ -28,6 +31,7 @@ from evidence_probe import BOX
 from grounding_probe import demo_tower_source
 
 STRENGTHS = (0.1, 1.0)  # inverse L2 strength of the logistic regression
+ZOOM_SIZES = (32, 64, 128)
 
 
 def cover(sample, grid: int) -> np.ndarray:
@@ -50,9 +54,36 @@ def region_features(samples, features, with_max: bool) -> np.ndarray:
     return np.stack(rows)
 
 
-def main() -> None:
+def zoom_features(samples, source, size: int) -> tuple[np.ndarray, float]:
+    """Each sample's zoom (its prompt's box cropped, read at ``size`` px) averaged over its grid, and the seconds the
+    tower took to read them all (timed on the crops themselves: the cache may hold the features already)."""
+    from skymoe.data.feature_cache import image_request
+    from skymoe.data.imagery import load_image
+    from skymoe.data.zoom import zoom_crop, zoom_request
+
+    boxes = [tuple(map(int, BOX.search(s.conversation[0].text).groups())) for s in samples]
+    rows, seconds = [], 0.0
+    for start in range(0, len(samples), 64):
+        part = list(zip(samples[start : start + 64], boxes[start : start + 64]))
+        rows += [e.tensor.float().mean(0).numpy() for e in source.get(
+            [zoom_request(image_request(s.image, load_image), box, size) for s, box in part])]
+        crops = [zoom_crop(load_image(s.image), box) for s, box in part]
+        began = time.perf_counter()
+        source.encode(crops, size)
+        seconds += time.perf_counter() - began
+    return np.stack(rows), seconds
+
+
+def fit_and_score(x: np.ndarray, x_val: np.ndarray, train, val, strength: float) -> float:
+    """Validation exact-caption share of a logistic regression on standardised features."""
     from sklearn.linear_model import LogisticRegression
 
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    probe = LogisticRegression(C=strength, max_iter=2000).fit((x - mean) / scale, [s.answer for s in train])
+    return float((probe.predict((x_val - mean) / scale) == np.array([s.answer for s in val])).mean())
+
+
+def main() -> None:
     from skymoe.data.mgrs_mini import ensure_generated, load_split
     from skymoe.eval.runner import _read_features
 
@@ -63,19 +94,23 @@ def main() -> None:
     start = time.perf_counter()
     root = ensure_generated(n=args.scenes)
     train, val = ([s for s in load_split(split, root) if s.question_type == "object_caption"] for split in ("train", "val"))
-    features, _ = _read_features({s.image for s in train + val}, demo_tower_source(train))
-    lines = ["# What the frozen cells under a box say about its object: a linear probe on MGRS-mini object captions", "",
+    source = demo_tower_source(train)
+    features, _ = _read_features({s.image for s in train + val}, source)
+    lines = ["# What the frozen tower says about the object under a box: a linear probe on MGRS-mini object captions", "",
              f"`python benchmarks/region_probe.py --scenes {args.scenes}`; {machine()}.", "",
              f"{len(train)} training object captions, {len(val)} validation ones (unseen scenes); standardised "
              "features, multinomial logistic regression. Exact caption on validation:", "",
              "| features | C | val exact |", "| --- | --- | --- |"]
     for name, with_max in (("mean", False), ("mean + max", True)):
         x, x_val = region_features(train, features, with_max), region_features(val, features, with_max)
-        mean, scale = x.mean(0), x.std(0) + 1e-6
         for strength in STRENGTHS:
-            probe = LogisticRegression(C=strength, max_iter=2000).fit((x - mean) / scale, [s.answer for s in train])
-            right = probe.predict((x_val - mean) / scale) == np.array([s.answer for s in val])
-            lines.append(f"| {name} | {strength} | {right.mean():.3f} |")
+            lines.append(f"| {name} | {strength} | {fit_and_score(x, x_val, train, val, strength):.3f} |")
+            print(lines[-1], flush=True)
+    for size in ZOOM_SIZES:
+        (x, seconds), (x_val, val_seconds) = zoom_features(train, source, size), zoom_features(val, source, size)
+        for strength in STRENGTHS:
+            lines.append(f"| zoom at {size} px ({seconds + val_seconds:.1f} s for {len(train) + len(val)} crops) | {strength} "
+                         f"| {fit_and_score(x, x_val, train, val, strength):.3f} |")
             print(lines[-1], flush=True)
     lines += ["", f"Wall time: {time.perf_counter() - start:.0f} s."]
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -159,3 +159,23 @@ def test_a_tiny_model_names_the_colour_of_a_dot_its_grid_cannot_single_out(tmp_p
     with torch.no_grad():
         assert torch.equal(model.generate(**from_cache, max_new_tokens=3, do_sample=False), generated)
         assert torch.equal(reloaded.generate(**inputs, max_new_tokens=3, do_sample=False), generated)
+
+
+def test_views_read_at_their_own_size_are_encoded_in_their_own_batch(tmp_path):
+    """A zoom read at ``zoom_size`` and the plain views of one batch: one encode call per size, every entry in
+    its request's place; pixels come at each view's size."""
+    calls = []
+
+    def encode(images, size=None):
+        calls.append((len(images), size))
+        return torch.full((len(images), 1, 1), float(size or 0))
+
+    image = Image.new("RGB", (8, 8), (10, 20, 30))
+    requests = [ViewRequest("a|plain", lambda: Produced(image)), ViewRequest("a|zoom16:0,0,50,50", lambda: Produced(image, size=16)),
+                ViewRequest("b|plain", lambda: Produced(image))]
+    entries = FeatureCache(encode, "ns", tmp_path).get(requests)
+    assert sorted(calls, key=str) == [(1, 16), (2, None)]
+    assert [e.tensor.item() for e in entries] == [0.0, 16.0, 0.0]
+    processor = SkyMoEProcessor(_tokenizer(), image_size=SIZE, num_image_tokens=4, zoom=True, zoom_size=16)
+    pixels = processor.prepare_generation([image], [QUESTION.format(box="[0, 0, 50, 50]")])
+    assert pixels["pixel_values"].shape[-1] == SIZE and pixels["zoom_pixel_values"].shape[-1] == 16

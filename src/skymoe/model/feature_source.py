@@ -26,7 +26,9 @@ def tower_fingerprint(model, processor) -> str:
         "tower": type(model.vision_tower).__name__,
         "vision_config": model.config.vision_config.to_dict(),
         "feature_layer": model.config.vision_feature_layer,
-        "image": processor.to_dict() | {"max_length": None, "num_route_tokens": None, "blind": None, "zoom": None, "zoom_size": None},
+        # the settings no tower output depends on, as None (the zoom's are left out: earlier caches stay valid)
+        "image": {k: v for k, v in processor.to_dict().items() if k not in ("zoom", "zoom_size")}
+        | {"max_length": None, "num_route_tokens": None, "blind": None},
         "dtype": str(model.dtype),
     }
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())

@@ -36,15 +36,19 @@ def box_values(ids: torch.Tensor, first: torch.Tensor, start: int) -> torch.Tens
     return values
 
 
+def last_instruction_box(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] bool: whether the instruction (``mask``) holds a box; [B] where its last box's tokens begin (S >= 4)."""
+    starts = box_starts(location_kind(ids.masked_fill(~mask.bool(), -1), start))
+    return starts.any(-1), starts.shape[1] - 1 - starts.flip(-1).float().argmax(-1)
+
+
 def instruction_box_cover(ids: torch.Tensor, mask: torch.Tensor, start: int, grid: int) -> torch.Tensor:
     """[B, grid*grid] how much of each cell (row-major) the instruction's last box covers (0-1); zeros in the rows
     whose instruction (``mask``) holds no box. A region question's or a region caption's box says where to look; in
     a conversation, the last box of its user turns (the question being answered, when that turn names one)."""
     if ids.shape[1] < 4:
         return ids.new_zeros(ids.shape[0], grid * grid, dtype=torch.float32)
-    starts = box_starts(location_kind(ids.masked_fill(~mask.bool(), -1), start))
-    present = starts.any(-1)
-    last = starts.shape[1] - 1 - starts.flip(-1).float().argmax(-1)
+    present, last = last_instruction_box(ids, mask, start)
     boxes = box_values(ids, last, start).float() * present[:, None]
     step = SCALE / grid
     low = torch.arange(grid, device=ids.device) * step  # each cell's first coordinate along either axis

@@ -107,8 +107,9 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             if isinstance(gate, ExpertGate) and gate.token_proj is not None:
                 init.zeros_(gate.token_proj.weight)
         if self.box_head is not None and self.box_head.evidence is not None:  # a new evidence head changes no answer
-            init.zeros_(self.box_head.evidence.out.weight)
-            init.zeros_(self.box_head.evidence.out.bias)
+            for layer in (self.box_head.evidence.out, *(self.box_head.evidence.zoom_input or ())[1:]):
+                init.zeros_(layer.weight)
+                init.zeros_(layer.bias)
         if self.router is not None and self.router.expert_prompt_proj is not None:  # upcycled expert LLMs start identical
             init.zeros_(self.router.expert_prompt_proj.weight)
             init.zeros_(self.router.expert_prompt_proj.bias)
@@ -245,6 +246,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
             if zoom_vision_features is None and zoom_pixel_values is not None:  # the prefill's zoom: the tower reads it once
                 zoom_vision_features = self.vision_tower(zoom_pixel_values.to(self.dtype))
+            if self.box_head is not None and self.box_head.evidence is not None:
+                embeds = self.box_head.evidence.fuse_zoom(embeds, input_ids, instruction_mask, zoom_vision_features)
 
         router_out = prompts = None
         has_prompt = image_tokens is not None or (input_ids == self.config.route_token_id).any()
