@@ -107,9 +107,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             if isinstance(gate, ExpertGate) and gate.token_proj is not None:
                 init.zeros_(gate.token_proj.weight)
         if self.box_head is not None and self.box_head.evidence is not None:  # a new evidence head changes no answer
-            for layer in (self.box_head.evidence.out, *(self.box_head.evidence.zoom_input or ())[1:]):
-                init.zeros_(layer.weight)
-                init.zeros_(layer.bias)
+            init.zeros_(self.box_head.evidence.out.weight)
+            init.zeros_(self.box_head.evidence.out.bias)
         if self.router is not None and self.router.expert_prompt_proj is not None:  # upcycled expert LLMs start identical
             init.zeros_(self.router.expert_prompt_proj.weight)
             init.zeros_(self.router.expert_prompt_proj.bias)
