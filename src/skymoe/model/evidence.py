@@ -17,7 +17,8 @@ So this head, beside the box head (:mod:`skymoe.model.box_head`; each with its o
   under the instruction's (last) box (a region question's or a region caption's) are
   marked (a bag of four location tokens hardly says where a box lies), and their
   features are averaged by how much of each the box covers: what the box holds,
-  an object caption's colour and category;
+  an object caption's colour and category; with ``box_head.zoom``, the tower's
+  features of the box's crop (:mod:`skymoe.data.zoom`) are added to that region;
 * sums it up as evidence: the cells' features pooled by those scores (what the
   objects look like: their colour), the sum of the probabilities (how many; also
   as bumps around 0..10, so that a number's answer is a linear read-out), the
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skymoe.data.schema import Sample, Task
-from skymoe.model.grid_reader import GridReader, instruction_box_cover, last_instruction_box
+from skymoe.model.grid_reader import GridReader, instruction_box_cover
 
 # Their boxes are the objects the question asks about. Region captions too (every cell in the described box) left
 # them where they were in a validation demo, and took VQA down a little (docs/LEARNING.md).
@@ -56,10 +57,8 @@ class EvidenceHead(GridReader):
         super().__init__(vision_size, grid, hidden_size, vocab_size)
         self.location_start = location_start
         self.inside = nn.Parameter(torch.zeros(hidden_size))  # a cell under the instruction's box
-        # the tower's features of the box's crop (skymoe.data.zoom), averaged over its grid: added to the region, and
-        # to the LLM's input at the box's last location token (early fusion, as GPT4RoI's region features)
+        # the tower's features of the box's crop (skymoe.data.zoom), averaged over its grid, added to the region
         self.zoom = nn.Sequential(nn.LayerNorm(vision_size), nn.Linear(vision_size, hidden_size)) if zoom else None
-        self.zoom_input = nn.Sequential(nn.LayerNorm(vision_size), nn.Linear(vision_size, text_size)) if zoom else None
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.value = nn.Linear(hidden_size, hidden_size)
@@ -89,17 +88,6 @@ class EvidenceHead(GridReader):
         stats = torch.cat([count, count.log1p(), probabilities.max(-1, keepdim=True).values, bumps], -1)
         return logits.float(), self.out(self.mix(torch.cat([pooled, region, stats, words], -1)))
 
-
-    def fuse_zoom(self, embeds: torch.Tensor, token_ids: torch.Tensor, instruction_mask: torch.Tensor,
-                  zoom_features: torch.Tensor | None) -> torch.Tensor:
-        """``embeds`` [B, S, D] with each row's zoom added at its instruction's last box's last location token: the
-        LLM reads what the box holds where the prompt names it (a zoom head; no zoom or no box: unchanged)."""
-        if self.zoom_input is None or zoom_features is None or token_ids.shape[1] < 4:
-            return embeds
-        boxed, first = last_instruction_box(token_ids, instruction_mask, self.location_start)
-        vector = self.zoom_input(zoom_features.detach().to(self.inside.dtype).mean(1)) * boxed[:, None]
-        rows = torch.arange(len(first), device=first.device)
-        return embeds.index_put((rows, first + 3), vector.to(embeds.dtype), accumulate=True)
 
     def _zoom(self, zoom_features: torch.Tensor | None, boxed: torch.Tensor) -> torch.Tensor:
         """[B, H] the zoom's averaged features, projected, in the rows whose instruction names a box (zero elsewhere)."""

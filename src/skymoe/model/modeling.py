@@ -245,8 +245,6 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
             if zoom_vision_features is None and zoom_pixel_values is not None:  # the prefill's zoom: the tower reads it once
                 zoom_vision_features = self.vision_tower(zoom_pixel_values.to(self.dtype))
-            if self.box_head is not None and self.box_head.evidence is not None:
-                embeds = self.box_head.evidence.fuse_zoom(embeds, input_ids, instruction_mask, zoom_vision_features)
 
         router_out = prompts = None
         has_prompt = image_tokens is not None or (input_ids == self.config.route_token_id).any()
