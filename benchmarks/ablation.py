@@ -4,8 +4,9 @@
                                   [--eval-per-task 150] [--rows dense moe-e1 ...] [--work runs/ablation]
 
 Every row is the demo's recipe (``skymoe/demo/stage1.yaml`` and ``stage2.yaml``: the frozen EfficientNet-Lite0
-with its features cached, 8x8 visual tokens, the box and evidence heads, a small Llama trained from scratch, batch 32, task-balanced
-MGRS-mini of the demo's 3000 scenes, answer-only loss), changed only where the row says:
+with its features cached, 8x8 visual tokens, the box and evidence heads with the zoom, a small Llama trained from scratch,
+batch 32, MGRS-mini of the demo's 3000 scenes drawn at the demo's task shares (``SYNTHETIC_TASK_WEIGHTS``), answer-only
+loss), changed only where the row says:
 
 * ``dense``          stage 1 only, trained for stage1 + stage2 steps (the same number of samples as every MoE row);
 * ``moe-e1``         stage 2 with 1 expert, top-1, LoRA rank 2r (the active expert parameters of top-2 of rank r);
@@ -85,7 +86,7 @@ HEADLINE = {"overall": "overall", **{t: t for t in TASKS}, "spec_task": "expert-
 def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | None):
     """The demo's packaged stage-1 / stage-2 config with this row's changes, data, steps and seed."""
     from skymoe.train.config import parse_config
-    from skymoe.demo.run import RECIPES, packaged_config
+    from skymoe.demo.run import RECIPES, SYNTHETIC_TASK_WEIGHTS, packaged_config
 
     raw = copy.deepcopy(packaged_config(RECIPES[row.recipe][row.stage - 1]))
     moe = dict(row.moe)
@@ -94,7 +95,7 @@ def train_config(row: Row, seed: int, steps: int, data: Path, init_from: Path | 
     raw["model"]["moe"].update(moe)
     if init_from is not None:
         raw["model"]["init_from"] = str(init_from)
-    raw["data"]["mix"] = [{"path": str(data), "balance": "task"}]
+    raw["data"]["mix"] = [{"path": str(data), "balance": "task", "task_weights": SYNTHETIC_TASK_WEIGHTS}]
     if row.stage == 2:
         raw["cda"]["enabled"] = row.cda or (row.recipe != "skymoe" and raw["cda"]["enabled"])  # a recipe row keeps its own
         raw["optim"]["train_lm"] = row.one_stage
