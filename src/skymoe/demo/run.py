@@ -29,7 +29,8 @@ REAL_DATA_SHARE = 0.2
 # Each MGRS-mini task's share of the synthetic draws, relative to the others' 1. VQA and counting rest on finding the
 # objects a question names (the evidence head's per-cell targets), and their cells learn with samples: doubled,
 # they beat their controls on validation, but grounding (1) fell below its target; classification, well above its
-# probe, gives some of its share (benchmarks/results/evidence_val/4-8, docs/LEARNING.md).
+# probe, gives some of its share; region captions, read through the zoom of their box, came closer to the prior
+# at 1.5 (benchmarks/results/evidence_val/4-8, 11, 15; docs/LEARNING.md).
 SYNTHETIC_TASK_WEIGHTS = {"vqa": 2.0, "counting": 2.0, "grounding": 1.5, "classification": 0.75, "region_caption": 1.5}
 HELD_OUT = "unseen-images"  # the held-out set learning.json reports
 # The packaged stage-1 / stage-2 configs of each recipe: SkyMoE (LoRA experts inside the LLM's FFNs, routed by the
