@@ -4,7 +4,7 @@ A region caption or a region question names its place as a box. On the demo's 8x
 128 px image an object is a few pixels inside one or two cells, and the cells it covers say
 little about it: a linear probe on them names 0.74-0.80 of MGRS-mini's object captions, while
 the same probe on the tower's features of the box's crop, resized to the tower's input size,
-names 0.99, at 32 px as at 128 (``benchmarks/region_probe.py``). The prior that copies the caption
+names 0.98-0.99, at 32 px as at 128 (``benchmarks/region_probe.py``). The prior that copies the caption
 of the nearest training crop names 0.85-0.88. So, like the region features of GPT4RoI and Ferret
 but read by re-encoding the crop (a zoom) rather than pooling a finer map: the tower reads the
 square around the instruction's (last) box, and the evidence head (:mod:`skymoe.model.evidence`)
