@@ -13,6 +13,7 @@ from skymoe.data.tokenizer import build_tokenizer
 from skymoe.data.zoom import MIN_SIDE, instruction_box, zoom_crop, zoom_request
 from skymoe.model.build import build_model, tiny_config
 from skymoe.model.feature_source import feature_source, tower_fingerprint
+from skymoe.model.grid_reader import instruction_box_cover
 
 SIZE = 32
 QUESTION = "What colour is the dot in the region {box}?"
@@ -47,26 +48,29 @@ def test_the_box_is_the_instructions_last_one_never_an_answers():
 
 
 def test_the_crop_is_the_square_around_the_box_with_a_smallest_side_and_black_outside():
-    pixels = np.zeros((50, 100, 3), np.uint8)
+    pixels = np.full((50, 100, 3), 90, np.uint8)
     pixels[10:20, 40:46] = COLOURS["red"]  # 6 wide, 10 high
     image = Image.fromarray(pixels)
-    crop = zoom_crop(image, (40, 20, 46, 40))  # the block, on the 0-100 scale of a 100 x 50 image
-    assert crop.size == (10, 10)
-    red = np.asarray(crop)[:, 2:8]
-    assert (red == COLOURS["red"]).all() and np.asarray(crop)[:, :2].max() == 0
+    crop = np.asarray(zoom_crop(image, (40, 20, 46, 40)))  # the block, on the 0-100 scale of a 100 x 50 image
+    assert crop.shape[:2] == (10, 10)
+    assert (crop[:, 2:8] == COLOURS["red"]).all() and (crop[:, :2] == 90).all()
     assert zoom_crop(image, (10, 10, 10, 10)).size == (MIN_SIDE, MIN_SIDE)
-    corner = np.asarray(zoom_crop(image, (0, 0, 10, 10)))  # half of its square lies outside the image
-    assert corner.shape[:2] == (10, 10) and corner.max() == 0
+    corner = np.asarray(zoom_crop(image, (0, 0, 10, 10)))  # 10 px around (5, 2.5): its first 2 rows lie above the image
+    assert corner.shape[:2] == (10, 10) and corner[:2].max() == 0 and (corner[2:] == 90).all()
 
 
 def test_a_zoom_crops_what_its_view_makes_and_names_the_view_and_the_box():
     edited = Image.fromarray(np.full((20, 20, 3), 200, np.uint8))  # as if a CDA edit had recoloured the image
     request = ViewRequest("abc|cda:1", lambda: Produced(edited))
-    zoom = zoom_request(request, (0, 0, 50, 50))
-    assert zoom.key == "abc|cda:1|zoom:0,0,50,50"
+    zoom = zoom_request(request, (0, 0, 50, 50), size=16)
+    assert zoom.key.startswith("abc|cda:1|zoom") and zoom.key.endswith("16:0,0,50,50")
+    assert zoom.key != zoom_request(request, (0, 0, 50, 50)).key != zoom_request(request, (0, 0, 50, 60), size=16).key
     assert np.asarray(zoom.produce().image).tolist() == np.asarray(edited.crop((0, 0, 10, 10))).tolist()
+    assert zoom.produce().size == 16
     blind = ViewRequest(BLIND_KEY, lambda: Produced(edited))
-    assert zoom_request(blind, (0, 0, 50, 50)) is blind  # every blind zoom is the one constant image
+    # every blind zoom is one constant image, read at the zoom's size
+    assert zoom_request(blind, (0, 0, 50, 50), 16).key == zoom_request(blind, (5, 5, 9, 9), 16).key
+    assert zoom_request(blind, (0, 0, 50, 50), 16).produce().size == 16
 
 
 def _dots(rng: np.random.Generator) -> tuple[Image.Image, str, str]:
@@ -112,7 +116,8 @@ def test_a_zoom_head_without_its_zoom_says_what_it_needs_and_the_cache_ignores_t
     with pytest.raises(ValueError, match="zoom_pixel_values or zoom_vision_features"):
         model(**inputs)
     plain = SkyMoEProcessor.from_model_config(model.config, tokenizer)
-    plain.zoom = False
+    plain.zoom, plain.zoom_size = False, None
+    processor.zoom_size = 16
     assert tower_fingerprint(model, processor) == tower_fingerprint(model, plain)
     with pytest.raises(ValueError, match="box_head.evidence"):
         tiny_config(box_head={"enabled": True, "zoom": True})
@@ -179,3 +184,40 @@ def test_views_read_at_their_own_size_are_encoded_in_their_own_batch(tmp_path):
     processor = SkyMoEProcessor(_tokenizer(), image_size=SIZE, num_image_tokens=4, zoom=True, zoom_size=16)
     pixels = processor.prepare_generation([image], [QUESTION.format(box="[0, 0, 50, 50]")])
     assert pixels["pixel_values"].shape[-1] == SIZE and pixels["zoom_pixel_values"].shape[-1] == 16
+
+
+def test_a_box_too_thin_to_cover_a_cell_still_reads_its_zoom():
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer)
+    image = _dots(np.random.default_rng(0))[0]
+    thin = processor.prepare_generation([image], [QUESTION.format(box="[10, 10, 10, 40]")])
+    torch.nn.init.normal_(model.box_head.evidence.out.weight)  # as if trained: the evidence reaches the answer
+    with torch.no_grad():
+        features = model.vision_tower(thin["pixel_values"])
+        head = model.box_head.evidence
+        ids, mask = thin["input_ids"], thin["instruction_mask"]
+        zooms = torch.randn((2, *features.shape), generator=torch.Generator().manual_seed(0))
+        one, other = (head(features, ids, mask, zoom)[1] for zoom in zooms)
+        cover = instruction_box_cover(ids, mask, head.location_start, head.grid)
+    assert cover.sum() == 0 and not torch.allclose(one, other)
+
+
+def test_a_training_batch_zooms_into_the_image_its_item_makes():
+    """The collator's zoom crops the view the item's request makes (a CDA edit's image, not the file's)."""
+    from skymoe.data.feature_cache import PixelSource
+    from skymoe.train.data import TrainCollator, TrainItem
+
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer)
+    edited = Image.fromarray(np.full((SIZE, SIZE, 3), 200, np.uint8))
+    question = QUESTION.format(box="[0, 0, 50, 50]")
+    sample = Sample(id="s", dataset="t", split="train", image="on-disk.png", task=Task.VQA, granularity=Granularity.OBJECT,
+                    conversation=[Turn("user", question), Turn("assistant", "red")], image_size=(SIZE, SIZE))
+    unboxed = Sample(id="u", dataset="t", split="train", image="on-disk.png", task=Task.CAPTION, granularity=Granularity.IMAGE,
+                     conversation=[Turn("user", "Describe the image."), Turn("assistant", "red")], image_size=(SIZE, SIZE))
+    collate = TrainCollator(processor, PixelSource(processor.preprocess_images))
+    batch = collate([TrainItem(sample, ViewRequest("edit", lambda: Produced(edited))),
+                     TrainItem(unboxed, ViewRequest("plain", lambda: Produced(edited)))])
+    assert torch.equal(batch["zoom_pixel_values"][0], processor.preprocess_images([edited.crop((0, 0, 16, 16))])[0])
+    assert batch["zoom_pixel_values"][1].abs().sum() == 0
+    assert model(**{k: v for k, v in batch.items() if k != "cda_view"}).loss.isfinite()

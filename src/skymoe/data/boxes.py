@@ -44,6 +44,7 @@ _SCALE = {"canonical": 100, "loc": 100, "geochat": 100, "teochat": 100, "internv
 X_TOKENS = tuple(f"<x_{i}>" for i in range(_SCALE["loc"] + 1))
 Y_TOKENS = tuple(f"<y_{i}>" for i in range(_SCALE["loc"] + 1))
 LOC_TOKENS = X_TOKENS + Y_TOKENS
+BOX_PATTERN = (0, 1, 0, 1)  # a box's location tokens by axis (0 x, 1 y): x1, y1, x2, y2
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _FOUR_NUMBERS = re.compile(rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$")

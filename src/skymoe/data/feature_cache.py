@@ -111,7 +111,8 @@ class FeatureCache:
         memory_bytes: int = DEFAULT_MEMORY_MB * 2**20,
         disk: bool = True,
     ):
-        """``encode(images) -> [B, N, C]`` runs the frozen tower; ``namespace`` is its fingerprint."""
+        """``encode(images) -> [B, N, C]`` runs the frozen tower (``encode(images, size)`` for views read at their
+        own size, :attr:`Produced.size`); ``namespace`` is its fingerprint."""
         self.encode = encode
         self.namespace = namespace
         self.root = Path(root) if root is not None else default_root()
@@ -126,7 +127,7 @@ class FeatureCache:
 
     # ---- lookup -------------------------------------------------------------------------------
     def get(self, requests: Sequence[ViewRequest]) -> list[Entry]:
-        """The entry of every request; the misses are produced and encoded in one batch, then stored."""
+        """The entry of every request; the misses are produced and encoded in one batch per input size, then stored."""
         if not requests:
             return []
         entries: list[Entry | None] = [self._lookup(r.key) for r in requests]
@@ -170,6 +171,9 @@ class FeatureCache:
         size = entry.tensor.numel() * entry.tensor.element_size()
         if size > self.memory_bytes:
             return
+        if key in self._memory:  # a key asked twice in one batch (two questions on one box) is stored twice
+            old = self._memory.pop(key)
+            self._memory_size -= old.tensor.numel() * old.tensor.element_size()
         self._memory[key] = entry
         self._memory_size += size
         while self._memory_size > self.memory_bytes:

@@ -212,7 +212,7 @@ class SkyMoEProcessor:
         """Training batch (right padding) for ``samples`` and their PIL ``images``."""
         if len(samples) != len(images):
             raise ValueError(f"{len(samples)} samples but {len(images)} images")
-        return self.batch([self.encode(s) for s in samples], *self._pixel_views(images))
+        return self.batch([self.encode(s) for s in samples], *self.pixel_views(images))
 
     def prepare_generation(self, images, prompts, tasks=None, *, source=None, requests=None) -> dict:
         """Generation inputs (left padding, no labels). ``tasks`` (Task or str) adds ``task_labels``.
@@ -223,7 +223,7 @@ class SkyMoEProcessor:
         from skymoe.data.schema import Task
 
         if source is None:
-            requests, source = self._pixel_views(images)
+            requests, source = self.pixel_views(images)
         if len(requests) != len(prompts):
             raise ValueError(f"{len(requests)} images but {len(prompts)} prompts")
         features = []
@@ -235,7 +235,7 @@ class SkyMoEProcessor:
             features.append(feature)
         return self.batch(features, requests, source, padding_side="left")
 
-    def _pixel_views(self, images) -> tuple[list, object]:
+    def pixel_views(self, images) -> tuple[list, object]:
         """PIL ``images`` as view requests of a source that preprocesses them (pixels, no cache)."""
         from skymoe.data.feature_cache import Produced, PixelSource, ViewRequest
 

@@ -60,7 +60,7 @@ class SampleDataset(Dataset):
         try:
             image = self._load(sample)
             features = self._encode(sample, image.size)
-            features["pixel_values"] = self.processor.preprocess_images([image])[0]
+            features["image"] = image
         except DataError as exc:
             return self._skip(sample, exc)
         return features
@@ -132,13 +132,11 @@ class SampleDataset(Dataset):
 
     def collate(self, batch: list[dict | None]) -> dict | None:
         """DataLoader collate_fn: drops skipped samples; ``None`` when the whole batch was skipped."""
-        import torch
-
         features = [f for f in batch if f is not None]
         if not features:
             return None
-        pixel_values = torch.stack([f.pop("pixel_values") for f in features])
-        return self.processor.pad(features, pixel_values)
+        images = [f.pop("image") for f in features]
+        return self.processor.batch(features, *self.processor.pixel_views(images))
 
     def report(self) -> str:
         """One line per skipped sample (empty when nothing was skipped)."""

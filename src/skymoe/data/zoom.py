@@ -18,12 +18,13 @@ zoom once.
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
-from skymoe.data.boxes import X_TOKENS
+from skymoe.data.boxes import BOX_PATTERN, X_TOKENS
 from skymoe.data.feature_cache import BLIND_KEY, Produced, ViewRequest
 
 MIN_SIDE = 4  # pixels: a box of a pixel or two still gets a crop the resize can read
-BOX_KINDS = (0, 1, 0, 1)  # x1, y1, x2, y2: a box's location tokens
+ZOOM_FORMAT = 1  # in every zoom's cache key: bump when what a zoom is (its crop) changes
 
 
 def instruction_box(input_ids: list[int], instruction_mask: list[int], location_start: int) -> tuple[int, ...] | None:
@@ -34,7 +35,7 @@ def instruction_box(input_ids: list[int], instruction_mask: list[int], location_
     kinds = [(i - location_start) // span if m and 0 <= i - location_start < 2 * span else -1
              for i, m in zip(input_ids, instruction_mask)]
     for first in range(len(kinds) - 4, -1, -1):
-        if tuple(kinds[first : first + 4]) == BOX_KINDS:
+        if tuple(kinds[first : first + 4]) == BOX_PATTERN:
             return tuple((input_ids[first + k] - location_start) % span for k in range(4))
     return None
 
@@ -51,10 +52,11 @@ def zoom_crop(image, box: tuple[int, ...]):
 
 def zoom_request(request: ViewRequest, box: tuple[int, ...], size: int | None = None) -> ViewRequest:
     """The zoom of the view ``request`` makes (a CDA edit's zoom crops the edited image), read by the tower at
-    ``size`` (None: the processor's image size). The blind control's one constant image is its own zoom."""
+    ``size`` (None: the processor's image size). Every zoom of the blind control's constant image is one constant
+    image too (the processor makes it constant), read at that size."""
     if request.key == BLIND_KEY:
-        return request
-    key = f"{request.key}|zoom{size or ''}:{','.join(map(str, box))}"
+        return ViewRequest(f"{BLIND_KEY}|zoom{size or ''}", lambda: Produced(Image.new("RGB", (1, 1)), size=size))
+    key = f"{request.key}|zoom{ZOOM_FORMAT}-{size or ''}:{','.join(map(str, box))}"
     return ViewRequest(key, lambda: Produced(zoom_crop(request.produce().image, box), size=size))
 
 

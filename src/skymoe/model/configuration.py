@@ -64,7 +64,7 @@ class BoxHeadSettings:
     """A grounding answer's first box read off the visual grid (skymoe.model.box_head; needs a grid projector and
     the location tokens); ``evidence``: the question's evidence added to the answer (skymoe.model.evidence);
     ``zoom``: the evidence also reads the tower's features of the instruction's box, cropped (skymoe.data.zoom), at
-    ``zoom_size`` pixels (None: the image size; a convolutional tower reads any size, a ViT only its own)."""
+    ``zoom_size`` pixels (None: the image size; at least the tower's patch size or stride)."""
 
     enabled: bool = False
     hidden_size: int = 128
@@ -216,6 +216,10 @@ class SkyMoEConfig(PreTrainedConfig):
         if self.moe["num_experts"] and self.moe["expert_type"] == "llm":
             raise ValueError("'box_head.enabled' reads one LLM's hidden states; expert LLMs (moe.expert_type 'llm') mix "
                              "k of them: turn one of the two off")
+        patch = getattr(self.vision_config, "patch_size", 1)
+        if self.box_head["zoom_size"] is not None and self.box_head["zoom_size"] < patch:
+            raise ValueError(f"'box_head.zoom_size' = {self.box_head['zoom_size']} px gives the tower no token: it needs at "
+                             f"least its patch size or stride, {patch} px")
 
     @property
     def moe_settings(self) -> MoESettings:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skymoe.data.schema import Sample, Task
-from skymoe.model.grid_reader import GridReader, instruction_box_cover
+from skymoe.model.grid_reader import GridReader, instruction_box_cover, instruction_has_box
 
 # Their boxes are the objects the question asks about. Region captions too (every cell in the described box) left
 # them where they were in a validation demo, and took VQA down a little (docs/LEARNING.md).
@@ -81,8 +81,8 @@ class EvidenceHead(GridReader):
         # what the instruction's box holds, read where it says (zero without a box): the cells a region caption
         # describes are known from its prompt, the scores need not learn to find them
         region = (cover[..., None] * values).sum(1) / cover.sum(-1, keepdim=True).clamp(min=1e-3)
-        if self.zoom is not None:
-            region = region + self._zoom(zoom_features, cover.sum(-1) > 0)
+        if self.zoom is not None:  # a box too thin to cover a cell still has its zoom
+            region = region + self._zoom(zoom_features, instruction_has_box(token_ids, instruction_mask, self.location_start))
         count = probabilities.sum(-1, keepdim=True)
         bumps = torch.exp(-((count - COUNT_CENTRES.to(count)) ** 2))  # a number's answer, a linear read-out
         stats = torch.cat([count, count.log1p(), probabilities.max(-1, keepdim=True).values, bumps], -1)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from skymoe.data.boxes import X_TOKENS
+from skymoe.data.boxes import BOX_PATTERN, X_TOKENS
 
 WORD_BUCKETS = 8192
 SCALE = len(X_TOKENS) - 1  # the canonical 0-100 box scale of the location tokens
-BOX_PATTERN = (0, 1, 0, 1)  # a box's location tokens: x1, y1, x2, y2
 
 
 def location_kind(ids: torch.Tensor, start: int) -> torch.Tensor:
@@ -40,6 +39,13 @@ def last_instruction_box(ids: torch.Tensor, mask: torch.Tensor, start: int) -> t
     """[B] bool: whether the instruction (``mask``) holds a box; [B] where its last box's tokens begin (S >= 4)."""
     starts = box_starts(location_kind(ids.masked_fill(~mask.bool(), -1), start))
     return starts.any(-1), starts.shape[1] - 1 - starts.flip(-1).float().argmax(-1)
+
+
+def instruction_has_box(ids: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """[B] bool: whether the instruction (``mask``) holds an x, y, x, y run of location tokens."""
+    if ids.shape[1] < 4:
+        return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    return last_instruction_box(ids, mask, start)[0]
 
 
 def instruction_box_cover(ids: torch.Tensor, mask: torch.Tensor, start: int, grid: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.dispatch import keeping_plan
 from skymoe.model.expert_llms import ExpertRows
 from skymoe.model.expert_models import ExpertLMs, run_expert_lms
+from skymoe.model.grid_reader import instruction_has_box
 from skymoe.model.install import MoEDecoderLayer, install_experts
 from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, location_smoothed_ce, weighted_total
 from skymoe.model.outputs import RoutingReadout, SkyMoEOutput
@@ -189,6 +190,18 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             )
         return embeds.masked_scatter(mask.unsqueeze(-1), values.to(embeds.dtype))
 
+    def _zoom_features(self, pixels, input_ids, instruction_mask):
+        """The tower's features of the zooms of the rows whose instruction names a box (the others' pixels are
+        filler), read without gradient: the evidence head detaches them. None when no row names a box."""
+        boxed = instruction_has_box(input_ids, instruction_mask, self.config.location_token_start)
+        if not bool(boxed.any()):
+            return None
+        with torch.no_grad():
+            read = self.vision_tower(pixels[boxed].to(self.dtype))
+        features = read.new_zeros(len(pixels), *read.shape[1:])
+        features[boxed] = read
+        return features
+
     def _instruction_mask(self, input_ids, attention_mask, instruction_mask, labels):
         if instruction_mask is None:  # fall back to every real text token but the answer's (its box is no prompt's)
             instruction_mask = (input_ids != self.config.image_token_id) & (input_ids != self.config.route_token_id)
@@ -244,7 +257,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             image_tokens = self.get_image_features(pixel_values, embeds, instruction_mask, vision_features)
             embeds = self._scatter(embeds, input_ids, self.config.image_token_id, image_tokens, "image tokens")
             if zoom_vision_features is None and zoom_pixel_values is not None:  # the prefill's zoom: the tower reads it once
-                zoom_vision_features = self.vision_tower(zoom_pixel_values.to(self.dtype))
+                zoom_vision_features = self._zoom_features(zoom_pixel_values, input_ids, instruction_mask)
 
         router_out = prompts = None
         has_prompt = image_tokens is not None or (input_ids == self.config.route_token_id).any()

@@ -209,7 +209,8 @@ def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, 
 
     ``on_error="raise"``: the first bad sample raises DataError naming it.
     ``"skip"``: bad samples are dropped, counted and reported. With a feature cache as ``source``
-    the tower's features of every opened image are stored on the way (one decode per image in all).
+    the tower's features of every opened image are stored on the way (one decode per image here; a zoom, drawn
+    later, decodes its image again when it misses).
     """
     from skymoe.data.torch_dataset import SampleDataset
 
