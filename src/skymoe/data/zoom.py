@@ -2,7 +2,7 @@
 
 A region caption or a region question names its place as a box. On the demo's 8x8 grid of a
 128 px image an object is a few pixels inside one or two cells, and the cells it covers say
-little about it: a linear probe on them names 0.74-0.80 of MGRS-mini's object captions, while
+little about it: a linear probe on them names 0.72-0.80 of MGRS-mini's object captions, while
 the same probe on the tower's features of the box's crop, resized to the tower's input size,
 names 0.98-0.99, at 32 px as at 128 (``benchmarks/region_probe.py``). The prior that copies the caption
 of the nearest training crop names 0.85-0.88. So, like the region features of GPT4RoI and Ferret
@@ -12,8 +12,8 @@ adds its averaged features to what it hands the answer. Written by hand: no libr
 prompt's box for its tower.
 
 The view goes through the batch's feature source like any other (:mod:`skymoe.data.feature_cache`):
-cached by the content of the image it crops and the box, so that a training run encodes each
-zoom once.
+cached by the view it crops (the image's content, a CDA edit), the box and the size it is read at,
+so that a training run encodes each zoom once.
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def zoom_crop(image, box: tuple[int, ...]):
     x1, y1, x2, y2 = (v / (len(X_TOKENS) - 1) for v in box)
     side = max((x2 - x1) * width, (y2 - y1) * height, MIN_SIDE)
     centre_x, centre_y = (x1 + x2) / 2 * width, (y1 + y2) / 2 * height
-    return image.crop(tuple(round(v) for v in (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)))
+    corners = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
+    return image.crop(tuple(round(v) for v in corners))
 
 
 def zoom_request(request: ViewRequest, box: tuple[int, ...], size: int | None = None) -> ViewRequest:

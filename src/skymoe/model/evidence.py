@@ -88,7 +88,6 @@ class EvidenceHead(GridReader):
         stats = torch.cat([count, count.log1p(), probabilities.max(-1, keepdim=True).values, bumps], -1)
         return logits.float(), self.out(self.mix(torch.cat([pooled, region, stats, words], -1)))
 
-
     def _zoom(self, zoom_features: torch.Tensor | None, boxed: torch.Tensor) -> torch.Tensor:
         """[B, H] the zoom's averaged features, projected, in the rows whose instruction names a box (zero elsewhere)."""
         if zoom_features is None:
