@@ -20,7 +20,7 @@ SECTIONS = [
     ("llm_step_variants.md", "llm_step_variants.py", "Where a cached step's time can still go: the LLM's step in variants (issue 15)"),
     ("grounding_probe.md", "grounding_probe.py", "Grounding ceiling: the box head on the frozen features (issue 15)"),
     ("evidence_probe.md", "evidence_probe.py", "VQA and counting ceiling: the evidence head on the frozen features (issue 15)"),
-    ("region_probe.md", "region_probe.py", "Region caption ceiling: a linear probe on the frozen cells under an object's box (issue 15)"),
+    ("region_probe.md", "region_probe.py", "Region caption ceiling: a linear probe on the frozen cells under an object's box, and on its zoom (issue 15)"),
     ("projector_init.md", "projector_init.py", "Projector initialisation and whether the model reads its images (issue 15)"),
     ("generate.md", "generate.py", "Greedy generation, MoE vs the same model with experts removed (issue 6)"),
     ("generate_expert_llms.md", "generate.py", "Greedy generation of RS-MoE's expert LLMs (k full LLM passes) beside LoRA experts and dense (issue 17)"),
