@@ -244,13 +244,17 @@ class SkyMoEProcessor:
 
     def batch(self, features: list[dict], requests: list, source, *, padding_side: str = "right") -> dict:
         """Encoded rows padded into a batch with their views' tensors from ``source`` (under its ``batch_key``),
-        and, for a zoom model, the zoom of each row's box (:func:`skymoe.data.zoom.zoom_inputs`)."""
+        and, for a zoom model, the zoom of each row's box (:meth:`with_zoom`)."""
         import torch
 
+        visual = torch.stack([e.tensor for e in source.get(requests)])
+        return self.with_zoom(self.pad(features, visual, padding_side=padding_side, image_key=source.batch_key),
+                              features, requests, source)
+
+    def with_zoom(self, batch: dict, features: list[dict], requests: list, source) -> dict:
+        """``batch`` with, for a zoom model, each row's zoom of its instruction's box through ``source``."""
         from skymoe.data.zoom import zoom_inputs
 
-        visual = torch.stack([e.tensor for e in source.get(requests)])
-        batch = self.pad(features, visual, padding_side=padding_side, image_key=source.batch_key)
         if self.zoom:
             batch.update(zoom_inputs(features, requests, source, self.location_start, self.zoom_size))
         return batch

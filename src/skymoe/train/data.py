@@ -12,7 +12,6 @@ from torch.utils.data import Dataset, Sampler
 from skymoe.train.config import CDASection, DataSection
 from skymoe.data.cda import CDAugmenter, view_sample
 from skymoe.data.feature_cache import Produced, ViewRequest, image_request
-from skymoe.data.zoom import zoom_inputs
 from skymoe.data.readers import Collector, SampleList
 from skymoe.data.schema import Granularity, Sample, json_lines, sample_from_line
 from skymoe.errors import DataError
@@ -230,10 +229,9 @@ class TrainCollator:
         all_samples = samples + view_samples
         tensors = torch.stack([e.tensor for e in entries + view_entries])
         encoded = [self.processor.encode(s) for s in all_samples]
-        batch = self.processor.pad(encoded, tensors, image_key=self.source.batch_key)
-        if self.processor.zoom:  # the zoom of an edited image's box crops the edited image
-            requests = [item.request for item in items] + [item.view for item, _ in paired]
-            batch.update(zoom_inputs(encoded, requests, self.source, self.processor.location_start, self.processor.zoom_size))
+        requests = [item.request for item in items] + [item.view for item, _ in paired]  # an edit's zoom crops the edit
+        batch = self.processor.with_zoom(self.processor.pad(encoded, tensors, image_key=self.source.batch_key),
+                                         encoded, requests, self.source)
         is_view = torch.zeros(len(all_samples), dtype=torch.bool)
         is_view[len(samples) :] = True
         if view_samples:
