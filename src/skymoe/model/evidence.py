@@ -59,6 +59,9 @@ class EvidenceHead(GridReader):
         self.inside = nn.Parameter(torch.zeros(hidden_size))  # a cell under the instruction's box
         # the tower's features of the box's crop (skymoe.data.zoom), averaged over its grid, added to the region
         self.zoom = nn.Sequential(nn.LayerNorm(vision_size), nn.Linear(vision_size, hidden_size)) if zoom else None
+        # ...and straight to the answer: its own read-out, whose parameters learn from boxed rows alone (no bias:
+        # rows without a box get nothing from it)
+        self.zoom_out = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, text_size, bias=False)) if zoom else None
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.value = nn.Linear(hidden_size, hidden_size)
@@ -81,12 +84,17 @@ class EvidenceHead(GridReader):
         # what the instruction's box holds, read where it says (zero without a box): the cells a region caption
         # describes are known from its prompt, the scores need not learn to find them
         region = (cover[..., None] * values).sum(1) / cover.sum(-1, keepdim=True).clamp(min=1e-3)
+        zoom = None
         if self.zoom is not None:  # a box too thin to cover a cell still has its zoom
-            region = region + self._zoom(zoom_features, instruction_has_box(token_ids, instruction_mask, self.location_start))
+            zoom = self._zoom(zoom_features, instruction_has_box(token_ids, instruction_mask, self.location_start))
+            region = region + zoom
         count = probabilities.sum(-1, keepdim=True)
         bumps = torch.exp(-((count - COUNT_CENTRES.to(count)) ** 2))  # a number's answer, a linear read-out
         stats = torch.cat([count, count.log1p(), probabilities.max(-1, keepdim=True).values, bumps], -1)
-        return logits.float(), self.out(self.mix(torch.cat([pooled, region, stats, words], -1)))
+        evidence = self.out(self.mix(torch.cat([pooled, region, stats, words], -1)))
+        if zoom is not None:
+            evidence = evidence + self.zoom_out(zoom)
+        return logits.float(), evidence
 
     def _zoom(self, zoom_features: torch.Tensor | None, boxed: torch.Tensor) -> torch.Tensor:
         """[B, H] the zoom's averaged features, projected, in the rows whose instruction names a box (zero elsewhere)."""

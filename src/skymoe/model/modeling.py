@@ -110,6 +110,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         if self.box_head is not None and self.box_head.evidence is not None:  # a new evidence head changes no answer
             init.zeros_(self.box_head.evidence.out.weight)
             init.zeros_(self.box_head.evidence.out.bias)
+            if self.box_head.evidence.zoom_out is not None:
+                init.zeros_(self.box_head.evidence.zoom_out[1].weight)
         if self.router is not None and self.router.expert_prompt_proj is not None:  # upcycled expert LLMs start identical
             init.zeros_(self.router.expert_prompt_proj.weight)
             init.zeros_(self.router.expert_prompt_proj.bias)
