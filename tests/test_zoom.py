@@ -202,6 +202,22 @@ def test_a_box_too_thin_to_cover_a_cell_still_reads_its_zoom():
     assert cover.sum() == 0 and not torch.allclose(one, other)
 
 
+def test_the_zooms_own_read_out_starts_silent_and_reaches_only_rows_whose_instruction_names_a_box():
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer)
+    head = model.box_head.evidence
+    assert not head.zoom_out[1].weight.any()  # a new head changes no answer
+    image, question, _ = _dots(np.random.default_rng(0))
+    inputs = processor.prepare_generation([image, image], [question, "Describe the image."])
+    torch.nn.init.normal_(head.zoom_out[1].weight)  # as if trained; the mixed read-out (head.out) stays at zero
+    with torch.no_grad():
+        features = model.vision_tower(inputs["pixel_values"])
+        zooms = torch.randn((2, 2, *features.shape[1:]), generator=torch.Generator().manual_seed(0))
+        one, other = (head(features, inputs["input_ids"], inputs["instruction_mask"], zoom)[1] for zoom in zooms)
+    assert not torch.allclose(one[0], other[0]) and one[0].abs().sum() > 0
+    assert torch.equal(one[1], torch.zeros_like(one[1])) and torch.equal(other[1], one[1])
+
+
 def test_a_training_batch_zooms_into_the_image_its_item_makes():
     """The collator's zoom crops the view the item's request makes (a CDA edit's image, not the file's)."""
     from skymoe.data.feature_cache import PixelSource
