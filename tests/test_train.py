@@ -209,6 +209,25 @@ def test_activation_checkpointing_trains_stage2_to_the_same_weights(data, stage1
     assert before and not all(torch.equal(plain[k], v) for k, v in before.items())  # they trained
 
 
+def test_compile_trains_stage2_to_the_same_weights_with_its_dense_layers_compiled_and_expert_layers_eager(
+        data, stage1, tmp_path, capsys):
+    """compile only changes how the steps run: 3 stage-2 steps land on the weights of eager ones (within float
+    reordering), the same state_dict keys; the layers that hold experts stay eager."""
+    results = []
+    for compiled in ("false", "true"):
+        cfg = load_config(write_config(tmp_path / f"s2-{compiled}.yaml", data, stage=2),
+                          [f"model.init_from={stage1.output_dir}", "max_steps=3", f"compile={compiled}", "model.moe.moe_layers=[1]"])
+        results.append(train(cfg, tmp_path / f"out-{compiled}").model)
+    eager, compiled = (model.state_dict() for model in results)
+    assert eager.keys() == compiled.keys()
+    assert all(torch.allclose(eager[k], compiled[k], atol=1e-4) for k in eager)
+    config = results[1].config
+    assert config.moe["moe_layers"] == [1]
+    dense = config.text_config.num_hidden_layers - 1
+    assert dense > 0
+    assert f"torch.compile: {dense} decoder layers" in capsys.readouterr().out
+
+
 def test_an_llm_that_is_neither_a_local_folder_nor_an_asset_is_a_config_error_not_a_download(data, tmp_path):
     from skymoe.errors import ConfigError
 

@@ -236,3 +236,23 @@ def enable_activation_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def compile_decoder_layers(model) -> int:
+    """``torch.compile`` each dense decoder layer of the LLM in place (regional compilation: the layers share one
+    compiled graph, dynamic in the sequence length); returns how many were compiled.
+
+    Layers that hold experts (:class:`~skymoe.model.install.MoEDecoderLayer`) run eager: their dispatch plan is
+    handed to the expert linears through a ``ContextVar``, which breaks the graph. The parameters and
+    ``state_dict`` keys stay as they were, so checkpoints and ``save_pretrained`` do not change.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from skymoe.model.install import MoEDecoderLayer
+
+    llm = model.language_model  # not the tower (frozen, its features cached), whose layers may be of the same kind
+    inside_experts = {id(m) for wrapper in llm.modules() if isinstance(wrapper, MoEDecoderLayer) for m in wrapper.modules()}
+    layers = [m for m in llm.modules() if isinstance(m, GradientCheckpointingLayer) and id(m) not in inside_experts]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)

@@ -143,7 +143,7 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> Run:
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     from skymoe.data.imagery import load_image
-    from skymoe.model.build import enable_activation_checkpointing
+    from skymoe.model.build import compile_decoder_layers, enable_activation_checkpointing
     from skymoe.model.feature_source import feature_source
     from skymoe.train import stages
     from skymoe.train.data import MixSampler, TrainCollator, TrainDataset, load_mix
@@ -161,6 +161,8 @@ def _prepare(cfg: TrainConfig, accelerator, resume_from: Path | None) -> Run:
         model = stages.upcycle_checked(model, cfg, check_batch, processor.tokenizer)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
+    if cfg.compile:
+        accelerator.print(f"torch.compile: {compile_decoder_layers(model)} decoder layers (compiled at the first steps)")
     batches_per_epoch = len(sampler) // (cfg.batch_size * accelerator.num_processes)
     if batches_per_epoch == 0:
         raise TrainingError(
