@@ -8,7 +8,9 @@ granularity (region captions: one object's, or a region's) for the prior (the ba
 prediction carries), the blind control (``eval_blind``), dense stage 1 (``eval_stage1``) and the MoE
 (``eval_stage2``). Right means what the VQA scorer counts as right
 (:func:`skymoe.eval.scorers.text.answers_match` with any reference); region captions' primary metric
-stays CIDEr, in the learning table.
+stays CIDEr, in the learning table. Last, the MoE's routing on the held-out prompts (``eval_stage2``'s
+``metrics.json``): the router's task and granularity accuracy per class, with their macro averages, and
+I(class; expert) / H(class), the expert specialisation.
 """
 from __future__ import annotations
 
@@ -48,6 +50,18 @@ def kinds_table(out: Path) -> list[str]:
     return lines
 
 
+def routing_lines(out: Path) -> list[str]:
+    routing = json.loads((out / "eval_stage2" / "metrics.json").read_text(encoding="utf-8")).get("routing") or {}
+    if routing.get("status") != "ok":
+        return ["No routing read-out in `eval_stage2/metrics.json`."]
+    lines = ["| labels | router accuracy, macro | per class | I(class; expert) / H(class) |", "| --- | --- | --- | --- |"]
+    for labels in ("task", "granularity"):
+        accuracy, specialisation = routing["router_accuracy"][labels], routing["specialisation"][labels]
+        per_class = ", ".join(f"{name} {value:.4f}" for name, value in accuracy["per_class"].items())
+        lines.append(f"| {labels} | {accuracy['macro']:.4f} | {per_class} | {specialisation['normalized']:.3f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="a `skymoe demo --out` folder")
@@ -58,7 +72,8 @@ def main() -> None:
     lines = [f"<!-- {args.note} -->", (args.out_dir / "learning.md").read_text(encoding="utf-8").rstrip(), "",
              "## MGRS-mini answers by kind", "",
              "Share of exactly right answers (`benchmarks/demo_record.py`: as the VQA scorer matches answers); "
-             "prior = the baseline each prediction carries.", "", *table]
+             "prior = the baseline each prediction carries.", "", *table, "", "## Routing (MoE, held-out prompts)", "",
+             *routing_lines(args.out_dir)]
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(table))
 

@@ -139,7 +139,7 @@ def markdown(result: dict) -> str:
         f"**Stage 2 / stage 1 with the cache: {result['stage2_over_stage1_cache_on']}** (target >= 0.8); "
         f"{result['stage2_views_cached_over_stage1']} when stage 2's CDA views are in the cache too (a rerun of "
         "the same draws): the difference between the two is what the views' first pass through the tower costs.",
-        f"With `compile: true` (not the demo's: its compile, about 25 s on a fresh machine, is in the wall time): "
+        f"With `compile: true` (not the demo's; the compile is in each compiled run's wall time): "
         f"feature cache speed-up {compiled['feature_cache_speedup']}x; a cached stage-1 step "
         f"{compiled['stage1_cache_on_speedup']}x and a stage-2 step (views cached) {compiled['stage2_views_cached_speedup']}x "
         "the eager one's samples/s (the expert layers stay eager).",

@@ -226,6 +226,8 @@ def test_compile_trains_stage2_to_the_same_weights_with_its_dense_layers_compile
     dense = config.text_config.num_hidden_layers - 1
     assert dense > 0
     assert f"torch.compile: {dense} decoder layers" in capsys.readouterr().out
+    layers = results[1].language_model.model.layers
+    assert layers[0]._compiled_call_impl is not None and layers[1].layer._compiled_call_impl is None
 
 
 def test_an_llm_that_is_neither_a_local_folder_nor_an_asset_is_a_config_error_not_a_download(data, tmp_path):

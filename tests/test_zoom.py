@@ -218,6 +218,25 @@ def test_the_zooms_own_read_out_starts_silent_and_reaches_only_rows_whose_instru
     assert torch.equal(one[1], torch.zeros_like(one[1])) and torch.equal(other[1], one[1])
 
 
+def test_a_checkpoint_saved_before_the_zooms_own_read_out_loads_with_it_silent(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer)
+    torch.nn.init.normal_(model.box_head.evidence.out.weight)  # a trained head: its answers depend on the evidence
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(weights)
+    del state["box_head.evidence.zoom_out.1.weight"]  # as a model saved before zoom_out existed
+    save_file(state, weights, metadata={"format": "pt"})
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    assert not reloaded.box_head.evidence.zoom_out[1].weight.any()
+    image, question, _ = _dots(np.random.default_rng(0))
+    inputs = processor.prepare_generation([image], [question])
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, model.eval()(**inputs).logits)
+
+
 def test_a_training_batch_zooms_into_the_image_its_item_makes():
     """The collator's zoom crops the view the item's request makes (a CDA edit's image, not the file's)."""
     from skymoe.data.feature_cache import PixelSource

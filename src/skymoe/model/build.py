@@ -250,7 +250,8 @@ def compile_decoder_layers(model) -> int:
 
     from skymoe.model.install import MoEDecoderLayer
 
-    llm = model.language_model  # not the tower (frozen, its features cached), whose layers may be of the same kind
+    # the LLM(s) that run: not the tower (frozen, its features cached), whose layers may be of the same kind
+    llm = model.expert_lms if getattr(model, "expert_lms", None) is not None else model.language_model
     inside_experts = {id(m) for wrapper in llm.modules() if isinstance(wrapper, MoEDecoderLayer) for m in wrapper.modules()}
     layers = [m for m in llm.modules() if isinstance(m, GradientCheckpointingLayer) and id(m) not in inside_experts]
     for layer in layers:

@@ -55,6 +55,16 @@ UNSUPERVISED = -1.0  # a target row that teaches nothing
 COUNT_CENTRES = torch.arange(11.0)
 
 
+class ZeroStartLinear(nn.Linear):
+    """A read-out into the answer's logits that starts at zero, so a new one changes no answer (nor does one a
+    checkpoint predates: ``SkyMoEPreTrainedModel._init_weights`` zeroes it when it is missing from the weights)."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class EvidenceHead(GridReader):
     def __init__(self, vision_size: int, text_size: int, grid: int, hidden_size: int, vocab_size: int, location_start: int,
                  zoom: bool = False):
@@ -65,12 +75,12 @@ class EvidenceHead(GridReader):
         self.zoom = nn.Sequential(nn.LayerNorm(vision_size), nn.Linear(vision_size, hidden_size)) if zoom else None
         # ...and straight to the answer: its own read-out, whose parameters learn from boxed rows alone (no bias:
         # rows without a box get nothing from it)
-        self.zoom_out = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, text_size, bias=False)) if zoom else None
+        self.zoom_out = nn.Sequential(nn.GELU(), ZeroStartLinear(hidden_size, text_size, bias=False)) if zoom else None
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.score = nn.Linear(hidden_size, 1)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.mix = nn.Sequential(nn.Linear(3 * hidden_size + 3 + len(COUNT_CENTRES), hidden_size), nn.GELU())
-        self.out = nn.Linear(hidden_size, text_size)  # zeroed by the model after its weight init
+        self.out = ZeroStartLinear(hidden_size, text_size)
 
     def forward(self, vision_features: torch.Tensor, token_ids: torch.Tensor, instruction_mask: torch.Tensor,
                 zoom_features: torch.Tensor | None = None):

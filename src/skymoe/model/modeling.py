@@ -27,6 +27,7 @@ from transformers import initialization as init
 from skymoe.model.box_head import BoxHead, grid_heads_pass
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.decoding import SkyMoEGenerationMixin
+from skymoe.model.evidence import ZeroStartLinear
 from skymoe.model.experts import FFNExperts, LoRAExperts
 from skymoe.model.dispatch import keeping_plan
 from skymoe.model.expert_llms import ExpertRows
@@ -56,6 +57,10 @@ class SkyMoEPreTrainedModel(PreTrainedModel):
             module.reset_parameters()
         elif isinstance(module, BoxHead):
             init.zeros_(module.cell_position)
+        elif isinstance(module, ZeroStartLinear):  # e.g. a model saved before the evidence head's zoom_out
+            init.zeros_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, Router) and module.num_route_tokens:
             for prompts in (module.prompt_base, module.task_prompts, module.granularity_prompts):
                 init.normal_(prompts, std=0.02)
@@ -107,11 +112,6 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         for gate in self.modules():
             if isinstance(gate, ExpertGate) and gate.token_proj is not None:
                 init.zeros_(gate.token_proj.weight)
-        if self.box_head is not None and self.box_head.evidence is not None:  # a new evidence head changes no answer
-            init.zeros_(self.box_head.evidence.out.weight)
-            init.zeros_(self.box_head.evidence.out.bias)
-            if self.box_head.evidence.zoom_out is not None:
-                init.zeros_(self.box_head.evidence.zoom_out[1].weight)
         if self.router is not None and self.router.expert_prompt_proj is not None:  # upcycled expert LLMs start identical
             init.zeros_(self.router.expert_prompt_proj.weight)
             init.zeros_(self.router.expert_prompt_proj.bias)

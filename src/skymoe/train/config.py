@@ -112,8 +112,8 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "fp32"
     activation_checkpointing: bool = False
-    # torch.compile the LLM's dense decoder layers (skymoe.model.build.compile_decoder_layers): a compile when the
-    # run starts (~25 s on 2 CPU cores, cached on disk for later runs) for faster steps, so it pays off in long runs
+    # torch.compile the LLM's dense decoder layers (skymoe.model.build.compile_decoder_layers): a compile at the first
+    # steps (cached on disk for later runs) for faster dense steps, so it pays off in long runs (train_throughput.py)
     compile: bool = False
     checkpoint_every: int = 100
     keep_last: int = 2

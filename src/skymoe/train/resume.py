@@ -11,7 +11,7 @@ from skymoe.train.errors import TrainingError
 
 # What a resumed run may change: how long it runs and how it logs and checkpoints. Anything else would
 # make the continued run differ from the one its checkpoint belongs to (and train_config.yaml lie about it).
-RESUMABLE_CHANGES = {"max_steps", "epochs", "log_every", "checkpoint_every", "keep_last"}
+RESUMABLE_CHANGES = {"max_steps", "epochs", "log_every", "checkpoint_every", "keep_last", "compile"}
 
 
 def check_same_run(cfg: TrainConfig, saved_path: Path) -> None:
