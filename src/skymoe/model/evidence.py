@@ -60,6 +60,7 @@ class ZeroStartLinear(nn.Linear):
     checkpoint predates: ``SkyMoEPreTrainedModel._init_weights`` zeroes it when it is missing from the weights)."""
 
     def reset_parameters(self) -> None:
+        super().reset_parameters()  # draws as nn.Linear does, so every later parameter's draw stays what a seed gave
         nn.init.zeros_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
