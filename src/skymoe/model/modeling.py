@@ -58,6 +58,7 @@ class SkyMoEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BoxHead):
             init.zeros_(module.cell_position)
         elif isinstance(module, ZeroStartLinear):  # e.g. a model saved before the evidence head's zoom_out
+            super()._init_weights(module)  # drawn as any linear layer is, so later draws stay what a seed gave
             init.zeros_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
