@@ -18,6 +18,7 @@ SECTIONS = [
     ("moe_layer.md", "moe_layer.py", "MoE layer cost: grouped LoRA / FFN experts vs dense, and vs transformers' Mixtral block (issue 3)"),
     ("train_throughput.md", "train_throughput.py", "Training throughput of the demo configuration: feature cache off / on, stage 2 / stage 1 (issues 4, 15)"),
     ("llm_step_variants.md", "llm_step_variants.py", "Where a cached step's time can still go: the LLM's step in variants (issue 15)"),
+    ("tower_memory_format.md", "tower_memory_format.py", "The frozen tower in the default and the channels-last memory format (issue 15)"),
     ("grounding_probe.md", "grounding_probe.py", "Grounding ceiling: the box head on the frozen features (issue 15)"),
     ("evidence_probe.md", "evidence_probe.py", "VQA and counting ceiling: the evidence head on the frozen features (issue 15)"),
     ("region_probe.md", "region_probe.py", "Region caption ceiling: a linear probe on the frozen cells under an object's box, and on its zoom (issue 15)"),

@@ -30,13 +30,13 @@ REGIMES = (("batch 64, constant lr", 64, (25, 50, 100, 200, 400, 800), False),
            ("the demo's: batch 4, cosine lr", 4, (300, 600, 1110), True))
 
 
-def demo_tower_source(train):
-    """The feature cache over the demo's stage-1 tower (its packaged config, a few samples for the tokenizer)."""
+def demo_model(train):
+    """The demo's stage-1 model and processor, untrained but for its tower (its packaged config, a few samples
+    for the tokenizer)."""
     import tempfile
 
     from skymoe.data.schema import write_jsonl
     from skymoe.demo.run import packaged_config
-    from skymoe.model.feature_source import feature_source
     from skymoe.train.config import parse_config
     from skymoe.train.data import load_mix
     from skymoe.train.stages import build
@@ -46,8 +46,14 @@ def demo_tower_source(train):
         write_jsonl(train[:200], Path(tmp) / "tokenizer_text.jsonl")
         raw["data"]["mix"] = [{"path": str(Path(tmp) / "tokenizer_text.jsonl")}]
         cfg = parse_config(raw)
-        model, processor = build(cfg, load_mix(cfg.data), None)
-    return feature_source(model, processor)
+        return build(cfg, load_mix(cfg.data), None)
+
+
+def demo_tower_source(train):
+    """The feature cache over the demo's stage-1 tower."""
+    from skymoe.model.feature_source import feature_source
+
+    return feature_source(*demo_model(train))
 
 
 def words(text: str) -> list[str]:
