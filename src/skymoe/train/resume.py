@@ -9,7 +9,8 @@ from skymoe.train.config import DatasetSpec, TrainConfig
 from skymoe.train.errors import TrainingError
 
 
-# What a resumed run may change: how long it runs and how it logs and checkpoints. Anything else would
+# What a resumed run may change: how long it runs, how it logs and checkpoints, and whether its layers run
+# compiled (the same computation, to float rounding). Anything else would
 # make the continued run differ from the one its checkpoint belongs to (and train_config.yaml lie about it).
 RESUMABLE_CHANGES = {"max_steps", "epochs", "log_every", "checkpoint_every", "keep_last", "compile"}
 
