@@ -1,21 +1,18 @@
 """Training throughput of the demo configuration: the feature cache off and on, stage 1 and stage 2.
 
-Five runs side by side in one process, on the demo's own data (MGRS-mini + the
-embedded real sets) and packaged configs (``skymoe/demo/stage*.yaml``):
-stage 1 with the frozen tower's feature cache off, then on (a fresh cache
-directory, so the on run pays its warm pass over every training image), then
-stage 2 from that stage-1 model, off and on (CDA views are computed when first
-drawn, then reused), and stage 2 on once more, whose draws (the same seed) find
-every CDA view in the cache: what the views' first pass through the tower costs
-a stage-2 step. Then the training config's ``compile: true`` (``torch.compile`` of the
-LLM's dense decoder layers; the demo does not set it): stage 1 with the cache off and
-on, and stage 2 on the cached views, each compiled (the compile lands in the first
-logged window, which the rate leaves out; the wall time holds it). Samples/s is the median of the logged windows after the
-first (which holds start-up); the wall time of each run includes the cache's
-warm pass and data checks. "Samples" counts real training samples only.
+Runs side by side, each in a fresh process, on the demo's own data (MGRS-mini + the embedded real sets) and packaged
+configs (``skymoe/demo/stage*.yaml``: ``precision: auto``, ``compile: true``): stage 1 with the frozen tower's
+feature cache off, then on (a fresh cache directory, so the on run pays its warm pass over every training image
+and zoom), then stage 2 from that stage-1 model, off and on (CDA views are computed when first drawn, then
+reused), and stage 2 on once more, whose draws (the same seed) find every CDA view in the cache: what the views'
+first pass through the tower costs a stage-2 step. Then (``--compare``, not with ``--quick``) the same without
+``compile`` (eager), and eager in float32 (``precision: fp32``): what each of the two settings gives. A compile lands in the first logged window,
+which the rate leaves out; the wall time holds it. Samples/s is the median of the logged windows after the first
+(which holds start-up); the wall time of each run includes the cache's warm pass and data checks. "Samples"
+counts real training samples only.
 
-    python benchmarks/train_throughput.py --quick         # <= 3 minutes on 2 cores
-    python benchmarks/train_throughput.py --steps 200     # steadier numbers
+    python benchmarks/train_throughput.py --quick         # <= 3 minutes on 2 cores: the demo's runs only
+    python benchmarks/train_throughput.py --steps 200     # steadier numbers, and the eager and fp32 runs
 
 The last line printed is ``feature cache speed-up: X.XXx`` (stage 1 as the demo trains it, samples/s on / off).
 """
@@ -54,16 +51,28 @@ def demo_configs(out: Path, steps: int, scenes: int):
     return stage1, stage2
 
 
-def timed_run(cfg, cache: bool, output_dir: Path, compiled: bool = False) -> dict:
+def timed_run(cfg, cache: bool, output_dir: Path, compiled: bool | None = None, precision: str | None = None) -> dict:
+    """One training run; ``compiled`` and ``precision`` override the config's when given."""
     from skymoe.train import train
 
     cfg = copy.deepcopy(cfg)
     cfg.data.feature_cache = cache
-    cfg.compile = compiled
+    cfg.compile = cfg.compile if compiled is None else compiled
+    cfg.precision = precision or cfg.precision
     start = time.perf_counter()
     result = train(cfg, output_dir)
     return {"samples_per_s": round(steady_samples_per_s(output_dir), 2), "wall_s": round(time.perf_counter() - start, 1),
-            "peak_memory_mb": round(result.peak_memory_mb)}
+            "peak_memory_mb": round(result.peak_memory_mb), "precision": result.precision, "compile": cfg.compile}
+
+
+def run_apart(*args, **kwargs) -> dict:
+    """:func:`timed_run` in a fresh interpreter: a run inherits no allocator, thread-pool or compiled-graph state from
+    the runs before it (in one process, the same run measured up to 20% slower after others). The compiled graphs
+    cached on disk carry over, as they do between a user's runs."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(timed_run, args, kwargs)
 
 
 def main() -> None:
@@ -72,9 +81,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--scenes", type=int, default=1000, help="MGRS-mini scenes generated (80%% train)")
     parser.add_argument("--out", default="out/bench_train")
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
+                        help="also the runs without compile and in fp32 (default: on, off with --quick)")
     parser.add_argument("--results", default="benchmarks/results/train_throughput.md", help="markdown table to write")
     args = parser.parse_args()
     steps, scenes = (30, 400) if args.quick else (args.steps, args.scenes)
+    args.compare = not args.quick if args.compare is None else args.compare
 
     import shutil
 
@@ -83,14 +95,12 @@ def main() -> None:
     stage1, stage2 = demo_configs(out, steps, scenes)
     runs = {}
     for cache in (False, True):
-        runs[f"stage1 cache {'on' if cache else 'off'}"] = timed_run(stage1, cache, out / f"stage1-cache_{'on' if cache else 'off'}")
+        runs[f"stage1 cache {'on' if cache else 'off'}"] = run_apart(stage1, cache, out / f"stage1-cache_{'on' if cache else 'off'}")
     for cache in (False, True):
-        runs[f"stage2 cache {'on' if cache else 'off'}"] = timed_run(stage2, cache, out / f"stage2-cache_{'on' if cache else 'off'}")
-    runs["stage2 cache on, CDA views cached"] = timed_run(stage2, True, out / "stage2-cache_on-views_cached")
-    for cache in (False, True):
-        runs[f"stage1 cache {'on' if cache else 'off'}, compiled"] = timed_run(
-            stage1, cache, out / f"stage1-cache_{'on' if cache else 'off'}-compiled", compiled=True)
-    runs["stage2 cache on, CDA views cached, compiled"] = timed_run(stage2, True, out / "stage2-views_cached-compiled", compiled=True)
+        runs[f"stage2 cache {'on' if cache else 'off'}"] = run_apart(stage2, cache, out / f"stage2-cache_{'on' if cache else 'off'}")
+    runs["stage2 cache on, CDA views cached"] = run_apart(stage2, True, out / "stage2-cache_on-views_cached")
+    if args.compare:
+        runs.update(comparison_runs(stage1, stage2, out))
     rate = {name: run["samples_per_s"] for name, run in runs.items()}
     result = {
         "machine": machine(),
@@ -102,36 +112,52 @@ def main() -> None:
         "stage2_views_cached_over_stage1": round(rate["stage2 cache on, CDA views cached"] / rate["stage1 cache on"], 3),
         "stage2_speedup": round(rate["stage2 cache on"] / rate["stage2 cache off"], 2),
         "feature_cache_speedup": round(rate["stage1 cache on"] / rate["stage1 cache off"], 2),
-        "compiled": {
-            "feature_cache_speedup": round(rate["stage1 cache on, compiled"] / rate["stage1 cache off, compiled"], 2),
-            "stage1_cache_on_speedup": round(rate["stage1 cache on, compiled"] / rate["stage1 cache on"], 2),
-            "stage2_views_cached_speedup": round(rate["stage2 cache on, CDA views cached, compiled"]
-                                                 / rate["stage2 cache on, CDA views cached"], 2),
-        },
     }
+    if args.compare:
+        result["eager"] = {
+            "feature_cache_speedup": round(rate["stage1 cache on, eager"] / rate["stage1 cache off, eager"], 2),
+            "compile_stage1_speedup": round(rate["stage1 cache on"] / rate["stage1 cache on, eager"], 2),
+            "compile_stage2_speedup": round(rate["stage2 cache on, CDA views cached"] / rate["stage2 cache on, CDA views cached, eager"], 2),
+            "precision_speedup": round(rate["stage1 cache on, eager"] / rate["stage1 cache on, eager fp32"], 2),
+        }
     (out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     Path(args.results).write_text(markdown(result))
     print(json.dumps(result, indent=2))
     print(f"stage 2 / stage 1 (cache on): {result['stage2_over_stage1_cache_on']:.2f}")
-    print(f"feature cache speed-up with compile: true: {result['compiled']['feature_cache_speedup']:.2f}x")
+    if args.compare:
+        print(f"feature cache speed-up, eager: {result['eager']['feature_cache_speedup']:.2f}x")
     print(f"feature cache speed-up: {result['feature_cache_speedup']:.2f}x")
 
 
+def comparison_runs(stage1, stage2, out: Path) -> dict:
+    """The demo's runs without ``compile`` (eager), and eager in float32: what each of the two settings gives."""
+    runs = {}
+    for cache in (False, True):
+        runs[f"stage1 cache {'on' if cache else 'off'}, eager"] = run_apart(
+            stage1, cache, out / f"stage1-cache_{'on' if cache else 'off'}-eager", compiled=False)
+    runs["stage1 cache on, eager fp32"] = run_apart(stage1, True, out / "stage1-cache_on-eager-fp32", compiled=False, precision="fp32")
+    runs["stage2 cache on, CDA views cached, eager"] = run_apart(stage2, True, out / "stage2-views_cached-eager", compiled=False)
+    return runs
+
+
 def markdown(result: dict) -> str:
-    compiled = result["compiled"]
+    runs = result["runs"]
     lines = [
         "# Training throughput of the demo configuration, feature cache off / on (`benchmarks/train_throughput.py`)",
         "",
         f"Machine: {result['machine']}.",
-        f"Demo configs (`skymoe/demo/stage1.yaml`, `stage2.yaml`), batch {result['batch_size']}, {result['steps']} steps per run, "
-        f"{result['mgrs_scenes']} MGRS-mini scenes + the embedded real sets. samples/s = median of the logged windows after "
-        "the first; wall = the whole run, the cache's warm pass over every training image and the data checks included.",
+        f"Demo configs (`skymoe/demo/stage1.yaml`, `stage2.yaml`: precision {runs['stage1 cache on']['precision']} "
+        f"(`auto`), compile {str(runs['stage1 cache on']['compile']).lower()}), batch {result['batch_size']}, "
+        f"{result['steps']} steps per run, {result['mgrs_scenes']} MGRS-mini scenes + the embedded real sets. samples/s = "
+        "median of the logged windows after the first; wall = the whole run, the cache's warm pass over every "
+        "training image and zoom, the data checks and a compile included.",
         "",
-        "| run | samples/s | wall (s) | peak memory (MiB) |",
-        "|---|---|---|---|",
+        "| run | precision | compile | samples/s | wall (s) | peak memory (MiB) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, run in result["runs"].items():
-        lines.append(f"| {name} | {run['samples_per_s']} | {run['wall_s']} | {run['peak_memory_mb']} |")
+    for name, run in runs.items():
+        lines.append(f"| {name} | {run['precision']} | {str(run['compile']).lower()} | {run['samples_per_s']} | {run['wall_s']} "
+                     f"| {run['peak_memory_mb']} |")
     lines += [
         "",
         f"**Feature cache speed-up (stage 1): {result['feature_cache_speedup']}x** (target >= 3); "
@@ -139,10 +165,15 @@ def markdown(result: dict) -> str:
         f"**Stage 2 / stage 1 with the cache: {result['stage2_over_stage1_cache_on']}** (target >= 0.8); "
         f"{result['stage2_views_cached_over_stage1']} when stage 2's CDA views are in the cache too (a rerun of "
         "the same draws): the difference between the two is what the views' first pass through the tower costs.",
-        f"With `compile: true` (not the demo's; the compile is in each compiled run's wall time): "
-        f"feature cache speed-up {compiled['feature_cache_speedup']}x; a cached stage-1 step "
-        f"{compiled['stage1_cache_on_speedup']}x and a stage-2 step (views cached) {compiled['stage2_views_cached_speedup']}x "
-        "the eager one's samples/s (the expert layers stay eager).",
+    ]
+    if "eager" in result:
+        eager = result["eager"]
+        lines.append(
+            f"Eager (`compile: false`): feature cache speed-up {eager['feature_cache_speedup']}x; the compile makes a cached "
+            f"stage-1 step {eager['compile_stage1_speedup']}x and a stage-2 step (views cached) {eager['compile_stage2_speedup']}x "
+            f"faster (the expert layers stay eager); bf16 makes an eager cached stage-1 step {eager['precision_speedup']}x "
+            "faster than fp32.")
+    lines += [
         "",
         "The CPU is shared with other jobs, so absolute numbers move between runs (see the load average above); "
         "the ratios are measured side by side.",

@@ -256,3 +256,28 @@ def test_a_training_batch_zooms_into_the_image_its_item_makes():
     assert torch.equal(batch["zoom_pixel_values"][0], processor.preprocess_images([edited.crop((0, 0, 16, 16))])[0])
     assert batch["zoom_pixel_values"][1].abs().sum() == 0
     assert model(**{k: v for k, v in batch.items() if k != "cda_view"}).loss.isfinite()
+
+
+def test_the_data_check_stores_each_instruction_boxs_zoom_so_that_training_misses_none(tmp_path):
+    """check_samples opens each image once and stores its plain view and the zoom of every box an instruction
+    names (a box asked twice, once): the collator's first training batch then encodes nothing."""
+    from skymoe.data.imagery import load_image
+    from skymoe.train.config import CDASection
+    from skymoe.train.data import MixPart, TrainCollator, TrainDataset
+    from skymoe.train.stages import check_samples
+
+    tokenizer = _tokenizer()
+    model, processor = _model(tokenizer)
+    path = tmp_path / "dots.png"
+    _dots(np.random.default_rng(0))[0].save(path)
+    prompts = [QUESTION.format(box=box) for box in ("[0, 0, 50, 50]", "[50, 50, 100, 100]", "[0, 0, 50, 50]")]
+    samples = [Sample(id=str(i), dataset="t", split="train", image=str(path), task=Task.VQA, granularity=Granularity.OBJECT,
+                      conversation=[Turn("user", prompt), Turn("assistant", "red")]) for i, prompt in enumerate(prompts)]
+    samples.append(Sample(id="whole", dataset="t", split="train", image=str(path), task=Task.CAPTION,
+                          granularity=Granularity.IMAGE, conversation=[Turn("user", "Describe the image."), Turn("assistant", "red")]))
+    source = feature_source(model, processor, root=tmp_path / "cache")
+    parts = check_samples([MixPart("mix", samples, 1.0)], processor, "raise", load_image, source)
+    assert source.stats["misses"] == 3  # the image and its two boxes' zooms
+    dataset = TrainDataset(parts, CDASection(), 0, load_image)
+    batch = TrainCollator(processor, source)([dataset[(0, i, i)] for i in range(len(samples))])
+    assert source.stats["misses"] == 3 and batch["zoom_vision_features"][:3].abs().sum(dim=(1, 2)).gt(0).all()

@@ -71,13 +71,13 @@ class SampleDataset(Dataset):
             box.validate(size, file=sample.image, record=sample.id)
         return features
 
-    def _usable(self, sample: Sample, size: tuple[int, int]) -> bool:
+    def _encoded(self, sample: Sample, size: tuple[int, int]) -> dict | None:
+        """The sample's encoded text (its boxes checked against the image's ``size``), or None when it is skipped."""
         try:
-            self._encode(sample, size)
-            return True
+            return self._encode(sample, size)
         except DataError as exc:
             self._skip(sample, exc)
-            return False
+            return None
 
     def _skip(self, sample: Sample, exc: DataError) -> None:
         if self.on_error == "raise":
@@ -88,7 +88,8 @@ class SampleDataset(Dataset):
         return None
 
     def check_all(self, on_image=None) -> list[Sample]:
-        """The usable samples, opening each image once (``on_image(path, image)`` then sees it).
+        """The usable samples, opening each image once (``on_image(path, image, encoded)`` then sees it, with the
+        encoded text of its usable samples).
 
         Samples of one image share its decode; every sample still has its text encoded and its boxes
         checked against the opened image. Bad samples raise or are skipped as ``on_error`` says.
@@ -100,7 +101,7 @@ class SampleDataset(Dataset):
         for path, members in by_image.items():
             checked = _checked_size(path)
             if checked is not None and on_image is None:  # this process decoded this very file already
-                good += [s for s in members if self._usable(s, checked)]
+                good += [s for s in members if self._encoded(s, checked) is not None]
                 continue
             try:
                 image = self._load(members[0])
@@ -113,9 +114,10 @@ class SampleDataset(Dataset):
                         self._skip(sample, again)
                 continue
             _remember_size(path, image.size)
-            usable = [s for s in members if self._usable(s, image.size)]
+            encoded = {id(s): self._encoded(s, image.size) for s in members}
+            usable = [s for s in members if encoded[id(s)] is not None]
             if usable and on_image is not None:
-                on_image(path, image)
+                on_image(path, image, [encoded[id(s)] for s in usable])
             good += usable
         order = {id(s): i for i, s in enumerate(self.samples)}
         return sorted(good, key=lambda s: order[id(s)])

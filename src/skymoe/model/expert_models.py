@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from skymoe.errors import ConfigError
+from skymoe.model.attention import attention_implementation
 
 
 class ExpertLMs(nn.ModuleList):
@@ -31,7 +32,8 @@ class ExpertLMs(nn.ModuleList):
         lms = []
         for config in text_configs:
             config = dict(config)
-            lms.append(AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config)))
+            config = AutoConfig.for_model(config.pop("model_type"), **config)
+            lms.append(AutoModelForCausalLM.from_config(config, attn_implementation=attention_implementation(config)))
         super().__init__(lms)
 
     @property

@@ -110,6 +110,7 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 4
     grad_accum: int = 1
+    # auto: bf16 where the device multiplies bfloat16 in hardware (a GPU that supports it, a CPU with AMX), else fp32
     precision: str = "fp32"
     activation_checkpointing: bool = False
     # torch.compile the LLM's dense decoder layers (skymoe.model.build.compile_decoder_layers): a compile at the first
@@ -122,7 +123,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check value ranges and cross-field rules the types cannot express."""
         _choice("stage", self.stage, (1, 2))
-        _choice("precision", self.precision, ("fp32", "bf16"))
+        _choice("precision", self.precision, ("fp32", "bf16", "auto"))
         _choice("optim.schedule", self.optim.schedule, ("cosine", "constant"))
         _choice("data.on_error", self.data.on_error, ("raise", "skip"))
         if self.cda.variants < 1:

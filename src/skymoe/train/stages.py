@@ -209,12 +209,12 @@ def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, 
 
     ``on_error="raise"``: the first bad sample raises DataError naming it.
     ``"skip"``: bad samples are dropped, counted and reported. With a feature cache as ``source``
-    the tower's features of every opened image are stored on the way (one decode per image here; a zoom, drawn
-    later, decodes its image again when it misses).
+    the tower's features of every opened image, and of the zoom of every box an instruction names, are stored on
+    the way (one decode per image; CDA views, random, are encoded when first drawn).
     """
     from skymoe.data.torch_dataset import SampleDataset
 
-    warm = _CacheWarmer(source) if getattr(source, "batch_key", None) == "vision_features" and not processor.blind else None
+    warm = _CacheWarmer(source, processor) if getattr(source, "batch_key", None) == "vision_features" and not processor.blind else None
     checked = []
     for part in parts:
         dataset = SampleDataset(part.samples, processor, on_error=on_error, image_loader=image_loader)
@@ -230,20 +230,29 @@ def check_samples(parts: list[MixPart], processor, on_error: str, image_loader, 
 
 
 class _CacheWarmer:
-    """Collects opened images and stores their plain-view features in batches."""
+    """Collects opened images and stores the features of their plain views, and of a zoom model's zooms of the
+    boxes their samples' instructions name, in batches (the keys training asks for, so its first epoch hits)."""
 
     BATCH = 64
 
-    def __init__(self, cache):
-        self.cache, self.pending = cache, []
+    def __init__(self, cache, processor):
+        self.cache, self.processor, self.pending = cache, processor, {}
 
-    def __call__(self, path: str, image) -> None:
+    def __call__(self, path: str, image, encoded: list[dict]) -> None:
         from skymoe.data.feature_cache import image_request
+        from skymoe.data.zoom import instruction_box, zoom_request
 
-        self.pending.append(image_request(path, lambda _path, image=image: image))
+        plain = image_request(path, lambda _path, image=image: image)
+        self.pending[plain.key] = plain
+        if self.processor.zoom:
+            for features in encoded:
+                box = instruction_box(features["input_ids"], features["instruction_mask"], self.processor.location_start)
+                if box is not None:
+                    zoom = zoom_request(plain, box, self.processor.zoom_size)
+                    self.pending[zoom.key] = zoom
         if len(self.pending) >= self.BATCH:
             self.flush()
 
     def flush(self) -> None:
-        self.cache.get(self.pending)
-        self.pending = []
+        self.cache.get(list(self.pending.values()))
+        self.pending = {}

@@ -1,0 +1,84 @@
+"""Mixed precision: ``precision: auto`` picks bf16 where the device multiplies it in hardware; under CPU autocast
+the attention reads float32 (skymoe.model.attention) and a frozen tower reads as the feature cache does."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _model_helpers import make_batch, tiny_model
+from PIL import Image
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from skymoe.data.feature_cache import image_request
+from skymoe.data.imagery import load_image
+from skymoe.data.processor import SkyMoEProcessor
+from skymoe.data.tokenizer import build_tokenizer
+from skymoe.model.attention import NAME, sdpa_float32_under_cpu_autocast
+from skymoe.model.feature_source import feature_source
+from skymoe.model.modeling import SkyMoEForConditionalGeneration
+from skymoe.train.accelerator import resolve_precision
+from skymoe.train.config import parse_config
+
+BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def test_a_built_or_loaded_models_llm_attends_with_skymoe_sdpa_unless_asked_otherwise(tmp_path):
+    model = tiny_model()
+    assert model.language_model.config._attn_implementation == NAME
+    model.save_pretrained(tmp_path)
+    assert SkyMoEForConditionalGeneration.from_pretrained(tmp_path).language_model.config._attn_implementation == NAME
+    eager = SkyMoEForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager")
+    assert eager.language_model.config._attn_implementation == "eager"
+
+
+def test_attention_is_sdpa_outside_cpu_autocast_and_reads_float32_inside():
+    attention = tiny_model().language_model.model.layers[0].self_attn
+    g = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim = attention.config.num_attention_heads, attention.config.num_key_value_heads, attention.head_dim
+    query = torch.randn(2, heads, 7, dim, generator=g).bfloat16()
+    key, value = (torch.randn(2, kv_heads, 7, dim, generator=g).bfloat16() for _ in range(2))
+    plain = sdpa_float32_under_cpu_autocast(attention, query, key, value, None, scaling=dim**-0.5)[0]
+    assert plain.dtype == torch.bfloat16
+    assert torch.equal(plain, sdpa_attention_forward(attention, query, key, value, None, scaling=dim**-0.5)[0])
+    with BF16:
+        mixed = sdpa_float32_under_cpu_autocast(attention, query, key, value, None, scaling=dim**-0.5)[0]
+        in_bf16 = sdpa_attention_forward(attention, query, key, value, None, scaling=dim**-0.5)[0]
+    reference = sdpa_attention_forward(attention, query.float(), key.float(), value.float(), None, scaling=dim**-0.5)[0]
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, reference)
+    assert in_bf16.dtype == torch.bfloat16  # what autocast alone would have run
+
+
+def test_under_bf16_autocast_pixels_and_cached_features_give_the_same_logits(tmp_path):
+    """The frozen tower reads with autocast off, as the feature cache encodes: a bf16 step sees the same features
+    whether its batch came as pixels (cache off) or from the cache."""
+    model = tiny_model().eval()
+    processor = SkyMoEProcessor(build_tokenizer(["a small test vocabulary"], vocab_size=128), image_size=32,
+                                num_image_tokens=model.config.num_image_tokens)
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+    source = feature_source(model, processor, root=tmp_path / "cache")
+    cached = torch.stack([e.tensor for e in source.get([image_request(p, load_image) for p in paths])])
+    batch = make_batch(model.config)
+    pixels = processor.preprocess_images([load_image(p) for p in paths])
+    with torch.no_grad(), BF16:
+        assert torch.equal(model.read_tower(pixels), cached)
+        from_pixels = model(**batch | {"pixel_values": pixels}).logits
+        from_cache = model(**{k: v for k, v in batch.items() if k != "pixel_values"}, vision_features=cached).logits
+    assert torch.equal(from_pixels, from_cache)
+
+
+@pytest.mark.parametrize("amx, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_multiplies_it_in_hardware(monkeypatch, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    if torch.cuda.is_available():
+        pytest.skip("this process's device is a GPU")
+    assert resolve_precision("auto") == expected
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+
+
+def test_auto_is_a_precision_and_fp16_is_not():
+    assert parse_config({"precision": "auto"}).validate().precision == "auto"
+    with pytest.raises(ValueError, match="'precision'.*'auto'"):
+        parse_config({"precision": "fp16"}).validate()
