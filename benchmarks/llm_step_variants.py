@@ -8,10 +8,13 @@ variants one may reach for on a CPU, in one process, interleaved:
 * ``sdpa``: the demo's (transformers' scaled_dot_product_attention);
 * ``eager attention``: transformers' matmul + softmax attention;
 * ``bf16 autocast``: torch.autocast(cpu, bfloat16) around the forward;
+* ``bf16 autocast, fp32 attention``: the same with SkyMoE's attention (``skymoe_sdpa``), which reads float32
+  under CPU autocast (:mod:`skymoe.model.attention`): what ``precision: bf16``/``auto`` runs;
 * ``fused AdamW``: AdamW(fused=True);
-* ``torch.compile``: the decoder compiled with dynamic shapes (its compile time printed apart).
+* ``torch.compile``: the decoder compiled with dynamic shapes (its compile time printed apart);
+* ``torch.compile, bf16, fp32 attention``: both, as the demo trains.
 
-    python benchmarks/llm_step_variants.py [--steps 15] [--no-compile] [--out benchmarks/results/llm_step_variants.md]
+    PYTHONPATH=src python benchmarks/llm_step_variants.py [--steps 15] [--no-compile] [--out benchmarks/results/llm_step_variants.md]
 
 Prints and writes ms per step (median of rounds) and each variant's ratio to ``sdpa``.
 """
@@ -71,10 +74,13 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm_step_variants.md")
     args = parser.parse_args()
+    import skymoe.model.attention  # noqa: F401  (registers skymoe_sdpa)
+
     variants = [Variant("sdpa"), Variant("eager attention", attention="eager"), Variant("bf16 autocast", autocast=True),
-                Variant("fused AdamW", fused=True)]
+                Variant("bf16 autocast, fp32 attention", attention="skymoe_sdpa", autocast=True), Variant("fused AdamW", fused=True)]
     if not args.no_compile:
-        variants.append(Variant("torch.compile", compiled=True))
+        variants += [Variant("torch.compile", compiled=True),
+                     Variant("torch.compile, bf16, fp32 attention", attention="skymoe_sdpa", autocast=True, compiled=True)]
     warm = {}
     for v in variants:  # first steps: allocations, and the compile
         start = time.perf_counter()
@@ -87,7 +93,7 @@ def main() -> None:
             times[v.name].append(v.time(args.steps))
     base = statistics.median(times["sdpa"])
     lines = ["# The demo's cached training step (the LLM's forward + backward + AdamW) in variants, side by side", "",
-             f"`python benchmarks/llm_step_variants.py --steps {args.steps} --rounds {args.rounds}`; {machine()}.", "",
+             f"`PYTHONPATH=src python benchmarks/llm_step_variants.py --steps {args.steps} --rounds {args.rounds}`; {machine()}.", "",
              f"Random inputs of the demo's shapes: batch {BATCH}, {LAYERS} layers of {HIDDEN}, padded lengths "
              f"{LENGTHS.start}-{LENGTHS.stop - 1}; ms per step = median of {args.rounds} interleaved rounds of "
              f"{args.steps} steps; the first 3 steps (allocations, the compile) are timed apart.", "",

@@ -109,10 +109,5 @@ def test_pretrained_llm_demo_trains_lora_on_the_gguf_asset(tmp_path, llm):
     stage1, blind, stage2 = stage_configs(tmp_path, tmp_path / "stage1", budget, seed=0, llm=llm)
     assert (stage1.model.llm.pretrained, stage1.model.moe.dense_lora, blind.model.llm.pretrained) == (llm, True, llm)
     assert (stage1.batch_size, stage1.max_steps, stage2.batch_size, stage2.max_steps) == (4, 30, 4, 50)
-    tiny, tiny_blind, tiny2 = stage_configs(tmp_path, tmp_path / "stage1", budget, seed=0, llm="tiny")
+    tiny, _, _ = stage_configs(tmp_path, tmp_path / "stage1", budget, seed=0, llm="tiny")
     assert (tiny.model.llm.pretrained, tiny.batch_size, tiny.max_steps) == (None, 32, 300)
-    # the tiny LM's hundreds of steps compile (bf16 where the CPU has AMX); a large LM's few dozen, or a smoke run, do not
-    assert [c.compile for c in (tiny, tiny_blind, tiny2, stage1, blind, stage2)] == [True] * 3 + [False] * 3
-    assert {c.precision for c in (tiny, tiny_blind, tiny2)} == {"auto"}
-    smoke, _, _ = stage_configs(tmp_path, tmp_path / "stage1", Budget.smoke(), seed=0, llm="tiny")
-    assert not smoke.compile

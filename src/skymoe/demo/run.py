@@ -48,7 +48,6 @@ class Budget:
     eval_per_task: int  # MGRS-mini held-out samples per task
     real_eval_limit: int | None = None  # real held-out samples per dataset and set; None = all
     mgrs_train: int | None = None  # MGRS-mini training samples kept (seeded); None = all
-    compile: bool = True  # the packaged configs' torch.compile; a few-step run would spend its time compiling
 
     @classmethod
     def for_minutes(cls, minutes: float) -> "Budget":
@@ -68,8 +67,7 @@ class Budget:
     def smoke(cls) -> "Budget":
         # 3 steps of 32 read ~100 samples: the whole 1000-scene train split (11.7k) only adds data checks, feature
         # caching and baseline fitting (52 s -> 31 s on a busy 2-core machine); 300 still fit the classification and counting probes
-        return cls(stage1_steps=3, stage2_steps=3, mgrs_scenes=1000, eval_per_task=4, real_eval_limit=4, mgrs_train=300,
-                   compile=False)
+        return cls(stage1_steps=3, stage2_steps=3, mgrs_scenes=1000, eval_per_task=4, real_eval_limit=4, mgrs_train=300)
 
 
 FIXED_MINUTES = 2.1  # measured with 8x8 tokens and the NEON/Landsat rows (docs/LEARNING.md, Budget)
@@ -106,7 +104,6 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
         raw["data"]["mix"] = mix
         raw["max_steps"] = steps
         raw["seed"] = seed
-        raw["compile"] = raw.get("compile", False) and budget.compile
     raw2["model"]["init_from"] = str(stage1_dir)
     if llm in GGUF_LLM_ASSETS:
         # A pretrained LM is the frozen base of a dense LoRA adapter, then of the LoRA experts.
@@ -117,7 +114,6 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
         for raw in (raw1, raw2):
             raw["batch_size"] = 4
             raw["max_steps"] = max(3, raw["max_steps"] // 10)
-            raw["compile"] = False  # a few dozen steps of a large LM: its compile would cost more than they save
     blind = copy.deepcopy(raw1)
     blind["data"]["blind"] = True
     return tuple(parse_config(raw) for raw in (raw1, blind, raw2))
