@@ -69,7 +69,7 @@ def timed_run(cfg, cache: bool, output_dir: Path, compiled: bool | None = None, 
 
 def run_apart(*args, **kwargs) -> dict:
     """:func:`timed_run` in a fresh interpreter: a run inherits no allocator, thread-pool or compiled-graph state from
-    the runs before it (in one process, the same run measured up to 20% slower after others). The compiled graphs
+    the runs before it (in one process, the same run measured slower after others). The compiled graphs
     cached on disk carry over, as they do between a user's runs."""
     import multiprocessing
 
@@ -174,7 +174,8 @@ def markdown(result: dict) -> str:
             f"With `precision: auto` ({runs[f'stage1 cache on, {FAST}']['precision']} here) and `compile: true` (not the demo's: "
             f"on validation that recipe learned less, docs/LEARNING.md): feature cache speed-up {fast['feature_cache_speedup']}x; "
             f"a cached stage-1 step {fast['stage1_cache_on_speedup']}x the demo's; stage 2 (views cached) / stage 1 "
-            f"{fast['stage2_views_cached_over_stage1']} (the expert layers stay eager).")
+            f"{fast['stage2_views_cached_over_stage1']} (the expert layers stay eager). These runs find the feature cache warm, "
+            "so their wall time holds no warm pass (and holds a compile).")
     lines += [
         "",
         "The CPU is shared with other jobs, so absolute numbers move between runs (see the load average above); "

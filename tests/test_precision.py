@@ -71,9 +71,15 @@ def test_under_bf16_autocast_pixels_and_cached_features_give_the_same_logits(tmp
 
 @pytest.mark.parametrize("amx, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_is_bf16_only_on_a_cpu_that_multiplies_it_in_hardware(monkeypatch, amx, expected):
+    import accelerate
+
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    if torch.cuda.is_available():
-        pytest.skip("this process's device is a GPU")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # a CPU launch, on a GPU host too
+
+    def no_state(*args, **kwargs):  # accelerate's state is a singleton: one made here would drop make_accelerator's settings
+        raise AssertionError("resolve_precision made accelerate's PartialState")
+
+    monkeypatch.setattr(accelerate.PartialState, "__init__", no_state)
     assert resolve_precision("auto") == expected
     assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
 

@@ -239,11 +239,14 @@ def test_an_llm_that_is_neither_a_local_folder_nor_an_asset_is_a_config_error_no
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-def test_resume_may_extend_a_run_but_not_change_what_it_trains(data, tmp_path):
+def test_resume_may_extend_a_run_but_not_change_what_it_trains(data, tmp_path, monkeypatch):
     config = write_config(tmp_path / "c.yaml", data, max_steps=2, checkpoint_every=1, log_every=1)
     train(load_config(config), tmp_path / "out")
     with pytest.raises(TrainingError, match=r"other settings than the run it continues .*: batch_size, optim\.lr; only checkpoint_every"):
         train(load_config(config, ["max_steps=3", "optim.lr=0.05", "batch_size=3"]), tmp_path / "out", resume=True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # the run was fp32; auto is bf16 here
+    with pytest.raises(TrainingError, match=r"other settings than the run it continues .*: precision;"):
+        train(load_config(config, ["max_steps=3", "precision=auto"]), tmp_path / "out", resume=True)
     assert load_config(tmp_path / "out" / "train_config.yaml").max_steps == 2  # untouched by the refused run
     assert train(load_config(config, ["max_steps=3", "log_every=2"]), tmp_path / "out", resume=True).steps == 3
 

@@ -61,16 +61,14 @@ def default_max_bytes() -> int:
     return int(megabytes * 2**20)
 
 
-_digests: dict[tuple[int, int, int, int], str] = {}
+_digests: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-1 of a file's bytes (remembered per file, size and modification time within the process).
-
-    The file is known by its device and inode, which one ``stat`` gives for any path that names it (a
-    ``resolve`` per sample cost a training step more than the feature cache's read)."""
+    """SHA-1 of a file's bytes (remembered per path as given, file, size and modification time within the process:
+    one ``stat``, where a ``resolve`` per sample cost a training step more than the feature cache's read)."""
     stat = os.stat(path)
-    memo = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    memo = (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if memo not in _digests:
         with open(path, "rb") as f:
             _digests[memo] = hashlib.file_digest(f, "sha1").hexdigest()

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers import AutoConfig, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from skymoe.errors import ConfigError
-from skymoe.model.attention import attention_implementation
+from skymoe.model.attention import causal_lm_from_config
 
 
 class ExpertLMs(nn.ModuleList):
@@ -32,8 +32,7 @@ class ExpertLMs(nn.ModuleList):
         lms = []
         for config in text_configs:
             config = dict(config)
-            config = AutoConfig.for_model(config.pop("model_type"), **config)
-            lms.append(AutoModelForCausalLM.from_config(config, attn_implementation=attention_implementation(config)))
+            lms.append(causal_lm_from_config(AutoConfig.for_model(config.pop("model_type"), **config)))
         super().__init__(lms)
 
     @property

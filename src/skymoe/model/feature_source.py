@@ -14,6 +14,7 @@ import json
 import torch
 
 from skymoe.data.feature_cache import FeatureCache, PixelSource
+from skymoe.model.vision import without_autocast
 
 CACHE_FORMAT = 1  # bump when what a tower's features are changes without the fingerprint seeing it
 
@@ -45,13 +46,13 @@ def feature_source(model, processor, *, cache: bool = True, device=None, **cache
     if not (cache and model.config.freeze_vision):  # a loaded model's parameters all require grad: the config decides
         return PixelSource(processor.preprocess_images)
     tower = copy.deepcopy(model.vision_tower).eval().requires_grad_(False)
-    device = device if device is not None else next(model.parameters()).device
+    device = torch.device(device if device is not None else next(model.parameters()).device)
     tower.to(device)
     dtype = model.dtype
 
     def encode(images, size: int | None = None) -> torch.Tensor:
         pixels = processor.preprocess_images(images, size).to(device, dtype)
-        with torch.no_grad():
+        with torch.no_grad(), without_autocast(device.type):  # as the model's read_tower reads a frozen tower
             return tower(pixels)
 
     return FeatureCache(encode, tower_fingerprint(model, processor), **cache_kwargs)

@@ -21,10 +21,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from skymoe.model.attention import attention_implementation
+from skymoe.model.attention import causal_lm_from_config
 from skymoe.model.box_head import BoxHead, grid_heads_pass
 from skymoe.model.configuration import SkyMoEConfig
 from skymoe.model.decoding import SkyMoEGenerationMixin
@@ -39,7 +39,7 @@ from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, location_smoothed
 from skymoe.model.outputs import RoutingReadout, SkyMoEOutput
 from skymoe.model.projector import FanInLinear, build_projector
 from skymoe.model.router import ExpertGate, Router, expert_load, sample_expert_weights
-from skymoe.model.vision import build_vision_tower
+from skymoe.model.vision import build_vision_tower, without_autocast
 
 
 class SkyMoEPreTrainedModel(PreTrainedModel):
@@ -82,8 +82,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
     def __init__(self, config: SkyMoEConfig):
         super().__init__(config)
         self.vision_tower = build_vision_tower(config.vision_config, config.vision_feature_layer, config.image_size)
-        self.language_model = AutoModelForCausalLM.from_config(
-            config.text_config, attn_implementation=attention_implementation(config.text_config))
+        self.language_model = causal_lm_from_config(config.text_config)
         config.text_config = self.language_model.config  # one object, so resizing updates the saved config
         text_size = config.text_config.hidden_size
         self.projector = build_projector(config.projector_settings, self.vision_tower.hidden_size, text_size)
@@ -187,12 +186,13 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
 
     def read_tower(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The tower's features of ``pixel_values``. A frozen tower reads with autocast off, in the model's dtype: its
-        features then equal the feature cache's (made outside any autocast), so a bf16 step and evaluation see the
-        same features whether a batch came as pixels or from the cache."""
+        features then equal the feature cache's (made with autocast off too), so a bf16 step and evaluation see the
+        same features whether a batch came as pixels or from the cache; on a GPU too, where a cache-off bf16 step
+        pays for a float32 tower."""
         pixels = pixel_values.to(self.dtype)
-        if not self.config.freeze_vision or not torch.amp.is_autocast_available(pixels.device.type):  # e.g. meta
+        if not self.config.freeze_vision:
             return self.vision_tower(pixels)
-        with torch.autocast(pixels.device.type, enabled=False):
+        with without_autocast(pixels.device.type):
             return self.vision_tower(pixels)
 
     def _scatter(self, embeds, input_ids, token_id, values, what: str):
@@ -204,7 +204,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 f"{values.shape[0]} x {values.shape[1]}; build the processor with SkyMoEProcessor.from_model_config"
             )
         # index_put rather than masked_scatter: the same values in the same (row-major) places, and its backward
-        # gathers, where masked_scatter's runs a single-threaded masked_select (3.7x slower at the demo's shapes)
+        # gathers, where masked_scatter's runs a single-threaded masked_select
         return embeds.index_put(mask.nonzero(as_tuple=True), values.reshape(-1, values.shape[-1]).to(embeds.dtype))
 
     def _zoom_features(self, pixels, input_ids, instruction_mask):

@@ -5,6 +5,7 @@ Every tower maps pixel_values [B, 3, S, S] to patch features [B, N, C].
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -138,6 +139,14 @@ def _stride_taps(model, strides: list[int] | None) -> dict[int, int]:
     if missing:
         raise ValueError(f"feature_strides {missing} not produced by this EfficientNet (strides {sorted(last_at)})")
     return {last_at[s]: s for s in strides}
+
+
+def without_autocast(device_type: str):
+    """A context with autocast off on ``device_type`` (none to turn off on a device without autocast, e.g. meta): where
+    a frozen tower runs, so that its features are the same inside a mixed-precision step and out of it."""
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 def build_vision_tower(config, feature_layer: int = -1, image_size: int = 224) -> nn.Module:

@@ -21,18 +21,27 @@ def resolve_precision(precision: str) -> str:
     """``auto`` -> ``bf16`` where this process's device multiplies bfloat16 in hardware, else ``fp32``; the others stand."""
     if precision != "auto":
         return precision
-    from accelerate import PartialState
+    return "bf16" if native_bf16(_launch_device()) else "fp32"
 
-    return "bf16" if native_bf16(PartialState().device) else "fp32"
+
+def _launch_device():
+    """The device :func:`make_accelerator`'s Accelerator will train on, found without making accelerate's state: that
+    is a singleton, and one made here would drop the process-group settings make_accelerator passes."""
+    import torch
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
 
 
 def native_bf16(device) -> bool:
-    """A CUDA GPU that supports bfloat16, or a CPU with AMX tiles: there oneDNN multiplies bfloat16 ~6x faster than
-    float32 (benchmarks/llm_step_variants.py); a CPU without them emulates bfloat16, slower than float32."""
+    """A CUDA GPU that multiplies bfloat16 natively, or a CPU with AMX tiles: there bfloat16 products run several
+    times faster than float32; elsewhere bfloat16 is emulated, slower than float32."""
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     # torch.cpu's AMX check is private, but there since torch 2.1; a torch without it runs fp32
     return device.type == "cpu" and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
