@@ -172,7 +172,7 @@ def markdown(result: dict) -> str:
         fast = result["fast"]
         lines.append(
             f"With `precision: auto` ({runs[f'stage1 cache on, {FAST}']['precision']} here) and `compile: true` (not the demo's: "
-            f"on validation that recipe learned less, docs/LEARNING.md): feature cache speed-up {fast['feature_cache_speedup']}x; "
+            f"on validation it did not learn as well at one seed of two, docs/LEARNING.md): feature cache speed-up {fast['feature_cache_speedup']}x; "
             f"a cached stage-1 step {fast['stage1_cache_on_speedup']}x the demo's; stage 2 (views cached) / stage 1 "
             f"{fast['stage2_views_cached_over_stage1']} (the expert layers stay eager). These runs find the feature cache warm, "
             "so their wall time holds no warm pass (and holds a compile).")
