@@ -14,6 +14,7 @@ from skymoe.data.imagery import load_image
 from skymoe.data.processor import SkyMoEProcessor
 from skymoe.data.tokenizer import build_tokenizer
 from skymoe.model.attention import NAME, sdpa_float32_under_cpu_autocast
+from skymoe.model.build import build_model, tiny_config
 from skymoe.model.feature_source import feature_source
 from skymoe.model.modeling import SkyMoEForConditionalGeneration
 from skymoe.train.accelerator import resolve_precision
@@ -88,3 +89,30 @@ def test_auto_is_a_precision_and_fp16_is_not():
     assert parse_config({"precision": "auto"}).validate().precision == "auto"
     with pytest.raises(ValueError, match="'precision'.*'auto'"):
         parse_config({"precision": "fp16"}).validate()
+
+
+def test_under_bf16_autocast_the_router_gates_projector_and_heads_compute_as_in_fp32_and_the_decoder_in_bf16():
+    """Selective precision (skymoe.model.precision): what the router, the expert gates, the projector and the grid
+    heads give is bit-identical with and without autocast; the decoder layers' products are bfloat16."""
+    tokenizer = build_tokenizer(["where is the field [1, 2, 3, 4]"], vocab_size=300)
+    torch.manual_seed(0)
+    dense = build_model(tiny_config(vocab_size=len(tokenizer), moe={"dense_lora": False},
+                                    box_head={"enabled": True, "hidden_size": 32, "evidence": True}), tokenizer=tokenizer)
+    model = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=4, top_k=2, expert_type="lora", perturb=0.01)
+    batch = make_batch(model.config, batch_size=3)
+    features = model.read_tower(batch.pop("pixel_values"))
+    seen = {}
+    model.language_model.model.layers[0].mlp.register_forward_hook(lambda m, i, out: seen.update(mlp=out.dtype))
+    fp32 = model(**batch, vision_features=features)
+    with BF16:
+        mixed = model(**batch, vision_features=features)
+        tokens = model.projector(features)
+    assert seen["mlp"] == torch.bfloat16  # autocast reached the decoder
+    assert tokens.dtype == torch.float32 and torch.equal(tokens, model.projector(features))
+    for name in ("task_logits", "granularity_logits", "routing_embedding"):
+        assert torch.equal(getattr(mixed, name), getattr(fp32, name)), name
+    assert all(m.logits.dtype == torch.float32 and torch.equal(m.logits, f.logits)
+               for m, f in zip(mixed.gate_records, fp32.gate_records))
+    assert mixed.loss_terms["box"].dtype == torch.float32
+    mixed.loss.backward()
+    assert model.router.task_head.weight.grad.dtype == torch.float32

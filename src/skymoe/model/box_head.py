@@ -45,6 +45,7 @@ from torch import nn
 from skymoe.data.boxes import X_TOKENS
 from skymoe.model.evidence import EvidenceHead, add_to_answers, evidence_loss
 from skymoe.model.grid_reader import SCALE, GridReader, box_starts, box_values, location_kind
+from skymoe.model.precision import own_precision
 
 BOX_DONE = 4  # progress of a row whose first box is written (or that writes no more boxes): nothing is forced
 BOX_CLOSED = 5  # progress of a row that has just written its box's last token: a location token cannot follow
@@ -191,7 +192,15 @@ def grid_heads_pass(head: BoxHead, output_head, states, logits, vision_features,
     ``zoom_features`` (the tower's features of the instruction's box: :mod:`skymoe.data.zoom`).
     Training (``labels``): the evidence is added to the logits of the ``answers`` positions ([B, S] bool: the
     kept positions of flat [M, V] logits, or the answer's of [B, S, V] ones) and the terms are returned.
-    Generation: the last position's logits get the prefill's evidence and the box (:func:`plan_step`)."""
+    Generation: the last position's logits get the prefill's evidence and the box (:func:`plan_step`).
+    Under autocast all of it runs in the heads' own precision (:mod:`skymoe.model.precision`)."""
+    with own_precision(head) as cast:
+        return _grid_heads_pass(head, output_head, cast(states), logits, cast(vision_features), instruction, answers, labels,
+                                cell_targets, plan, progress, start, cast(zoom_features))
+
+
+def _grid_heads_pass(head, output_head, states, logits, vision_features, instruction, answers, labels, cell_targets, plan,
+                     progress, start, zoom_features):
     cells = words = evidence = cell_logits = None
     if plan is None:
         words = head.bag(*instruction)

@@ -37,6 +37,7 @@ from skymoe.model.grid_reader import instruction_has_box
 from skymoe.model.install import MoEDecoderLayer, install_experts
 from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, location_smoothed_ce, weighted_total
 from skymoe.model.outputs import RoutingReadout, SkyMoEOutput
+from skymoe.model.precision import own_precision
 from skymoe.model.projector import FanInLinear, build_projector
 from skymoe.model.router import ExpertGate, Router, expert_load, sample_expert_weights
 from skymoe.model.vision import build_vision_tower, without_autocast
@@ -313,8 +314,9 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
                 labels, evidence_cells, box_plan, box_progress, self.config.location_token_start, zoom_vision_features)
         elif self.box_head is not None and self.box_head.evidence is not None and image_tokens is not None:
             # a scoring pass (label likelihoods): every position reads the evidence, as every answer token did in training
-            hidden = self.box_head.evidence(vision_features, input_ids, instruction_mask, zoom_vision_features)[1]
-            logits = logits + self.get_output_embeddings()(hidden).to(logits.dtype)[:, None]
+            with own_precision(self.box_head) as cast:
+                hidden = self.box_head.evidence(cast(vision_features), input_ids, instruction_mask, cast(zoom_vision_features))[1]
+                logits = logits + self.get_output_embeddings()(hidden).to(logits.dtype)[:, None]
         targets = self._targets(labels, logits_to_keep)
         output = self._output(outputs, logits, targets, router_out, routing_embedding, records, task_labels, granularity_labels,
                               input_ids.shape[0], head_terms)

@@ -9,6 +9,7 @@ from torch import nn
 
 from skymoe.model.configuration import ProjectorSettings
 from skymoe.model.location import grid_code
+from skymoe.model.precision import in_own_precision
 
 
 class FanInLinear(nn.Linear):
@@ -36,6 +37,7 @@ class MLPProjector(nn.Module):
         self.position_code = settings.position_code
         self._codes: dict[tuple, torch.Tensor] = {}  # (tokens, device, dtype) -> code; derived, never saved
 
+    @in_own_precision
     def forward(self, features: torch.Tensor, instruction=None, instruction_mask=None) -> torch.Tensor:
         tokens = self.net(self.norm(features) if self.norm is not None else features)
         if self.position_code:
@@ -126,6 +128,7 @@ class ResamplerProjector(nn.Module):
         self.norm_out = nn.LayerNorm(size)
         self.out = FanInLinear(size, text_size)
 
+    @in_own_precision
     def forward(self, features, instruction=None, instruction_mask=None) -> torch.Tensor:
         image = self.image_in(self.norm(features) if self.norm is not None else features)
         # A copy, not an expand: a view of a parameter made under no_grad still requires grad, which breaks

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skymoe.data.schema import GRANULARITIES, TASKS
+from skymoe.model.precision import in_own_precision
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Router(nn.Module):
             if num_experts:
                 self.expert_prompt_proj = nn.Linear(hidden_size, num_experts * num_route_tokens * text_size)
 
+    @in_own_precision
     def forward(self, instruction_embeds, instruction_mask, visual_tokens=None) -> RouterOutput:
         pooled = self.instruction_proj(masked_mean(instruction_embeds, instruction_mask))
         if visual_tokens is not None:
@@ -106,6 +108,7 @@ class SequenceGate(nn.Module):
         # uniform (moe.gate: uniform, the router-off ablation): every expert with equal weights, no projection
         self.routing_proj = None if uniform else nn.Linear(routing_size, num_experts)
 
+    @in_own_precision
     def forward(self, routing_embedding: torch.Tensor, records: list["GateRecord"] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert index and float32 log gate weight per sample, each [B, k] (renormalised top-k softmax, as
         :class:`ExpertGate`); ``records`` receives the decision (rows = samples)."""
@@ -150,6 +153,7 @@ class ExpertGate(nn.Module):
             self._routing_logits = cached = (routing_embedding, versions, self.routing_proj(routing_embedding))
         return cached[2]
 
+    @in_own_precision
     def forward(self, hidden_states: torch.Tensor, routing_embedding: torch.Tensor | None,
                 records: list[GateRecord] | None = None, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k expert index and weight per token, each [B*S, k].
