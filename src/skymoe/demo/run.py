@@ -114,6 +114,7 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
         for raw in (raw1, raw2):
             raw["batch_size"] = 4
             raw["max_steps"] = max(3, raw["max_steps"] // 10)
+            raw["compile"] = False  # a compile would not pay back over so few steps
     blind = copy.deepcopy(raw1)
     blind["data"]["blind"] = True
     return tuple(parse_config(raw) for raw in (raw1, blind, raw2))
