@@ -451,3 +451,33 @@ def test_decoder_layers_are_found_through_get_decoder(text_model_type, path):
         find_decoder_layers(llm, 3)
     with pytest.raises(TypeError, match=r"no decoder layers found in Sequential: .*\('layers', 'h'\)"):
         find_decoder_layers(nn.Sequential(nn.ModuleList([nn.Linear(2, 2)] * 2)), 2)
+
+
+@pytest.mark.parametrize("hidden_states", [False, True])
+def test_a_compiled_expert_layer_runs_the_plan_of_its_pass_whole_or_split_by_a_graph_break(monkeypatch, hidden_states):
+    """compile_decoder_layers compiles a rank-space expert layer whole: its plan is made and read in one graph. With
+    output_hidden_states, transformers' capture hook breaks that graph inside the layer; the parts traced apart
+    must still read this pass's plan (not none, which would run every row through expert 0 alone)."""
+    from skymoe.model.build import compile_decoder_layers
+    from skymoe.model.install import MoEDecoderLayer
+
+    monkeypatch.setattr(experts_module, "RANK_SPACE_RATIO", 0)  # the rank-space form at this width
+    torch.compiler.reset()
+    dense = tiny_model(moe={"dense_lora": False})
+    model = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=4, top_k=2, expert_type="lora", perturb=0.01,
+                                                   routing="sequence")
+    randomize_adapters(model)
+    batch = make_batch(model.config, batch_size=4)
+    eager = model(**batch, output_hidden_states=hidden_states)
+    eager.loss.backward()
+    eager_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    assert compile_decoder_layers(model) == model.config.text_config.num_hidden_layers
+    assert all(layer._compiled_call_impl is not None for layer in model.modules() if isinstance(layer, MoEDecoderLayer))
+    compiled = model(**batch, output_hidden_states=hidden_states)
+    compiled.loss.backward()
+    torch.testing.assert_close(compiled.loss, eager.loss)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, eager_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    torch.compiler.reset()

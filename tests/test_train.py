@@ -209,25 +209,31 @@ def test_activation_checkpointing_trains_stage2_to_the_same_weights(data, stage1
     assert before and not all(torch.equal(plain[k], v) for k, v in before.items())  # they trained
 
 
-def test_compile_trains_stage2_to_the_same_weights_with_its_dense_layers_compiled_and_expert_layers_eager(
-        data, stage1, tmp_path, capsys):
+@pytest.mark.parametrize("lora_rank, experts_compiled", [(2, True), (4, False)])
+def test_compile_trains_stage2_to_the_same_weights_compiling_expert_layers_only_in_the_rank_space_form(
+        data, stage1, tmp_path, capsys, lora_rank, experts_compiled):
     """compile only changes how the steps run: 3 stage-2 steps land on the weights of eager ones (within float
-    reordering), the same state_dict keys; the layers that hold experts stay eager."""
+    reordering), the same state_dict keys. A layer with experts is compiled whole when its LoRA experts take the
+    rank-space form (E * r * 4 <= width: 4 * 2 * 4 <= 32), whose shapes do not depend on the routing; in the
+    grouped form (rank 4) it stays eager."""
     results = []
     for compiled in ("false", "true"):
         cfg = load_config(write_config(tmp_path / f"s2-{compiled}.yaml", data, stage=2),
-                          [f"model.init_from={stage1.output_dir}", "max_steps=3", f"compile={compiled}", "model.moe.moe_layers=[1]"])
+                          [f"model.init_from={stage1.output_dir}", "max_steps=3", f"compile={compiled}", "model.moe.moe_layers=[1]",
+                           f"model.moe.lora_rank={lora_rank}"])
         results.append(train(cfg, tmp_path / f"out-{compiled}").model)
     eager, compiled = (model.state_dict() for model in results)
     assert eager.keys() == compiled.keys()
     assert all(torch.allclose(eager[k], compiled[k], atol=1e-4) for k in eager)
+    experts = [k for k in eager if "lora_B" in k]
+    assert experts and not all(torch.equal(eager[k], stage1.model.state_dict().get(k, torch.zeros(0))) for k in experts)
     config = results[1].config
     assert config.moe["moe_layers"] == [1]
-    dense = config.text_config.num_hidden_layers - 1
-    assert dense > 0
-    assert f"torch.compile: {dense} decoder layers" in capsys.readouterr().out
+    layers_compiled = config.text_config.num_hidden_layers - (0 if experts_compiled else 1)
+    assert f"torch.compile: {layers_compiled} decoder layers" in capsys.readouterr().out
     layers = results[1].language_model.model.layers
-    assert layers[0]._compiled_call_impl is not None and layers[1].layer._compiled_call_impl is None
+    assert layers[0]._compiled_call_impl is not None
+    assert (layers[1]._compiled_call_impl is not None) == experts_compiled and layers[1].layer._compiled_call_impl is None
 
 
 def test_an_llm_that_is_neither_a_local_folder_nor_an_asset_is_a_config_error_not_a_download(data, tmp_path):

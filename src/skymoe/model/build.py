@@ -239,12 +239,14 @@ def enable_activation_checkpointing(model) -> None:
 
 
 def compile_decoder_layers(model) -> int:
-    """``torch.compile`` each dense decoder layer of the LLM in place (regional compilation: the layers share one
-    compiled graph, dynamic in the sequence length); returns how many were compiled.
+    """``torch.compile`` each decoder layer of the LLM in place (regional compilation: the layers share one compiled
+    graph, dynamic in the sequence length); returns how many were compiled.
 
-    Layers that hold experts (:class:`~skymoe.model.install.MoEDecoderLayer`) run eager: their dispatch plan is
-    handed to the expert linears through a ``ContextVar``, which breaks the graph. The parameters and
-    ``state_dict`` keys stay as they were, so checkpoints and ``save_pretrained`` do not change.
+    A layer that holds experts (:class:`~skymoe.model.install.MoEDecoderLayer`) is compiled whole, its gate and
+    dispatch plan inside the graph, when its experts are LoRA experts in the rank-space form (:attr:`LoRAExperts.rank_space`),
+    whose shapes do not depend on the routing. The grouped forms sort rows by expert and read each expert's row count
+    back to Python, a graph break per linear and a recompile per new count, so those layers (and FFN experts) run
+    eager. The parameters and ``state_dict`` keys stay as they were, so checkpoints and ``save_pretrained`` do not change.
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -252,8 +254,17 @@ def compile_decoder_layers(model) -> int:
 
     # the LLM(s) that run: not the tower (frozen, its features cached), whose layers may be of the same kind
     llm = model.expert_lms if getattr(model, "expert_lms", None) is not None else model.language_model
-    inside_experts = {id(m) for wrapper in llm.modules() if isinstance(wrapper, MoEDecoderLayer) for m in wrapper.modules()}
-    layers = [m for m in llm.modules() if isinstance(m, GradientCheckpointingLayer) and id(m) not in inside_experts]
+    moe_layers = [m for m in llm.modules() if isinstance(m, MoEDecoderLayer)]
+    inside_experts = {id(m) for wrapper in moe_layers for m in wrapper.modules()}
+    dense = [m for m in llm.modules() if isinstance(m, GradientCheckpointingLayer) and id(m) not in inside_experts]
+    layers = dense + [wrapper for wrapper in moe_layers if _routing_independent_shapes(wrapper)]
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
+
+
+def _routing_independent_shapes(layer) -> bool:
+    from skymoe.model.experts import FFNExperts, LoRAExperts
+
+    experts = [m for m in layer.modules() if isinstance(m, (LoRAExperts, FFNExperts))]
+    return all(isinstance(m, LoRAExperts) and m.rank_space for m in experts)

@@ -160,14 +160,33 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
 _ACTIVE_PLAN: ContextVar[DispatchPlan | None] = ContextVar("skymoe_dispatch_plan", default=None)
 
 
+# While torch.compile traces a whole MoE layer, whose plan is made and read inside the one graph, the plan travels in
+# a module global instead: dynamo traces neither ContextVar.get nor set, and it resolves the global's reads to what
+# the same trace stored (the compiled graph reads no global at run time, so concurrent passes keep their plans).
+# A traced frame that did not make the plan (one split off by a graph break) finds the global unset and reads the
+# ContextVar, which breaks the graph there: the read then runs eager and sees the plan of the pass.
+_UNSET = object()
+_TRACED_PLAN: object = _UNSET
+
+
 def active_plan() -> DispatchPlan | None:
     """The plan of the MoE layer being run (None: a dense adapter, or outside any MoE layer)."""
+    if torch.compiler.is_compiling() and _TRACED_PLAN is not _UNSET:
+        return _TRACED_PLAN
     return _ACTIVE_PLAN.get()
 
 
 @contextmanager
 def dispatching(plan: DispatchPlan | None) -> Iterator[None]:
     """Run a layer's experts under ``plan``."""
+    global _TRACED_PLAN
+    if torch.compiler.is_compiling():
+        outer, _TRACED_PLAN = _TRACED_PLAN, plan
+        try:
+            yield
+        finally:
+            _TRACED_PLAN = outer
+        return
     token = _ACTIVE_PLAN.set(plan)
     try:
         yield

@@ -9,7 +9,6 @@ The experts read the running layer's :class:`~skymoe.model.dispatch.DispatchPlan
 from __future__ import annotations
 
 import math
-from functools import cached_property
 
 import torch
 from torch import nn
@@ -76,7 +75,7 @@ class LoRAExperts(nn.Module):
         low_rank = grouped_matmul(plan.gather(x), self.lora_A, plan.offsets) * (plan.weight * self.scale)
         return plan.accumulate(out, grouped_matmul(low_rank, self.lora_B, plan.offsets))
 
-    @cached_property
+    @property  # not cached_property: Python 3.11's takes a lock, which torch.compile cannot trace
     def rank_space(self) -> bool:
         """Use the all-experts rank-space form when E*r is small next to the layer width.
 

@@ -35,6 +35,7 @@ from skymoe.model.expert_llms import ExpertRows
 from skymoe.model.expert_models import ExpertLMs, run_expert_lms
 from skymoe.model.grid_reader import instruction_has_box
 from skymoe.model.install import MoEDecoderLayer, install_experts
+from skymoe.model.last_hidden import install_last_hidden_hook, keeping_last_hidden_state
 from skymoe.model.losses import IGNORE_INDEX, auxiliary_terms, location_smoothed_ce, weighted_total
 from skymoe.model.outputs import RoutingReadout, SkyMoEOutput
 from skymoe.model.precision import own_precision
@@ -85,6 +86,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         self.vision_tower = build_vision_tower(config.vision_config, config.vision_feature_layer, config.image_size)
         self.language_model = causal_lm_from_config(config.text_config)
         config.text_config = self.language_model.config  # one object, so resizing updates the saved config
+        install_last_hidden_hook(self.language_model.get_decoder())
         text_size = config.text_config.hidden_size
         self.projector = build_projector(config.projector_settings, self.vision_tower.hidden_size, text_size)
         self.router = None
@@ -263,8 +265,6 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
         ``zoom_pixel_values``, ``zoom_vision_features``: each row's zoom of its instruction's box, as pixels or as the
         tower's features (:mod:`skymoe.data.zoom`), for an evidence head with ``box_head.zoom``."""
         use_box_head = self.box_head is not None and (labels is not None or box_progress is not None)
-        if use_box_head:  # the head reads the LLM's last hidden states
-            kwargs["output_hidden_states"] = True
         embeds = self.get_input_embeddings()(input_ids)
         instruction_mask = self._instruction_mask(input_ids, attention_mask, instruction_mask, labels)
         image_tokens = None
@@ -301,7 +301,8 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             text = (ids != self.config.image_token_id) & (ids != self.config.route_token_id)
             outputs = run_expert_lms(self.expert_lms, rows.row_expert, ids, embeds, text, cache, use_cache, llm_inputs, **kwargs)
         else:
-            outputs = self.language_model(inputs_embeds=embeds, cache=cache, use_cache=use_cache, **llm_inputs, **kwargs)
+            with keeping_last_hidden_state() as last_hidden:  # the grid heads read it
+                outputs = self.language_model(inputs_embeds=embeds, cache=cache, use_cache=use_cache, **llm_inputs, **kwargs)
         logits = outputs.logits if rows is None else rows.mix(outputs.logits, logits_to_keep)
         head_terms = {}
         if use_box_head:
@@ -309,7 +310,7 @@ class SkyMoEForConditionalGeneration(SkyMoEPreTrainedModel, SkyMoEGenerationMixi
             answers = logits_to_keep if isinstance(logits_to_keep, torch.Tensor) else (
                 None if labels is None else self.supervised_positions(labels))
             logits, head_terms, box_plan = grid_heads_pass(
-                self.box_head, self.get_output_embeddings(), outputs.hidden_states[-1], logits, features,
+                self.box_head, self.get_output_embeddings(), last_hidden[-1], logits, features,
                 (input_ids, instruction_mask), answers,
                 labels, evidence_cells, box_plan, box_progress, self.config.location_token_start, zoom_vision_features)
         elif self.box_head is not None and self.box_head.evidence is not None and image_tokens is not None:

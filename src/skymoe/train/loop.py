@@ -120,7 +120,10 @@ def _forward(model, batch: dict):
     from skymoe.model.modeling import SkyMoEForConditionalGeneration
 
     is_view = batch.pop("cda_view")
-    output = model(**batch, logits_to_keep=SkyMoEForConditionalGeneration.supervised_positions(batch["labels"]))
+    # no KV cache: a training pass would fill one for nothing (and a compiled layer would compile twice, for its
+    # first write and for the later ones)
+    output = model(**batch, use_cache=False,
+                   logits_to_keep=SkyMoEForConditionalGeneration.supervised_positions(batch["labels"]))
     return output, is_view, batch
 
 
