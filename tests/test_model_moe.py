@@ -455,9 +455,12 @@ def test_decoder_layers_are_found_through_get_decoder(text_model_type, path):
 
 @pytest.mark.parametrize("hidden_states", [False, True])
 def test_a_compiled_expert_layer_runs_the_plan_of_its_pass_whole_or_split_by_a_graph_break(monkeypatch, hidden_states):
-    """compile_decoder_layers compiles a rank-space expert layer whole: its plan is made and read in one graph. With
-    output_hidden_states, transformers' capture hook breaks that graph inside the layer; the parts traced apart
-    must still read this pass's plan (not none, which would run every row through expert 0 alone)."""
+    """compile_decoder_layers compiles a rank-space expert layer whole: its plan is made and read in one graph, one
+    graph for every expert layer and sequence length. With output_hidden_states, transformers' capture hook breaks
+    that graph inside the layer; the parts traced apart must still read this pass's plan (not none, which would run
+    every row through expert 0 alone)."""
+    from torch._dynamo.utils import counters
+
     from skymoe.model.build import compile_decoder_layers
     from skymoe.model.install import MoEDecoderLayer
 
@@ -465,19 +468,29 @@ def test_a_compiled_expert_layer_runs_the_plan_of_its_pass_whole_or_split_by_a_g
     torch.compiler.reset()
     dense = tiny_model(moe={"dense_lora": False})
     model = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=4, top_k=2, expert_type="lora", perturb=0.01,
-                                                   routing="sequence")
+                                                   routing="token", moe_layers=[0, 1])
     randomize_adapters(model)
-    batch = make_batch(model.config, batch_size=4)
-    eager = model(**batch, output_hidden_states=hidden_states)
-    eager.loss.backward()
-    eager_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    assert compile_decoder_layers(model) == model.config.text_config.num_hidden_layers
-    assert all(layer._compiled_call_impl is not None for layer in model.modules() if isinstance(layer, MoEDecoderLayer))
-    compiled = model(**batch, output_hidden_states=hidden_states)
-    compiled.loss.backward()
-    torch.testing.assert_close(compiled.loss, eager.loss)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(p.grad, eager_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    batches = [make_batch(model.config, batch_size=4, text_len=length) for length in (6, 9)]
+
+    def losses_and_grads():
+        out = []
+        for batch in batches:
+            model.zero_grad()
+            loss = model(**batch, use_cache=False, output_hidden_states=hidden_states).loss
+            loss.backward()
+            out.append((loss, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+        return out
+
+    eager = losses_and_grads()
+    assert compile_decoder_layers(model) == 2
+    assert all(layer._compiled_pass is not None for layer in model.modules() if isinstance(layer, MoEDecoderLayer))
+    counters.clear()
+    compiled = losses_and_grads()
+    if not hidden_states:  # both layers and both lengths: one graph, unbroken
+        assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
+    for (loss, grads), (eager_loss, eager_grads) in zip(compiled, eager):
+        torch.testing.assert_close(loss, eager_loss)
+        assert grads.keys() == eager_grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, eager_grads[name], atol=1e-6, rtol=1e-4, msg=name)
     torch.compiler.reset()

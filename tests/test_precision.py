@@ -17,6 +17,7 @@ from skymoe.model.attention import NAME, sdpa_float32_under_cpu_autocast
 from skymoe.model.build import build_model, tiny_config
 from skymoe.model.feature_source import feature_source
 from skymoe.model.modeling import SkyMoEForConditionalGeneration
+from skymoe.model.precision import own_precision
 from skymoe.train.accelerator import resolve_precision
 from skymoe.train.config import parse_config
 
@@ -99,20 +100,33 @@ def test_under_bf16_autocast_the_router_gates_projector_and_heads_compute_as_in_
     dense = build_model(tiny_config(vocab_size=len(tokenizer), moe={"dense_lora": False},
                                     box_head={"enabled": True, "hidden_size": 32, "evidence": True}), tokenizer=tokenizer)
     model = SkyMoEForConditionalGeneration.upcycle(dense, num_experts=4, top_k=2, expert_type="lora", perturb=0.01)
-    batch = make_batch(model.config, batch_size=3)
+    batch = make_batch(model.config, batch_size=3, answer_len=4)
+    start = model.config.location_token_start
+    batch["input_ids"][:, -4:] = torch.tensor([start + 10, start + 101 + 20, start + 30, start + 101 + 40])
+    batch["labels"][:, -4:] = batch["input_ids"][:, -4:]  # each answer is a box: the box head trains on every row
     features = model.read_tower(batch.pop("pixel_values"))
     seen = {}
-    model.language_model.model.layers[0].mlp.register_forward_hook(lambda m, i, out: seen.update(mlp=out.dtype))
+    for name, module in (("decoder", model.language_model.model.layers[0].mlp), ("box head", model.box_head.mlp[1]),
+                         ("evidence head", model.box_head.evidence.mlp[1])):
+        module.register_forward_hook(lambda m, i, out, name=name: seen.update({name: out.dtype}))
     fp32 = model(**batch, vision_features=features)
     with BF16:
         mixed = model(**batch, vision_features=features)
         tokens = model.projector(features)
-    assert seen["mlp"] == torch.bfloat16  # autocast reached the decoder
+    assert seen == {"decoder": torch.bfloat16, "box head": torch.float32, "evidence head": torch.float32}
     assert tokens.dtype == torch.float32 and torch.equal(tokens, model.projector(features))
     for name in ("task_logits", "granularity_logits", "routing_embedding"):
         assert torch.equal(getattr(mixed, name), getattr(fp32, name)), name
     assert all(m.logits.dtype == torch.float32 and torch.equal(m.logits, f.logits)
                for m, f in zip(mixed.gate_records, fp32.gate_records))
-    assert mixed.loss_terms["box"].dtype == torch.float32
-    mixed.loss.backward()
-    assert model.router.task_head.weight.grad.dtype == torch.float32
+    assert float(fp32.loss_terms["box"]) > 0 and torch.isfinite(mixed.loss_terms["box"])
+
+
+def test_own_precision_turns_autocast_off_for_float32_parameters_only():
+    """Parameters already in bf16 (FSDP's mixed-precision policy) keep autocast, which keeps norms in float32."""
+    linear, half = torch.nn.Linear(4, 4), torch.ones(2, 4, dtype=torch.bfloat16)
+    with BF16:
+        with own_precision(linear) as cast:
+            assert not torch.is_autocast_enabled("cpu") and cast(half).dtype == torch.float32
+        with own_precision(linear.to(torch.bfloat16)) as cast:
+            assert torch.is_autocast_enabled("cpu") and cast(half) is half

@@ -226,14 +226,14 @@ def test_compile_trains_stage2_to_the_same_weights_compiling_expert_layers_only_
     assert eager.keys() == compiled.keys()
     assert all(torch.allclose(eager[k], compiled[k], atol=1e-4) for k in eager)
     experts = [k for k in eager if "lora_B" in k]
-    assert experts and not all(torch.equal(eager[k], stage1.model.state_dict().get(k, torch.zeros(0))) for k in experts)
+    assert experts and all(compiled[k].abs().sum() > 0 for k in experts)  # upcycled at zero: the experts trained
     config = results[1].config
     assert config.moe["moe_layers"] == [1]
     layers_compiled = config.text_config.num_hidden_layers - (0 if experts_compiled else 1)
     assert f"torch.compile: {layers_compiled} decoder layers" in capsys.readouterr().out
     layers = results[1].language_model.model.layers
     assert layers[0]._compiled_call_impl is not None
-    assert (layers[1]._compiled_call_impl is not None) == experts_compiled and layers[1].layer._compiled_call_impl is None
+    assert (layers[1]._compiled_pass is not None) == experts_compiled and layers[1].layer._compiled_call_impl is None
 
 
 def test_an_llm_that_is_neither_a_local_folder_nor_an_asset_is_a_config_error_not_a_download(data, tmp_path):

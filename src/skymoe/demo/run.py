@@ -48,6 +48,7 @@ class Budget:
     eval_per_task: int  # MGRS-mini held-out samples per task
     real_eval_limit: int | None = None  # real held-out samples per dataset and set; None = all
     mgrs_train: int | None = None  # MGRS-mini training samples kept (seeded); None = all
+    compile: bool = True  # as the recipe's configs say; off: a compile would not pay back over a smoke run's steps
 
     @classmethod
     def for_minutes(cls, minutes: float) -> "Budget":
@@ -67,7 +68,8 @@ class Budget:
     def smoke(cls) -> "Budget":
         # 3 steps of 32 read ~100 samples: the whole 1000-scene train split (11.7k) only adds data checks, feature
         # caching and baseline fitting (52 s -> 31 s on a busy 2-core machine); 300 still fit the classification and counting probes
-        return cls(stage1_steps=3, stage2_steps=3, mgrs_scenes=1000, eval_per_task=4, real_eval_limit=4, mgrs_train=300)
+        return cls(stage1_steps=3, stage2_steps=3, mgrs_scenes=1000, eval_per_task=4, real_eval_limit=4, mgrs_train=300,
+                   compile=False)
 
 
 FIXED_MINUTES = 2.1  # measured with 8x8 tokens and the NEON/Landsat rows (docs/LEARNING.md, Budget)
@@ -104,6 +106,7 @@ def stage_configs(data_dir: Path, stage1_dir: Path, budget: Budget, seed: int, l
         raw["data"]["mix"] = mix
         raw["max_steps"] = steps
         raw["seed"] = seed
+        raw["compile"] = raw.get("compile", False) and budget.compile
     raw2["model"]["init_from"] = str(stage1_dir)
     if llm in GGUF_LLM_ASSETS:
         # A pretrained LM is the frozen base of a dense LoRA adapter, then of the LoRA experts.

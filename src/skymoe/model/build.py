@@ -239,8 +239,8 @@ def enable_activation_checkpointing(model) -> None:
 
 
 def compile_decoder_layers(model) -> int:
-    """``torch.compile`` each decoder layer of the LLM in place (regional compilation: the layers share one compiled
-    graph, dynamic in the sequence length); returns how many were compiled.
+    """``torch.compile`` each decoder layer of the LLM in place (regional compilation: the dense layers share one
+    compiled graph, and the MoE layers another, dynamic in the sequence length); returns how many were compiled.
 
     A layer that holds experts (:class:`~skymoe.model.install.MoEDecoderLayer`) is compiled whole, its gate and
     dispatch plan inside the graph, when its experts are LoRA experts in the rank-space form (:attr:`LoRAExperts.rank_space`),
@@ -257,10 +257,12 @@ def compile_decoder_layers(model) -> int:
     moe_layers = [m for m in llm.modules() if isinstance(m, MoEDecoderLayer)]
     inside_experts = {id(m) for wrapper in moe_layers for m in wrapper.modules()}
     dense = [m for m in llm.modules() if isinstance(m, GradientCheckpointingLayer) and id(m) not in inside_experts]
-    layers = dense + [wrapper for wrapper in moe_layers if _routing_independent_shapes(wrapper)]
-    for layer in layers:
+    whole = [wrapper for wrapper in moe_layers if _routing_independent_shapes(wrapper)]
+    for layer in dense:
         layer.compile(dynamic=True)
-    return len(layers)
+    for wrapper in whole:
+        wrapper.compile_pass()
+    return len(dense) + len(whole)
 
 
 def _routing_independent_shapes(layer) -> bool:

@@ -31,6 +31,17 @@ class MoEDecoderLayer(nn.Module):
         self.layer = layer
         self.gate = gate
         self.row_experts = row_experts
+        self._compiled_pass = None  # see compile_pass
+
+    def compile_pass(self) -> None:
+        """``torch.compile`` this layer's pass whole, dynamic in the sequence length: the gate, the dispatch plan and
+        the wrapped layer in one graph (for experts whose shapes do not depend on the routing; see
+        :func:`skymoe.model.build.compile_decoder_layers`)."""
+        self._compiled_pass = torch.compile(self._pass, dynamic=True)
+
+    def __getstate__(self):
+        # deepcopy/pickle: a compiled pass is bound to this instance; a copy runs eager until compiled itself
+        return {**super().__getstate__(), "_compiled_pass": None}
 
     def __getattr__(self, name: str):
         try:
@@ -43,6 +54,17 @@ class MoEDecoderLayer(nn.Module):
         """``routing_embedding`` [B, H] conditions the gate, ``routing_mask`` [B, S] marks the real tokens in
         the gate's record, ``gate_records`` (None: keep none) collects this pass's gate decisions.
         ``row_expert`` [rows]: the expert of each row, for expert LLMs (the router chose them)."""
+        if self._compiled_pass is None:
+            return self._pass(hidden_states, routing_embedding, routing_mask, gate_records, row_expert, *args, **kwargs)
+        # The compiled pass records into a list of its own: dynamo guards a list argument's length, and the forward's
+        # shared list grows by one at every MoE layer (a recompile per layer, and eager past dynamo's recompile limit).
+        records = None if gate_records is None else []
+        output = self._compiled_pass(hidden_states, routing_embedding, routing_mask, records, row_expert, *args, **kwargs)
+        if records:
+            gate_records.extend(records)
+        return output
+
+    def _pass(self, hidden_states, routing_embedding, routing_mask, gate_records, row_expert, *args, **kwargs):
         plan = None
         if self.row_experts:
             plan = self._row_plan(hidden_states, row_expert)

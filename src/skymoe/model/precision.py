@@ -8,7 +8,8 @@ the image supports. They run in their own parameters' precision (float32), as Sw
 router in float32 for stable routing (Fedus et al. 2022, "selective precision"). The LM head's logits follow
 autocast, as in any mixed-precision language model; the loss reads them in float32.
 
-Without autocast (fp32 training, evaluation, DeepSpeed's own bf16) all of this is a no-op.
+Without autocast (fp32 training, evaluation, DeepSpeed's own bf16) all of this is a no-op, and so it is for
+parameters held in bf16 (FSDP's mixed-precision policy): their products are bf16 whatever autocast says.
 """
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ from torch import nn
 
 @contextlib.contextmanager
 def own_precision(module: nn.Module) -> Iterator[Callable]:
-    """A context with autocast off on ``module``'s device when it is on there; yields a function that casts a
-    floating tensor to the module's parameter dtype (anything else passes unchanged)."""
+    """A context with autocast off on ``module``'s device when it is on there and the module's parameters are float32;
+    yields a function that casts a floating tensor to float32 then (anything else, and otherwise everything,
+    passes unchanged). Parameters already in a half precision (FSDP's mixed-precision policy casts them for the
+    forward) leave the module under autocast, which still keeps its reductions and norms in float32."""
     parameter = next(module.parameters(), None)
-    if parameter is None or not _autocast_on(parameter.device.type):
+    if parameter is None or parameter.dtype != torch.float32 or not _autocast_on(parameter.device.type):
         yield _unchanged
         return
     with torch.autocast(parameter.device.type, enabled=False):
-        yield functools.partial(_cast, dtype=parameter.dtype)
+        yield functools.partial(_cast, dtype=torch.float32)
 
 
 def in_own_precision(forward: Callable) -> Callable:
