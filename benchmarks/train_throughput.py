@@ -134,15 +134,17 @@ def main() -> None:
 
 
 def first_draw_bound(rate: dict) -> dict:
-    """What the CDA views' first pass through the tower costs a real sample, as a share of what the tower costs
+    """What the CDA views' first pass through the tower costs a real sample, as a share f of what the tower costs
     one in stage 1, and the stage-2 / stage-1 ratio that share leaves at a 3x feature-cache speed-up. There a
-    cached stage-1 sample costs half the tower's, so even a stage 2 whose other work cost no more than stage 1's
-    would reach at most 1 / (1 + 2 * share)."""
+    cached stage-1 sample costs half the tower's, so stage 2 / stage 1 is 1 / (1/c + 2f), c being stage 2's ratio
+    with its views cached (its other work as measured), and at most 1 / (1 + 2f) (that work no dearer than stage 1's)."""
     tower_ms = 1000 / rate["stage1 cache off"] - 1000 / rate["stage1 cache on"]
     first_draw_ms = 1000 / rate["stage2 cache on"] - 1000 / rate["stage2 cache on, CDA views cached"]
     share = first_draw_ms / tower_ms if tower_ms > 0 and first_draw_ms > 0 else None  # else too noisy a run to say
+    cached = rate["stage2 cache on, CDA views cached"] / rate["stage1 cache on"]
     return {"tower_ms_per_sample": round(tower_ms, 2), "first_draw_ms_per_sample": round(first_draw_ms, 2),
             "first_draw_share_of_tower": None if share is None else round(share, 3),
+            "stage2_over_stage1_at_3x": None if share is None else round(1 / (1 / cached + 2 * share), 3),
             "stage2_over_stage1_bound_at_3x": None if share is None else round(1 / (1 + 2 * share), 3)}
 
 
@@ -188,9 +190,9 @@ def markdown(result: dict) -> str:
         lines.append(
             f"That first pass costs {result['first_draw_ms_per_sample']} ms a real sample, {result['first_draw_share_of_tower']} of "
             f"the {result['tower_ms_per_sample']} ms the tower costs a stage-1 sample (cache off - on). At a 3x cache speed-up a "
-            "cached stage-1 sample costs half the tower's, so stage 2 / stage 1 could reach at most "
-            f"{result['stage2_over_stage1_bound_at_3x']} even if stage 2's other work cost no more than stage 1's: the two "
-            "targets hold together only if the views' first pass costs less.")
+            "cached stage-1 sample costs half the tower's, so stage 2 / stage 1 would be "
+            f"{result['stage2_over_stage1_at_3x']} with stage 2's other work as measured (views cached), and at most "
+            f"{result['stage2_over_stage1_bound_at_3x']} if that work cost no more than stage 1's.")
     if "reference" in result:
         reference = result["reference"]
         lines.append(
