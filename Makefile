@@ -5,8 +5,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
-# a large wheel whose download the network cuts off resumes rather than failing the install (pip >= 25.1 reads it)
-export PIP_RESUME_RETRIES := 10
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 
