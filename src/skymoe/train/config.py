@@ -113,8 +113,9 @@ class TrainConfig:
     # auto: bf16 where the device multiplies bfloat16 in hardware (a GPU that supports it, a CPU with AMX), else fp32
     precision: str = "fp32"
     activation_checkpointing: bool = False
-    # torch.compile the LLM's dense decoder layers (skymoe.model.build.compile_decoder_layers): a compile at the first
-    # steps (cached on disk for later runs) for faster dense steps, so it pays off in long runs (train_throughput.py)
+    # torch.compile the LLM's decoder layers, expert layers in the rank-space LoRA form whole
+    # (skymoe.model.build.compile_decoder_layers): a compile at the first steps (cached on disk for later runs) for
+    # faster steps, so it pays off in long runs (train_throughput.py)
     compile: bool = False
     checkpoint_every: int = 100
     keep_last: int = 2
